@@ -1,0 +1,41 @@
+//! # kproxy-core
+//!
+//! The Kubernetes service-proxy model that every kproxy dataplane builds on:
+//!
+//! - a typed model ([`ServicePortName`], [`ServicePortInfo`], [`Endpoint`],
+//!   [`NodeInfo`]) and total conversions from the real API objects
+//!   ([`convert`]);
+//! - change tracking with upstream's semantics ([`tracker`]) feeding a
+//!   [`ServiceMap`] and an [`EndpointsMap`], bundled as [`ProxyState`];
+//! - endpoint selection: traffic policies, terminating fallback and topology
+//!   hints ([`select_endpoints`]);
+//! - the [`Proxier`] contract and the bounded-frequency [`runner`];
+//! - a behaviour [`oracle`] with named scenarios every backend must pass.
+//!
+//! The crate does no I/O: backends own the kernel, the binary owns the API
+//! server.
+
+pub mod config;
+pub mod convert;
+mod endpoints_map;
+mod error;
+pub mod model;
+pub mod oracle;
+mod proxier;
+pub mod runner;
+mod selection;
+mod service_map;
+mod state;
+pub mod tracker;
+
+pub use config::{LocalDetector, NodePortAddresses, ProxierConfig};
+pub use endpoints_map::EndpointsMap;
+pub use error::{Error, Result};
+pub use model::{
+    Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePortInfo, ServicePortName, SourceRanges,
+};
+pub use proxier::{NoLocalEndpoints, Proxier, SyncReport, SyncRequest};
+pub use selection::{select_endpoints, topology_mode, SelectedEndpoints, TopologyMode};
+pub use service_map::ServiceMap;
+pub use state::{ProxyState, StateChanges};
+pub use tracker::{ChangeTracker, EndpointsChangeTracker, ServiceChangeTracker};

@@ -1,0 +1,111 @@
+//! The oracle: what must happen to a packet, from the desired state alone.
+
+use std::net::SocketAddr;
+
+use super::packet::{Origin, Packet, Target, Verdict};
+use crate::config::ProxierConfig;
+use crate::model::{Endpoint, ServicePortInfo, ServicePortName};
+use crate::selection::select_endpoints;
+use crate::state::ProxyState;
+
+/// How the packet reached the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    ClusterIp,
+    External,
+}
+
+/// Says what kube-proxy semantics require for `packet`, given the applied
+/// state and the node's configuration. Every backend's tracer, and the real
+/// kernel tests, must agree with it on every shared scenario.
+///
+/// The rules, in order:
+/// 1. ClusterIP:port → internal traffic policy; externalIP:port,
+///    LoadBalancer VIP:port (after `loadBalancerSourceRanges`, else DROP)
+///    and NodePort on a NodePort address → external traffic policy.
+/// 2. Another port on a known ClusterIP → REJECT. Anything else → not a
+///    service.
+/// 3. No usable endpoint anywhere → REJECT; endpoints exist but none local
+///    where the policy is Local → DROP. ETP=Local traffic from local pods and
+///    from the node itself short-circuits to the cluster endpoints.
+/// 4. Masquerade: ClusterIP traffic when `masqueradeAll` or from a non-pod
+///    source (needs a local detector); external traffic with Cluster policy;
+///    ETP=Local traffic from the node; always when the client is the chosen
+///    endpoint itself (hairpin).
+pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
+    let services = state.services();
+    let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
+        services
+            .iter()
+            .find(|(_, s)| s.protocol == packet.protocol && matches(s))
+    };
+    let (dst, dport) = (packet.dst, packet.dport);
+    if let Some((name, svc)) = find(&|s| s.cluster_ip == dst && s.port == dport) {
+        return decide(state, config, packet, name, svc, Path::ClusterIp);
+    }
+    if let Some((name, svc)) = find(&|s| s.external_ips.contains(&dst) && s.port == dport) {
+        return decide(state, config, packet, name, svc, Path::External);
+    }
+    if let Some((name, svc)) = find(&|s| s.load_balancer_vips.contains(&dst) && s.port == dport) {
+        if !svc.source_allowed(packet.src, &config.node_ips) {
+            return Verdict::Drop;
+        }
+        return decide(state, config, packet, name, svc, Path::External);
+    }
+    if config.node_port_ips.contains(&dst) {
+        if let Some((name, svc)) = find(&|s| s.node_port == Some(dport)) {
+            return decide(state, config, packet, name, svc, Path::External);
+        }
+    }
+    if services.iter().any(|(_, s)| s.cluster_ip == dst) {
+        return Verdict::Reject;
+    }
+    Verdict::NotService
+}
+
+fn decide(
+    state: &ProxyState,
+    config: &ProxierConfig,
+    packet: &Packet,
+    name: &ServicePortName,
+    svc: &ServicePortInfo,
+    path: Path,
+) -> Verdict {
+    let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+    if !selected.has_any {
+        return Verdict::Reject;
+    }
+    let detector = &config.local_detector;
+    let from_pod = detector.is_implemented() && detector.is_local(packet.src, packet.iif());
+    let (endpoints, masquerade) = match path {
+        Path::ClusterIp => {
+            let eps = if svc.internal_policy_local { &selected.local } else { &selected.cluster };
+            let masq = config.masquerade_all || (detector.is_implemented() && !from_pod);
+            (eps, masq)
+        }
+        Path::External if !svc.external_policy_local => (&selected.cluster, true),
+        Path::External if from_pod => (&selected.cluster, false),
+        Path::External if packet.origin == Origin::Node => (&selected.cluster, true),
+        Path::External => (&selected.local, false),
+    };
+    if endpoints.is_empty() {
+        return Verdict::Drop;
+    }
+    Verdict::Forward {
+        targets: targets(endpoints, masquerade, packet),
+        affinity_seconds: svc.affinity_timeout_seconds,
+    }
+}
+
+fn targets(endpoints: &[Endpoint], masquerade: bool, packet: &Packet) -> Vec<Target> {
+    let mut out: Vec<Target> = endpoints
+        .iter()
+        .map(|e| Target {
+            endpoint: SocketAddr::new(e.ip, e.port),
+            masquerade: masquerade || e.ip == packet.src,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

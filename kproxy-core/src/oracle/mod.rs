@@ -1,0 +1,28 @@
+//! The behaviour oracle and the scenario kit shared by every backend.
+//!
+//! [`evaluate`] says what kube-proxy semantics require for a packet;
+//! [`scenarios::all`] lists named cluster states with hand-written
+//! expectations; [`fixtures`] builds the API objects they use, following
+//! upstream's test conventions.
+//!
+//! A backend proves itself by running every scenario through its own rules:
+//!
+//! ```no_run
+//! use kproxy_core::oracle::{evaluate, scenarios};
+//! for scenario in scenarios::all() {
+//!     let state = scenario.state();
+//!     for case in &scenario.cases {
+//!         // A backend would trace `case.packet` through its rendered rules.
+//!         assert_eq!(evaluate(&state, &scenario.config, &case.packet), case.expected, "{}", case.name);
+//!     }
+//! }
+//! ```
+
+mod evaluate;
+pub mod fixtures;
+mod packet;
+pub mod scenarios;
+
+pub use evaluate::evaluate;
+pub use packet::{Origin, Packet, Target, Verdict, OUTSIDE_INTERFACE, POD_INTERFACE};
+pub use scenarios::{Case, Scenario};

@@ -1,0 +1,109 @@
+//! The contract every dataplane backend implements.
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::state::StateChanges;
+use crate::Result;
+
+/// What the runner asks of one sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// Reprogram everything and repair drift, not just what changed: set for
+    /// the periodic resync and for the retry after a failed sync.
+    pub full: bool,
+}
+
+/// What one successful sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Whether the backend reprogrammed everything.
+    pub full: bool,
+    /// The changes this sync applied; the caller uses them for conntrack
+    /// cleanup and latency metrics.
+    pub changes: StateChanges,
+    /// Service ports whose Local policy had no local endpoint, by policy.
+    pub no_local_endpoints: NoLocalEndpoints,
+}
+
+impl SyncReport {
+    /// A report for a sync that applied `changes`.
+    pub fn new(full: bool, changes: StateChanges) -> Self {
+        SyncReport {
+            full,
+            changes,
+            no_local_endpoints: NoLocalEndpoints::default(),
+        }
+    }
+}
+
+/// Counts behind `kubeproxy_sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    /// `internalTrafficPolicy: Local` ports with endpoints, none local.
+    pub internal: usize,
+    /// `externalTrafficPolicy: Local` ports with endpoints, none local.
+    pub external: usize,
+}
+
+/// A dataplane backend.
+///
+/// Handlers record a change and return whether anything is now pending;
+/// they never touch the kernel and never schedule a sync. The
+/// [`SyncRunner`](crate::runner::SyncRunner) decides when to call
+/// [`Proxier::sync`]. Most backends embed a [`ProxyState`](crate::ProxyState)
+/// and forward the handlers to it.
+///
+/// ```no_run
+/// use async_trait::async_trait;
+/// use k8s_openapi::api::core::v1::{Node, Service};
+/// use k8s_openapi::api::discovery::v1::EndpointSlice;
+/// use kproxy_core::{IpFamily, Proxier, ProxyState, Result, SyncReport, SyncRequest};
+///
+/// struct Printer(ProxyState);
+///
+/// #[async_trait]
+/// impl Proxier for Printer {
+///     fn backend(&self) -> &'static str { "printer" }
+///     fn on_service_update(&mut self, old: Option<&Service>, new: Option<&Service>) -> bool {
+///         self.0.on_service(old, new)
+///     }
+///     fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
+///         self.0.on_endpoint_slice(slice, removed)
+///     }
+///     fn on_node_update(&mut self, node: &Node) -> bool { self.0.on_node(node) }
+///     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
+///         let changes = self.0.apply();
+///         println!("{} service ports", self.0.services().len());
+///         Ok(SyncReport::new(request.full, changes))
+///     }
+///     async fn cleanup(&mut self) -> Result<()> { Ok(()) }
+/// }
+/// let _ = Printer(ProxyState::new(IpFamily::V4, "node-a"));
+/// ```
+#[async_trait]
+pub trait Proxier: Send {
+    /// The backend's name (`nftables`, `iptables`, `ipvs`, ...), for logs and
+    /// metrics.
+    fn backend(&self) -> &'static str;
+
+    /// A Service was added (`previous` None), updated, or deleted (`current`
+    /// None). Returns whether any change is pending.
+    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool;
+
+    /// An EndpointSlice was added or updated (`removed` false) or deleted.
+    /// Returns whether any change is pending.
+    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool;
+
+    /// The node's own Node object changed. Returns whether any change is
+    /// pending.
+    fn on_node_update(&mut self, node: &Node) -> bool;
+
+    /// Programs the dataplane from the desired state.
+    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport>;
+
+    /// Removes everything this backend ever installed.
+    async fn cleanup(&mut self) -> Result<()>;
+}

@@ -1,0 +1,157 @@
+//! The sync runner: feeds updates to a [`Proxier`] and decides when it syncs.
+//!
+//! One task owns the proxier, so handlers and syncs never race and need no
+//! lock. Watchers (or a manifest reader) send [`Update`]s over a channel.
+
+mod health;
+mod schedule;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+pub use health::{HealthSnapshot, SyncHealth};
+pub use schedule::RunnerConfig;
+use schedule::Schedule;
+
+use crate::proxier::{Proxier, SyncReport, SyncRequest};
+use crate::{Error, Result};
+
+/// One event for the runner.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A Service was added (`previous` None), changed, or deleted (`current`
+    /// None).
+    Service {
+        /// The object before the event.
+        previous: Option<Box<Service>>,
+        /// The object after the event.
+        current: Option<Box<Service>>,
+    },
+    /// An EndpointSlice was added or changed, or deleted (`removed`).
+    EndpointSlice {
+        /// The slice (its last state, for a deletion).
+        slice: Box<EndpointSlice>,
+        /// Whether it was deleted.
+        removed: bool,
+    },
+    /// The node's own Node object.
+    Node(Box<Node>),
+    /// The initial Service list has been delivered in full.
+    ServicesSynced,
+    /// The initial EndpointSlice list has been delivered in full.
+    EndpointSlicesSynced,
+}
+
+/// The outcome of one sync, handed to the runner's observer.
+#[derive(Debug)]
+pub struct SyncEvent<'a> {
+    /// When the sync started.
+    pub started: Instant,
+    /// How long it took.
+    pub duration: Duration,
+    /// Whether it was a full sync.
+    pub full: bool,
+    /// What it did, or why it failed.
+    pub result: &'a Result<SyncReport>,
+}
+
+/// Runs a proxier: bounded-frequency syncing as upstream does it.
+///
+/// - No sync before both initial lists are complete.
+/// - At most `burst` syncs back to back, then one per `min_sync_period`.
+/// - A full resync every `sync_period` even with no changes.
+/// - After a failed sync, a full retry with exponential backoff (from
+///   `min_sync_period` up to `sync_period`).
+/// - A [`SyncHealth`] signal: unhealthy while an update has been pending for
+///   more than 2 × `sync_period`.
+#[derive(Debug)]
+pub struct SyncRunner {
+    config: RunnerConfig,
+    health: Arc<SyncHealth>,
+}
+
+impl SyncRunner {
+    /// A runner with these timings.
+    pub fn new(config: RunnerConfig) -> Result<Self> {
+        if config.sync_period.is_zero() {
+            return Err(Error::InvalidRunnerSetting("syncPeriod must be greater than zero".into()));
+        }
+        if config.min_sync_period > config.sync_period {
+            return Err(Error::InvalidRunnerSetting(format!(
+                "minSyncPeriod ({:?}) is longer than syncPeriod ({:?})",
+                config.min_sync_period, config.sync_period
+            )));
+        }
+        Ok(SyncRunner {
+            config,
+            health: Arc::new(SyncHealth::new(config.sync_period * 2)),
+        })
+    }
+
+    /// The health signal, to share with a health server.
+    pub fn health(&self) -> Arc<SyncHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// Runs until `updates` closes. `observe` sees every sync's outcome
+    /// (for metrics, logs and conntrack cleanup).
+    pub async fn run<P, F>(&self, proxier: &mut P, mut updates: mpsc::Receiver<Update>, mut observe: F) -> Result<()>
+    where
+        P: Proxier + ?Sized,
+        F: FnMut(&SyncEvent<'_>) + Send,
+    {
+        let mut schedule = Schedule::new(self.config, Instant::now());
+        let (mut services_synced, mut slices_synced) = (false, false);
+        // The first sync is owed as soon as both lists are in, changes or not.
+        let mut synced_once = false;
+        let mut dirty = true;
+        loop {
+            let ready = services_synced && slices_synced;
+            let deadline = if ready { schedule.next_sync(Instant::now(), dirty) } else { None };
+            tokio::select! {
+                biased;
+                update = updates.recv() => {
+                    let Some(update) = update else { return Ok(()) };
+                    let changed = match update {
+                        Update::Service { previous, current } => {
+                            proxier.on_service_update(previous.as_deref(), current.as_deref())
+                        }
+                        Update::EndpointSlice { slice, removed } => proxier.on_endpoint_slice_update(&slice, removed),
+                        Update::Node(node) => proxier.on_node_update(&node),
+                        Update::ServicesSynced => { services_synced = true; false }
+                        Update::EndpointSlicesSynced => { slices_synced = true; false }
+                    };
+                    dirty = dirty || changed;
+                    if dirty && services_synced && slices_synced {
+                        self.health.queued(Instant::now());
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    let started = Instant::now();
+                    let full = !synced_once || schedule.full_due(started);
+                    let result = proxier.sync(SyncRequest { full }).await;
+                    let duration = started.elapsed();
+                    schedule.record(started, result.is_ok());
+                    match &result {
+                        Ok(_) => {
+                            dirty = false;
+                            synced_once = true;
+                            self.health.updated(Instant::now());
+                        }
+                        Err(e) => tracing::warn!(backend = proxier.backend(), error = %e, "sync failed; retrying with backoff"),
+                    }
+                    observe(&SyncEvent { started, duration, full, result: &result });
+                }
+            }
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,126 @@
+//! [`ProxyState`]: the trackers, maps and node info a backend embeds.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::convert::node_info;
+use crate::endpoints_map::EndpointsMap;
+use crate::model::{IpFamily, NamespacedName, NodeInfo};
+use crate::service_map::ServiceMap;
+use crate::tracker::{EndpointsChangeTracker, EndpointsUpdate, ServiceChangeTracker, ServiceUpdate};
+
+/// Everything a backend needs to know about the cluster, for one IP family:
+/// the pending changes, the maps they are applied to, and the node.
+///
+/// A backend's [`Proxier`](crate::Proxier) handlers forward to the `on_*`
+/// methods here; its `sync` calls [`ProxyState::apply`] and then renders
+/// from [`ProxyState::services`], [`ProxyState::endpoints`] and
+/// [`ProxyState::node`].
+#[derive(Debug)]
+pub struct ProxyState {
+    service_changes: ServiceChangeTracker,
+    endpoint_changes: EndpointsChangeTracker,
+    services: ServiceMap,
+    endpoints: EndpointsMap,
+    node: NodeInfo,
+    node_changed: bool,
+}
+
+/// What [`ProxyState::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChanges {
+    /// Service changes.
+    pub services: ServiceUpdate,
+    /// Endpoint changes.
+    pub endpoints: EndpointsUpdate,
+    /// The node's labels, addresses or pod CIDRs changed (its zone, say):
+    /// every service's topology must be recomputed, so the sync is full.
+    pub node_changed: bool,
+}
+
+impl StateChanges {
+    /// Every Service whose ports or endpoints changed.
+    pub fn updated_services(&self) -> BTreeSet<&NamespacedName> {
+        self.services
+            .updated_services
+            .iter()
+            .chain(&self.endpoints.updated_services)
+            .collect()
+    }
+}
+
+impl ProxyState {
+    /// An empty state for `family` on the node called `node_name`.
+    pub fn new(family: IpFamily, node_name: impl Into<String>) -> Self {
+        let node_name = node_name.into();
+        ProxyState {
+            service_changes: ServiceChangeTracker::new(family),
+            endpoint_changes: EndpointsChangeTracker::new(family, node_name.clone()),
+            services: ServiceMap::new(),
+            endpoints: EndpointsMap::new(),
+            node: NodeInfo::named(node_name),
+            node_changed: false,
+        }
+    }
+
+    /// Records a Service event; returns whether anything is pending.
+    pub fn on_service(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
+        self.service_changes.update(previous, current);
+        self.has_pending()
+    }
+
+    /// Records an EndpointSlice event; returns whether anything is pending.
+    pub fn on_endpoint_slice(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
+        self.endpoint_changes.update(slice, removed);
+        self.has_pending()
+    }
+
+    /// Records the node's own Node object (its name must match). Returns
+    /// whether anything is pending.
+    pub fn on_node(&mut self, node: &Node) -> bool {
+        let info = node_info(node);
+        if info.name != self.node.name {
+            tracing::warn!(expected = %self.node.name, got = %info.name, "ignoring another node's Node object");
+        } else if info != self.node {
+            self.node_changed = true;
+            self.node = info;
+        }
+        self.has_pending()
+    }
+
+    /// Whether changes are waiting for [`ProxyState::apply`].
+    pub fn has_pending(&self) -> bool {
+        self.service_changes.pending() > 0 || self.endpoint_changes.pending() > 0 || self.node_changed
+    }
+
+    /// Pending (service, endpoint) change counts, for metrics.
+    pub fn pending_counts(&self) -> (usize, usize) {
+        (self.service_changes.pending(), self.endpoint_changes.pending())
+    }
+
+    /// Applies all pending changes to the maps and reports what changed.
+    pub fn apply(&mut self) -> StateChanges {
+        StateChanges {
+            services: self.service_changes.apply(&mut self.services),
+            endpoints: self.endpoint_changes.apply(&mut self.endpoints),
+            node_changed: std::mem::take(&mut self.node_changed),
+        }
+    }
+
+    /// The desired services (as of the last [`ProxyState::apply`]).
+    pub fn services(&self) -> &ServiceMap {
+        &self.services
+    }
+
+    /// The desired endpoints (as of the last [`ProxyState::apply`]).
+    pub fn endpoints(&self) -> &EndpointsMap {
+        &self.endpoints
+    }
+
+    /// The node this proxier runs on.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+}
