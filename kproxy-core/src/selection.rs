@@ -97,3 +97,7 @@ fn available_for_topology(e: &Endpoint, mode: TopologyMode, node: &NodeInfo) -> 
 fn filter(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
     endpoints.iter().filter(|e| keep(e)).cloned().collect()
 }
+
+#[cfg(test)]
+#[path = "selection_tests.rs"]
+mod tests;

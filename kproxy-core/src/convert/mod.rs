@@ -55,3 +55,6 @@ fn has_skip_label(meta: &ObjectMeta) -> bool {
 fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
 }
+
+#[cfg(test)]
+mod tests;

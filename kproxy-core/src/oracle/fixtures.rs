@@ -39,7 +39,7 @@ pub const NODE_IP_V6: &str = "2001:db8::2";
 /// The cluster's IPv4 pod CIDR.
 pub const POD_CIDR: &str = "10.0.0.0/8";
 /// The cluster's IPv6 pod CIDR.
-pub const POD_CIDR_V6: &str = "fd00:10::/48";
+pub const POD_CIDR_V6: &str = "fd00:10::/32";
 /// A pod on this node that is no service's endpoint.
 pub const LOCAL_CLIENT_POD: &str = "10.180.0.100";
 /// An off-cluster client allowed by the fixture source range.

@@ -8,3 +8,6 @@ mod services;
 pub use change::{Change, ChangeTracker};
 pub use endpoints::{EndpointsChangeTracker, EndpointsUpdate};
 pub use services::{ServiceChangeTracker, ServiceUpdate};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,63 @@
+//! The oracle agrees with every shared scenario's hand-written expectations.
+
+use std::collections::BTreeSet;
+
+use kproxy_core::oracle::{evaluate, scenarios};
+
+#[test]
+fn oracle_meets_every_scenario() {
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for scenario in scenarios::all() {
+        let state = scenario.state();
+        for case in &scenario.cases {
+            cases += 1;
+            let got = evaluate(&state, &scenario.config, &case.packet);
+            if got != case.expected {
+                failures.push(format!(
+                    "{} / {}: {}\n  expected {:?}\n  got      {:?}",
+                    scenario.name, case.name, case.packet, case.expected, got
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(cases >= 50, "the scenario kit shrank to {cases} cases");
+}
+
+#[test]
+fn scenario_names_are_unique_and_cover_the_required_topics() {
+    let names: Vec<&str> = scenarios::all().iter().map(|s| s.name).collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "duplicate scenario names");
+    for required in [
+        "cluster_ip",
+        "node_port",
+        "load_balancer_source_ranges",
+        "external_ips",
+        "external_policy_local_with_local_endpoints",
+        "external_policy_local_without_local_endpoints",
+        "internal_policy_local",
+        "session_affinity",
+        "terminating_fallback",
+        "topology_hints",
+        "no_endpoints",
+        "hairpin",
+        "masquerade_all",
+        "dual_stack_v4",
+        "dual_stack_v6",
+    ] {
+        assert!(unique.contains(required), "missing scenario {required}");
+    }
+}
+
+#[test]
+fn every_scenario_builds_the_services_it_declares() {
+    for scenario in scenarios::all() {
+        let state = scenario.state();
+        assert!(!state.services().is_empty(), "{}: no service survived conversion", scenario.name);
+        for (name, info) in state.services().iter() {
+            assert!(scenario.family.contains(info.cluster_ip), "{}: {name} has a foreign ClusterIP", scenario.name);
+        }
+    }
+}
