@@ -1,4 +1,42 @@
-//! kproxy's nftables dataplane.
+//! # kproxy-backend-nft
 //!
-//! Not implemented yet: this crate is a placeholder so the workspace has its
-//! final shape. See issue 3 ("kproxy-backend-nft") for the plan.
+//! kproxy's nftables dataplane. It implements [`kproxy_core::Proxier`] as
+//! [`NftProxier`].
+//!
+//! - [`render`] turns the desired state into a typed [`model::Ruleset`]:
+//!   pure and deterministic.
+//! - The layout has no per-service chains. Services live only in sets and
+//!   maps; a handful of fixed chains dispatch through verdict maps, and one
+//!   `dnat ... numgen random mod N map @slots-N` rule per distinct endpoint
+//!   count load-balances. So the kernel's work grows with the number of
+//!   elements, not chains, and no object name is ever derived from a
+//!   Kubernetes name (nothing a user writes can reach the rule text).
+//! - [`diff()`] turns two rulesets into a [`transaction::Transaction`];
+//!   [`kernel::NftCli`] applies it with `nft -f -`, [`fake::FakeKernel`]
+//!   applies it in memory with the kernel's reference checks.
+//! - [`trace::trace`] walks a packet through a ruleset and answers in the
+//!   vocabulary of the kproxy-core oracle, so every shared scenario can be
+//!   checked against the rules themselves.
+//!
+//! ```no_run
+//! use kproxy_backend_nft::{kernel::NftCli, NftOptions, NftProxier};
+//! use kproxy_core::{IpFamily, ProxierConfig};
+//!
+//! let proxier = NftProxier::new("node-a", ProxierConfig::new(IpFamily::V4), NftCli::new(), NftOptions::default());
+//! assert!(proxier.is_ok());
+//! ```
+
+pub mod diff;
+pub mod fake;
+pub mod kernel;
+pub mod model;
+pub mod names;
+mod proxier;
+mod render;
+pub mod text;
+pub mod trace;
+pub mod transaction;
+
+pub use diff::diff;
+pub use proxier::{ConfigError, NftOptions, NftProxier};
+pub use render::{render, Rendered};

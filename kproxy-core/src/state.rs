@@ -41,6 +41,20 @@ pub struct StateChanges {
 }
 
 impl StateChanges {
+    /// Folds `later` into these changes, as if both had been applied at
+    /// once (used to carry the changes of a failed sync to the next one).
+    pub fn absorb(&mut self, later: StateChanges) {
+        self.services.updated_services.extend(later.services.updated_services);
+        self.services.deleted_udp_cluster_ips.extend(later.services.deleted_udp_cluster_ips);
+        self.endpoints.updated_services.extend(later.endpoints.updated_services);
+        self.endpoints.stale_endpoints.extend(later.endpoints.stale_endpoints);
+        self.endpoints.newly_active.extend(later.endpoints.newly_active);
+        for (svc, times) in later.endpoints.trigger_times {
+            self.endpoints.trigger_times.entry(svc).or_default().extend(times);
+        }
+        self.node_changed |= later.node_changed;
+    }
+
     /// Every Service whose ports or endpoints changed.
     pub fn updated_services(&self) -> BTreeSet<&NamespacedName> {
         self.services

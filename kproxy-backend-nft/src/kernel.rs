@@ -1,0 +1,174 @@
+//! The kernel step: the only code that talks to nftables. It runs `nft -f -`
+//! with a rendered transaction, lists kproxy's tables, and reads a table's
+//! outline (chains with rule counts, set names; no elements) to detect drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use kproxy_core::IpFamily;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::model::{family_keyword, Ruleset};
+use crate::names;
+use crate::transaction::Transaction;
+
+/// What can go wrong talking to nftables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// `nft` could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` refused the input.
+    #[error("nft failed ({status}): {message}")]
+    Nft {
+        /// Exit status.
+        status: String,
+        /// The first lines of its error output.
+        message: String,
+    },
+    /// The fake kernel refused a transaction, as nft would.
+    #[error("fake kernel: {0}")]
+    Refused(String),
+}
+
+/// A table's shape without its elements: enough to notice that someone
+/// flushed, deleted or edited kproxy's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    /// Chains and their rule counts.
+    pub chains: BTreeMap<String, usize>,
+    /// Set and map names.
+    pub sets: BTreeSet<String>,
+}
+
+impl Outline {
+    /// The outline a ruleset should have in the kernel.
+    pub fn of(ruleset: &Ruleset) -> Outline {
+        Outline {
+            chains: ruleset.chains.iter().map(|(n, c)| (n.clone(), c.rules.len())).collect(),
+            sets: ruleset.sets.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Where rules go: the real kernel through `nft`, or a fake.
+#[async_trait]
+pub trait Kernel: Send {
+    /// Applies one transaction atomically.
+    async fn apply(&mut self, tx: &Transaction) -> Result<(), KernelError>;
+    /// The kproxy tables of `family` that exist.
+    async fn tables(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError>;
+    /// The outline of one table, or `None` when it does not exist.
+    async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError>;
+}
+
+/// The real kernel, through the `nft` binary, optionally inside a network
+/// namespace (`ip netns exec NAME nft ...`), which is how tests run it.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    prefix: Vec<String>,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli::new()
+    }
+}
+
+impl NftCli {
+    /// `nft` from `PATH`, in the caller's network namespace.
+    pub fn new() -> Self {
+        NftCli { prefix: vec!["nft".into()] }
+    }
+
+    /// `nft` inside the named network namespace.
+    pub fn in_netns(netns: &str) -> Self {
+        NftCli {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), netns.into(), "nft".into()],
+        }
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+        let mut cmd = Command::new(&self.prefix[0]);
+        cmd.args(&self.prefix[1..]).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let spawn_err = |source| KernelError::Spawn { program: self.prefix.join(" "), source };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).await.map_err(spawn_err)?;
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let message = stderr.lines().take(3).collect::<Vec<_>>().join(" | ");
+            return Err(KernelError::Nft { status: out.status.to_string(), message });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Checks a transaction without applying it (`nft --check`).
+    pub async fn check(&self, tx: &Transaction) -> Result<(), KernelError> {
+        self.run(&["--check", "-f", "-"], Some(&tx.to_nft())).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Kernel for NftCli {
+    async fn apply(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        self.run(&["-f", "-"], Some(&tx.to_nft())).await.map(|_| ())
+    }
+
+    async fn tables(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
+        let fam = family_keyword(family);
+        let out = self.run(&["list", "tables", fam], None).await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("table ")?.strip_prefix(fam)?.strip_prefix(' ').map(str::to_string))
+            .filter(|name| names::TABLES.contains(&name.as_str()))
+            .collect())
+    }
+
+    async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError> {
+        if !self.tables(family).await?.iter().any(|t| t == table) {
+            return Ok(None);
+        }
+        let out = self.run(&["-t", "list", "table", family_keyword(family), table], None).await?;
+        Ok(Some(parse_outline(&out)))
+    }
+}
+
+/// Parses `nft -t list table` output into an outline.
+pub fn parse_outline(listing: &str) -> Outline {
+    let mut outline = Outline::default();
+    let mut current: Option<String> = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("chain ").and_then(|l| l.strip_suffix(" {")) {
+            outline.chains.insert(name.to_string(), 0);
+            current = Some(name.to_string());
+        } else if let Some(name) = line.strip_prefix("set ").or_else(|| line.strip_prefix("map ")).and_then(|l| l.strip_suffix(" {")) {
+            outline.sets.insert(name.to_string());
+            current = None;
+        } else if line == "}" {
+            current = None;
+        } else if let Some(chain) = &current {
+            if !line.is_empty() && !line.starts_with("type ") {
+                *outline.chains.get_mut(chain).expect("inserted above") += 1;
+            }
+        }
+    }
+    outline
+}

@@ -1,0 +1,262 @@
+//! [`NftProxier`]: the nftables backend behind the `Proxier` contract.
+//!
+//! A sync renders the desired ruleset and sends only the difference from the
+//! last committed one, in one atomic transaction. A rebuild (first sync,
+//! drift, node change, an oversized change, or the periodic forced rebuild)
+//! builds a complete new table under the other of two names in bounded
+//! chunks, with no hooks attached, then swaps it in with one small atomic
+//! transaction that attaches the hooks and deletes the old table. Traffic is
+//! never without rules, and the kernel is never held for one giant commit.
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+
+use crate::diff::diff;
+use crate::kernel::{Kernel, KernelError, Outline};
+use crate::model::Ruleset;
+use crate::names;
+use crate::render::render;
+use crate::transaction::{Op, Transaction};
+
+const BACKEND: &str = "nftables";
+
+/// Tuning knobs of the nftables backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NftOptions {
+    /// Most elements in one transaction while building a table.
+    pub chunk_elements: usize,
+    /// An incremental change with more elements than this becomes a
+    /// chunked rebuild instead of one large atomic commit.
+    pub max_incremental_elements: usize,
+    /// Every this many full syncs, rebuild even without detected drift
+    /// (repairs edits the outline check cannot see, such as a deleted map
+    /// element). 0 never forces one.
+    pub rebuild_every_full_syncs: u32,
+}
+
+impl Default for NftOptions {
+    fn default() -> Self {
+        NftOptions {
+            chunk_elements: 20_000,
+            max_incremental_elements: 50_000,
+            rebuild_every_full_syncs: 120,
+        }
+    }
+}
+
+/// What is in the kernel now, as far as kproxy knows.
+#[derive(Debug)]
+struct Committed {
+    table: String,
+    ruleset: Ruleset,
+}
+
+/// The nftables backend for one IP family.
+#[derive(Debug)]
+pub struct NftProxier<K: Kernel> {
+    state: ProxyState,
+    config: ProxierConfig,
+    kernel: K,
+    options: NftOptions,
+    committed: Option<Committed>,
+    full_syncs: u32,
+    /// Changes applied by syncs that failed, handed out with the next
+    /// successful sync so conntrack cleanup is not lost.
+    unreported: StateChanges,
+}
+
+/// A configuration the backend cannot program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An interface name nft would not accept, or that could smuggle text.
+    #[error("invalid interface name {0:?} for the local detector (1-15 characters of [A-Za-z0-9_.-])")]
+    InterfaceName(String),
+    /// The masquerade bit is out of range.
+    #[error("masqueradeBit {0} is out of range 0-31")]
+    MasqueradeBit(u8),
+}
+
+impl<K: Kernel> NftProxier<K> {
+    /// A proxier for `config.family` on node `node_name`, programming
+    /// `kernel`.
+    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: NftOptions) -> Result<Self, ConfigError> {
+        use kproxy_core::LocalDetector::{BridgeInterface, InterfaceNamePrefix};
+        if let BridgeInterface(name) | InterfaceNamePrefix(name) = &config.local_detector {
+            let ok = (1..=15).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                return Err(ConfigError::InterfaceName(name.clone()));
+            }
+        }
+        if config.masquerade_bit > 31 {
+            return Err(ConfigError::MasqueradeBit(config.masquerade_bit));
+        }
+        Ok(NftProxier {
+            state: ProxyState::new(config.family, node_name),
+            config,
+            kernel,
+            options,
+            committed: None,
+            full_syncs: 0,
+            unreported: StateChanges::default(),
+        })
+    }
+
+    /// The kernel this proxier programs (for tests and tools).
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// Mutable access to the kernel (for tests that simulate drift).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The last committed ruleset and its table name, if any.
+    pub fn committed(&self) -> Option<(&str, &Ruleset)> {
+        self.committed.as_ref().map(|c| (c.table.as_str(), &c.ruleset))
+    }
+
+    /// The proxy state (for tests and tools).
+    pub fn state(&self) -> &ProxyState {
+        &self.state
+    }
+
+    fn family(&self) -> IpFamily {
+        self.config.family
+    }
+
+    /// Whether a full sync should rebuild: no table yet, a forced periodic
+    /// rebuild, or the kernel's outline differs from what was committed.
+    async fn needs_rebuild(&mut self, request: SyncRequest, node_changed: bool) -> Result<bool, KernelError> {
+        let Some(committed) = &self.committed else { return Ok(true) };
+        if node_changed {
+            return Ok(false);
+        }
+        if !request.full {
+            return Ok(false);
+        }
+        self.full_syncs += 1;
+        let every = self.options.rebuild_every_full_syncs;
+        if every > 0 && self.full_syncs % every == 0 {
+            return Ok(true);
+        }
+        let expected = Outline::of(&committed.ruleset);
+        let table = committed.table.clone();
+        let actual = self.kernel.outline(self.family(), &table).await?;
+        if actual.as_ref() != Some(&expected) {
+            tracing::warn!(table = %table, "nftables table changed behind kproxy's back; rebuilding it");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Builds `ruleset` in a fresh table and swaps it in atomically.
+    async fn rebuild(&mut self, ruleset: Ruleset) -> Result<(), KernelError> {
+        let family = self.family();
+        let existing = self.kernel.tables(family).await?;
+        let live = self.committed.as_ref().map(|c| c.table.clone()).filter(|t| existing.contains(t));
+        // Build under the name that is not serving traffic right now. With
+        // no committed table, a table left by a previous process keeps
+        // serving until the swap.
+        let serving = live.or_else(|| existing.first().cloned());
+        let target = names::TABLES.iter().find(|t| Some(**t) != serving.as_deref()).expect("two names").to_string();
+        if existing.contains(&target) {
+            let mut drop_stale = Transaction::new(family);
+            drop_stale.push(&target, Op::DeleteTable);
+            self.kernel.apply(&drop_stale).await?;
+        }
+        let mut build = Transaction::new(family);
+        build.create(&target, &ruleset, false);
+        for chunk in build.chunks(self.options.chunk_elements) {
+            self.kernel.apply(&chunk).await?;
+        }
+        let mut swap = Transaction::new(family);
+        for (name, chain) in ruleset.chains.iter().filter(|(_, c)| c.base.is_some()) {
+            swap.push(&target, Op::AddChain { name: name.clone(), base: chain.base });
+            swap.add_rules(&target, name, chain);
+        }
+        for old in existing.iter().filter(|t| **t != target) {
+            swap.push(old, Op::DeleteTable);
+        }
+        self.kernel.apply(&swap).await?;
+        self.committed = Some(Committed { table: target, ruleset });
+        Ok(())
+    }
+}
+
+fn kernel_error(e: KernelError) -> Error {
+    Error::sync(BACKEND, e.to_string(), Some(Box::new(e)))
+}
+
+#[async_trait]
+impl<K: Kernel + 'static> Proxier for NftProxier<K> {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
+        self.state.on_service(previous, current)
+    }
+
+    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
+        self.state.on_endpoint_slice(slice, removed)
+    }
+
+    fn on_node_update(&mut self, node: &Node) -> bool {
+        self.state.on_node(node)
+    }
+
+    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
+        let mut changes = std::mem::take(&mut self.unreported);
+        changes.absorb(self.state.apply());
+        let rendered = render(&self.state, &self.config);
+        let outcome = async {
+            if self.needs_rebuild(request, changes.node_changed).await? {
+                self.rebuild(rendered.ruleset).await?;
+                return Ok::<bool, KernelError>(true);
+            }
+            let committed = self.committed.as_ref().expect("rebuild happens first");
+            let tx = diff(&committed.table, &committed.ruleset, &rendered.ruleset);
+            if tx.element_count() > self.options.max_incremental_elements {
+                self.rebuild(rendered.ruleset).await?;
+                return Ok(true);
+            }
+            self.kernel.apply(&tx).await?;
+            self.committed.as_mut().expect("checked above").ruleset = rendered.ruleset;
+            Ok(false)
+        }
+        .await;
+        match outcome {
+            Ok(rebuilt) => {
+                let mut report = SyncReport::new(request.full || rebuilt, changes);
+                report.no_local_endpoints = rendered.no_local_endpoints;
+                Ok(report)
+            }
+            Err(e) => {
+                self.unreported = changes;
+                Err(kernel_error(e))
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<()> {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let tables = self.kernel.tables(family).await.map_err(kernel_error)?;
+            let mut tx = Transaction::new(family);
+            for t in &tables {
+                tx.push(t, Op::DeleteTable);
+            }
+            self.kernel.apply(&tx).await.map_err(|e| Error::Cleanup {
+                backend: BACKEND,
+                message: e.to_string(),
+                source: Some(Box::new(e)),
+            })?;
+        }
+        self.committed = None;
+        Ok(())
+    }
+}
