@@ -39,4 +39,4 @@ pub mod transaction;
 
 pub use diff::diff;
 pub use proxier::{ConfigError, NftOptions, NftProxier};
-pub use render::{render, Rendered};
+pub use render::{render, Journal, Rendered, Renderer, Structure};

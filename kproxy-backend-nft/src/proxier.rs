@@ -13,11 +13,9 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
 
-use crate::diff::diff;
 use crate::kernel::{Kernel, KernelError, Outline};
-use crate::model::Ruleset;
 use crate::names;
-use crate::render::render;
+use crate::render::{Renderer, Structure};
 use crate::transaction::{Op, Transaction};
 
 const BACKEND: &str = "nftables";
@@ -46,11 +44,12 @@ impl Default for NftOptions {
     }
 }
 
-/// What is in the kernel now, as far as kproxy knows.
+/// What is in the kernel now, as far as kproxy knows: the table's name and
+/// structure; its elements are the renderer's as of the last good sync.
 #[derive(Debug)]
 struct Committed {
     table: String,
-    ruleset: Ruleset,
+    structure: Structure,
 }
 
 /// The nftables backend for one IP family.
@@ -58,10 +57,13 @@ struct Committed {
 pub struct NftProxier<K: Kernel> {
     state: ProxyState,
     config: ProxierConfig,
+    renderer: Renderer,
     kernel: K,
     options: NftOptions,
     committed: Option<Committed>,
     full_syncs: u32,
+    /// Whether the renderer has seen the whole state once.
+    rendered_once: bool,
     /// Changes applied by syncs that failed, handed out with the next
     /// successful sync so conntrack cleanup is not lost.
     unreported: StateChanges,
@@ -96,11 +98,13 @@ impl<K: Kernel> NftProxier<K> {
         }
         Ok(NftProxier {
             state: ProxyState::new(config.family, node_name),
+            renderer: Renderer::new(config.clone()),
             config,
             kernel,
             options,
             committed: None,
             full_syncs: 0,
+            rendered_once: false,
             unreported: StateChanges::default(),
         })
     }
@@ -115,9 +119,14 @@ impl<K: Kernel> NftProxier<K> {
         &mut self.kernel
     }
 
-    /// The last committed ruleset and its table name, if any.
-    pub fn committed(&self) -> Option<(&str, &Ruleset)> {
-        self.committed.as_ref().map(|c| (c.table.as_str(), &c.ruleset))
+    /// The table kproxy last committed to, if any.
+    pub fn table(&self) -> Option<&str> {
+        self.committed.as_ref().map(|c| c.table.as_str())
+    }
+
+    /// The desired ruleset as of the last sync.
+    pub fn ruleset(&self) -> &crate::model::Ruleset {
+        self.renderer.ruleset()
     }
 
     /// The proxy state (for tests and tools).
@@ -129,13 +138,11 @@ impl<K: Kernel> NftProxier<K> {
         self.config.family
     }
 
-    /// Whether a full sync should rebuild: no table yet, a forced periodic
-    /// rebuild, or the kernel's outline differs from what was committed.
-    async fn needs_rebuild(&mut self, request: SyncRequest, node_changed: bool) -> Result<bool, KernelError> {
+    /// Whether this sync must rebuild: no trusted table, the periodic
+    /// forced rebuild, or (on a full sync) a kernel outline that differs
+    /// from what was committed.
+    async fn needs_rebuild(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let Some(committed) = &self.committed else { return Ok(true) };
-        if node_changed {
-            return Ok(false);
-        }
         if !request.full {
             return Ok(false);
         }
@@ -144,7 +151,10 @@ impl<K: Kernel> NftProxier<K> {
         if every > 0 && self.full_syncs % every == 0 {
             return Ok(true);
         }
-        let expected = Outline::of(&committed.ruleset);
+        let expected = Outline {
+            chains: committed.structure.chains.iter().map(|(n, c)| (n.clone(), c.rules.len())).collect(),
+            sets: committed.structure.sets.keys().cloned().collect(),
+        };
         let table = committed.table.clone();
         let actual = self.kernel.outline(self.family(), &table).await?;
         if actual.as_ref() != Some(&expected) {
@@ -154,9 +164,11 @@ impl<K: Kernel> NftProxier<K> {
         Ok(false)
     }
 
-    /// Builds `ruleset` in a fresh table and swaps it in atomically.
-    async fn rebuild(&mut self, ruleset: Ruleset) -> Result<(), KernelError> {
+    /// Builds the renderer's ruleset in a fresh table and swaps it in
+    /// atomically.
+    async fn rebuild(&mut self) -> Result<(), KernelError> {
         let family = self.family();
+        let ruleset = self.renderer.ruleset();
         let existing = self.kernel.tables(family).await?;
         let live = self.committed.as_ref().map(|c| c.table.clone()).filter(|t| existing.contains(t));
         // Build under the name that is not serving traffic right now. With
@@ -164,13 +176,14 @@ impl<K: Kernel> NftProxier<K> {
         // serving until the swap.
         let serving = live.or_else(|| existing.first().cloned());
         let target = names::TABLES.iter().find(|t| Some(**t) != serving.as_deref()).expect("two names").to_string();
+        self.committed = None;
         if existing.contains(&target) {
             let mut drop_stale = Transaction::new(family);
             drop_stale.push(&target, Op::DeleteTable);
             self.kernel.apply(&drop_stale).await?;
         }
         let mut build = Transaction::new(family);
-        build.create(&target, &ruleset, false);
+        build.create(&target, ruleset, false);
         for chunk in build.chunks(self.options.chunk_elements) {
             self.kernel.apply(&chunk).await?;
         }
@@ -183,8 +196,29 @@ impl<K: Kernel> NftProxier<K> {
             swap.push(old, Op::DeleteTable);
         }
         self.kernel.apply(&swap).await?;
-        self.committed = Some(Committed { table: target, ruleset });
+        self.committed = Some(Committed { table: target, structure: Structure::of(ruleset) });
         Ok(())
+    }
+
+    /// Sends what changed since the last sync as one atomic transaction, or
+    /// rebuilds when that would be too large.
+    async fn apply_changes(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
+        let journal = self.renderer.take_journal();
+        if self.needs_rebuild(request).await? || journal.touched_count() > self.options.max_incremental_elements {
+            self.rebuild().await?;
+            return Ok(true);
+        }
+        // If applying fails, the kernel kept its old state (nft commits
+        // atomically) but the renderer moved on: forget the table so the
+        // retry rebuilds.
+        let committed = self.committed.take().expect("needs_rebuild covers a missing table");
+        let tx = journal.transaction(&committed.table, &committed.structure, self.renderer.ruleset());
+        self.kernel.apply(&tx).await?;
+        self.committed = Some(Committed {
+            table: committed.table,
+            structure: Structure::of(self.renderer.ruleset()),
+        });
+        Ok(false)
     }
 }
 
@@ -213,27 +247,17 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
         let mut changes = std::mem::take(&mut self.unreported);
         changes.absorb(self.state.apply());
-        let rendered = render(&self.state, &self.config);
-        let outcome = async {
-            if self.needs_rebuild(request, changes.node_changed).await? {
-                self.rebuild(rendered.ruleset).await?;
-                return Ok::<bool, KernelError>(true);
-            }
-            let committed = self.committed.as_ref().expect("rebuild happens first");
-            let tx = diff(&committed.table, &committed.ruleset, &rendered.ruleset);
-            if tx.element_count() > self.options.max_incremental_elements {
-                self.rebuild(rendered.ruleset).await?;
-                return Ok(true);
-            }
-            self.kernel.apply(&tx).await?;
-            self.committed.as_mut().expect("checked above").ruleset = rendered.ruleset;
-            Ok(false)
+        if changes.node_changed || !self.rendered_once {
+            self.renderer.refresh_all(&self.state);
+            self.rendered_once = true;
+        } else {
+            let services: Vec<_> = changes.updated_services().into_iter().cloned().collect();
+            self.renderer.refresh(&self.state, services.iter());
         }
-        .await;
-        match outcome {
+        match self.apply_changes(request).await {
             Ok(rebuilt) => {
                 let mut report = SyncReport::new(request.full || rebuilt, changes);
-                report.no_local_endpoints = rendered.no_local_endpoints;
+                report.no_local_endpoints = self.renderer.no_local_endpoints();
                 Ok(report)
             }
             Err(e) => {

@@ -5,46 +5,61 @@
 //! Every property runs for both [`IpFamily::V4`] and [`IpFamily::V6`].
 //!
 //! 1. **Incremental equals from-scratch** (`incremental_equals_from_scratch`).
-//!    A random sequence of Service and EndpointSlice events over a small
-//!    universe (3 namespaces x 4 services, up to 3 slices per service, small
-//!    address pools so that duplicates across slices, leading-zero spellings
-//!    and wrong-family addresses happen) is turned into exactly the calls an
-//!    informer would make: `ServiceChangeTracker::update(previous, current)`
-//!    with the object's previous version, `EndpointsChangeTracker::update(slice,
-//!    removed)`. `apply` is called at random points. At every `apply`, and
-//!    once more at the end, the incrementally maintained `ServiceMap` and
-//!    `EndpointsMap` must equal the maps built from scratch (fresh trackers
-//!    fed each live object once), and those must equal an independent
-//!    oracle built directly from `convert::service_ports`,
-//!    `convert::slice_info` and `convert::merge_slices`. `ProxyState` is fed
-//!    the same calls and must hold the same maps and report the same
-//!    changes. Each apply's report is also checked against the actual map
-//!    difference: every Service whose entries changed is in
-//!    `updated_services`; `deleted_udp_cluster_ips` is exactly the ClusterIPs
-//!    of removed UDP/SCTP ports; `stale_endpoints` and `newly_active` are
-//!    exactly upstream's conntrack rules applied to the before/after maps;
-//!    trigger times are only reported for updated Services. Events that
-//!    re-deliver an earlier version of an object exercise changes that
-//!    collapse back to where they started.
+//!    A random sequence of up to 64 Service and EndpointSlice events over a
+//!    small universe (3 namespaces x 4 services, up to 3 slices per service
+//!    whose `kubernetes.io/service-name` may point at another service or be
+//!    missing; small address pools so that duplicates across slices,
+//!    leading-zero spellings and wrong-family addresses happen) is turned
+//!    into exactly the calls an informer makes:
+//!    `ServiceChangeTracker::update(previous, current)` with the cached
+//!    previous version (`None` for an add or as current for a delete) and
+//!    `EndpointsChangeTracker::update(slice, removed)` with the last known
+//!    version for a delete. Events that re-deliver an earlier version of an
+//!    object exercise changes that collapse back to where they started.
+//!    `apply` is called at random points. Checked:
+//!    - at every `apply`, and once more at the end, the incrementally
+//!      maintained `ServiceMap` and `EndpointsMap` equal the maps built from
+//!      scratch (fresh trackers fed each live object once); those equal an
+//!      oracle built without trackers from `convert::service_ports`,
+//!      `convert::slice_info` and `convert::merge_slices`; and the merge is
+//!      checked against every slice's own copies without `merge_slices`
+//!      (each merged endpoint is one of its address's copies, no copy ranks
+//!      higher by non-terminating-then-local, no address is lost);
+//!    - `ProxyState`, fed the same calls, holds the same maps and reports the
+//!      same changes;
+//!    - each apply's report matches the actual map difference: every Service
+//!      whose entries changed is in `updated_services`;
+//!      `deleted_udp_cluster_ips` is exactly the ClusterIPs of removed
+//!      UDP/SCTP ports; `stale_endpoints` and `newly_active` are exactly
+//!      upstream's conntrack rules applied to the before/after maps; trigger
+//!      times are only reported for updated Services;
+//!    - after every event, each tracker's `pending()` (and
+//!      `ProxyState::pending_counts`) is exactly the number of Services whose
+//!      map entries differ from the oracle's, and every `update`/`on_*` call
+//!      returns whether anything is pending.
 //! 2. **Batch equals one-by-one** (`batch_equals_one_by_one`). The same
 //!    event sequence applied with a single `apply` at the end, and with an
 //!    `apply` after every event, gives equal maps (for the trackers and for
 //!    `ProxyState`).
 //! 3. **Malformed objects never panic and never spoil others**
-//!    (`junk_never_panics_nor_spoils_good_objects`). Arbitrary junk
-//!    (unparsable and overlong IPs, IPv4 with leading zeros, ports and
-//!    nodePorts as any `i32`, invalid CIDRs, duplicate port names and
-//!    numbers, names up to 400 characters with quotes, braces, semicolons,
-//!    newlines and non-ASCII, empty or missing names and specs, empty or
-//!    wrong-family endpoint addresses, protocols such as `ICMP` or ``, junk
-//!    trigger-time annotations, junk Node objects) is fed through the
-//!    trackers and `ProxyState` before and after a fixed set of good objects
-//!    that live in other namespaces, and straight through
-//!    `convert::service_ports`, `convert::slice_info` and `convert::node_info`.
-//!    Nothing may panic; the good namespaces' entries must be exactly the
-//!    entries the good objects produce when fed alone; the whole maps must
-//!    still equal the from-scratch maps; `ProxyState` must keep its own node
-//!    name. A companion property
+//!    (`junk_never_panics_nor_spoils_good_objects`). Junk objects, in which
+//!    each field is junk with probability 1/4 (so most carry some junk and
+//!    many still reach the maps): unparsable, odd and overlong IPs, IPv4 with
+//!    leading zeros, ports and nodePorts as any `i32` (0, negative, above
+//!    65535), invalid CIDRs in `loadBalancerSourceRanges` and pod CIDRs,
+//!    duplicate port names and numbers, names up to 400 characters with
+//!    quotes, braces, semicolons, newlines and non-ASCII, empty or missing
+//!    names, namespaces and specs, empty or wrong-family endpoint addresses,
+//!    protocols such as `"ICMP"` or `""`, junk address types and
+//!    trigger-time annotations, junk Node objects. Up to 16 junk events are
+//!    fed through the trackers and `ProxyState` before, and up to 16 after,
+//!    a fixed set of good objects living in namespaces junk never uses; every
+//!    object also goes straight through `convert::service_ports`,
+//!    `convert::slice_info` and `convert::node_info`. Nothing may panic; the
+//!    good namespaces' entries must be exactly what the good objects produce
+//!    when fed alone; everything property 1 checks must still hold for the
+//!    whole maps, junk included; `ProxyState` must keep its own node name and
+//!    `node_info` must not repeat an address. A companion property
 //!    (`junk_fields_never_spoil_good_fields`) appends junk ports to a good
 //!    Service and junk ports and endpoints to a good EndpointSlice: every
 //!    good port must convert exactly as before, and every good port's
@@ -57,10 +72,12 @@
 //!    lists are sorted and deduplicated, ports and NodePorts are non-zero,
 //!    names are non-empty and no longer than `MAX_NAME_LEN`.
 //!
-//! Case counts: 64 cases per property (128 for the cheap field-level
-//! property); the whole file runs in a few seconds in debug mode. Failure
-//! persistence is off so that no `proptest-regressions` file is written
-//! next to this one; a failing case is printed, shrunk, in full.
+//! Case counts: 128 cases for each of the three sequence properties, 256
+//! for the cheap field-level one; the whole file takes about 5 s in debug
+//! mode on two cores (7 s single-threaded). Failure persistence is off so
+//! that no `proptest-regressions` file is written next to this one; a
+//! failing case is printed, shrunk, in full. `PROPTEST_CASES` does not
+//! override these counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -95,7 +112,8 @@ const NODE: &str = fixtures::NODE_NAME;
 /// Both families; every property runs once per family.
 const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
-/// 64 cases keep the whole file well under the 20 s budget in debug mode.
+/// The counts (128 and 256, see the file's docs) keep the whole file well
+/// under 20 s in debug mode.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
@@ -107,6 +125,10 @@ fn config(cases: u32) -> ProptestConfig {
 // ---------------------------------------------------------------------------
 // The universe of well-formed objects (properties 1 and 2).
 // ---------------------------------------------------------------------------
+
+// Every strategy function returns a `BoxedStrategy`: unboxed, the nested
+// value trees of the junk objects are large enough to overflow the 2 MiB
+// stack of a test thread in debug builds.
 
 static NAMESPACES: [&str; 3] = ["ns-0", "ns-1", "ns-2"];
 static SERVICE_NAMES: [&str; 4] = ["svc-0", "svc-1", "svc-2", "svc-3"];
@@ -485,8 +507,15 @@ enum Call {
     Slice(Box<EndpointSlice>, bool),
     /// `ProxyState::on_node`.
     Node(Box<Node>),
-    /// `apply`, with the informer cache at that point.
-    Apply(Box<Live>),
+    /// `apply`.
+    Apply,
+}
+
+/// One call, and the informer cache right after it.
+#[derive(Debug, Clone)]
+struct Step {
+    call: Call,
+    live: Live,
 }
 
 /// Namespaces whose objects deletion events never pick (property 3's good
@@ -500,62 +529,67 @@ fn deletable(key: &Key) -> bool {
 /// Turns events into informer calls, tracking the cache: an update carries
 /// the previous version, a delete the last known version. Objects without a
 /// name (which no informer delivers) are passed as adds and not cached.
-fn informer_calls(events: &[Event]) -> (Vec<Call>, Live) {
+/// Returns each call with the cache after it, and the final cache.
+fn informer_calls(events: &[Event]) -> (Vec<Step>, Live) {
     let mut live = Live::default();
     let mut service_history: Vec<Service> = Vec::new();
     let mut slice_history: Vec<EndpointSlice> = Vec::new();
-    let mut calls = Vec::new();
-    let upsert_service = |live: &mut Live, calls: &mut Vec<Call>, s: &Service| {
+    let mut steps = Vec::new();
+    let upsert_service = |live: &mut Live, s: &Service| {
         let previous = key_of(&s.metadata).and_then(|k| live.services.insert(k, s.clone()));
-        calls.push(Call::Service(previous.map(Box::new), Some(Box::new(s.clone()))));
+        Call::Service(previous.map(Box::new), Some(Box::new(s.clone())))
     };
-    let upsert_slice = |live: &mut Live, calls: &mut Vec<Call>, s: &EndpointSlice| {
+    let upsert_slice = |live: &mut Live, s: &EndpointSlice| {
         if let Some(k) = key_of(&s.metadata) {
             live.slices.insert(k, s.clone());
         }
-        calls.push(Call::Slice(Box::new(s.clone()), false));
+        Call::Slice(Box::new(s.clone()), false)
     };
     for event in events {
-        match event {
+        // `None`: the event makes no call (a delete or replay with nothing
+        // to pick from).
+        let call = match event {
             Event::UpsertService(s) => {
                 service_history.push((**s).clone());
-                upsert_service(&mut live, &mut calls, s);
+                Some(upsert_service(&mut live, s))
             }
-            Event::ReplayService(i) => {
-                if !service_history.is_empty() {
-                    let s = service_history[i.index(service_history.len())].clone();
-                    upsert_service(&mut live, &mut calls, &s);
-                }
-            }
+            Event::ReplayService(i) => (!service_history.is_empty()).then(|| {
+                let s = service_history[i.index(service_history.len())].clone();
+                upsert_service(&mut live, &s)
+            }),
             Event::DeleteService(i) => {
                 let keys: Vec<Key> = live.services.keys().filter(|k| deletable(k)).cloned().collect();
-                if !keys.is_empty() {
+                (!keys.is_empty()).then(|| {
                     let previous = live.services.remove(&keys[i.index(keys.len())]).expect("live");
-                    calls.push(Call::Service(Some(Box::new(previous)), None));
-                }
+                    Call::Service(Some(Box::new(previous)), None)
+                })
             }
             Event::UpsertSlice(s) => {
                 slice_history.push((**s).clone());
-                upsert_slice(&mut live, &mut calls, s);
+                Some(upsert_slice(&mut live, s))
             }
-            Event::ReplaySlice(i) => {
-                if !slice_history.is_empty() {
-                    let s = slice_history[i.index(slice_history.len())].clone();
-                    upsert_slice(&mut live, &mut calls, &s);
-                }
-            }
+            Event::ReplaySlice(i) => (!slice_history.is_empty()).then(|| {
+                let s = slice_history[i.index(slice_history.len())].clone();
+                upsert_slice(&mut live, &s)
+            }),
             Event::DeleteSlice(i) => {
                 let keys: Vec<Key> = live.slices.keys().filter(|k| deletable(k)).cloned().collect();
-                if !keys.is_empty() {
+                (!keys.is_empty()).then(|| {
                     let previous = live.slices.remove(&keys[i.index(keys.len())]).expect("live");
-                    calls.push(Call::Slice(Box::new(previous), true));
-                }
+                    Call::Slice(Box::new(previous), true)
+                })
             }
-            Event::Node(n) => calls.push(Call::Node(n.clone())),
-            Event::Apply => calls.push(Call::Apply(Box::new(live.clone()))),
+            Event::Node(n) => Some(Call::Node(n.clone())),
+            Event::Apply => Some(Call::Apply),
+        };
+        if let Some(call) = call {
+            steps.push(Step {
+                call,
+                live: live.clone(),
+            });
         }
     }
-    (calls, live)
+    (steps, live)
 }
 
 // ---------------------------------------------------------------------------
@@ -582,16 +616,18 @@ impl Trackers {
         }
     }
 
-    /// Feeds one non-apply call.
+    /// Feeds one non-apply call; checks the returned "anything pending".
     fn feed(&mut self, call: &Call) {
         match call {
             Call::Service(previous, current) => {
-                self.service_changes.update(previous.as_deref(), current.as_deref());
+                let pending = self.service_changes.update(previous.as_deref(), current.as_deref());
+                assert_eq!(pending, self.service_changes.pending() > 0);
             }
             Call::Slice(slice, removed) => {
-                self.endpoint_changes.update(slice, *removed);
+                let pending = self.endpoint_changes.update(slice, *removed);
+                assert_eq!(pending, self.endpoint_changes.pending() > 0);
             }
-            Call::Node(_) | Call::Apply(_) => {}
+            Call::Node(_) | Call::Apply => {}
         }
     }
 
@@ -613,18 +649,13 @@ impl Trackers {
 }
 
 fn feed_state(state: &mut ProxyState, call: &Call) {
-    match call {
-        Call::Service(previous, current) => {
-            state.on_service(previous.as_deref(), current.as_deref());
-        }
-        Call::Slice(slice, removed) => {
-            state.on_endpoint_slice(slice, *removed);
-        }
-        Call::Node(node) => {
-            state.on_node(node);
-        }
-        Call::Apply(_) => {}
-    }
+    let pending = match call {
+        Call::Service(previous, current) => state.on_service(previous.as_deref(), current.as_deref()),
+        Call::Slice(slice, removed) => state.on_endpoint_slice(slice, *removed),
+        Call::Node(node) => state.on_node(node),
+        Call::Apply => return,
+    };
+    assert_eq!(pending, state.has_pending());
 }
 
 /// `ProxyState` must report what the bare trackers report (trigger times
@@ -874,7 +905,7 @@ fn check_endpoints_map(map: &EndpointsMap, family: IpFamily) {
 /// Runs `calls` through the bare trackers and `ProxyState`, checking at
 /// every apply (and at the end) that both equal the from-scratch maps of
 /// the informer cache at that point.
-fn run_incremental(family: IpFamily, calls: &[Call], final_live: &Live) -> (Trackers, ProxyState) {
+fn run_incremental(family: IpFamily, steps: &[Step], final_live: &Live) -> (Trackers, ProxyState) {
     let mut trackers = Trackers::new(family);
     let mut state = ProxyState::new(family, NODE);
     let check = |trackers: &mut Trackers, state: &mut ProxyState, live: &Live| {
@@ -903,12 +934,28 @@ fn run_incremental(family: IpFamily, calls: &[Call], final_live: &Live) -> (Trac
         );
         assert_eq!(state.node().name, NODE, "ProxyState adopted another node's name");
     };
-    for call in calls {
+    for Step { call, live } in steps {
         match call {
-            Call::Apply(live) => check(&mut trackers, &mut state, live),
+            Call::Apply => check(&mut trackers, &mut state, live),
             other => {
                 trackers.feed(other);
                 feed_state(&mut state, other);
+                // Exactly the Services whose maps would change are pending: a
+                // change that ends where it started collapses.
+                let (services, endpoints) = oracle(family, live);
+                let service_pending = changed_services(trackers.services.iter(), services.iter());
+                let endpoint_pending = changed_services(trackers.endpoints.iter(), endpoints.iter());
+                assert_eq!(
+                    trackers.service_changes.pending(),
+                    service_pending.len(),
+                    "{family}: pending Service changes, expected {service_pending:?}"
+                );
+                assert_eq!(
+                    trackers.endpoint_changes.pending(),
+                    endpoint_pending.len(),
+                    "{family}: pending endpoint changes, expected {endpoint_pending:?}"
+                );
+                assert_eq!(state.pending_counts(), (service_pending.len(), endpoint_pending.len()));
             }
         }
     }
@@ -917,27 +964,27 @@ fn run_incremental(family: IpFamily, calls: &[Call], final_live: &Live) -> (Trac
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// Property 1 (see the file's docs).
     #[test]
     fn incremental_equals_from_scratch(events in arb_events()) {
-        let (calls, live) = informer_calls(&events);
+        let (steps, live) = informer_calls(&events);
         for family in FAMILIES {
-            run_incremental(family, &calls, &live);
+            run_incremental(family, &steps, &live);
         }
     }
 
     /// Property 2 (see the file's docs).
     #[test]
     fn batch_equals_one_by_one(events in arb_events()) {
-        let (calls, _) = informer_calls(&events);
+        let (steps, _) = informer_calls(&events);
         for family in FAMILIES {
             let mut batch = Trackers::new(family);
             let mut each = Trackers::new(family);
             let mut batch_state = ProxyState::new(family, NODE);
             let mut each_state = ProxyState::new(family, NODE);
-            for call in calls.iter().filter(|c| !matches!(c, Call::Apply(_))) {
+            for call in steps.iter().map(|s| &s.call).filter(|c| !matches!(c, Call::Apply)) {
                 batch.feed(call);
                 feed_state(&mut batch_state, call);
                 each.feed(call);
@@ -1479,8 +1526,8 @@ fn good_part_endpoints(map: &EndpointsMap) -> EndpointsMap {
 }
 
 /// Conversions called directly: no panic, and results obey the invariants.
-fn check_direct_conversions(calls: &[Call]) {
-    for call in calls {
+fn check_direct_conversions(steps: &[Step]) {
+    for Step { call, .. } in steps {
         match call {
             Call::Service(previous, current) => {
                 for s in previous.iter().chain(current) {
@@ -1516,13 +1563,13 @@ fn check_direct_conversions(calls: &[Call]) {
                 let unique: BTreeSet<_> = info.ips.iter().collect();
                 assert_eq!(unique.len(), info.ips.len(), "duplicate node IPs {:?}", info.ips);
             }
-            Call::Apply(_) => {}
+            Call::Apply => {}
         }
     }
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// Property 3 (see the file's docs).
     #[test]
@@ -1531,20 +1578,20 @@ proptest! {
         after in vec(junk_event(), 0..16),
         good_applies in vec(any::<bool>(), 11),
     ) {
-        let (alone_calls, alone_live) = informer_calls(&good_events(&[]));
+        let (alone_steps, alone_live) = informer_calls(&good_events(&[]));
         let events: Vec<Event> = before
             .into_iter()
             .chain(good_events(&good_applies))
             .chain(after)
             .collect();
-        let (calls, live) = informer_calls(&events);
-        check_direct_conversions(&calls);
+        let (steps, live) = informer_calls(&events);
+        check_direct_conversions(&steps);
         for family in FAMILIES {
-            let (alone, _) = run_incremental(family, &alone_calls, &alone_live);
+            let (alone, _) = run_incremental(family, &alone_steps, &alone_live);
             prop_assert!(!alone.services.is_empty() && !alone.endpoints.is_empty());
             // Also asserts that the whole maps, junk included, equal the
             // from-scratch maps, and checks every apply's report.
-            let (mixed, state) = run_incremental(family, &calls, &live);
+            let (mixed, state) = run_incremental(family, &steps, &live);
             prop_assert_eq!(good_part_services(&mixed.services), alone.services.clone());
             prop_assert_eq!(good_part_endpoints(&mixed.endpoints), alone.endpoints.clone());
             prop_assert_eq!(good_part_services(state.services()), alone.services);
@@ -1554,7 +1601,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(128))]
+    #![proptest_config(config(256))]
 
     /// Property 3, field level (see the file's docs).
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kproxy_core::{IpFamily, LocalDetector, ProxierConfig, Protocol};
 
 use crate::model::{BaseChain, Chain, ChainType, Expr, Hook, Match, Rule, Stmt, Verdict};
-use super::elements::SlotKind;
+use super::contribution::SlotKind;
 use crate::names;
 
 const DSTNAT: i32 = -100;

@@ -1,21 +1,22 @@
-//! Pure rule generation: the desired state in, a typed [`Ruleset`] out.
+//! Rule generation: the desired state in, a typed [`Ruleset`] out.
+//!
+//! [`render`] is the pure, whole-state function. [`Renderer`] produces the
+//! same ruleset incrementally: it remembers what each service port
+//! contributed, so re-rendering one changed Service touches only its own
+//! elements, and it journals the element changes so a sync can send them
+//! without comparing whole rulesets.
 
 mod chains;
-mod elements;
+mod contribution;
+mod journal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use kproxy_core::{select_endpoints, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol};
+use kproxy_core::{select_endpoints, NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
-use crate::model::{Key, KeyShape, Ruleset, Set, SetDecl, Value, ValueShape};
-use crate::names;
-use elements::{Elements, SlotKind};
-
-pub(crate) use chains::local_traffic;
-
-/// The longest affinity timeout Kubernetes allows (one day), the dynamic
-/// map's default.
-const MAX_AFFINITY_SECONDS: u32 = 86_400;
+use crate::model::{Key, Ruleset, Set, Value};
+use contribution::{contribute, fixed_decl, Claims, Contribution, SetId, SlotKind, FIXED_SETS};
+pub use journal::{Journal, Structure};
 
 /// What [`render`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,68 +29,194 @@ pub struct Rendered {
 
 /// Renders the applied state of `state` for `config` into a ruleset.
 ///
-/// Pure and deterministic: the same input always gives the same ruleset, so
-/// a sync can diff it against the last committed one.
+/// Pure and deterministic: the same input always gives the same ruleset.
 pub fn render(state: &ProxyState, config: &ProxierConfig) -> Rendered {
-    let mut el = Elements::default();
-    for (name, svc) in state.services().iter() {
-        let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
-        el.add(name, svc, &selected, config);
-    }
-
-    let mut rs = Ruleset::new(config.family);
-    let decl = |key, value| SetDecl { key, value, dynamic_timeout: None };
-    let mut put = |name: &str, decl: SetDecl, elements: BTreeMap<Key, Option<Value>>| {
-        rs.sets.insert(name.to_string(), Set { decl, elements });
-    };
-    let keys = |it: &mut dyn Iterator<Item = Key>| it.map(|k| (k, None)).collect::<BTreeMap<_, _>>();
-    let verdicts = |m: BTreeMap<Key, crate::model::Verdict>| {
-        m.into_iter().map(|(k, v)| (k, Some(Value::Verdict(v)))).collect::<BTreeMap<_, _>>()
-    };
-    put(names::CLUSTER_IPS, decl(KeyShape::Addr, ValueShape::None), keys(&mut el.cluster_ips.iter().map(|&ip| Key::Addr(ip))));
-    put(
-        names::NODEPORT_IPS,
-        decl(KeyShape::Addr, ValueShape::None),
-        keys(&mut config.node_port_ips.iter().filter(|ip| config.family.contains(**ip)).map(|&ip| Key::Addr(ip))),
-    );
-    put(names::SERVICE_DISPATCH, decl(KeyShape::Service, ValueShape::Verdict), verdicts(el.dispatch));
-    put(names::NODEPORT_DISPATCH, decl(KeyShape::Port, ValueShape::Verdict), verdicts(el.nodeport_dispatch));
-    put(names::NO_ENDPOINT_SERVICES, decl(KeyShape::Service, ValueShape::Verdict), verdicts(el.no_endpoints));
-    put(names::NO_ENDPOINT_NODEPORTS, decl(KeyShape::Port, ValueShape::Verdict), verdicts(el.no_endpoint_nodeports));
-    put(names::FIREWALL_SERVICES, decl(KeyShape::Service, ValueShape::None), keys(&mut el.firewall_services.into_iter()));
-    put(names::FIREWALL_ALLOW, decl(KeyShape::ServiceSource, ValueShape::None), keys(&mut el.firewall_allow.into_iter()));
-    put(names::HAIRPIN, decl(KeyShape::AddrPair, ValueShape::None), keys(&mut el.hairpin.iter().map(|&ip| Key::AddrPair(ip, ip))));
-    put(
-        names::AFFINITY,
-        SetDecl { key: KeyShape::Affinity, value: ValueShape::Target, dynamic_timeout: Some(MAX_AFFINITY_SECONDS) },
-        BTreeMap::new(),
-    );
-
-    let mut slot_sizes: BTreeMap<SlotKind, Vec<usize>> = BTreeMap::new();
-    for ((kind, n), slots) in el.slots {
-        slot_sizes.entry(kind).or_default().push(n);
-        let shape = if kind.by_address() { KeyShape::ServiceSlot(n as u32) } else { KeyShape::PortSlot(n as u32) };
-        put(&kind.map_name(n), decl(shape, ValueShape::Target), slots.into_iter().map(|(k, v)| (k, Some(v))).collect());
-    }
-
-    let mut affinity: BTreeMap<u32, Vec<Protocol>> = BTreeMap::new();
-    for (timeout, dests) in el.affinity {
-        let mut protocols: Vec<Protocol> = dests
-            .iter()
-            .filter_map(|k| match k {
-                Key::Service(_, p, _) => Some(*p),
-                _ => None,
-            })
-            .collect();
-        protocols.sort();
-        protocols.dedup();
-        affinity.insert(timeout, protocols);
-        put(&names::affinity_services(timeout), decl(KeyShape::Service, ValueShape::None), keys(&mut dests.into_iter()));
-    }
-
-    rs.chains = chains::chains(&chains::ChainInputs { config, slot_sizes, affinity });
+    let mut r = Renderer::new(config.clone());
+    r.refresh_all(state);
     Rendered {
-        ruleset: rs,
-        no_local_endpoints: el.no_local,
+        ruleset: r.ruleset.clone(),
+        no_local_endpoints: r.no_local_endpoints(),
+    }
+}
+
+/// The incremental renderer.
+#[derive(Debug)]
+pub struct Renderer {
+    config: ProxierConfig,
+    ruleset: Ruleset,
+    refcounts: HashMap<(SetId, Key), u32>,
+    contributions: HashMap<ServicePortName, Contribution>,
+    claims: Claims,
+    /// Elements per slot map, to know which `numgen` rules are needed.
+    slot_maps: BTreeMap<(SlotKind, usize), usize>,
+    /// Elements per affinity timeout and protocol.
+    affinity: BTreeMap<u32, BTreeMap<Protocol, usize>>,
+    journal: Journal,
+}
+
+impl Renderer {
+    /// A renderer with no services yet (fixed chains and sets only).
+    pub fn new(config: ProxierConfig) -> Self {
+        let mut ruleset = Ruleset::new(config.family);
+        for name in FIXED_SETS {
+            ruleset.sets.insert(name.to_string(), Set::new(fixed_decl(name)));
+        }
+        let nodeport_ips = &mut ruleset.sets.get_mut(crate::names::NODEPORT_IPS).expect("fixed set").elements;
+        for &ip in config.node_port_ips.iter().filter(|ip| config.family.contains(**ip)) {
+            nodeport_ips.insert(Key::Addr(ip), None);
+        }
+        let mut r = Renderer {
+            config,
+            ruleset,
+            refcounts: HashMap::new(),
+            contributions: HashMap::new(),
+            claims: Claims::new(),
+            slot_maps: BTreeMap::new(),
+            affinity: BTreeMap::new(),
+            journal: Journal::default(),
+        };
+        r.rebuild_chains();
+        r.journal = Journal::default();
+        r
+    }
+
+    /// The current ruleset.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+
+    /// Ports whose Local policy found no local endpoint, for metrics.
+    pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
+        let mut n = NoLocalEndpoints::default();
+        for c in self.contributions.values() {
+            n.internal += usize::from(c.no_local_internal);
+            n.external += usize::from(c.no_local_external);
+        }
+        n
+    }
+
+    /// Re-renders every service (after a node change, or from scratch).
+    pub fn refresh_all(&mut self, state: &ProxyState) {
+        let mut services: BTreeSet<NamespacedName> = self.contributions.keys().map(|n| n.service.clone()).collect();
+        services.extend(state.services().iter().map(|(n, _)| n.service.clone()));
+        self.refresh(state, services.iter());
+    }
+
+    /// Re-renders the given services: takes back what their ports
+    /// contributed and adds what they contribute now.
+    pub fn refresh<'a>(&mut self, state: &ProxyState, services: impl IntoIterator<Item = &'a NamespacedName>) {
+        let services: BTreeSet<&NamespacedName> = services.into_iter().collect();
+        let stale: Vec<ServicePortName> =
+            self.contributions.keys().filter(|n| services.contains(&n.service)).cloned().collect();
+        for name in stale {
+            self.withdraw(&name);
+        }
+        for service in services {
+            for (name, svc) in state.services().ports_of(service) {
+                let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+                let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
+                for (set, key, value) in &c.elements {
+                    self.insert(*set, *key, value.clone());
+                }
+                self.contributions.insert(name.clone(), c);
+            }
+        }
+        self.rebuild_chains();
+    }
+
+    /// Takes the element and structure changes made since the last call.
+    pub fn take_journal(&mut self) -> Journal {
+        std::mem::take(&mut self.journal)
+    }
+
+    fn withdraw(&mut self, name: &ServicePortName) {
+        let Some(c) = self.contributions.remove(name) else { return };
+        for (set, key, _) in &c.elements {
+            self.remove(*set, key);
+        }
+        for key in &c.claims {
+            if self.claims.get(key) == Some(name) {
+                self.claims.remove(key);
+            }
+        }
+    }
+
+    fn insert(&mut self, set: SetId, key: Key, value: Option<Value>) {
+        if set.shared() {
+            let count = self.refcounts.entry((set, key)).or_insert(0);
+            *count += 1;
+            if *count > 1 {
+                return;
+            }
+        }
+        let name = set.name();
+        let target = self.ruleset.sets.entry(name.clone()).or_insert_with(|| Set::new(set.decl()));
+        let before = target.elements.insert(key, value);
+        if before.is_none() {
+            self.count(set, &key, 1);
+        }
+        self.journal.touched(&name, key, before);
+    }
+
+    /// Keeps the slot-map and affinity counters in step with the sets.
+    fn count(&mut self, set: SetId, key: &Key, delta: isize) {
+        fn bump<K: Ord>(map: &mut BTreeMap<K, usize>, k: K, delta: isize) {
+            let n = map.entry(k).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                map.retain(|_, v| *v > 0);
+            }
+        }
+        match (set, key) {
+            (SetId::Slots(kind, n), _) => bump(&mut self.slot_maps, (kind, n), delta),
+            (SetId::Affinity(t), Key::Service(_, p, _)) => {
+                let per = self.affinity.entry(t).or_default();
+                bump(per, *p, delta);
+                if per.is_empty() {
+                    self.affinity.remove(&t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, set: SetId, key: &Key) {
+        if set.shared() {
+            match self.refcounts.get_mut(&(set, *key)) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    return;
+                }
+                _ => {
+                    self.refcounts.remove(&(set, *key));
+                }
+            }
+        }
+        let name = set.name();
+        let Some(target) = self.ruleset.sets.get_mut(&name) else { return };
+        let Some(before) = target.elements.remove(key) else { return };
+        if target.elements.is_empty() && !matches!(set, SetId::Fixed(_)) {
+            self.ruleset.sets.remove(&name);
+        }
+        self.journal.touched(&name, *key, Some(before));
+        self.count(set, key, -1);
+    }
+
+    /// Recomputes the fixed chains from which slot maps and affinity sets
+    /// exist; they change only when an endpoint count or a timeout appears
+    /// or disappears.
+    fn rebuild_chains(&mut self) {
+        let mut slot_sizes: BTreeMap<SlotKind, Vec<usize>> = BTreeMap::new();
+        for &(kind, n) in self.slot_maps.keys() {
+            slot_sizes.entry(kind).or_default().push(n);
+        }
+        let affinity: BTreeMap<u32, Vec<Protocol>> =
+            self.affinity.iter().map(|(t, per)| (*t, per.keys().copied().collect())).collect();
+        let chains = chains::chains(&chains::ChainInputs {
+            config: &self.config,
+            slot_sizes,
+            affinity,
+        });
+        self.ruleset.chains = chains;
     }
 }

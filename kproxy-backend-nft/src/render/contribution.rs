@@ -1,0 +1,274 @@
+//! What one service port contributes to the sets and maps.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kproxy_core::{Endpoint, IpFamily, ProxierConfig, SelectedEndpoints, ServicePortInfo, ServicePortName};
+
+use crate::model::{Key, KeyShape, SetDecl, Value, ValueShape, Verdict};
+use crate::names;
+
+/// The four families of DNAT slot maps: endpoint list × key shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SlotKind {
+    /// Cluster endpoints, keyed by destination address.
+    Cluster,
+    /// Local endpoints, keyed by destination address.
+    Local,
+    /// Cluster endpoints, keyed by NodePort.
+    NodePortCluster,
+    /// Local endpoints, keyed by NodePort.
+    NodePortLocal,
+}
+
+impl SlotKind {
+    pub const ALL: [SlotKind; 4] = [SlotKind::Cluster, SlotKind::Local, SlotKind::NodePortCluster, SlotKind::NodePortLocal];
+
+    /// The map holding the slots of services with `n` endpoints.
+    pub fn map_name(self, n: usize) -> String {
+        match self {
+            SlotKind::Cluster => names::cluster_slots(n),
+            SlotKind::Local => names::local_slots(n),
+            SlotKind::NodePortCluster => names::nodeport_cluster_slots(n),
+            SlotKind::NodePortLocal => names::nodeport_local_slots(n),
+        }
+    }
+
+    /// The chain that load-balances over these maps.
+    pub fn lb_chain(self) -> &'static str {
+        match self {
+            SlotKind::Cluster => names::CLUSTER_LB,
+            SlotKind::Local => names::LOCAL_LB,
+            SlotKind::NodePortCluster => names::NODEPORT_CLUSTER_LB,
+            SlotKind::NodePortLocal => names::NODEPORT_LOCAL_LB,
+        }
+    }
+
+    /// Whether keys start with the destination address (else the NodePort).
+    pub fn by_address(self) -> bool {
+        matches!(self, SlotKind::Cluster | SlotKind::Local)
+    }
+}
+
+/// Which set or map an element belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SetId {
+    /// One of the fixed sets, by name.
+    Fixed(&'static str),
+    /// A slot map: kind and endpoint count.
+    Slots(SlotKind, usize),
+    /// The affinity destinations of one timeout.
+    Affinity(u32),
+}
+
+impl SetId {
+    /// The set's name in the table.
+    pub fn name(self) -> String {
+        match self {
+            SetId::Fixed(n) => n.to_string(),
+            SetId::Slots(kind, n) => kind.map_name(n),
+            SetId::Affinity(t) => names::affinity_services(t),
+        }
+    }
+
+    /// Whether several service ports may add the same element (so it is
+    /// reference-counted).
+    pub fn shared(self) -> bool {
+        matches!(self, SetId::Fixed(names::CLUSTER_IPS) | SetId::Fixed(names::HAIRPIN))
+    }
+
+    /// The declaration of a set that only exists while it has elements.
+    pub fn decl(self) -> SetDecl {
+        let plain = |key, value| SetDecl { key, value, dynamic_timeout: None };
+        match self {
+            SetId::Slots(kind, n) if kind.by_address() => plain(KeyShape::ServiceSlot(n as u32), ValueShape::Target),
+            SetId::Slots(_, n) => plain(KeyShape::PortSlot(n as u32), ValueShape::Target),
+            SetId::Affinity(_) => plain(KeyShape::Service, ValueShape::None),
+            SetId::Fixed(name) => fixed_decl(name),
+        }
+    }
+}
+
+/// The longest affinity timeout Kubernetes allows (one day): the dynamic
+/// map's default timeout.
+pub(crate) const MAX_AFFINITY_SECONDS: u32 = 86_400;
+
+/// The fixed sets and maps, which always exist.
+pub(crate) const FIXED_SETS: [&str; 10] = [
+    names::CLUSTER_IPS,
+    names::NODEPORT_IPS,
+    names::SERVICE_DISPATCH,
+    names::NODEPORT_DISPATCH,
+    names::NO_ENDPOINT_SERVICES,
+    names::NO_ENDPOINT_NODEPORTS,
+    names::FIREWALL_SERVICES,
+    names::FIREWALL_ALLOW,
+    names::HAIRPIN,
+    names::AFFINITY,
+];
+
+/// The declaration of a fixed set.
+pub(crate) fn fixed_decl(name: &str) -> SetDecl {
+    let plain = |key, value| SetDecl { key, value, dynamic_timeout: None };
+    match name {
+        names::CLUSTER_IPS | names::NODEPORT_IPS => plain(KeyShape::Addr, ValueShape::None),
+        names::SERVICE_DISPATCH | names::NO_ENDPOINT_SERVICES => plain(KeyShape::Service, ValueShape::Verdict),
+        names::NODEPORT_DISPATCH | names::NO_ENDPOINT_NODEPORTS => plain(KeyShape::Port, ValueShape::Verdict),
+        names::FIREWALL_SERVICES => plain(KeyShape::Service, ValueShape::None),
+        names::FIREWALL_ALLOW => plain(KeyShape::ServiceSource, ValueShape::None),
+        names::HAIRPIN => plain(KeyShape::AddrPair, ValueShape::None),
+        names::AFFINITY => SetDecl {
+            key: KeyShape::Affinity,
+            value: ValueShape::Target,
+            dynamic_timeout: Some(MAX_AFFINITY_SECONDS),
+        },
+        other => unreachable!("{other} is not a fixed set"),
+    }
+}
+
+/// One element a service port adds.
+pub(crate) type Element = (SetId, Key, Option<Value>);
+
+/// Everything one service port adds, so it can be taken back exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Contribution {
+    pub elements: Vec<Element>,
+    /// Destinations this port owns.
+    pub claims: Vec<Key>,
+    /// Local internal policy with endpoints, none local.
+    pub no_local_internal: bool,
+    /// Local external policy with endpoints, none local.
+    pub no_local_external: bool,
+}
+
+/// Who owns which destination: the first service port to claim it.
+pub(crate) type Claims = HashMap<Key, ServicePortName>;
+
+fn claim(claims: &mut Claims, key: Key, name: &ServicePortName, out: &mut Contribution) -> bool {
+    match claims.get(&key) {
+        Some(owner) if owner != name => {
+            tracing::warn!(service = %name, owner = %owner, destination = ?key, "destination already used by another service; skipping it");
+            false
+        }
+        _ => {
+            claims.insert(key, name.clone());
+            out.claims.push(key);
+            true
+        }
+    }
+}
+
+/// The elements of one service port, given its selected endpoints.
+pub(crate) fn contribute(
+    name: &ServicePortName,
+    svc: &ServicePortInfo,
+    selected: &SelectedEndpoints,
+    config: &ProxierConfig,
+    claims: &mut Claims,
+) -> Contribution {
+    let mut out = Contribution::default();
+    let (proto, port) = (svc.protocol, svc.port);
+    let has_any = selected.has_any;
+    let internal = if svc.internal_policy_local { &selected.local } else { &selected.cluster };
+    let has_internal = has_any && !internal.is_empty();
+    let has_external = has_any && !(svc.external_policy_local && selected.local.is_empty());
+    out.no_local_internal = has_any && svc.internal_policy_local && selected.local.is_empty();
+    out.no_local_external = has_any && svc.external_policy_local && svc.externally_accessible() && selected.local.is_empty();
+    // Reject when nothing can serve; drop when only the policy forbids.
+    let refuse = if has_any { Verdict::Drop } else { Verdict::Goto(names::REJECT_CHAIN.into()) };
+    let put = |out: &mut Contribution, set: SetId, key: Key, value: Option<Value>| out.elements.push((set, key, value));
+    let goto = |chain: &str| Some(Value::Verdict(Verdict::Goto(chain.into())));
+
+    let cluster_key = Key::Service(svc.cluster_ip, proto, port);
+    if !claim(claims, cluster_key, name, &mut out) {
+        return out;
+    }
+    put(&mut out, SetId::Fixed(names::CLUSTER_IPS), Key::Addr(svc.cluster_ip), None);
+    if has_internal {
+        let (chain, kind) = if svc.internal_policy_local {
+            (names::CLUSTER_IP_LOCAL, SlotKind::Local)
+        } else {
+            (names::CLUSTER_IP, SlotKind::Cluster)
+        };
+        put(&mut out, SetId::Fixed(names::SERVICE_DISPATCH), cluster_key, goto(chain));
+        slots(&mut out, kind, |i| Key::ServiceSlot(svc.cluster_ip, proto, port, i), internal);
+    } else {
+        put(&mut out, SetId::Fixed(names::NO_ENDPOINT_SERVICES), cluster_key, Some(Value::Verdict(refuse.clone())));
+    }
+
+    let mut destinations: Vec<IpAddr> = svc.external_ips.iter().chain(&svc.load_balancer_vips).copied().collect();
+    destinations.sort();
+    destinations.dedup();
+    destinations.retain(|&d| claim(claims, Key::Service(d, proto, port), name, &mut out));
+    let node_port = svc.node_port.filter(|&np| claim(claims, Key::Port(proto, np), name, &mut out));
+    let etp_local = svc.external_policy_local;
+    if has_any {
+        let chain = if etp_local { names::EXTERNAL_LOCAL } else { names::EXTERNAL };
+        for &d in &destinations {
+            put(&mut out, SetId::Fixed(names::SERVICE_DISPATCH), Key::Service(d, proto, port), goto(chain));
+            slots(&mut out, SlotKind::Cluster, |i| Key::ServiceSlot(d, proto, port, i), &selected.cluster);
+            if etp_local {
+                slots(&mut out, SlotKind::Local, |i| Key::ServiceSlot(d, proto, port, i), &selected.local);
+            }
+        }
+        if let Some(np) = node_port {
+            let chain = if etp_local { names::NODEPORT_LOCAL } else { names::NODEPORT };
+            put(&mut out, SetId::Fixed(names::NODEPORT_DISPATCH), Key::Port(proto, np), goto(chain));
+            slots(&mut out, SlotKind::NodePortCluster, |i| Key::PortSlot(proto, np, i), &selected.cluster);
+            if etp_local {
+                slots(&mut out, SlotKind::NodePortLocal, |i| Key::PortSlot(proto, np, i), &selected.local);
+            }
+        }
+    }
+    if !has_external {
+        for &d in &destinations {
+            put(&mut out, SetId::Fixed(names::NO_ENDPOINT_SERVICES), Key::Service(d, proto, port), Some(Value::Verdict(refuse.clone())));
+        }
+        if let Some(np) = node_port {
+            put(&mut out, SetId::Fixed(names::NO_ENDPOINT_NODEPORTS), Key::Port(proto, np), Some(Value::Verdict(refuse)));
+        }
+    }
+
+    if svc.source_ranges.is_restricted() {
+        let nets = svc.source_ranges.networks();
+        let node_in_range = nets.iter().any(|n| config.node_ips.iter().any(|ip| n.contains(ip)));
+        for &vip in svc.load_balancer_vips.iter().filter(|v| destinations.contains(v)) {
+            put(&mut out, SetId::Fixed(names::FIREWALL_SERVICES), Key::Service(vip, proto, port), None);
+            for net in nets {
+                put(&mut out, SetId::Fixed(names::FIREWALL_ALLOW), Key::ServiceSource(vip, proto, port, *net), None);
+            }
+            if node_in_range {
+                for &src in &svc.load_balancer_vips {
+                    put(&mut out, SetId::Fixed(names::FIREWALL_ALLOW), Key::ServiceSource(vip, proto, port, IpNet::from(src)), None);
+                }
+            }
+        }
+    }
+
+    if let (Some(t), true) = (svc.affinity_timeout_seconds, has_any) {
+        put(&mut out, SetId::Affinity(t), cluster_key, None);
+        for &d in &destinations {
+            put(&mut out, SetId::Affinity(t), Key::Service(d, proto, port), None);
+        }
+        if let Some(np) = node_port {
+            for &ip in config.node_port_ips.iter().filter(|ip| IpFamily::of(**ip) == config.family) {
+                put(&mut out, SetId::Affinity(t), Key::Service(ip, proto, np), None);
+            }
+        }
+    }
+
+    let mut hairpin: Vec<IpAddr> = selected.cluster.iter().chain(&selected.local).map(|e| e.ip).collect();
+    hairpin.sort();
+    hairpin.dedup();
+    for ip in hairpin {
+        put(&mut out, SetId::Fixed(names::HAIRPIN), Key::AddrPair(ip, ip), None);
+    }
+    out
+}
+
+fn slots(out: &mut Contribution, kind: SlotKind, key: impl Fn(u32) -> Key, endpoints: &[Endpoint]) {
+    for (i, ep) in endpoints.iter().enumerate() {
+        out.elements.push((SetId::Slots(kind, endpoints.len()), key(i as u32), Some(Value::Target(ep.ip, ep.port))));
+    }
+}
