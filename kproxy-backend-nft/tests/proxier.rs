@@ -1,0 +1,205 @@
+//! The nftables proxier against the fake kernel: chunked builds, small
+//! incremental transactions, drift repair, restarts without a gap, retries.
+
+use async_trait::async_trait;
+use kproxy_backend_nft::fake::FakeKernel;
+use kproxy_backend_nft::kernel::{Kernel, KernelError, Outline};
+use kproxy_backend_nft::transaction::{Op, Transaction};
+use kproxy_backend_nft::{names, render, NftOptions, NftProxier};
+use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::scenarios;
+use kproxy_core::{IpFamily, Proxier, SyncRequest};
+
+const V4: IpFamily = IpFamily::V4;
+
+fn options(chunk: usize) -> NftOptions {
+    NftOptions { chunk_elements: chunk, ..NftOptions::default() }
+}
+
+/// A fake kernel that refuses the next `fail` transactions.
+#[derive(Default)]
+struct Flaky {
+    inner: FakeKernel,
+    fail: usize,
+}
+
+#[async_trait]
+impl Kernel for Flaky {
+    async fn apply(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+        if self.fail > 0 {
+            self.fail -= 1;
+            return Err(KernelError::Refused("injected failure".into()));
+        }
+        self.inner.apply(tx).await
+    }
+    async fn tables(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
+        self.inner.tables(family).await
+    }
+    async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError> {
+        self.inner.outline(family, table).await
+    }
+}
+
+/// A proxier loaded with every object of the shared `node_port` and
+/// `session_affinity` scenarios.
+fn loaded<K: Kernel + 'static>(kernel: K, chunk: usize) -> NftProxier<K> {
+    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), kernel, options(chunk)).unwrap();
+    p.on_node_update(&fx::node());
+    for s in scenarios::all().into_iter().filter(|s| s.name == "node_port" || s.name == "session_affinity") {
+        for svc in &s.services {
+            p.on_service_update(None, Some(svc));
+        }
+        for sl in &s.slices {
+            p.on_endpoint_slice_update(sl, false);
+        }
+    }
+    p
+}
+
+fn full() -> SyncRequest {
+    SyncRequest { full: true }
+}
+
+#[tokio::test]
+async fn the_first_sync_builds_in_chunks_and_attaches_hooks_last() {
+    let mut p = loaded(FakeKernel::new(), 5);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let k = p.kernel();
+    assert!(k.applied.len() > 3, "built in several transactions: {}", k.applied.len());
+    for tx in &k.applied[..k.applied.len() - 1] {
+        assert!(tx.element_count() <= 5, "a chunk exceeded the bound");
+        assert!(
+            !tx.commands.iter().any(|c| matches!(&c.op, Op::AddChain { base: Some(_), .. })),
+            "hooks attached before the table was complete"
+        );
+    }
+    let swap = k.applied.last().unwrap();
+    assert!(swap.commands.iter().any(|c| matches!(&c.op, Op::AddChain { base: Some(_), .. })));
+    assert_eq!(p.table(), Some("kproxy-a"));
+    assert_eq!(k.table(V4, "kproxy-a").unwrap(), p.ruleset());
+}
+
+#[tokio::test]
+async fn a_one_endpoint_change_is_one_small_transaction() {
+    let mut p = loaded(FakeKernel::new(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let before = p.kernel().applied.len();
+    let s = slice("ns1", "svc2", "svc2-a", "IPv4")
+        .port("p80", 80, "TCP")
+        .endpoint("10.180.0.2", fx::NODE_NAME, EndpointState::Ready)
+        .endpoint("10.180.1.2", fx::OTHER_NODE, EndpointState::Ready)
+        .endpoint("10.180.1.3", fx::OTHER_NODE, EndpointState::Ready)
+        .build();
+    assert!(p.on_endpoint_slice_update(&s, false));
+    p.sync(SyncRequest::default()).await.unwrap();
+    let k = p.kernel();
+    assert_eq!(k.applied.len(), before + 1, "one transaction");
+    let tx = k.applied.last().unwrap();
+    assert!(tx.element_count() <= 14, "{} elements for one endpoint:\n{}", tx.element_count(), tx.to_nft());
+    assert_eq!(k.table(V4, "kproxy-a").unwrap(), p.ruleset());
+    assert_eq!(p.ruleset(), &render(p.state(), &fx::config(V4)).ruleset);
+}
+
+#[tokio::test]
+async fn nothing_changed_sends_nothing() {
+    let mut p = loaded(FakeKernel::new(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let before = p.kernel().applied.len();
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.sync(full()).await.unwrap();
+    let sent: usize = p.kernel().applied[before..].iter().map(|t| t.commands.len()).sum();
+    assert_eq!(sent, 0);
+}
+
+#[tokio::test]
+async fn a_full_sync_repairs_a_flushed_chain() {
+    let mut p = loaded(FakeKernel::new(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.kernel_mut().flush_chain_externally(V4, "kproxy-a", names::SERVICES);
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert!(p.kernel().table(V4, "kproxy-a").unwrap().chains[names::SERVICES].rules.is_empty(), "partial syncs trust the kernel");
+    p.sync(full()).await.unwrap();
+    assert_eq!(p.table(), Some("kproxy-b"), "rebuilt under the other name");
+    assert!(p.kernel().table(V4, "kproxy-a").is_none(), "the damaged table is gone");
+    assert_eq!(p.kernel().table(V4, "kproxy-b").unwrap(), p.ruleset());
+}
+
+#[tokio::test]
+async fn a_full_sync_repairs_a_deleted_table() {
+    let mut p = loaded(FakeKernel::new(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.kernel_mut().delete_table_externally(V4, "kproxy-a");
+    p.sync(full()).await.unwrap();
+    assert_eq!(p.kernel().table(V4, p.table().unwrap()).unwrap(), p.ruleset());
+}
+
+#[tokio::test]
+async fn a_restarted_proxier_builds_beside_the_old_table_and_swaps() {
+    let mut first = loaded(FakeKernel::new(), 7);
+    first.sync(SyncRequest::default()).await.unwrap();
+    let kernel = first.kernel().clone();
+    let old_rules = kernel.table(V4, "kproxy-a").unwrap().clone();
+
+    let mut second = loaded(kernel, 7);
+    let before = second.kernel().applied.len();
+    second.sync(SyncRequest::default()).await.unwrap();
+    let k = second.kernel();
+    let txs = &k.applied[before..];
+    for tx in &txs[..txs.len() - 1] {
+        assert!(
+            tx.commands.iter().all(|c| c.table == "kproxy-b"),
+            "the serving table was touched before the swap"
+        );
+    }
+    let swap = txs.last().unwrap();
+    assert!(swap.commands.iter().any(|c| c.table == "kproxy-a" && c.op == Op::DeleteTable));
+    assert_eq!(k.table(V4, "kproxy-b").unwrap(), &old_rules, "same ruleset, new name");
+    assert!(k.table(V4, "kproxy-a").is_none());
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_retried_in_full_and_keeps_its_changes() {
+    let mut p = loaded(Flaky::default(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.kernel_mut().fail = 1;
+    let dns = service("ns2", "dns", &["172.30.9.9"]).port("dns", 53, "UDP", 0).build();
+    p.on_service_update(None, Some(&dns));
+    assert!(p.sync(SyncRequest::default()).await.is_err());
+    let report = p.sync(full()).await.unwrap();
+    assert!(report.full);
+    assert!(report.changes.updated_services().iter().any(|s| s.name == "dns"), "changes of the failed sync are reported");
+    assert_eq!(p.kernel().inner.table(V4, p.table().unwrap()).unwrap(), p.ruleset());
+}
+
+#[tokio::test]
+async fn cleanup_removes_every_kproxy_table() {
+    let mut p = loaded(FakeKernel::new(), 1000);
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.cleanup().await.unwrap();
+    assert!(p.kernel().dump().is_empty());
+}
+
+#[tokio::test]
+async fn two_services_claiming_one_nodeport_do_not_break_the_table() {
+    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(1000)).unwrap();
+    let a = service("ns", "a", &["172.30.1.1"]).type_("NodePort").port("p", 80, "TCP", 30500).build();
+    let b = service("ns", "b", &["172.30.1.2"]).type_("NodePort").port("p", 80, "TCP", 30500).build();
+    for (name, svc) in [("a", &a), ("b", &b)] {
+        p.on_service_update(None, Some(svc));
+        let s = slice("ns", name, &format!("{name}-1"), "IPv4").port("p", 80, "TCP").endpoint(&format!("10.180.1.{}", name.len()), fx::OTHER_NODE, EndpointState::Ready);
+        p.on_endpoint_slice_update(&s.build(), false);
+    }
+    p.sync(SyncRequest::default()).await.unwrap();
+    p.on_service_update(Some(&a), None);
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert_eq!(p.kernel().table(V4, "kproxy-a").unwrap(), p.ruleset(), "the fake accepted every step");
+}
+
+#[test]
+fn hostile_interface_names_are_refused() {
+    for bad in ["", "has space", "quote\"d", "sixteen-chars-xx", "semi;colon"] {
+        let mut config = fx::config(V4);
+        config.local_detector = kproxy_core::LocalDetector::BridgeInterface(bad.into());
+        assert!(NftProxier::new("n", config, FakeKernel::new(), NftOptions::default()).is_err(), "{bad:?}");
+    }
+}
