@@ -194,7 +194,11 @@ fn load_balancer_range_holds_node() -> Scenario {
                 .build()],
         )
         .case("the node itself is in range", node(fx::LB_IP_2, 80), fwd(&["10.180.1.4:80"], true))
-        .case("the VIP as source is allowed when a range holds the node", outside(fx::LB_IP_2, fx::LB_IP_2, 80), fwd(&["10.180.1.4:80"], true))
+        .case(
+            "the node reaching its own VIP, sourced from the VIP, is allowed when a range holds the node",
+            Packet::tcp(Origin::Node, ip(fx::LB_IP_2), ip(fx::LB_IP_2), 80),
+            fwd(&["10.180.1.4:80"], true),
+        )
         .case("anyone else is dropped", outside(fx::ALLOWED_CLIENT, fx::LB_IP_2, 80), Verdict::Drop)
 }
 

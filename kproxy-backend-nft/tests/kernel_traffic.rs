@@ -1,0 +1,43 @@
+//! Real traffic through the real kernel: every shared scenario, in private
+//! network namespaces, with the nftables backend programming the node.
+//! Needs root (skips with a message otherwise; must run in CI).
+
+use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_core::oracle::{fixtures as fx, scenarios, Scenario};
+use kproxy_core::{Proxier, SyncRequest};
+use kproxy_testkit::{check_scenario, kernel_tests_enabled, Topology};
+
+/// Programs the topology's node with the scenario's objects.
+async fn install(scenario: &Scenario, topo: &Topology) -> NftProxier<NftCli> {
+    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftCli::in_netns(topo.node.name()), NftOptions::default())
+        .expect("valid config");
+    p.on_node_update(&scenario.node);
+    for s in &scenario.services {
+        p.on_service_update(None, Some(s));
+    }
+    for s in &scenario.slices {
+        p.on_endpoint_slice_update(s, false);
+    }
+    p.sync(SyncRequest { full: true }).await.unwrap_or_else(|e| panic!("{}: sync failed: {e}", scenario.name));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_with_real_traffic() {
+    if !kernel_tests_enabled("every_scenario_with_real_traffic") {
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    // KPROXY_SCENARIO=name runs one scenario only (for debugging).
+    let only = std::env::var("KPROXY_SCENARIO").ok();
+    for scenario in scenarios::all().into_iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name)) {
+        let topo = Topology::build(&scenario).unwrap_or_else(|e| panic!("{}: topology: {e}", scenario.name));
+        let _proxier = install(&scenario, &topo).await;
+        let scenario_failures = tokio::task::block_in_place(|| check_scenario(&topo, &scenario));
+        checked += scenario.cases.len();
+        failures.extend(scenario_failures);
+    }
+    assert!(failures.is_empty(), "{} of {checked} cases failed:\n{}", failures.len(), failures.join("\n"));
+}

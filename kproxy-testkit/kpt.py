@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Servers and probes for kproxy's kernel tests; runs inside network namespaces.
+
+serve --name NAME [--tcp PORT]... [--udp PORT]...
+    Answers every TCP connection and UDP datagram with "NAME PEER_IP".
+    Prints "ready" once listening.
+probe --src IP --dst IP --port N --proto tcp|udp [--count N] [--timeout S]
+    Prints one line per attempt: "ok NAME PEER_IP", "refused", "timeout",
+    "unreachable" or "error MESSAGE".
+"""
+import argparse
+import errno
+import socket
+import sys
+import threading
+
+
+def family_of(ip):
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def serve(args):
+    socks = []
+    for fam, any_addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for port in args.tcp:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((any_addr, port))
+            s.listen(64)
+            socks.append(("tcp", s))
+        for port in args.udp:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((any_addr, port))
+            socks.append(("udp", s))
+
+    def tcp_loop(s):
+        while True:
+            conn, peer = s.accept()
+            try:
+                conn.sendall(("%s %s\n" % (args.name, peer[0])).encode())
+            finally:
+                conn.close()
+
+    def udp_loop(s):
+        while True:
+            _, peer = s.recvfrom(2048)
+            s.sendto(("%s %s" % (args.name, peer[0])).encode(), peer)
+
+    for kind, s in socks:
+        threading.Thread(target=tcp_loop if kind == "tcp" else udp_loop, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def probe_once(args):
+    fam = family_of(args.dst)
+    kind = socket.SOCK_STREAM if args.proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(fam, kind)
+    s.settimeout(args.timeout)
+    try:
+        s.bind((args.src, 0))
+        s.connect((args.dst, args.port))
+        if args.proto == "udp":
+            s.send(b"hello")
+            data = s.recv(2048)
+        else:
+            data = s.recv(2048)
+        return "ok " + data.decode().strip()
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "unreachable"
+        return "error %s" % e
+    finally:
+        s.close()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--name", required=True)
+    s.add_argument("--tcp", type=int, action="append", default=[])
+    s.add_argument("--udp", type=int, action="append", default=[])
+    q = sub.add_parser("probe")
+    q.add_argument("--src", required=True)
+    q.add_argument("--dst", required=True)
+    q.add_argument("--port", type=int, required=True)
+    q.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+    q.add_argument("--count", type=int, default=1)
+    q.add_argument("--timeout", type=float, default=1.0)
+    args = p.parse_args()
+    if args.cmd == "serve":
+        serve(args)
+    else:
+        for _ in range(args.count):
+            print(probe_once(args), flush=True)
+
+
+if __name__ == "__main__":
+    main()

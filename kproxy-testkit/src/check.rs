@@ -1,0 +1,138 @@
+//! Checking a scenario's cases with real connections.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use kproxy_core::oracle::{Packet, Scenario, Verdict};
+use kproxy_core::Protocol;
+
+use crate::topology::{Topology, KPT};
+
+/// One probe's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A pod answered; it saw the connection come from `peer`.
+    Answered {
+        /// The pod's IP.
+        pod: IpAddr,
+        /// The source address the pod saw.
+        peer: IpAddr,
+    },
+    /// Refused at once.
+    Refused,
+    /// No answer within the timeout.
+    Timeout,
+    /// No route, or another error.
+    Other(String),
+}
+
+/// Sends `count` connections (TCP) or datagrams (UDP) for `packet` from
+/// where it originates.
+pub fn probe(topo: &Topology, packet: &Packet, count: usize, timeout: Duration) -> Result<Vec<Seen>, String> {
+    let ns = topo.source(packet.origin, packet.src).ok_or_else(|| format!("no namespace owns source {}", packet.src))?;
+    let proto = match packet.protocol {
+        Protocol::Udp => "udp",
+        _ => "tcp",
+    };
+    let out = ns.exec(&[
+        "python3",
+        KPT,
+        "probe",
+        "--src",
+        &packet.src.to_string(),
+        "--dst",
+        &packet.dst.to_string(),
+        "--port",
+        &packet.dport.to_string(),
+        "--proto",
+        proto,
+        "--count",
+        &count.to_string(),
+        "--timeout",
+        &format!("{:.1}", timeout.as_secs_f64()),
+    ])?;
+    Ok(out
+        .lines()
+        .map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            match parts.as_slice() {
+                ["ok", pod, peer] => match (pod.parse(), peer.parse()) {
+                    (Ok(pod), Ok(peer)) => Seen::Answered { pod, peer },
+                    _ => Seen::Other(l.to_string()),
+                },
+                ["refused"] => Seen::Refused,
+                ["timeout"] => Seen::Timeout,
+                _ => Seen::Other(l.to_string()),
+            }
+        })
+        .collect())
+}
+
+/// Checks every case of `scenario` on a topology whose node runs the
+/// proxy; returns a description of each case that failed.
+pub fn check_scenario(topo: &Topology, scenario: &Scenario) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in &scenario.cases {
+        if let Err(why) = check_case(topo, &case.packet, &case.expected) {
+            failures.push(format!("{} / {}: {} — {why}", scenario.name, case.name, case.packet));
+        }
+    }
+    failures
+}
+
+/// Checks one packet against its verdict.
+pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Result<(), String> {
+    match expected {
+        Verdict::Drop => {
+            let seen = probe(topo, packet, 1, Duration::from_millis(800))?;
+            (seen == [Seen::Timeout]).then_some(()).ok_or_else(|| format!("expected a timeout (DROP), saw {seen:?}"))
+        }
+        Verdict::Reject => {
+            let start = Instant::now();
+            let seen = probe(topo, packet, 1, Duration::from_secs(2))?;
+            let fast = start.elapsed() < Duration::from_millis(1500);
+            (seen == [Seen::Refused] && fast)
+                .then_some(())
+                .ok_or_else(|| format!("expected an immediate refusal (REJECT), saw {seen:?} after {:?}", start.elapsed()))
+        }
+        Verdict::NotService => {
+            let seen = probe(topo, packet, 1, Duration::from_millis(500))?;
+            match seen.as_slice() {
+                [Seen::Answered { pod, .. }] => Err(format!("expected no service, but pod {pod} answered")),
+                _ => Ok(()),
+            }
+        }
+        Verdict::Forward { targets, affinity_seconds } => {
+            let wanted: BTreeSet<SocketAddr> = targets.iter().map(|t| t.endpoint).collect();
+            let count = if affinity_seconds.is_some() { 8 } else { (16 * targets.len()).max(4) };
+            let seen = probe(topo, packet, count, Duration::from_secs(2))?;
+            let mut answered = BTreeSet::new();
+            for s in &seen {
+                let Seen::Answered { pod, peer } = s else {
+                    return Err(format!("expected an answer from {wanted:?}, saw {s:?}"));
+                };
+                let target = targets
+                    .iter()
+                    .find(|t| t.endpoint.ip() == *pod)
+                    .ok_or_else(|| format!("pod {pod} answered, expected one of {wanted:?}"))?;
+                let masqueraded = *peer != packet.src;
+                if masqueraded != target.masquerade {
+                    return Err(format!(
+                        "pod {pod} saw source {peer}: masquerade {masqueraded}, expected {}",
+                        target.masquerade
+                    ));
+                }
+                answered.insert(*pod);
+            }
+            let wanted_pods: BTreeSet<IpAddr> = wanted.iter().map(SocketAddr::ip).collect();
+            if affinity_seconds.is_some() {
+                (answered.len() == 1).then_some(()).ok_or_else(|| format!("affinity broken: {count} connections reached {answered:?}"))
+            } else {
+                (answered == wanted_pods)
+                    .then_some(())
+                    .ok_or_else(|| format!("{count} connections reached {answered:?}, expected all of {wanted_pods:?}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! # kproxy-testkit
+//!
+//! The kernel test harness every kproxy backend shares. A test builds a
+//! [`Topology`] from one of kproxy-core's shared scenarios (a node namespace
+//! with pods on a bridge and an outside client, none linked to the host's
+//! namespace), programs the node namespace with its backend, and calls
+//! [`check_scenario`], which sends real TCP and UDP traffic for every case
+//! and compares what the pods saw with the case's verdict. Everything is
+//! removed when the topology is dropped, also on panic.
+//!
+//! Kernel tests call [`kernel_tests_enabled`] first: without root they skip
+//! with a message, but under `CI=true` they must run.
+
+mod check;
+mod netns;
+mod topology;
+
+pub use check::{check_case, check_scenario, probe, Seen};
+pub use netns::{kernel_tests_enabled, run, Netns};
+pub use topology::{Topology, KPT};

@@ -1,0 +1,120 @@
+//! Network namespaces that clean up after themselves.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace this process created. Dropping it stops every
+/// process started in it (by PID) and deletes it, also when a test panics.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    children: Vec<Child>,
+}
+
+/// Runs a command and returns its stdout, or an error naming the command
+/// and its stderr.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Netns {
+    /// Creates a fresh namespace whose name contains `tag`, with loopback up.
+    pub fn new(tag: &str) -> Result<Netns, String> {
+        let name = format!("kpt-{}-{}-{tag}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        run(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name, children: Vec::new() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        // IPv6 addresses usable at once (no duplicate address detection),
+        // and no ICMP redirects: a node that routes a pod's packet back out
+        // of the interface it came in on must not teach the pod to bypass
+        // it, or replies would skip the node's conntrack.
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+            "net.ipv4.conf.all.accept_redirects=0",
+            "net.ipv4.conf.default.accept_redirects=0",
+        ])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME args...`.
+    pub fn ip(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs `args` inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Starts a long-running process inside the namespace and waits until
+    /// it prints `ready`.
+    pub fn spawn_ready(&mut self, args: &[&str]) -> Result<(), String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))?;
+        let stdout = child.stdout.take().expect("piped");
+        self.children.push(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            return Err(format!("{} did not start: {line:?}", args.join(" ")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Whether kernel tests can run here. They need root; in CI (`CI=true`)
+/// they must run, so this panics there instead of skipping.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    let root = run(&["id", "-u"]).map(|u| u.trim() == "0").unwrap_or(false);
+    let tools = run(&["nft", "--version"]).is_ok() && run(&["ip", "-V"]).is_ok();
+    if root && tools {
+        return true;
+    }
+    let why = if root { "nft or ip is missing" } else { "not running as root" };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: kernel tests must run in CI, but {why}");
+    }
+    eprintln!("SKIPPED {test}: {why} (kernel tests need root, nft and iproute2)");
+    false
+}
