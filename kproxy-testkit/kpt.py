@@ -7,7 +7,14 @@ serve --name NAME [--tcp PORT]... [--udp PORT]...
 probe --src IP --dst IP --port N --proto tcp|udp [--count N] [--timeout S]
     Prints one line per attempt: "ok NAME PEER_IP", "refused", "timeout",
     "unreachable" or "error MESSAGE".
+hold --src IP --dst IP --port N --seconds S
+    Keeps one TCP connection open for S seconds, echoing a ping every 50 ms;
+    prints "held N" or "broken after T: ERROR" (exit 1).
+watch --src IP --dst IP --port N --seconds S
+    Opens a new TCP connection every 50 ms for S seconds; prints
+    "ok N failed F" and the first failure, if any.
 """
+import time
 import argparse
 import errno
 import socket
@@ -40,10 +47,21 @@ def serve(args):
     def tcp_loop(s):
         while True:
             conn, peer = s.accept()
-            try:
-                conn.sendall(("%s %s\n" % (args.name, peer[0])).encode())
-            finally:
-                conn.close()
+            threading.Thread(target=tcp_conn, args=(conn, peer), daemon=True).start()
+
+    def tcp_conn(conn, peer):
+        # Greet, then echo until the client closes.
+        try:
+            conn.sendall(("%s %s\n" % (args.name, peer[0])).encode())
+            while True:
+                data = conn.recv(2048)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def udp_loop(s):
         while True:
@@ -82,6 +100,40 @@ def probe_once(args):
         s.close()
 
 
+def hold(args):
+    start = time.monotonic()
+    n = 0
+    try:
+        s = socket.create_connection((args.dst, args.port), timeout=2, source_address=(args.src, 0))
+        s.recv(2048)
+        while time.monotonic() - start < args.seconds:
+            s.sendall(b"ping\n")
+            if s.recv(2048) != b"ping\n":
+                raise OSError("bad echo")
+            n += 1
+            time.sleep(0.05)
+        print("held %d" % n, flush=True)
+    except OSError as e:
+        print("broken after %.2f: %s" % (time.monotonic() - start, e), flush=True)
+        sys.exit(1)
+
+
+def watch(args):
+    start = time.monotonic()
+    ok = failed = 0
+    first = ""
+    while time.monotonic() - start < args.seconds:
+        args.proto, args.timeout = "tcp", 1.0
+        r = probe_once(args)
+        if r.startswith("ok"):
+            ok += 1
+        else:
+            failed += 1
+            first = first or ("%.2f %s" % (time.monotonic() - start, r))
+        time.sleep(0.05)
+    print("ok %d failed %d %s" % (ok, failed, first), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -96,9 +148,19 @@ def main():
     q.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     q.add_argument("--count", type=int, default=1)
     q.add_argument("--timeout", type=float, default=1.0)
+    for name in ("hold", "watch"):
+        h = sub.add_parser(name)
+        h.add_argument("--src", required=True)
+        h.add_argument("--dst", required=True)
+        h.add_argument("--port", type=int, required=True)
+        h.add_argument("--seconds", type=float, required=True)
     args = p.parse_args()
     if args.cmd == "serve":
         serve(args)
+    elif args.cmd == "hold":
+        hold(args)
+    elif args.cmd == "watch":
+        watch(args)
     else:
         for _ in range(args.count):
             print(probe_once(args), flush=True)

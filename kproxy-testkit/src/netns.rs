@@ -72,8 +72,8 @@ impl Netns {
     }
 
     /// Starts a long-running process inside the namespace and waits until
-    /// it prints `ready`.
-    pub fn spawn_ready(&mut self, args: &[&str]) -> Result<(), String> {
+    /// it prints `ready`; returns its handle for [`Netns::kill`].
+    pub fn spawn_ready(&mut self, args: &[&str]) -> Result<usize, String> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)
@@ -89,7 +89,42 @@ impl Netns {
         if line.trim() != "ready" {
             return Err(format!("{} did not start: {line:?}", args.join(" ")));
         }
-        Ok(())
+        Ok(self.children.len() - 1)
+    }
+
+    /// Starts a process inside the namespace without waiting for it.
+    pub fn spawn(&mut self, args: &[&str]) -> Result<usize, String> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))?;
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
+    /// Kills a process this namespace started (SIGKILL, by PID).
+    pub fn kill(&mut self, handle: usize) {
+        if let Some(child) = self.children.get_mut(handle) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for a process started with [`Netns::spawn`] and returns what
+    /// it printed.
+    pub fn wait_output(&mut self, handle: usize) -> Result<String, String> {
+        use std::io::Read;
+        let child = self.children.get_mut(handle).ok_or("no such process")?;
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            stdout.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        }
+        child.wait().map_err(|e| e.to_string())?;
+        Ok(out)
     }
 }
 

@@ -1,0 +1,42 @@
+//! `kproxy-nft-scenario NAME`: programs one of kproxy-core's shared scenarios
+//! into the current network namespace with the nftables backend, prints
+//! `ready`, and keeps running until killed (leaving its rules in place, as a
+//! proxy does across a restart). Tests use it to kill and restart a real
+//! proxier process; run it only inside a network namespace you made, e.g.
+//! `ip netns exec mytest kproxy-nft-scenario cluster_ip`.
+
+use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_core::oracle::{fixtures as fx, scenarios};
+use kproxy_core::{Proxier, SyncRequest};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let Some(scenario) = scenarios::all().into_iter().find(|s| s.name == name) else {
+        eprintln!("kproxy-nft-scenario: unknown scenario {name:?}");
+        std::process::exit(2);
+    };
+    let mut proxier = match NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftCli::new(), NftOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kproxy-nft-scenario: {e}");
+            std::process::exit(2);
+        }
+    };
+    proxier.on_node_update(&scenario.node);
+    for s in &scenario.services {
+        proxier.on_service_update(None, Some(s));
+    }
+    for s in &scenario.slices {
+        proxier.on_endpoint_slice_update(s, false);
+    }
+    if let Err(e) = proxier.sync(SyncRequest { full: true }).await {
+        eprintln!("kproxy-nft-scenario: {e}");
+        std::process::exit(1);
+    }
+    println!("ready");
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
