@@ -138,8 +138,8 @@ fn arity(shape: KeyShape) -> usize {
     match shape {
         KeyShape::Addr => 1,
         KeyShape::AddrPair | KeyShape::Port => 2,
-        KeyShape::Service | KeyShape::PortSlot(_) => 3,
-        KeyShape::ServiceSlot(_) | KeyShape::ServiceSource | KeyShape::Affinity => 4,
+        KeyShape::Service | KeyShape::PortSlot(..) => 3,
+        KeyShape::ServiceSlot(..) | KeyShape::ServiceSource | KeyShape::Affinity => 4,
     }
 }
 
@@ -151,8 +151,8 @@ fn key_fits(shape: &KeyShape, key: &Key) -> bool {
             | (KeyShape::Service, Key::Service(..))
             | (KeyShape::Port, Key::Port(..))
             | (KeyShape::ServiceSource, Key::ServiceSource(..))
-    ) || matches!((shape, key), (KeyShape::ServiceSlot(n), Key::ServiceSlot(.., i)) if i < n)
-        || matches!((shape, key), (KeyShape::PortSlot(n), Key::PortSlot(.., i)) if i < n)
+    ) || matches!((shape, key), (KeyShape::ServiceSlot(p, n), Key::ServiceSlot(_, kp, _, i)) if i < n && p == kp)
+        || matches!((shape, key), (KeyShape::PortSlot(p, n), Key::PortSlot(kp, _, i)) if i < n && p == kp)
 }
 
 fn check_element(shape: &KeyShape, value: ValueShape, k: &Key, v: &Option<Value>, chains: &[String]) -> Result<(), String> {

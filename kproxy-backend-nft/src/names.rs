@@ -5,6 +5,8 @@
 //! reach the rule text, and the number of chains does not grow with the
 //! number of services.
 
+use kproxy_core::Protocol;
+
 /// The two table names kproxy alternates between (see [`crate::kernel`]).
 pub const TABLES: [&str; 2] = ["kproxy-a", "kproxy-b"];
 
@@ -84,24 +86,24 @@ pub const HAIRPIN: &str = "hairpin";
 /// Dynamic map: `client . destination . proto . port` → chosen endpoint.
 pub const AFFINITY: &str = "affinity";
 
-/// Map: cluster endpoint slots for services with `n` endpoints.
-pub fn cluster_slots(n: usize) -> String {
-    format!("cluster-slots-{n}")
+/// Map: cluster endpoint slots of `protocol` services with `n` endpoints.
+pub fn cluster_slots(protocol: Protocol, n: usize) -> String {
+    format!("cluster-slots-{}-{n}", protocol.as_lower_str())
 }
 
-/// Map: local endpoint slots for services with `n` endpoints.
-pub fn local_slots(n: usize) -> String {
-    format!("local-slots-{n}")
+/// Map: local endpoint slots of `protocol` services with `n` endpoints.
+pub fn local_slots(protocol: Protocol, n: usize) -> String {
+    format!("local-slots-{}-{n}", protocol.as_lower_str())
 }
 
-/// Map: cluster endpoint slots of NodePorts with `n` endpoints.
-pub fn nodeport_cluster_slots(n: usize) -> String {
-    format!("nodeport-cluster-slots-{n}")
+/// Map: cluster endpoint slots of `protocol` NodePorts with `n` endpoints.
+pub fn nodeport_cluster_slots(protocol: Protocol, n: usize) -> String {
+    format!("nodeport-cluster-slots-{}-{n}", protocol.as_lower_str())
 }
 
-/// Map: local endpoint slots of NodePorts with `n` endpoints.
-pub fn nodeport_local_slots(n: usize) -> String {
-    format!("nodeport-local-slots-{n}")
+/// Map: local endpoint slots of `protocol` NodePorts with `n` endpoints.
+pub fn nodeport_local_slots(protocol: Protocol, n: usize) -> String {
+    format!("nodeport-local-slots-{}-{n}", protocol.as_lower_str())
 }
 
 /// Set: destinations whose affinity timeout is `seconds`.

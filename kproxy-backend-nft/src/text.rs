@@ -120,15 +120,19 @@ pub fn set_spec(decl: &SetDecl, family: IpFamily) -> String {
         KeyShape::AddrPair => (format!("type {a} . {a}"), false),
         KeyShape::Service => (format!("type {a} . inet_proto . inet_service"), false),
         KeyShape::Port => ("type inet_proto . inet_service".into(), false),
-        KeyShape::ServiceSlot(n) => (typeof_key(&format!("{ip} daddr . meta l4proto . th dport . numgen random mod {n}")), true),
-        KeyShape::PortSlot(n) => (typeof_key(&format!("meta l4proto . th dport . numgen random mod {n}")), true),
+        KeyShape::ServiceSlot(_, n) => (typeof_key(&format!("{ip} daddr . meta l4proto . th dport . numgen random mod {n}")), true),
+        KeyShape::PortSlot(_, n) => (typeof_key(&format!("meta l4proto . th dport . numgen random mod {n}")), true),
         KeyShape::ServiceSource => (format!("type {a} . inet_proto . inet_service . {a}"), false),
         KeyShape::Affinity => (format!("type {a} . {a} . inet_proto . inet_service"), false),
     };
     let value = match (decl.value, uses_typeof) {
         (ValueShape::None, _) => String::new(),
         (ValueShape::Verdict, _) => " : verdict".into(),
-        (ValueShape::Target, true) => format!(" : {ip} daddr . th dport"),
+        // `tcp dport` (or udp, sctp), not `th dport`: nft 1.0.6 cannot read
+        // back a map whose data is `ip daddr . th dport` ("conflicting
+        // protocols"), so a later rule could not reference it. Slot maps are
+        // per protocol for this reason.
+        (ValueShape::Target, true) => format!(" : {ip} daddr . {} dport", slot_protocol(decl.key)),
         (ValueShape::Target, false) => format!(" : {a} . inet_service"),
     };
     let mut out = format!("{key}{value};");
@@ -145,7 +149,17 @@ pub fn set_spec(decl: &SetDecl, family: IpFamily) -> String {
     if let Some(t) = decl.dynamic_timeout {
         let _ = write!(out, " timeout {t}s;");
     }
+    if let Some(n) = decl.max_elements {
+        let _ = write!(out, " size {n};");
+    }
     out
+}
+
+fn slot_protocol(key: KeyShape) -> &'static str {
+    match key {
+        KeyShape::ServiceSlot(p, _) | KeyShape::PortSlot(p, _) => p.as_lower_str(),
+        _ => "th",
+    }
 }
 
 /// Text of an address in an element.

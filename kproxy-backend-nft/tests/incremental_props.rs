@@ -6,129 +6,16 @@
 //!
 //! 48 cases of up to 24 events each.
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_backend_nft::fake::FakeKernel;
 use kproxy_backend_nft::kernel::Kernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{render, Renderer, Structure};
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 
-/// A service's shape, from a few small numbers.
-#[derive(Debug, Clone)]
-struct SvcSpec {
-    kind: u8,
-    udp: bool,
-    etp_local: bool,
-    itp_local: bool,
-    affinity: Option<i32>,
-    external_ip: bool,
-    ranges: u8,
-}
-
-#[derive(Debug, Clone)]
-enum Event {
-    Service(u8, SvcSpec),
-    DeleteService(u8),
-    Slice(u8, u8, Vec<(u8, bool, u8)>),
-    DeleteSlice(u8, u8),
-}
-
-fn spec() -> impl Strategy<Value = SvcSpec> {
-    (0u8..3, any::<bool>(), any::<bool>(), any::<bool>(), prop::option::of(prop::sample::select(vec![60, 3600])), any::<bool>(), 0u8..3)
-        .prop_map(|(kind, udp, etp_local, itp_local, affinity, external_ip, ranges)| SvcSpec {
-            kind,
-            udp,
-            etp_local,
-            itp_local,
-            affinity,
-            external_ip,
-            ranges,
-        })
-}
-
-fn event() -> impl Strategy<Value = Event> {
-    prop_oneof![
-        3 => (0u8..6, spec()).prop_map(|(i, s)| Event::Service(i, s)),
-        1 => (0u8..6).prop_map(Event::DeleteService),
-        4 => (0u8..6, 0u8..2, prop::collection::vec((0u8..12, any::<bool>(), 0u8..4), 0..5)).prop_map(|(i, j, e)| Event::Slice(i, j, e)),
-        1 => (0u8..6, 0u8..2).prop_map(|(i, j)| Event::DeleteSlice(i, j)),
-    ]
-}
-
-fn build_service(i: u8, s: &SvcSpec) -> Service {
-    let name = format!("svc{i}");
-    let node_port = if s.kind > 0 { 30000 + i32::from(i) } else { 0 };
-    let mut b = service("ns", &name, &[&format!("172.30.0.{}", 10 + i)]).port("p80", 80, "TCP", node_port);
-    if s.udp {
-        b = b.port("dns", 53, "UDP", 0);
-    }
-    match s.kind {
-        1 => b = b.type_("NodePort"),
-        2 => b = b.load_balancer(&[&format!("1.2.3.{}", 10 + i)]),
-        _ => {}
-    }
-    if s.external_ip {
-        b = b.external_ips(&[&format!("192.168.99.{}", 10 + i)]);
-    }
-    if s.etp_local && s.kind > 0 {
-        b = b.external_policy_local(31000 + i32::from(i));
-    }
-    if s.itp_local {
-        b = b.internal_policy_local();
-    }
-    if let Some(t) = s.affinity {
-        b = b.affinity(t);
-    }
-    match s.ranges {
-        1 => b = b.source_ranges(&[fx::SOURCE_RANGE]),
-        2 => b = b.source_ranges(&["192.168.0.0/16", "bogus"]),
-        _ => {}
-    }
-    b.build()
-}
-
-fn build_slice(i: u8, j: u8, eps: &[(u8, bool, u8)]) -> EndpointSlice {
-    let mut b = slice("ns", &format!("svc{i}"), &format!("svc{i}-{j}"), "IPv4").port("p80", 8080, "TCP").port("dns", 53, "UDP");
-    for (ip, local, state) in eps {
-        let node = if *local { fx::NODE_NAME } else { fx::OTHER_NODE };
-        let state = [EndpointState::Ready, EndpointState::ServingTerminating, EndpointState::Terminating, EndpointState::NotReady][*state as usize];
-        b = b.endpoint(&format!("10.180.{}.{}", u8::from(!*local), ip), node, state);
-    }
-    b.build()
-}
-
-struct World {
-    services: [Option<Service>; 6],
-    slices: std::collections::BTreeMap<(u8, u8), EndpointSlice>,
-}
-
-fn step(world: &mut World, state: &mut ProxyState, e: &Event) {
-    match e {
-        Event::Service(i, s) => {
-            let new = build_service(*i, s);
-            state.on_service(world.services[*i as usize].as_ref(), Some(&new));
-            world.services[*i as usize] = Some(new);
-        }
-        Event::DeleteService(i) => {
-            if let Some(old) = world.services[*i as usize].take() {
-                state.on_service(Some(&old), None);
-            }
-        }
-        Event::Slice(i, j, eps) => {
-            let s = build_slice(*i, *j, eps);
-            state.on_endpoint_slice(&s, false);
-            world.slices.insert((*i, *j), s);
-        }
-        Event::DeleteSlice(i, j) => {
-            if let Some(s) = world.slices.remove(&(*i, *j)) {
-                state.on_endpoint_slice(&s, true);
-            }
-        }
-    }
-}
+mod common;
+use common::{event, step, World};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]

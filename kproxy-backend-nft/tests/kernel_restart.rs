@@ -8,7 +8,22 @@ use std::time::Duration;
 use kproxy_core::oracle::{fixtures as fx, scenarios};
 use kproxy_testkit::{kernel_tests_enabled, Topology, KPT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kproxy-nft-scenario");
+/// The `kproxy-nft-scenario` example, built if this test runs alone.
+fn scenario_bin() -> String {
+    let exe = std::env::current_exe().expect("own path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let bin = profile_dir.join("examples").join("kproxy-nft-scenario");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "kproxy-backend-nft", "--example", "kproxy-nft-scenario"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().map(|s| s.success()).unwrap_or(false), "cannot build the kproxy-nft-scenario example");
+    }
+    bin.to_string_lossy().into_owned()
+}
 const VIP: &str = "172.30.0.41";
 
 fn table_listing(topo: &Topology, table: &str) -> String {
@@ -23,7 +38,8 @@ fn kill_and_restart_keeps_traffic_flowing() {
     }
     let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
     let mut topo = Topology::build(&scenario).unwrap();
-    let first = topo.node.spawn_ready(&[BIN, "cluster_ip"]).unwrap();
+    let bin = scenario_bin();
+    let first = topo.node.spawn_ready(&[&bin, "cluster_ip"]).unwrap();
     let before = table_listing(&topo, "kproxy-a");
 
     let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
@@ -53,7 +69,7 @@ fn kill_and_restart_keeps_traffic_flowing() {
         pod.spawn(&a.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
     };
     std::thread::sleep(Duration::from_millis(200));
-    let _second = topo.node.spawn_ready(&[BIN, "cluster_ip"]).unwrap();
+    let _second = topo.node.spawn_ready(&[&bin, "cluster_ip"]).unwrap();
     let pod = topo.pods.get_mut(&client).unwrap();
     let restart_result = pod.wait_output(during_restart).unwrap();
     let held_result = pod.wait_output(held).unwrap();

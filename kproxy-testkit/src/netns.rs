@@ -48,6 +48,9 @@ impl Netns {
             "net.ipv4.conf.default.send_redirects=0",
             "net.ipv4.conf.all.accept_redirects=0",
             "net.ipv4.conf.default.accept_redirects=0",
+            // Every REJECT must be visible: no ICMP rate limiting.
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv6.icmp.ratelimit=0",
         ])?;
         Ok(ns)
     }

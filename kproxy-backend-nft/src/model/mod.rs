@@ -7,7 +7,7 @@ mod rule;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use kproxy_core::IpFamily;
+use kproxy_core::{IpFamily, Protocol};
 
 pub use key::{Key, Value};
 pub use rule::{Expr, Match, Rule, Stmt};
@@ -84,10 +84,10 @@ pub enum KeyShape {
     Service,
     /// `proto . port`.
     Port,
-    /// `addr . proto . port . numgen random mod N`.
-    ServiceSlot(u32),
-    /// `proto . port . numgen random mod N`.
-    PortSlot(u32),
+    /// `addr . proto . port . numgen random mod N`, for one protocol.
+    ServiceSlot(Protocol, u32),
+    /// `proto . port . numgen random mod N`, for one protocol.
+    PortSlot(Protocol, u32),
     /// `addr . proto . port . addr` with intervals.
     ServiceSource,
     /// `saddr . daddr . proto . port`, the affinity map key.
@@ -115,6 +115,9 @@ pub struct SetDecl {
     /// For dynamic maps updated from the packet path: the default timeout in
     /// seconds.
     pub dynamic_timeout: Option<u32>,
+    /// The most elements the kernel keeps (dynamic maps only; without it nft
+    /// caps a set updated from the packet path at 65535).
+    pub max_elements: Option<u32>,
 }
 
 /// A set or map with its elements.

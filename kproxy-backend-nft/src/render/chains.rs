@@ -16,8 +16,8 @@ const FILTER: i32 = 0;
 /// The inputs that shape the chains.
 pub(crate) struct ChainInputs<'a> {
     pub config: &'a ProxierConfig,
-    /// Endpoint counts present in each slot-map family, ascending.
-    pub slot_sizes: BTreeMap<SlotKind, Vec<usize>>,
+    /// (protocol, endpoint count) pairs present in each slot-map family.
+    pub slot_sizes: BTreeMap<SlotKind, Vec<(Protocol, usize)>>,
     /// Affinity timeouts in use, with the protocols that use each.
     pub affinity: BTreeMap<u32, Vec<Protocol>>,
 }
@@ -174,10 +174,12 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
                 }],
             ));
         }
-        for &n in inputs.slot_sizes.get(&kind).into_iter().flatten() {
+        for &(p, n) in inputs.slot_sizes.get(&kind).into_iter().flatten() {
             let mut k = key.to_vec();
             k.push(Expr::NumgenMod(n as u32));
-            rules.push(Rule::new(vec![], vec![Stmt::DnatMap { key: k, map: kind.map_name(n) }]));
+            // The protocol match is what nft adds anyway for a map whose
+            // port is typed `tcp dport`; writing it keeps the model exact.
+            rules.push(Rule::new(vec![Match::L4Proto(p)], vec![Stmt::DnatMap { key: k, map: kind.map_name(p, n) }]));
         }
         put(kind.lb_chain(), regular(rules));
     }

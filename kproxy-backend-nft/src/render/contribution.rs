@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kproxy_core::{Endpoint, IpFamily, ProxierConfig, SelectedEndpoints, ServicePortInfo, ServicePortName};
+use kproxy_core::{Endpoint, IpFamily, Protocol, ProxierConfig, SelectedEndpoints, ServicePortInfo, ServicePortName};
 
 use crate::model::{Key, KeyShape, SetDecl, Value, ValueShape, Verdict};
 use crate::names;
@@ -25,13 +25,13 @@ pub(crate) enum SlotKind {
 impl SlotKind {
     pub const ALL: [SlotKind; 4] = [SlotKind::Cluster, SlotKind::Local, SlotKind::NodePortCluster, SlotKind::NodePortLocal];
 
-    /// The map holding the slots of services with `n` endpoints.
-    pub fn map_name(self, n: usize) -> String {
+    /// The map holding the slots of `protocol` services with `n` endpoints.
+    pub fn map_name(self, protocol: Protocol, n: usize) -> String {
         match self {
-            SlotKind::Cluster => names::cluster_slots(n),
-            SlotKind::Local => names::local_slots(n),
-            SlotKind::NodePortCluster => names::nodeport_cluster_slots(n),
-            SlotKind::NodePortLocal => names::nodeport_local_slots(n),
+            SlotKind::Cluster => names::cluster_slots(protocol, n),
+            SlotKind::Local => names::local_slots(protocol, n),
+            SlotKind::NodePortCluster => names::nodeport_cluster_slots(protocol, n),
+            SlotKind::NodePortLocal => names::nodeport_local_slots(protocol, n),
         }
     }
 
@@ -56,8 +56,10 @@ impl SlotKind {
 pub(crate) enum SetId {
     /// One of the fixed sets, by name.
     Fixed(&'static str),
-    /// A slot map: kind and endpoint count.
-    Slots(SlotKind, usize),
+    /// A slot map: kind, protocol and endpoint count. Maps are per protocol
+    /// because nft 1.0.6 can only read back a DNAT map whose port is typed
+    /// for one protocol (`tcp dport`, not `th dport`).
+    Slots(SlotKind, Protocol, usize),
     /// The affinity destinations of one timeout.
     Affinity(u32),
 }
@@ -67,7 +69,7 @@ impl SetId {
     pub fn name(self) -> String {
         match self {
             SetId::Fixed(n) => n.to_string(),
-            SetId::Slots(kind, n) => kind.map_name(n),
+            SetId::Slots(kind, protocol, n) => kind.map_name(protocol, n),
             SetId::Affinity(t) => names::affinity_services(t),
         }
     }
@@ -80,10 +82,10 @@ impl SetId {
 
     /// The declaration of a set that only exists while it has elements.
     pub fn decl(self) -> SetDecl {
-        let plain = |key, value| SetDecl { key, value, dynamic_timeout: None };
+        let plain = |key, value| SetDecl { key, value, dynamic_timeout: None, max_elements: None };
         match self {
-            SetId::Slots(kind, n) if kind.by_address() => plain(KeyShape::ServiceSlot(n as u32), ValueShape::Target),
-            SetId::Slots(_, n) => plain(KeyShape::PortSlot(n as u32), ValueShape::Target),
+            SetId::Slots(kind, p, n) if kind.by_address() => plain(KeyShape::ServiceSlot(p, n as u32), ValueShape::Target),
+            SetId::Slots(_, p, n) => plain(KeyShape::PortSlot(p, n as u32), ValueShape::Target),
             SetId::Affinity(_) => plain(KeyShape::Service, ValueShape::None),
             SetId::Fixed(name) => fixed_decl(name),
         }
@@ -93,6 +95,9 @@ impl SetId {
 /// The longest affinity timeout Kubernetes allows (one day): the dynamic
 /// map's default timeout.
 pub(crate) const MAX_AFFINITY_SECONDS: u32 = 86_400;
+
+/// How many (client, service) affinity entries the kernel keeps.
+pub(crate) const MAX_AFFINITY_ENTRIES: u32 = 1 << 20;
 
 /// The fixed sets and maps, which always exist.
 pub(crate) const FIXED_SETS: [&str; 10] = [
@@ -110,7 +115,7 @@ pub(crate) const FIXED_SETS: [&str; 10] = [
 
 /// The declaration of a fixed set.
 pub(crate) fn fixed_decl(name: &str) -> SetDecl {
-    let plain = |key, value| SetDecl { key, value, dynamic_timeout: None };
+    let plain = |key, value| SetDecl { key, value, dynamic_timeout: None, max_elements: None };
     match name {
         names::CLUSTER_IPS | names::NODEPORT_IPS => plain(KeyShape::Addr, ValueShape::None),
         names::SERVICE_DISPATCH | names::NO_ENDPOINT_SERVICES => plain(KeyShape::Service, ValueShape::Verdict),
@@ -122,6 +127,7 @@ pub(crate) fn fixed_decl(name: &str) -> SetDecl {
             key: KeyShape::Affinity,
             value: ValueShape::Target,
             dynamic_timeout: Some(MAX_AFFINITY_SECONDS),
+            max_elements: Some(MAX_AFFINITY_ENTRIES),
         },
         other => unreachable!("{other} is not a fixed set"),
     }
@@ -269,6 +275,11 @@ pub(crate) fn contribute(
 
 fn slots(out: &mut Contribution, kind: SlotKind, key: impl Fn(u32) -> Key, endpoints: &[Endpoint]) {
     for (i, ep) in endpoints.iter().enumerate() {
-        out.elements.push((SetId::Slots(kind, endpoints.len()), key(i as u32), Some(Value::Target(ep.ip, ep.port))));
+        let k = key(i as u32);
+        let protocol = match k {
+            Key::ServiceSlot(_, p, _, _) | Key::PortSlot(p, _, _) => p,
+            _ => unreachable!("slot keys carry their protocol"),
+        };
+        out.elements.push((SetId::Slots(kind, protocol, endpoints.len()), k, Some(Value::Target(ep.ip, ep.port))));
     }
 }

@@ -48,7 +48,7 @@ pub struct Renderer {
     contributions: HashMap<ServicePortName, Contribution>,
     claims: Claims,
     /// Elements per slot map, to know which `numgen` rules are needed.
-    slot_maps: BTreeMap<(SlotKind, usize), usize>,
+    slot_maps: BTreeMap<(SlotKind, Protocol, usize), usize>,
     /// Elements per affinity timeout and protocol.
     affinity: BTreeMap<u32, BTreeMap<Protocol, usize>>,
     journal: Journal,
@@ -168,7 +168,7 @@ impl Renderer {
             }
         }
         match (set, key) {
-            (SetId::Slots(kind, n), _) => bump(&mut self.slot_maps, (kind, n), delta),
+            (SetId::Slots(kind, p, n), _) => bump(&mut self.slot_maps, (kind, p, n), delta),
             (SetId::Affinity(t), Key::Service(_, p, _)) => {
                 let per = self.affinity.entry(t).or_default();
                 bump(per, *p, delta);
@@ -206,9 +206,9 @@ impl Renderer {
     /// exist; they change only when an endpoint count or a timeout appears
     /// or disappears.
     fn rebuild_chains(&mut self) {
-        let mut slot_sizes: BTreeMap<SlotKind, Vec<usize>> = BTreeMap::new();
-        for &(kind, n) in self.slot_maps.keys() {
-            slot_sizes.entry(kind).or_default().push(n);
+        let mut slot_sizes: BTreeMap<SlotKind, Vec<(Protocol, usize)>> = BTreeMap::new();
+        for &(kind, p, n) in self.slot_maps.keys() {
+            slot_sizes.entry(kind).or_default().push((p, n));
         }
         let affinity: BTreeMap<u32, Vec<Protocol>> =
             self.affinity.iter().map(|(t, per)| (*t, per.keys().copied().collect())).collect();

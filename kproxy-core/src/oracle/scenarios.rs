@@ -128,9 +128,10 @@ pub fn all() -> Vec<Scenario> {
 fn cluster_ip() -> Scenario {
     Scenario::new("cluster_ip", IpFamily::V4)
         .with(
-            vec![service("ns1", "svc1", &["172.30.0.41"]).port("p80", 80, "TCP", 0).build()],
+            vec![service("ns1", "svc1", &["172.30.0.41"]).port("p80", 80, "TCP", 0).port("dns", 53, "UDP", 0).build()],
             vec![slice("ns1", "svc1", "svc1-a", "IPv4")
                 .port("p80", 8080, "TCP")
+                .port("dns", 5353, "UDP")
                 .endpoint("10.180.0.1", fx::NODE_NAME, Ready)
                 .endpoint("10.180.1.1", fx::OTHER_NODE, Ready)
                 .build()],
@@ -138,6 +139,7 @@ fn cluster_ip() -> Scenario {
         .case("pod to ClusterIP is not masqueraded", pod("172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], false))
         .case("node to ClusterIP is masqueraded", node("172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
         .case("off-cluster source is masqueraded", outside(fx::ALLOWED_CLIENT, "172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
+        .case("UDP is load balanced too", pod("172.30.0.41", 53).with_protocol(Protocol::Udp), fwd(&["10.180.0.1:5353", "10.180.1.1:5353"], false))
         .case("unknown port on a ClusterIP is rejected", pod("172.30.0.41", 81), Verdict::Reject)
         .case("unknown protocol on a ClusterIP is rejected", pod("172.30.0.41", 80).with_protocol(Protocol::Udp), Verdict::Reject)
         .case("an address that is no ClusterIP is left alone", pod("172.30.0.99", 80), Verdict::NotService)

@@ -3,7 +3,8 @@
 //! `ready`, and keeps running until killed (leaving its rules in place, as a
 //! proxy does across a restart). Tests use it to kill and restart a real
 //! proxier process; run it only inside a network namespace you made, e.g.
-//! `ip netns exec mytest kproxy-nft-scenario cluster_ip`.
+//! `ip netns exec mytest target/debug/examples/kproxy-nft-scenario cluster_ip`
+//! (built by `cargo build -p kproxy-backend-nft --example kproxy-nft-scenario`).
 
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_backend_nft::{NftOptions, NftProxier};

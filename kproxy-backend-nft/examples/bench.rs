@@ -1,0 +1,149 @@
+//! `kproxy-nft-bench`: the nftables backend's benchmark. Needs root; it makes
+//! a private network namespace per size, runs there, and deletes it.
+//!
+//! ```text
+//! cargo run --release -p kproxy-backend-nft --example kproxy-nft-bench -- [SERVICES,...] [ENDPOINTS]
+//! ```
+//!
+//! For each size (default 1000,10000,50000 services × 10 endpoints) it
+//! reports: the cold full sync (wall time from the first sync call to the
+//! kernel commit returning), one-service changes (an endpoint added, an
+//! endpoint removed, a service added; median and worst of 20, from the
+//! handler call to the kernel commit returning), the process's peak RSS, and
+//! the rendered ruleset's size.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::transaction::Transaction;
+use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::{IpFamily, Proxier, SyncRequest};
+
+fn cluster_ip(i: usize) -> String {
+    format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255)
+}
+
+fn endpoint_ip(i: usize, j: usize) -> String {
+    let n = i * 16 + j;
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+fn svc(i: usize) -> Service {
+    service("bench", &format!("svc-{i}"), &[&cluster_ip(i)]).port("http", 80, "TCP", 0).build()
+}
+
+fn endpoints(i: usize, count: usize) -> EndpointSlice {
+    let mut b = slice("bench", &format!("svc-{i}"), &format!("svc-{i}-1"), "IPv4").port("http", 8080, "TCP");
+    for j in 0..count {
+        b = b.endpoint(&endpoint_ip(i, j), fx::OTHER_NODE, EndpointState::Ready);
+    }
+    b.build()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and worst of a series, in milliseconds.
+fn summary(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+async fn one_size(services: usize, eps: usize) {
+    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftCli::new(), NftOptions::default()).expect("config");
+    p.on_node_update(&fx::node());
+    for i in 0..services {
+        p.on_service_update(None, Some(&svc(i)));
+        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+    }
+    let start = Instant::now();
+    p.sync(SyncRequest { full: true }).await.expect("cold sync");
+    let cold = start.elapsed();
+
+    let rounds = 20;
+    let (mut added, mut removed, mut new_service) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let i = (r * 7919) % services;
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&endpoints(i, eps + 1), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        added.push(t.elapsed());
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        removed.push(t.elapsed());
+        let t = Instant::now();
+        let n = services + r;
+        p.on_service_update(None, Some(&svc(n)));
+        p.on_endpoint_slice_update(&endpoints(n, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        new_service.push(t.elapsed());
+    }
+    let rs = p.ruleset();
+    let mut tx = Transaction::new(IpFamily::V4);
+    tx.create("kproxy-a", rs, true);
+    let text = tx.to_nft();
+    println!(
+        "| {services} | {eps} | {:.2} s | {} | {} | {} | {:.1} MiB | {} | {} | {:.1} MiB |",
+        cold.as_secs_f64(),
+        summary(added),
+        summary(removed),
+        summary(new_service),
+        peak_rss_kib() as f64 / 1024.0,
+        rs.element_count(),
+        rs.rule_count(),
+        text.len() as f64 / (1024.0 * 1024.0),
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--one") {
+        let services: usize = args[1].parse().expect("services");
+        let eps: usize = args[2].parse().expect("endpoints");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(one_size(services, eps));
+        return;
+    }
+    let sizes: Vec<usize> = args
+        .first()
+        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
+    let eps: usize = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    let nft = Command::new("nft").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("nft: {}; kernel: {}", nft.unwrap_or_else(|_| "nft not found".into()), kernel.trim());
+    println!("| services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | elements | rules | nft text |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let me = std::env::current_exe().expect("own path");
+    for services in sizes {
+        let ns = format!("kpbench-{}-{services}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            eprintln!("kproxy-nft-bench: cannot create network namespace {ns} (run as root)");
+            std::process::exit(1);
+        }
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&me)
+            .args(["--one", &services.to_string(), &eps.to_string()])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        if !status.map(|s| s.success()).unwrap_or(false) {
+            eprintln!("kproxy-nft-bench: the run at {services} services failed");
+            std::process::exit(1);
+        }
+    }
+}
