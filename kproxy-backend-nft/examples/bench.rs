@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
@@ -62,7 +62,7 @@ fn summary(mut v: Vec<Duration>) -> String {
 }
 
 async fn one_size(services: usize, eps: usize) {
-    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftCli::new(), NftOptions::default()).expect("config");
+    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
     p.on_node_update(&fx::node());
     for i in 0..services {
         p.on_service_update(None, Some(&svc(i)));

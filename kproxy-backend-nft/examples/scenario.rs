@@ -6,7 +6,7 @@
 //! `ip netns exec mytest target/debug/examples/kproxy-nft-scenario cluster_ip`
 //! (built by `cargo build -p kproxy-backend-nft --example kproxy-nft-scenario`).
 
-use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::{fixtures as fx, scenarios};
 use kproxy_core::{Proxier, SyncRequest};
@@ -18,7 +18,7 @@ async fn main() {
         eprintln!("kproxy-nft-scenario: unknown scenario {name:?}");
         std::process::exit(2);
     };
-    let mut proxier = match NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftCli::new(), NftOptions::default()) {
+    let mut proxier = match NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftKernel::new().expect("netlink socket"), NftOptions::default()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("kproxy-nft-scenario: {e}");

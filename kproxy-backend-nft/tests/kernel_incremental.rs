@@ -3,7 +3,7 @@
 //! kernel's table equal (by listing) to a table created from scratch with
 //! the same ruleset. Needs root.
 
-use kproxy_backend_nft::kernel::{Kernel, NftCli};
+use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel, Outline};
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{Renderer, Structure};
 use kproxy_core::oracle::fixtures as fx;
@@ -25,7 +25,9 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let ns = Netns::new("incr").unwrap();
         let reference_ns = Netns::new("incr-ref").unwrap();
-        let mut nft = NftCli::in_netns(ns.name());
+        // The table under test takes element changes over netlink; the
+        // reference is created by plain `nft`.
+        let mut nft = NftKernel::in_netns(ns.name()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut reference = NftCli::in_netns(reference_ns.name());
         let config = fx::config(IpFamily::V4);
         let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
@@ -50,6 +52,10 @@ proptest! {
             }
             committed = Structure::of(renderer.ruleset());
         }
+        // The outline read over netlink is what was committed.
+        let outline = rt.block_on(nft.outline(IpFamily::V4, "kproxy-a")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(outline, Some(Outline::of(renderer.ruleset())));
+        prop_assert_eq!(rt.block_on(nft.tables(IpFamily::V4)).unwrap(), vec!["kproxy-a".to_string()]);
         // The incrementally built table lists exactly like a fresh one.
         let mut fresh = Transaction::new(IpFamily::V4);
         fresh.create("kproxy-a", renderer.ruleset(), true);

@@ -2,15 +2,15 @@
 //! network namespaces, with the nftables backend programming the node.
 //! Needs root (skips with a message otherwise; must run in CI).
 
-use kproxy_backend_nft::kernel::NftCli;
+use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::{fixtures as fx, scenarios, Scenario};
 use kproxy_core::{Proxier, SyncRequest};
 use kproxy_testkit::{check_scenario, kernel_tests_enabled, Topology};
 
 /// Programs the topology's node with the scenario's objects.
-async fn install(scenario: &Scenario, topo: &Topology) -> NftProxier<NftCli> {
-    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftCli::in_netns(topo.node.name()), NftOptions::default())
+async fn install(scenario: &Scenario, topo: &Topology) -> NftProxier<NftKernel> {
+    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftKernel::in_netns(topo.node.name()).expect("netlink socket in the node namespace"), NftOptions::default())
         .expect("valid config");
     p.on_node_update(&scenario.node);
     for s in &scenario.services {

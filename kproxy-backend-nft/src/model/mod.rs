@@ -166,6 +166,34 @@ impl Ruleset {
         self.sets.values().map(|s| s.elements.len()).sum()
     }
 
+    /// The canonical form of a ruleset, as a fresh render produces it: slot
+    /// maps and `affinity-services-*` sets without elements are dropped with
+    /// the rules that use them (a long-lived renderer keeps them so it never
+    /// has to rewrite a chain), the affinity lookups go when no affinity set
+    /// is left, and load-balancing rules are sorted. Two rulesets with the
+    /// same canonical form treat every packet the same.
+    pub fn pruned(&self) -> Ruleset {
+        let mut rs = self.clone();
+        let removable = |name: &str| name.contains("-slots-") || name.starts_with("affinity-services-");
+        let empty: Vec<String> =
+            rs.sets.iter().filter(|(n, s)| removable(n) && s.elements.is_empty()).map(|(n, _)| n.clone()).collect();
+        for name in &empty {
+            rs.sets.remove(name);
+        }
+        let any_affinity = rs.sets.keys().any(|n| n.starts_with("affinity-services-"));
+        let uses = |rule: &Rule, set: &str| {
+            rule.matches.iter().any(|m| matches!(m, Match::Lookup { set: s, .. } if s == set))
+                || rule.stmts.iter().any(|st| matches!(st, Stmt::DnatMap { map, .. } if map == set))
+        };
+        for chain in rs.chains.values_mut() {
+            chain.rules.retain(|r| !empty.iter().any(|e| uses(r, e)) && (any_affinity || !uses(r, crate::names::AFFINITY)));
+            if chain.rules.iter().all(|r| r.stmts.iter().all(|s| matches!(s, Stmt::DnatMap { .. }))) {
+                chain.rules.sort_by_key(|r| format!("{r:?}"));
+            }
+        }
+        rs
+    }
+
     /// How many rules the ruleset holds.
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum()

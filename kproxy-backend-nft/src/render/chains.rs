@@ -16,7 +16,8 @@ const FILTER: i32 = 0;
 /// The inputs that shape the chains.
 pub(crate) struct ChainInputs<'a> {
     pub config: &'a ProxierConfig,
-    /// (protocol, endpoint count) pairs present in each slot-map family.
+    /// (protocol, endpoint count) pairs present in each slot-map family, in
+    /// the order their maps appeared.
     pub slot_sizes: BTreeMap<SlotKind, Vec<(Protocol, usize)>>,
     /// Affinity timeouts in use, with the protocols that use each.
     pub affinity: BTreeMap<u32, Vec<Protocol>>,

@@ -89,12 +89,22 @@ impl Journal {
                 tx.push(table, Op::AddElements { set: name.clone(), elements: added });
             }
         }
-        let changed: Vec<&String> = now
-            .chains
-            .iter()
-            .filter(|(n, c)| previous.chains.get(*n).is_some_and(|p| p.rules != c.rules))
-            .map(|(n, _)| n)
-            .collect();
+        // A chain that only grew gets its new rules appended; any other
+        // change rewrites it (flush, then add every rule).
+        let mut changed: Vec<&String> = Vec::new();
+        for (name, chain) in &now.chains {
+            let Some(prev) = previous.chains.get(name) else { continue };
+            if prev.rules == chain.rules {
+                continue;
+            }
+            if chain.rules.starts_with(&prev.rules) {
+                for rule in &chain.rules[prev.rules.len()..] {
+                    tx.push(table, Op::AddRule { chain: name.clone(), rule: rule.clone() });
+                }
+            } else {
+                changed.push(name);
+            }
+        }
         for name in &changed {
             tx.push(table, Op::FlushChain((*name).clone()));
         }

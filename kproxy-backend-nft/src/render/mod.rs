@@ -49,6 +49,9 @@ pub struct Renderer {
     claims: Claims,
     /// Elements per slot map, to know which `numgen` rules are needed.
     slot_maps: BTreeMap<(SlotKind, Protocol, usize), usize>,
+    /// Slot maps in the order they first appeared: rules for new sizes are
+    /// appended, so existing rules never move.
+    slot_order: Vec<(SlotKind, Protocol, usize)>,
     /// Elements per affinity timeout and protocol.
     affinity: BTreeMap<u32, BTreeMap<Protocol, usize>>,
     journal: Journal,
@@ -72,6 +75,7 @@ impl Renderer {
             contributions: HashMap::new(),
             claims: Claims::new(),
             slot_maps: BTreeMap::new(),
+            slot_order: Vec::new(),
             affinity: BTreeMap::new(),
             journal: Journal::default(),
         };
@@ -160,18 +164,26 @@ impl Renderer {
 
     /// Keeps the slot-map and affinity counters in step with the sets.
     fn count(&mut self, set: SetId, key: &Key, delta: isize) {
+        // Slot-map counters that reach zero are kept, and so are their (now
+        // empty) maps and rules: removing them would rewrite chains whose
+        // rules reference large maps, which nft can only do by reading them.
         fn bump<K: Ord>(map: &mut BTreeMap<K, usize>, k: K, delta: isize) {
             let n = map.entry(k).or_insert(0);
             *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                map.retain(|_, v| *v > 0);
-            }
         }
         match (set, key) {
-            (SetId::Slots(kind, p, n), _) => bump(&mut self.slot_maps, (kind, p, n), delta),
+            (SetId::Slots(kind, p, n), _) => {
+                if !self.slot_maps.contains_key(&(kind, p, n)) {
+                    self.slot_order.push((kind, p, n));
+                }
+                bump(&mut self.slot_maps, (kind, p, n), delta)
+            }
             (SetId::Affinity(t), Key::Service(_, p, _)) => {
+                // Affinity rules only reference small sets: no need to keep
+                // them once their last service is gone.
                 let per = self.affinity.entry(t).or_default();
                 bump(per, *p, delta);
+                per.retain(|_, n| *n > 0);
                 if per.is_empty() {
                     self.affinity.remove(&t);
                 }
@@ -195,9 +207,6 @@ impl Renderer {
         let name = set.name();
         let Some(target) = self.ruleset.sets.get_mut(&name) else { return };
         let Some(before) = target.elements.remove(key) else { return };
-        if target.elements.is_empty() && !matches!(set, SetId::Fixed(_)) {
-            self.ruleset.sets.remove(&name);
-        }
         self.journal.touched(&name, *key, Some(before));
         self.count(set, key, -1);
     }
@@ -207,7 +216,7 @@ impl Renderer {
     /// or disappears.
     fn rebuild_chains(&mut self) {
         let mut slot_sizes: BTreeMap<SlotKind, Vec<(Protocol, usize)>> = BTreeMap::new();
-        for &(kind, p, n) in self.slot_maps.keys() {
+        for &(kind, p, n) in &self.slot_order {
             slot_sizes.entry(kind).or_default().push((p, n));
         }
         let affinity: BTreeMap<u32, Vec<Protocol>> =

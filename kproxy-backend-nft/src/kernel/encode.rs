@@ -1,0 +1,140 @@
+//! The kernel's binary layout of set keys and map data: each field of a
+//! concatenation padded to a 4-byte register, addresses and ports in network
+//! order, `numgen` slot numbers in host order.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kproxy_core::Protocol;
+
+use crate::model::{Key, Value, Verdict};
+
+fn proto_byte(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn addr(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+}
+
+fn proto(out: &mut Vec<u8>, p: Protocol) {
+    out.extend_from_slice(&[proto_byte(p), 0, 0, 0]);
+}
+
+fn port(out: &mut Vec<u8>, port: u16) {
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
+fn slot(out: &mut Vec<u8>, i: u32) {
+    out.extend_from_slice(&i.to_ne_bytes());
+}
+
+fn last_addr(net: &IpNet) -> IpAddr {
+    net.broadcast()
+}
+
+/// The key bytes of an element, and for interval keys the end bytes.
+pub fn key(k: &Key) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut out = Vec::with_capacity(40);
+    match *k {
+        Key::Addr(a) => addr(&mut out, a),
+        Key::AddrPair(a, b) => {
+            addr(&mut out, a);
+            addr(&mut out, b);
+        }
+        Key::Service(a, p, n) => {
+            addr(&mut out, a);
+            proto(&mut out, p);
+            port(&mut out, n);
+        }
+        Key::Port(p, n) => {
+            proto(&mut out, p);
+            port(&mut out, n);
+        }
+        Key::ServiceSlot(a, p, n, i) => {
+            addr(&mut out, a);
+            proto(&mut out, p);
+            port(&mut out, n);
+            slot(&mut out, i);
+        }
+        Key::PortSlot(p, n, i) => {
+            proto(&mut out, p);
+            port(&mut out, n);
+            slot(&mut out, i);
+        }
+        Key::ServiceSource(a, p, n, net) => {
+            addr(&mut out, a);
+            proto(&mut out, p);
+            port(&mut out, n);
+            let mut end = out.clone();
+            addr(&mut out, net.network());
+            addr(&mut end, last_addr(&net));
+            return (out, Some(end));
+        }
+    }
+    (out, None)
+}
+
+/// A map element's data: bytes, or a verdict (code, chain).
+pub enum Data {
+    /// `NFTA_DATA_VALUE`.
+    Value(Vec<u8>),
+    /// `NFTA_DATA_VERDICT`: code and, for jump/goto, the chain.
+    Verdict(i32, Option<String>),
+}
+
+/// Verdict codes as the kernel numbers them.
+pub fn verdict_code(v: &Verdict) -> (i32, Option<String>) {
+    match v {
+        Verdict::Drop => (0, None),
+        Verdict::Accept => (1, None),
+        Verdict::Return => (-5, None),
+        Verdict::Jump(c) => (-3, Some(c.clone())),
+        Verdict::Goto(c) => (-4, Some(c.clone())),
+        // Only rules can reject; a verdict map never holds it.
+        Verdict::Reject => (0, None),
+    }
+}
+
+/// The data of a map element.
+pub fn data(v: &Value) -> Data {
+    match v {
+        Value::Verdict(v) => {
+            let (code, chain) = verdict_code(v);
+            Data::Verdict(code, chain)
+        }
+        Value::Target(ip, p) => {
+            let mut out = Vec::with_capacity(20);
+            addr(&mut out, *ip);
+            port(&mut out, *p);
+            Data::Value(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenations_are_register_aligned() {
+        let (k, end) = key(&Key::ServiceSlot("172.30.0.1".parse().unwrap(), Protocol::Udp, 53, 2));
+        assert_eq!(k, vec![172, 30, 0, 1, 17, 0, 0, 0, 0, 53, 0, 0, 2u32.to_ne_bytes()[0], 2u32.to_ne_bytes()[1], 2u32.to_ne_bytes()[2], 2u32.to_ne_bytes()[3]]);
+        assert!(end.is_none());
+        let (start, end) = key(&Key::ServiceSource("1.2.3.4".parse().unwrap(), Protocol::Tcp, 80, "203.0.113.0/25".parse().unwrap()));
+        assert_eq!(&start[12..], &[203, 0, 113, 0]);
+        assert_eq!(&end.unwrap()[12..], &[203, 0, 113, 127]);
+        match data(&Value::Target("10.0.0.1".parse().unwrap(), 8080)) {
+            Data::Value(d) => assert_eq!(d, vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0]),
+            Data::Verdict(..) => panic!("a target is data"),
+        }
+    }
+}
