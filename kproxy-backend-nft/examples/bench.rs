@@ -51,6 +51,20 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// With KPROXY_BENCH_STAGES=1, prints memory after each stage to stderr.
+fn stage(name: &str) {
+    if std::env::var_os("KPROXY_BENCH_STAGES").is_some() {
+        eprintln!("{name}: rss {} MiB, peak {} MiB", rss_kib() / 1024, peak_rss_kib() / 1024);
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -68,9 +82,11 @@ async fn one_size(services: usize, eps: usize) {
         p.on_service_update(None, Some(&svc(i)));
         p.on_endpoint_slice_update(&endpoints(i, eps), false);
     }
+    stage("objects handled");
     let start = Instant::now();
     p.sync(SyncRequest { full: true }).await.expect("cold sync");
     let cold = start.elapsed();
+    stage("cold sync done");
 
     let rounds = 20;
     let (mut added, mut removed, mut new_service) = (Vec::new(), Vec::new(), Vec::new());

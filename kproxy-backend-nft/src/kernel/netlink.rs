@@ -31,6 +31,10 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
+/// Elements per message: well under the 64 KiB an attribute can hold even
+/// for the largest IPv6 elements.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+
 /// Most bytes of one batch; a larger transaction is refused (the caller
 /// chunks rebuilds well below this).
 const MAX_BATCH: usize = 32 << 20;
@@ -87,6 +91,9 @@ fn nft_type(msg: u16) -> u16 {
 
 /// Parsed attributes of one message: type → payload.
 type Attrs<'a> = Vec<(u16, &'a [u8])>;
+
+/// The attributes of one dump reply, owned.
+type OwnedAttrs = Vec<(u16, Vec<u8>)>;
 
 fn parse_attrs(mut data: &[u8]) -> Attrs<'_> {
     let mut out = Vec::new();
@@ -170,30 +177,39 @@ impl Netlink {
         message(&mut buf, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, 0, NFNL_SUBSYS_NFTABLES, |_| {});
         let mut expected = 0usize;
         for Command { table, op } in &tx.commands {
-            let seq = self.next_seq();
-            expected += 1;
+            // Attribute lengths are 16 bits: a message carries at most
+            // ELEMENTS_PER_MESSAGE elements, and a batch as many messages as
+            // it needs (still one atomic commit).
             match op {
                 Op::AddElements { set, elements } => {
-                    message(&mut buf, nft_type(NFT_MSG_NEWSETELEM), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, family, 0, |b| {
-                        attr(b, 1, &cstr(table));
-                        attr(b, 2, &cstr(set));
-                        nested(b, 3, |b| {
-                            for (k, v) in elements {
-                                nested(b, 1, |b| element(b, k, v.as_ref()));
-                            }
+                    for part in elements.chunks(ELEMENTS_PER_MESSAGE) {
+                        let seq = self.next_seq();
+                        expected += 1;
+                        message(&mut buf, nft_type(NFT_MSG_NEWSETELEM), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, family, 0, |b| {
+                            attr(b, 1, &cstr(table));
+                            attr(b, 2, &cstr(set));
+                            nested(b, 3, |b| {
+                                for (k, v) in part {
+                                    nested(b, 1, |b| element(b, k, v.as_ref()));
+                                }
+                            });
                         });
-                    });
+                    }
                 }
                 Op::DeleteElements { set, keys } => {
-                    message(&mut buf, nft_type(NFT_MSG_DELSETELEM), NLM_F_REQUEST | NLM_F_ACK, seq, family, 0, |b| {
-                        attr(b, 1, &cstr(table));
-                        attr(b, 2, &cstr(set));
-                        nested(b, 3, |b| {
-                            for k in keys {
-                                nested(b, 1, |b| element(b, k, None));
-                            }
+                    for part in keys.chunks(ELEMENTS_PER_MESSAGE) {
+                        let seq = self.next_seq();
+                        expected += 1;
+                        message(&mut buf, nft_type(NFT_MSG_DELSETELEM), NLM_F_REQUEST | NLM_F_ACK, seq, family, 0, |b| {
+                            attr(b, 1, &cstr(table));
+                            attr(b, 2, &cstr(set));
+                            nested(b, 3, |b| {
+                                for k in part {
+                                    nested(b, 1, |b| element(b, k, None));
+                                }
+                            });
                         });
-                    });
+                    }
                 }
                 other => return Err(KernelError::Netlink(format!("not an element command: {other:?}"))),
             }
@@ -241,7 +257,7 @@ impl Netlink {
     }
 
     /// Runs a dump request and returns the attributes of every reply.
-    fn dump(&mut self, msg: u16, family: IpFamily, filter_table: Option<&str>) -> Result<Vec<Vec<(u16, Vec<u8>)>>, KernelError> {
+    fn dump(&mut self, msg: u16, family: IpFamily, filter_table: Option<&str>) -> Result<Vec<OwnedAttrs>, KernelError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
         message(&mut buf, nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family_byte(family), 0, |b| {

@@ -11,6 +11,7 @@ mod contribution;
 mod journal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use kproxy_core::{select_endpoints, NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
@@ -45,7 +46,11 @@ pub struct Renderer {
     config: ProxierConfig,
     ruleset: Ruleset,
     refcounts: HashMap<(SetId, Key), u32>,
-    contributions: HashMap<ServicePortName, Contribution>,
+    /// What each service port contributed, sorted so one Service's ports
+    /// are a range.
+    contributions: BTreeMap<ServicePortName, Contribution>,
+    /// Running totals behind [`Renderer::no_local_endpoints`].
+    no_local: NoLocalEndpoints,
     claims: Claims,
     /// Elements per slot map, to know which `numgen` rules are needed.
     slot_maps: BTreeMap<(SlotKind, Protocol, usize), usize>,
@@ -72,7 +77,8 @@ impl Renderer {
             config,
             ruleset,
             refcounts: HashMap::new(),
-            contributions: HashMap::new(),
+            contributions: BTreeMap::new(),
+            no_local: NoLocalEndpoints::default(),
             claims: Claims::new(),
             slot_maps: BTreeMap::new(),
             slot_order: Vec::new(),
@@ -91,12 +97,7 @@ impl Renderer {
 
     /// Ports whose Local policy found no local endpoint, for metrics.
     pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
-        let mut n = NoLocalEndpoints::default();
-        for c in self.contributions.values() {
-            n.internal += usize::from(c.no_local_internal);
-            n.external += usize::from(c.no_local_external);
-        }
-        n
+        self.no_local
     }
 
     /// Re-renders every service (after a node change, or from scratch).
@@ -110,10 +111,17 @@ impl Renderer {
     /// contributed and adds what they contribute now.
     pub fn refresh<'a>(&mut self, state: &ProxyState, services: impl IntoIterator<Item = &'a NamespacedName>) {
         let services: BTreeSet<&NamespacedName> = services.into_iter().collect();
-        let stale: Vec<ServicePortName> =
-            self.contributions.keys().filter(|n| services.contains(&n.service)).cloned().collect();
-        for name in stale {
-            self.withdraw(&name);
+        for &service in &services {
+            let first = ServicePortName { service: service.clone(), port: String::new(), protocol: Protocol::Tcp };
+            let stale: Vec<ServicePortName> = self
+                .contributions
+                .range((Bound::Included(first), Bound::Unbounded))
+                .take_while(|(n, _)| &n.service == service)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in stale {
+                self.withdraw(&name);
+            }
         }
         for service in services {
             for (name, svc) in state.services().ports_of(service) {
@@ -122,6 +130,8 @@ impl Renderer {
                 for (set, key, value) in &c.elements {
                     self.insert(*set, *key, value.clone());
                 }
+                self.no_local.internal += usize::from(c.no_local_internal);
+                self.no_local.external += usize::from(c.no_local_external);
                 self.contributions.insert(name.clone(), c);
             }
         }
@@ -135,6 +145,8 @@ impl Renderer {
 
     fn withdraw(&mut self, name: &ServicePortName) {
         let Some(c) = self.contributions.remove(name) else { return };
+        self.no_local.internal -= usize::from(c.no_local_internal);
+        self.no_local.external -= usize::from(c.no_local_external);
         for (set, key, _) in &c.elements {
             self.remove(*set, key);
         }
