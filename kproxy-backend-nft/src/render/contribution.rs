@@ -264,7 +264,18 @@ pub(crate) fn contribute(
         }
     }
 
-    let mut hairpin: Vec<IpAddr> = selected.cluster.iter().chain(&selected.local).map(|e| e.ip).collect();
+    // Hairpin: an endpoint whose own connection is sent back to it must be
+    // masqueraded. Only local endpoints can be such a client, except through
+    // the ETP=Local pod short-circuit, which a remote pod reaching this
+    // node's NodePort or VIP also takes (see the oracle).
+    let short_circuit = svc.external_policy_local && svc.externally_accessible();
+    let mut hairpin: Vec<IpAddr> = selected
+        .cluster
+        .iter()
+        .chain(&selected.local)
+        .filter(|e| e.is_local || short_circuit)
+        .map(|e| e.ip)
+        .collect();
     hairpin.sort();
     hairpin.dedup();
     for ip in hairpin {

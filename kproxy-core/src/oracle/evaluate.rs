@@ -30,8 +30,11 @@ enum Path {
 ///    from the node itself short-circuits to the cluster endpoints.
 /// 4. Masquerade: ClusterIP traffic when `masqueradeAll` or from a non-pod
 ///    source (needs a local detector); external traffic with Cluster policy;
-///    ETP=Local traffic from the node; always when the client is the chosen
-///    endpoint itself (hairpin).
+///    ETP=Local traffic from the node; and hairpin, when the client is the
+///    chosen endpoint itself. A hairpin client is a local endpoint, or any
+///    endpoint taking the ETP=Local pod short-circuit: a remote pod's
+///    ClusterIP traffic is handled by its own node, so only those two can
+///    reach this node's rules as their own endpoint.
 pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
     let services = state.services();
     let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
@@ -77,6 +80,7 @@ fn decide(
     }
     let detector = &config.local_detector;
     let from_pod = detector.is_implemented() && detector.is_local(packet.src, packet.iif());
+    let short_circuit = path == Path::External && svc.external_policy_local && from_pod;
     let (endpoints, masquerade) = match path {
         Path::ClusterIp => {
             let eps = if svc.internal_policy_local { &selected.local } else { &selected.cluster };
@@ -92,17 +96,17 @@ fn decide(
         return Verdict::Drop;
     }
     Verdict::Forward {
-        targets: targets(endpoints, masquerade, packet),
+        targets: targets(endpoints, masquerade, short_circuit, packet),
         affinity_seconds: svc.affinity_timeout_seconds,
     }
 }
 
-fn targets(endpoints: &[Endpoint], masquerade: bool, packet: &Packet) -> Vec<Target> {
+fn targets(endpoints: &[Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
     let mut out: Vec<Target> = endpoints
         .iter()
         .map(|e| Target {
             endpoint: SocketAddr::new(e.ip, e.port),
-            masquerade: masquerade || e.ip == packet.src,
+            masquerade: masquerade || (e.ip == packet.src && (e.is_local || short_circuit)),
         })
         .collect();
     out.sort();

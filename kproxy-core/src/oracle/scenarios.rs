@@ -240,6 +240,11 @@ fn external_policy_local_with_local_endpoints() -> Scenario {
         .case("outside to NodePort keeps the source, local endpoint only", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3006), fwd(&["10.180.0.6:80"], false))
         .case("pods short-circuit to all endpoints", pod(fx::LB_IP, 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], false))
         .case("the node short-circuits with masquerade", node(fx::LB_IP, 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], true))
+        .case(
+            "an endpoint on another node short-circuited back to itself is masqueraded (hairpin)",
+            Packet::tcp(Origin::LocalPod, ip("10.180.1.6"), ip(fx::LB_IP), 80),
+            fwd(&["10.180.0.6:80", "10.180.1.6:80"], false).with_hairpin("10.180.1.6:80"),
+        )
         .case("ClusterIP uses every endpoint", pod("172.30.0.46", 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], false))
 }
 
