@@ -107,6 +107,9 @@ async fn one_size(services: usize, eps: usize) {
         p.sync(SyncRequest::default()).await.expect("sync");
         new_service.push(t.elapsed());
     }
+    // Read the peak before rendering the text below, which only the
+    // benchmark needs.
+    let peak = peak_rss_kib();
     let rs = p.ruleset();
     let mut tx = Transaction::new(IpFamily::V4);
     tx.create("kproxy-a", rs, true);
@@ -117,7 +120,7 @@ async fn one_size(services: usize, eps: usize) {
         summary(added),
         summary(removed),
         summary(new_service),
-        peak_rss_kib() as f64 / 1024.0,
+        peak as f64 / 1024.0,
         rs.element_count(),
         rs.rule_count(),
         text.len() as f64 / (1024.0 * 1024.0),

@@ -162,7 +162,7 @@ fn check_element(shape: &KeyShape, value: ValueShape, k: &Key, v: &Option<Value>
     match (value, v) {
         (ValueShape::None, None) | (ValueShape::Target, Some(Value::Target(..))) => Ok(()),
         (ValueShape::Verdict, Some(Value::Verdict(verdict))) => match verdict {
-            Verdict::Jump(c) | Verdict::Goto(c) if !chains.contains(c) => Err(format!("verdict targets unknown chain {c}")),
+            Verdict::Jump(c) | Verdict::Goto(c) if !chains.iter().any(|n| n == c) => Err(format!("verdict targets unknown chain {c}")),
             _ => Ok(()),
         },
         _ => Err(format!("value {v:?} does not fit {value:?}")),
@@ -193,7 +193,7 @@ fn check_rule(rs: &Ruleset, rule: &crate::model::Rule) -> Result<(), String> {
             Stmt::Vmap { key, map } => set(map, Some(ValueShape::Verdict), key)?,
             Stmt::DnatMap { key, map } => set(map, Some(ValueShape::Target), key)?,
             Stmt::RecordTarget { key, map, .. } => set(map, Some(ValueShape::Target), key)?,
-            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) if !rs.chains.contains_key(c) => {
+            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) if !rs.chains.contains_key(c.as_ref()) => {
                 return Err(format!("jump to unknown chain {c}"));
             }
             _ => {}

@@ -62,21 +62,35 @@ pub const AFFINITY_RECORD: &str = "affinity-record";
 /// Rejects or drops traffic to services without usable endpoints, and
 /// unknown ports on ClusterIPs.
 pub const ENDPOINTS_CHECK: &str = "endpoints-check";
-/// `reject`.
-pub const REJECT_CHAIN: &str = "reject-chain";
 
 /// Set: every ClusterIP.
 pub const CLUSTER_IPS: &str = "cluster-ips";
 /// Set: the addresses NodePorts are served on.
 pub const NODEPORT_IPS: &str = "nodeport-ips";
-/// Verdict map: `addr . proto . port` → behaviour chain.
-pub const SERVICE_DISPATCH: &str = "service-dispatch";
-/// Verdict map: `proto . port` → NodePort behaviour chain.
-pub const NODEPORT_DISPATCH: &str = "nodeport-dispatch";
-/// Verdict map: `addr . proto . port` → reject or drop.
-pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
-/// Verdict map: `proto . port` → reject or drop.
-pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+// Dispatch uses plain sets and one fixed rule per behaviour, not verdict
+// maps: adding a `goto` element to a map makes the kernel re-validate the
+// whole jump graph, which costs milliseconds per commit at 50,000 services.
+
+/// Set: ClusterIP destinations (`addr . proto . port`), Cluster policy.
+pub const CLUSTER_IP_SERVICES: &str = "cluster-ip-services";
+/// Set: ClusterIP destinations with `internalTrafficPolicy: Local`.
+pub const CLUSTER_IP_LOCAL_SERVICES: &str = "cluster-ip-local-services";
+/// Set: externalIP and LoadBalancer destinations, Cluster policy.
+pub const EXTERNAL_SERVICES: &str = "external-services";
+/// Set: externalIP and LoadBalancer destinations, `externalTrafficPolicy: Local`.
+pub const EXTERNAL_LOCAL_SERVICES: &str = "external-local-services";
+/// Set: NodePorts (`proto . port`), Cluster policy.
+pub const NODEPORT_SERVICES: &str = "nodeport-services";
+/// Set: NodePorts with `externalTrafficPolicy: Local`.
+pub const NODEPORT_LOCAL_SERVICES: &str = "nodeport-local-services";
+/// Set: destinations with no endpoint anywhere (rejected).
+pub const NO_ENDPOINT_REJECT: &str = "no-endpoint-reject";
+/// Set: destinations whose Local policy finds no local endpoint (dropped).
+pub const NO_ENDPOINT_DROP: &str = "no-endpoint-drop";
+/// Set: NodePorts with no endpoint anywhere (rejected).
+pub const NODEPORT_NO_ENDPOINT_REJECT: &str = "nodeport-no-endpoint-reject";
+/// Set: NodePorts whose Local policy finds no local endpoint (dropped).
+pub const NODEPORT_NO_ENDPOINT_DROP: &str = "nodeport-no-endpoint-drop";
 /// Set: LoadBalancer destinations that have source ranges.
 pub const FIREWALL_SERVICES: &str = "firewall-services";
 /// Interval set: `addr . proto . port . source network` allowed.

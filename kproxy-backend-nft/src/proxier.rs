@@ -182,11 +182,30 @@ impl<K: Kernel> NftProxier<K> {
             drop_stale.push(&target, Op::DeleteTable);
             self.kernel.apply(&drop_stale).await?;
         }
-        let mut build = Transaction::new(family);
-        build.create(&target, ruleset, false);
-        for chunk in build.chunks(self.options.chunk_elements) {
-            self.kernel.apply(&chunk).await?;
+        let mut structure = Transaction::new(family);
+        structure.create_structure(&target, ruleset, false);
+        self.kernel.apply(&structure).await?;
+        // Elements in bounded chunks, built one at a time so a large table
+        // is never copied whole.
+        let mut chunk = Transaction::new(family);
+        let mut in_chunk = 0;
+        for (name, set) in &ruleset.sets {
+            let mut elements = Vec::new();
+            for (k, v) in &set.elements {
+                elements.push((*k, v.clone()));
+                in_chunk += 1;
+                if in_chunk == self.options.chunk_elements {
+                    chunk.push(&target, Op::AddElements { set: name.clone(), elements: std::mem::take(&mut elements) });
+                    self.kernel.apply(&chunk).await?;
+                    chunk = Transaction::new(family);
+                    in_chunk = 0;
+                }
+            }
+            if !elements.is_empty() {
+                chunk.push(&target, Op::AddElements { set: name.clone(), elements });
+            }
         }
+        self.kernel.apply(&chunk).await?;
         let mut swap = Transaction::new(family);
         for (name, chain) in ruleset.chains.iter().filter(|(_, c)| c.base.is_some()) {
             swap.push(&target, Op::AddChain { name: name.clone(), base: chain.base });
@@ -204,7 +223,10 @@ impl<K: Kernel> NftProxier<K> {
     /// rebuilds when that would be too large.
     async fn apply_changes(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let journal = self.renderer.take_journal();
-        if self.needs_rebuild(request).await? || journal.touched_count() > self.options.max_incremental_elements {
+        if journal.is_full()
+            || self.needs_rebuild(request).await?
+            || journal.touched_count() > self.options.max_incremental_elements
+        {
             self.rebuild().await?;
             return Ok(true);
         }

@@ -117,6 +117,18 @@ impl Transaction {
     /// Appends commands that create `ruleset` in `table`, base chains
     /// included or not.
     pub fn create(&mut self, table: &str, ruleset: &crate::model::Ruleset, with_base_chains: bool) {
+        self.create_structure(table, ruleset, with_base_chains);
+        for (name, set) in &ruleset.sets {
+            if !set.elements.is_empty() {
+                let elements = set.elements.iter().map(|(k, v)| (*k, v.clone())).collect();
+                self.push(table, Op::AddElements { set: name.clone(), elements });
+            }
+        }
+    }
+
+    /// Appends commands that create the table, sets, chains and rules of
+    /// `ruleset` in `table`, but no elements.
+    pub fn create_structure(&mut self, table: &str, ruleset: &crate::model::Ruleset, with_base_chains: bool) {
         self.push(table, Op::AddTable);
         for (name, set) in &ruleset.sets {
             self.push(table, Op::AddSet { name: name.clone(), decl: set.decl });
@@ -126,12 +138,6 @@ impl Transaction {
         }
         for (name, chain) in ruleset.chains.iter().filter(|(_, c)| c.base.is_none() || with_base_chains) {
             self.add_rules(table, name, chain);
-        }
-        for (name, set) in &ruleset.sets {
-            if !set.elements.is_empty() {
-                let elements = set.elements.iter().map(|(k, v)| (*k, v.clone())).collect();
-                self.push(table, Op::AddElements { set: name.clone(), elements });
-            }
         }
     }
 

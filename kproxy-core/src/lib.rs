@@ -27,6 +27,7 @@ mod selection;
 mod service_map;
 mod state;
 pub mod tracker;
+mod vec_map;
 
 pub use config::{LocalDetector, NodePortAddresses, ProxierConfig};
 pub use endpoints_map::EndpointsMap;
@@ -39,3 +40,4 @@ pub use selection::{select_endpoints, topology_mode, SelectedEndpoints, Topology
 pub use service_map::ServiceMap;
 pub use state::{ProxyState, StateChanges};
 pub use tracker::{ChangeTracker, EndpointsChangeTracker, ServiceChangeTracker};
+pub use vec_map::VecMap;

@@ -97,8 +97,8 @@ pub fn verdict_code(v: &Verdict) -> (i32, Option<String>) {
         Verdict::Drop => (0, None),
         Verdict::Accept => (1, None),
         Verdict::Return => (-5, None),
-        Verdict::Jump(c) => (-3, Some(c.clone())),
-        Verdict::Goto(c) => (-4, Some(c.clone())),
+        Verdict::Jump(c) => (-3, Some(c.to_string())),
+        Verdict::Goto(c) => (-4, Some(c.to_string())),
         // Only rules can reject; a verdict map never holds it.
         Verdict::Reject => (0, None),
     }

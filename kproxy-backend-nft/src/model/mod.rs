@@ -4,6 +4,7 @@
 mod key;
 mod rule;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -24,9 +25,9 @@ pub enum Verdict {
     /// `return`.
     Return,
     /// `jump chain`.
-    Jump(String),
+    Jump(Cow<'static, str>),
     /// `goto chain`.
-    Goto(String),
+    Goto(Cow<'static, str>),
 }
 
 /// A base chain's hook.

@@ -34,11 +34,11 @@ fn regular(rules: Vec<Rule>) -> Chain {
     Chain { base: None, rules }
 }
 
-fn jump(chain: &str) -> Stmt {
+fn jump(chain: &'static str) -> Stmt {
     Stmt::Verdict(Verdict::Jump(chain.into()))
 }
 
-fn goto(chain: &str) -> Stmt {
+fn goto(chain: &'static str) -> Stmt {
     Stmt::Verdict(Verdict::Goto(chain.into()))
 }
 
@@ -117,14 +117,16 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
     );
 
     // Dispatch.
+    let nodeport = || lookup(&[Expr::Daddr], names::NODEPORT_IPS);
     put(
         names::SERVICES,
         regular(vec![
-            Rule::new(vec![], vec![Stmt::Vmap { key: DEST.to_vec(), map: names::SERVICE_DISPATCH.into() }]),
-            Rule::new(
-                vec![lookup(&[Expr::Daddr], names::NODEPORT_IPS)],
-                vec![Stmt::Vmap { key: PORT.to_vec(), map: names::NODEPORT_DISPATCH.into() }],
-            ),
+            Rule::new(vec![lookup(&DEST, names::CLUSTER_IP_SERVICES)], vec![goto(names::CLUSTER_IP)]),
+            Rule::new(vec![lookup(&DEST, names::CLUSTER_IP_LOCAL_SERVICES)], vec![goto(names::CLUSTER_IP_LOCAL)]),
+            Rule::new(vec![lookup(&DEST, names::EXTERNAL_SERVICES)], vec![goto(names::EXTERNAL)]),
+            Rule::new(vec![lookup(&DEST, names::EXTERNAL_LOCAL_SERVICES)], vec![goto(names::EXTERNAL_LOCAL)]),
+            Rule::new(vec![nodeport(), lookup(&PORT, names::NODEPORT_SERVICES)], vec![goto(names::NODEPORT)]),
+            Rule::new(vec![nodeport(), lookup(&PORT, names::NODEPORT_LOCAL_SERVICES)], vec![goto(names::NODEPORT_LOCAL)]),
         ]),
     );
 
@@ -136,7 +138,7 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
             .map(|not_local| vec![Rule::new(vec![not_local], vec![jump(names::MARK_FOR_MASQUERADE)])])
             .unwrap_or_default()
     };
-    let with_tail = |mut rules: Vec<Rule>, tail: &str| {
+    let with_tail = |mut rules: Vec<Rule>, tail: &'static str| {
         rules.push(Rule::new(vec![], vec![goto(tail)]));
         rules
     };
@@ -145,7 +147,7 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
     let always_masq = || vec![Rule::new(vec![], vec![jump(names::MARK_FOR_MASQUERADE)])];
     put(names::EXTERNAL, regular(with_tail(always_masq(), names::CLUSTER_LB)));
     put(names::NODEPORT, regular(with_tail(always_masq(), names::NODEPORT_CLUSTER_LB)));
-    let local_policy = |cluster_lb: &str, local_lb: &str| {
+    let local_policy = |cluster_lb: &'static str, local_lb: &'static str| {
         let mut rules = Vec::new();
         // Pods short-circuit to the cluster endpoints, as if they had gone
         // out to the load balancer and come back in.
@@ -215,17 +217,18 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
         }
     }
     put(names::AFFINITY_RECORD, regular(record_rules));
+    let drop = || Stmt::Verdict(Verdict::Drop);
+    let reject = || Stmt::Verdict(Verdict::Reject);
     put(
         names::ENDPOINTS_CHECK,
         regular(vec![
-            Rule::new(vec![], vec![Stmt::Vmap { key: DEST.to_vec(), map: names::NO_ENDPOINT_SERVICES.into() }]),
-            Rule::new(
-                vec![lookup(&[Expr::Daddr], names::NODEPORT_IPS)],
-                vec![Stmt::Vmap { key: PORT.to_vec(), map: names::NO_ENDPOINT_NODEPORTS.into() }],
-            ),
-            Rule::new(vec![lookup(&[Expr::Daddr], names::CLUSTER_IPS)], vec![Stmt::Verdict(Verdict::Reject)]),
+            Rule::new(vec![lookup(&DEST, names::NO_ENDPOINT_DROP)], vec![drop()]),
+            Rule::new(vec![lookup(&DEST, names::NO_ENDPOINT_REJECT)], vec![reject()]),
+            Rule::new(vec![nodeport(), lookup(&PORT, names::NODEPORT_NO_ENDPOINT_DROP)], vec![drop()]),
+            Rule::new(vec![nodeport(), lookup(&PORT, names::NODEPORT_NO_ENDPOINT_REJECT)], vec![reject()]),
+            // Any other port on a ClusterIP.
+            Rule::new(vec![lookup(&[Expr::Daddr], names::CLUSTER_IPS)], vec![reject()]),
         ]),
     );
-    put(names::REJECT_CHAIN, regular(vec![Rule::new(vec![], vec![Stmt::Verdict(Verdict::Reject)])]));
     c
 }

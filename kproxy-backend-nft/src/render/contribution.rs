@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use kproxy_core::{Endpoint, IpFamily, Protocol, ProxierConfig, SelectedEndpoints, ServicePortInfo, ServicePortName};
 
-use crate::model::{Key, KeyShape, SetDecl, Value, ValueShape, Verdict};
+use crate::model::{Key, KeyShape, SetDecl, Value, ValueShape};
 use crate::names;
 
 /// The four families of DNAT slot maps: endpoint list × key shape.
@@ -100,13 +100,19 @@ pub(crate) const MAX_AFFINITY_SECONDS: u32 = 86_400;
 pub(crate) const MAX_AFFINITY_ENTRIES: u32 = 1 << 20;
 
 /// The fixed sets and maps, which always exist.
-pub(crate) const FIXED_SETS: [&str; 10] = [
+pub(crate) const FIXED_SETS: [&str; 16] = [
     names::CLUSTER_IPS,
     names::NODEPORT_IPS,
-    names::SERVICE_DISPATCH,
-    names::NODEPORT_DISPATCH,
-    names::NO_ENDPOINT_SERVICES,
-    names::NO_ENDPOINT_NODEPORTS,
+    names::CLUSTER_IP_SERVICES,
+    names::CLUSTER_IP_LOCAL_SERVICES,
+    names::EXTERNAL_SERVICES,
+    names::EXTERNAL_LOCAL_SERVICES,
+    names::NODEPORT_SERVICES,
+    names::NODEPORT_LOCAL_SERVICES,
+    names::NO_ENDPOINT_REJECT,
+    names::NO_ENDPOINT_DROP,
+    names::NODEPORT_NO_ENDPOINT_REJECT,
+    names::NODEPORT_NO_ENDPOINT_DROP,
     names::FIREWALL_SERVICES,
     names::FIREWALL_ALLOW,
     names::HAIRPIN,
@@ -118,9 +124,16 @@ pub(crate) fn fixed_decl(name: &str) -> SetDecl {
     let plain = |key, value| SetDecl { key, value, dynamic_timeout: None, max_elements: None };
     match name {
         names::CLUSTER_IPS | names::NODEPORT_IPS => plain(KeyShape::Addr, ValueShape::None),
-        names::SERVICE_DISPATCH | names::NO_ENDPOINT_SERVICES => plain(KeyShape::Service, ValueShape::Verdict),
-        names::NODEPORT_DISPATCH | names::NO_ENDPOINT_NODEPORTS => plain(KeyShape::Port, ValueShape::Verdict),
-        names::FIREWALL_SERVICES => plain(KeyShape::Service, ValueShape::None),
+        names::CLUSTER_IP_SERVICES
+        | names::CLUSTER_IP_LOCAL_SERVICES
+        | names::EXTERNAL_SERVICES
+        | names::EXTERNAL_LOCAL_SERVICES
+        | names::NO_ENDPOINT_REJECT
+        | names::NO_ENDPOINT_DROP
+        | names::FIREWALL_SERVICES => plain(KeyShape::Service, ValueShape::None),
+        names::NODEPORT_SERVICES | names::NODEPORT_LOCAL_SERVICES | names::NODEPORT_NO_ENDPOINT_REJECT | names::NODEPORT_NO_ENDPOINT_DROP => {
+            plain(KeyShape::Port, ValueShape::None)
+        }
         names::FIREWALL_ALLOW => plain(KeyShape::ServiceSource, ValueShape::None),
         names::HAIRPIN => plain(KeyShape::AddrPair, ValueShape::None),
         names::AFFINITY => SetDecl {
@@ -146,6 +159,63 @@ pub(crate) struct Contribution {
     pub no_local_internal: bool,
     /// Local external policy with endpoints, none local.
     pub no_local_external: bool,
+}
+
+/// What the renderer remembers of a contribution to take it back later:
+/// keys without values, and each run of DNAT slots as its first key (the
+/// slot map's size says how long the run is). A few dozen bytes per service
+/// port instead of one entry per element.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub keys: Vec<(SetId, Key)>,
+    pub slot_runs: Vec<(SetId, Key)>,
+    pub claims: Vec<Key>,
+    pub no_local_internal: bool,
+    pub no_local_external: bool,
+}
+
+impl Contribution {
+    /// The compact form to keep.
+    pub fn stored(&self) -> Stored {
+        let mut out = Stored {
+            claims: self.claims.clone(),
+            no_local_internal: self.no_local_internal,
+            no_local_external: self.no_local_external,
+            ..Stored::default()
+        };
+        for (set, key, _) in &self.elements {
+            match (set, key) {
+                (SetId::Slots(..), Key::ServiceSlot(.., 0) | Key::PortSlot(.., 0)) => out.slot_runs.push((*set, *key)),
+                (SetId::Slots(..), _) => {}
+                _ => out.keys.push((*set, *key)),
+            }
+        }
+        out.keys.shrink_to_fit();
+        out.slot_runs.shrink_to_fit();
+        out
+    }
+}
+
+impl Stored {
+    /// Every (set, key) the contribution added.
+    pub fn all_keys(&self) -> impl Iterator<Item = (SetId, Key)> + '_ {
+        let slots = self.slot_runs.iter().flat_map(|(set, first)| {
+            let n = match set {
+                SetId::Slots(_, _, n) => *n as u32,
+                _ => 0,
+            };
+            (0..n).map(move |i| (*set, with_slot(*first, i)))
+        });
+        self.keys.iter().copied().chain(slots)
+    }
+}
+
+fn with_slot(key: Key, i: u32) -> Key {
+    match key {
+        Key::ServiceSlot(a, p, port, _) => Key::ServiceSlot(a, p, port, i),
+        Key::PortSlot(p, port, _) => Key::PortSlot(p, port, i),
+        other => other,
+    }
 }
 
 /// Who owns which destination: the first service port to claim it.
@@ -182,9 +252,13 @@ pub(crate) fn contribute(
     out.no_local_internal = has_any && svc.internal_policy_local && selected.local.is_empty();
     out.no_local_external = has_any && svc.external_policy_local && svc.externally_accessible() && selected.local.is_empty();
     // Reject when nothing can serve; drop when only the policy forbids.
-    let refuse = if has_any { Verdict::Drop } else { Verdict::Goto(names::REJECT_CHAIN.into()) };
+    let (refuse, refuse_nodeport) = if has_any {
+        (names::NO_ENDPOINT_DROP, names::NODEPORT_NO_ENDPOINT_DROP)
+    } else {
+        (names::NO_ENDPOINT_REJECT, names::NODEPORT_NO_ENDPOINT_REJECT)
+    };
     let put = |out: &mut Contribution, set: SetId, key: Key, value: Option<Value>| out.elements.push((set, key, value));
-    let goto = |chain: &str| Some(Value::Verdict(Verdict::Goto(chain.into())));
+    let member = |out: &mut Contribution, set: &'static str, key: Key| out.elements.push((SetId::Fixed(set), key, None));
 
     let cluster_key = Key::Service(svc.cluster_ip, proto, port);
     if !claim(claims, cluster_key, name, &mut out) {
@@ -192,15 +266,15 @@ pub(crate) fn contribute(
     }
     put(&mut out, SetId::Fixed(names::CLUSTER_IPS), Key::Addr(svc.cluster_ip), None);
     if has_internal {
-        let (chain, kind) = if svc.internal_policy_local {
-            (names::CLUSTER_IP_LOCAL, SlotKind::Local)
+        let (set, kind) = if svc.internal_policy_local {
+            (names::CLUSTER_IP_LOCAL_SERVICES, SlotKind::Local)
         } else {
-            (names::CLUSTER_IP, SlotKind::Cluster)
+            (names::CLUSTER_IP_SERVICES, SlotKind::Cluster)
         };
-        put(&mut out, SetId::Fixed(names::SERVICE_DISPATCH), cluster_key, goto(chain));
+        member(&mut out, set, cluster_key);
         slots(&mut out, kind, |i| Key::ServiceSlot(svc.cluster_ip, proto, port, i), internal);
     } else {
-        put(&mut out, SetId::Fixed(names::NO_ENDPOINT_SERVICES), cluster_key, Some(Value::Verdict(refuse.clone())));
+        member(&mut out, refuse, cluster_key);
     }
 
     let mut destinations: Vec<IpAddr> = svc.external_ips.iter().chain(&svc.load_balancer_vips).copied().collect();
@@ -210,17 +284,17 @@ pub(crate) fn contribute(
     let node_port = svc.node_port.filter(|&np| claim(claims, Key::Port(proto, np), name, &mut out));
     let etp_local = svc.external_policy_local;
     if has_any {
-        let chain = if etp_local { names::EXTERNAL_LOCAL } else { names::EXTERNAL };
+        let set = if etp_local { names::EXTERNAL_LOCAL_SERVICES } else { names::EXTERNAL_SERVICES };
         for &d in &destinations {
-            put(&mut out, SetId::Fixed(names::SERVICE_DISPATCH), Key::Service(d, proto, port), goto(chain));
+            member(&mut out, set, Key::Service(d, proto, port));
             slots(&mut out, SlotKind::Cluster, |i| Key::ServiceSlot(d, proto, port, i), &selected.cluster);
             if etp_local {
                 slots(&mut out, SlotKind::Local, |i| Key::ServiceSlot(d, proto, port, i), &selected.local);
             }
         }
         if let Some(np) = node_port {
-            let chain = if etp_local { names::NODEPORT_LOCAL } else { names::NODEPORT };
-            put(&mut out, SetId::Fixed(names::NODEPORT_DISPATCH), Key::Port(proto, np), goto(chain));
+            let set = if etp_local { names::NODEPORT_LOCAL_SERVICES } else { names::NODEPORT_SERVICES };
+            member(&mut out, set, Key::Port(proto, np));
             slots(&mut out, SlotKind::NodePortCluster, |i| Key::PortSlot(proto, np, i), &selected.cluster);
             if etp_local {
                 slots(&mut out, SlotKind::NodePortLocal, |i| Key::PortSlot(proto, np, i), &selected.local);
@@ -229,10 +303,10 @@ pub(crate) fn contribute(
     }
     if !has_external {
         for &d in &destinations {
-            put(&mut out, SetId::Fixed(names::NO_ENDPOINT_SERVICES), Key::Service(d, proto, port), Some(Value::Verdict(refuse.clone())));
+            member(&mut out, refuse, Key::Service(d, proto, port));
         }
         if let Some(np) = node_port {
-            put(&mut out, SetId::Fixed(names::NO_ENDPOINT_NODEPORTS), Key::Port(proto, np), Some(Value::Verdict(refuse)));
+            member(&mut out, refuse_nodeport, Key::Port(proto, np));
         }
     }
 

@@ -11,6 +11,9 @@ use crate::transaction::{Op, Transaction};
 #[derive(Debug, Default, Clone)]
 pub struct Journal {
     before: BTreeMap<String, BTreeMap<Key, Option<Option<Value>>>>,
+    /// Everything may have changed (a full re-render): the caller rebuilds
+    /// instead of sending a transaction, so no keys are recorded.
+    full: bool,
 }
 
 /// The committed shape of a table: its chains and set declarations. With
@@ -38,11 +41,25 @@ impl Journal {
     /// (`None` if it was absent). Only the first change since the last take
     /// is remembered.
     pub(crate) fn touched(&mut self, set: &str, key: Key, before: Option<Option<Value>>) {
+        if self.full {
+            return;
+        }
         let per_set = match self.before.get_mut(set) {
             Some(m) => m,
             None => self.before.entry(set.to_string()).or_default(),
         };
         per_set.entry(key).or_insert(before);
+    }
+
+    /// Marks the journal as "everything changed".
+    pub(crate) fn mark_full(&mut self) {
+        self.full = true;
+        self.before.clear();
+    }
+
+    /// Whether everything may have changed: only a rebuild is correct.
+    pub fn is_full(&self) -> bool {
+        self.full
     }
 
     /// How many element keys were touched.

@@ -16,7 +16,7 @@ use std::ops::Bound;
 use kproxy_core::{select_endpoints, NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
 use crate::model::{Key, Ruleset, Set, Value};
-use contribution::{contribute, fixed_decl, Claims, Contribution, SetId, SlotKind, FIXED_SETS};
+use contribution::{contribute, fixed_decl, Claims, SetId, SlotKind, Stored, FIXED_SETS};
 pub use journal::{Journal, Structure};
 
 /// What [`render`] produced.
@@ -48,7 +48,7 @@ pub struct Renderer {
     refcounts: HashMap<(SetId, Key), u32>,
     /// What each service port contributed, sorted so one Service's ports
     /// are a range.
-    contributions: BTreeMap<ServicePortName, Contribution>,
+    contributions: BTreeMap<ServicePortName, Stored>,
     /// Running totals behind [`Renderer::no_local_endpoints`].
     no_local: NoLocalEndpoints,
     claims: Claims,
@@ -100,8 +100,10 @@ impl Renderer {
         self.no_local
     }
 
-    /// Re-renders every service (after a node change, or from scratch).
+    /// Re-renders every service (after a node change, or from scratch). The
+    /// journal is marked full: a caller must rebuild, not patch.
     pub fn refresh_all(&mut self, state: &ProxyState) {
+        self.journal.mark_full();
         let mut services: BTreeSet<NamespacedName> = self.contributions.keys().map(|n| n.service.clone()).collect();
         services.extend(state.services().iter().map(|(n, _)| n.service.clone()));
         self.refresh(state, services.iter());
@@ -132,7 +134,7 @@ impl Renderer {
                 }
                 self.no_local.internal += usize::from(c.no_local_internal);
                 self.no_local.external += usize::from(c.no_local_external);
-                self.contributions.insert(name.clone(), c);
+                self.contributions.insert(name.clone(), c.stored());
             }
         }
         self.rebuild_chains();
@@ -147,8 +149,8 @@ impl Renderer {
         let Some(c) = self.contributions.remove(name) else { return };
         self.no_local.internal -= usize::from(c.no_local_internal);
         self.no_local.external -= usize::from(c.no_local_external);
-        for (set, key, _) in &c.elements {
-            self.remove(*set, key);
+        for (set, key) in c.all_keys() {
+            self.remove(set, &key);
         }
         for key in &c.claims {
             if self.claims.get(key) == Some(name) {

@@ -7,6 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{has_skip_label, object_key, parse, port_number, valid_name, MAX_NAME_LEN};
 use crate::model::{Endpoint, IpFamily, NamespacedName, Protocol, ServicePortName};
+use crate::VecMap;
 
 /// The label that names the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -17,7 +18,7 @@ pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-t
 
 /// Endpoints per service port, sorted by address, as one slice (or a merge
 /// of several) provides them.
-pub type PortEndpoints = BTreeMap<ServicePortName, Vec<Endpoint>>;
+pub type PortEndpoints = VecMap<ServicePortName, Vec<Endpoint>>;
 
 /// What one EndpointSlice contributes to its Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +134,7 @@ fn slice_endpoints(
                 .collect(),
         });
     }
+    out.shrink_to_fit();
     out
 }
 

@@ -1,18 +1,18 @@
 //! `Service` → per-family service ports.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
 use super::{has_skip_label, object_key, parse, port_number, valid_name, MAX_NAME_LEN};
+use crate::VecMap;
 use crate::model::{
     IpFamily, NamespacedName, Protocol, ServicePortInfo, ServicePortName, SourceRanges,
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
 };
 
 /// The ports of one Service, in one family.
-pub type ServicePorts = BTreeMap<ServicePortName, ServicePortInfo>;
+pub type ServicePorts = VecMap<ServicePortName, ServicePortInfo>;
 
 /// Converts a Service into its ports for `family`, skipping exactly what
 /// upstream skips: headless and ExternalName services, services carrying the

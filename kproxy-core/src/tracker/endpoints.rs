@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::ChangeTracker;
 use crate::convert::{merge_slices, slice_info, PortEndpoints, SliceInfo, TRIGGER_TIME_ANNOTATION};
 use crate::endpoints_map::EndpointsMap;
 use crate::model::{Endpoint, IpFamily, NamespacedName, ServicePortName};
+use crate::VecMap;
 
 /// What applying pending EndpointSlice changes did to an [`EndpointsMap`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,9 +34,12 @@ pub struct EndpointsChangeTracker {
     family: IpFamily,
     node_name: String,
     started: SystemTime,
-    slices: BTreeMap<NamespacedName, BTreeMap<String, SliceInfo>>,
+    slices: BTreeMap<NamespacedName, VecMap<String, SliceInfo>>,
     owners: BTreeMap<NamespacedName, NamespacedName>,
-    changes: ChangeTracker<NamespacedName, PortEndpoints>,
+    /// Services with a pending change and their endpoints as the map holds
+    /// them; the current endpoints are merged from `slices` when needed, so
+    /// the largest state is kept once.
+    pending: BTreeMap<NamespacedName, PortEndpoints>,
     trigger_times: BTreeMap<NamespacedName, Vec<SystemTime>>,
 }
 
@@ -50,7 +53,7 @@ impl EndpointsChangeTracker {
             started: SystemTime::now(),
             slices: BTreeMap::new(),
             owners: BTreeMap::new(),
-            changes: ChangeTracker::default(),
+            pending: BTreeMap::new(),
             trigger_times: BTreeMap::new(),
         }
     }
@@ -59,7 +62,7 @@ impl EndpointsChangeTracker {
     /// deleted. Returns whether any change is pending.
     pub fn update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
         let Some(slice_key) = slice_key(slice) else {
-            return self.changes.pending() > 0;
+            return !self.pending.is_empty();
         };
         let new_info = if removed { None } else { slice_info(slice, self.family, &self.node_name) };
         let old_owner = self.owners.get(&slice_key).cloned();
@@ -68,7 +71,7 @@ impl EndpointsChangeTracker {
         let before: Vec<(NamespacedName, Option<PortEndpoints>)> = affected
             .into_iter()
             .map(|svc| {
-                let merged = (!self.changes.is_pending(&svc)).then(|| self.merged(&svc));
+                let merged = (!self.pending.contains_key(&svc)).then(|| self.merged(&svc));
                 (svc, merged)
             })
             .collect();
@@ -88,10 +91,19 @@ impl EndpointsChangeTracker {
 
         for (svc, before) in before {
             let current = self.merged(&svc);
-            self.changes.record(svc.clone(), || before.unwrap_or_default(), current);
+            // One (previous, current) pair per service; a change that ends
+            // where it started collapses to nothing.
+            let previous = match before {
+                Some(b) => b,
+                None => self.pending.remove(&svc).expect("pending when no `before` was taken"),
+            };
+            let pending = previous != current;
+            if pending {
+                self.pending.insert(svc.clone(), previous);
+            }
             // A deletion's trigger time is the time of the last update, not
             // of this change: measuring it would lie, so it is dropped.
-            if removed || !self.changes.is_pending(&svc) {
+            if removed || !pending {
                 self.trigger_times.remove(&svc);
             } else if new_service.as_ref() == Some(&svc) {
                 if let Some(t) = trigger_time(slice).filter(|t| *t > self.started) {
@@ -99,20 +111,21 @@ impl EndpointsChangeTracker {
                 }
             }
         }
-        self.changes.pending() > 0
+        !self.pending.is_empty()
     }
 
     /// How many Services have pending endpoint changes.
     pub fn pending(&self) -> usize {
-        self.changes.pending()
+        self.pending.len()
     }
 
     /// Applies every pending change to `map` and reports what changed.
     pub fn apply(&mut self, map: &mut EndpointsMap) -> EndpointsUpdate {
         let mut update = EndpointsUpdate::default();
-        for (service, change) in self.changes.take() {
-            detect_stale(&change.previous, &change.current, &mut update);
-            map.replace_service(&service, change.current);
+        for (service, previous) in std::mem::take(&mut self.pending) {
+            let current = self.merged(&service);
+            detect_stale(&previous, &current, &mut update);
+            map.replace_service(&service, current);
             update.updated_services.insert(service);
         }
         update.trigger_times = std::mem::take(&mut self.trigger_times);
