@@ -78,7 +78,11 @@ impl Topology {
         for (k, v) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
             node.exec(&["sysctl", "-qw", &format!("{k}={v}")])?;
         }
-        let bridged = matches!(scenario.config.local_detector, LocalDetector::BridgeInterface(_));
+        // Interface-based detectors need every pod behind one bridge.
+        let bridged = matches!(
+            scenario.config.local_detector,
+            LocalDetector::BridgeInterface(_) | LocalDetector::InterfaceNamePrefix(_)
+        );
         if bridged {
             node.ip(&["link", "add", POD_INTERFACE, "type", "bridge"])?;
             for addr in ["10.180.0.254/24", "10.180.1.254/24", "fd00:10:180::fe/64"] {

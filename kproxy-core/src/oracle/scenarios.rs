@@ -120,6 +120,8 @@ pub fn all() -> Vec<Scenario> {
         masquerade_all(),
         no_local_detector(),
         bridge_interface_detector(),
+        interface_prefix_detector(),
+        node_cidr_detector(),
         dual_stack(IpFamily::V4),
         dual_stack(IpFamily::V6),
     ]
@@ -461,6 +463,45 @@ fn bridge_interface_detector() -> Scenario {
             fwd(&["10.180.1.26:80"], true),
         );
     s.config.local_detector = LocalDetector::BridgeInterface(super::packet::POD_INTERFACE.to_string());
+    s
+}
+
+fn interface_prefix_detector() -> Scenario {
+    let mut s = Scenario::new("interface_prefix_detector", IpFamily::V4)
+        .with(
+            vec![service("ns1", "svc26", &["172.30.0.66"]).port("p80", 80, "TCP", 0).build()],
+            vec![slice("ns1", "svc26", "svc26-a", "IPv4")
+                .port("p80", 80, "TCP")
+                .endpoint("10.180.1.29", fx::OTHER_NODE, Ready)
+                .build()],
+        )
+        .case("traffic from an interface with the prefix is not masqueraded", pod("172.30.0.66", 80), fwd(&["10.180.1.29:80"], false))
+        .case(
+            "traffic from another interface is masqueraded",
+            Packet::tcp(Origin::Outside, ip("10.99.0.2"), ip("172.30.0.66"), 80),
+            fwd(&["10.180.1.29:80"], true),
+        );
+    let prefix = super::packet::POD_INTERFACE.trim_end_matches(|c: char| c.is_ascii_digit());
+    s.config.local_detector = LocalDetector::InterfaceNamePrefix(prefix.to_string());
+    s
+}
+
+fn node_cidr_detector() -> Scenario {
+    let mut s = Scenario::new("node_cidr_detector", IpFamily::V4)
+        .with(
+            vec![service("ns1", "svc27", &["172.30.0.67"]).port("p80", 80, "TCP", 0).build()],
+            vec![slice("ns1", "svc27", "svc27-a", "IPv4")
+                .port("p80", 80, "TCP")
+                .endpoint("10.180.0.30", fx::NODE_NAME, Ready)
+                .build()],
+        )
+        .case("a pod inside the node's pod CIDR is not masqueraded", pod("172.30.0.67", 80), fwd(&["10.180.0.30:80"], false))
+        .case(
+            "a cluster source outside the node's pod CIDR is masqueraded",
+            Packet::tcp(Origin::Outside, ip("10.99.0.3"), ip("172.30.0.67"), 80),
+            fwd(&["10.180.0.30:80"], true),
+        );
+    s.config.local_detector = LocalDetector::NodeCidr(vec!["10.180.0.0/24".parse().expect("fixture literal")]);
     s
 }
 
