@@ -2,6 +2,7 @@
 //! reference the way the kernel would, and dumps what it holds.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use kproxy_core::IpFamily;
@@ -151,6 +152,7 @@ fn key_fits(shape: &KeyShape, key: &Key) -> bool {
             | (KeyShape::Service, Key::Service(..))
             | (KeyShape::Port, Key::Port(..))
             | (KeyShape::ServiceSource, Key::ServiceSource(..))
+            | (KeyShape::Affinity, Key::Affinity(..))
     ) || matches!((shape, key), (KeyShape::ServiceSlot(p, n), Key::ServiceSlot(_, kp, _, i)) if i < n && p == kp)
         || matches!((shape, key), (KeyShape::PortSlot(p, n), Key::PortSlot(kp, _, i)) if i < n && p == kp)
 }
@@ -241,5 +243,31 @@ impl Kernel for FakeKernel {
 
     async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError> {
         Ok(self.table(family, table).map(Outline::of))
+    }
+
+    async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError> {
+        Ok(self
+            .table(family, table)
+            .and_then(|t| t.sets.get(names::AFFINITY))
+            .map(|s| {
+                s.elements
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        Some(Value::Target(ip, port)) => Some((*k, *ip, *port)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl FakeKernel {
+    /// Adds an affinity entry as the kernel would when a packet is
+    /// forwarded (to test the cleanup of stale entries).
+    pub fn record_affinity(&mut self, family: IpFamily, table: &str, key: Key, target: (IpAddr, u16)) {
+        if let Some(s) = self.tables.get_mut(&(family, table.to_string())).and_then(|t| t.sets.get_mut(names::AFFINITY)) {
+            s.elements.insert(key, Some(Value::Target(target.0, target.1)));
+        }
     }
 }

@@ -11,9 +11,12 @@
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+use kproxy_core::{Error, IpFamily, Protocol, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+
+use std::net::IpAddr;
 
 use crate::kernel::{Kernel, KernelError, Outline};
+use crate::model::{Key, Value};
 use crate::names;
 use crate::render::{Renderer, Structure};
 use crate::transaction::{Op, Transaction};
@@ -219,6 +222,54 @@ impl<K: Kernel> NftProxier<K> {
         Ok(())
     }
 
+    /// Deletes affinity entries whose remembered endpoint no longer serves
+    /// their destination, so a client stuck to a removed pod is balanced
+    /// again at once (upstream drops the endpoint's affinity set with it).
+    async fn forget_stale_affinity(&mut self) -> Result<(), KernelError> {
+        let Some(table) = self.table().map(str::to_string) else { return Ok(()) };
+        let rs = self.renderer.ruleset();
+        if !rs.sets.iter().any(|(n, s)| n.starts_with("affinity-services-") && !s.elements.is_empty()) {
+            return Ok(());
+        }
+        let entries = self.kernel.affinity_entries(self.family(), &table).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rs = self.renderer.ruleset();
+        let node_port_ips = &self.config.node_port_ips;
+        let mut valid: std::collections::HashSet<(IpAddr, Protocol, u16, IpAddr, u16)> = std::collections::HashSet::new();
+        for set in rs.sets.iter().filter(|(n, _)| n.contains("-slots-")).map(|(_, s)| s) {
+            for (k, v) in &set.elements {
+                let Some(Value::Target(ip, port)) = v else { continue };
+                match *k {
+                    Key::ServiceSlot(d, p, dport, _) => {
+                        valid.insert((d, p, dport, *ip, *port));
+                    }
+                    Key::PortSlot(p, np, _) => {
+                        for &node_ip in node_port_ips {
+                            valid.insert((node_ip, p, np, *ip, *port));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let stale: Vec<Key> = entries
+            .into_iter()
+            .filter(|(k, ip, port)| match *k {
+                Key::Affinity(_, d, p, dport) => !valid.contains(&(d, p, dport, *ip, *port)),
+                _ => false,
+            })
+            .map(|(k, _, _)| k)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Transaction::new(self.family());
+        tx.push(&table, Op::DeleteElements { set: names::AFFINITY.to_string(), keys: stale });
+        self.kernel.apply(&tx).await
+    }
+
     /// Sends what changed since the last sync as one atomic transaction, or
     /// rebuilds when that would be too large.
     async fn apply_changes(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
@@ -276,7 +327,13 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
             let services: Vec<_> = changes.updated_services().into_iter().cloned().collect();
             self.renderer.refresh(&self.state, services.iter());
         }
-        match self.apply_changes(request).await {
+        let result = self.apply_changes(request).await;
+        if result.is_ok() && !changes.updated_services().is_empty() {
+            if let Err(e) = self.forget_stale_affinity().await {
+                tracing::warn!(error = %e, "could not clean up affinity entries; they will expire on their own");
+            }
+        }
+        match result {
             Ok(rebuilt) => {
                 let mut report = SyncReport::new(request.full || rebuilt, changes);
                 report.no_local_endpoints = self.renderer.no_local_endpoints();

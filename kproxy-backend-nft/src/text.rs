@@ -177,6 +177,7 @@ pub fn key(k: &Key) -> String {
         Key::ServiceSlot(a, p, port, i) => format!("{} . {} . {port} . {i}", addr(a), p.as_lower_str()),
         Key::PortSlot(p, port, i) => format!("{} . {port} . {i}", p.as_lower_str()),
         Key::ServiceSource(a, p, port, net) => format!("{} . {} . {port} . {net}", addr(a), p.as_lower_str()),
+        Key::Affinity(c, d, p, port) => format!("{} . {} . {} . {port}", addr(c), addr(d), p.as_lower_str()),
     }
 }
 

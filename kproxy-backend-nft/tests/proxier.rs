@@ -4,6 +4,9 @@
 use async_trait::async_trait;
 use kproxy_backend_nft::fake::FakeKernel;
 use kproxy_backend_nft::kernel::{Kernel, KernelError, Outline};
+use std::net::IpAddr;
+
+use kproxy_backend_nft::model::Key;
 use kproxy_backend_nft::transaction::{Op, Transaction};
 use kproxy_backend_nft::{names, render, NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
@@ -37,6 +40,9 @@ impl Kernel for Flaky {
     }
     async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError> {
         self.inner.outline(family, table).await
+    }
+    async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError> {
+        self.inner.affinity_entries(family, table).await
     }
 }
 
@@ -202,4 +208,30 @@ fn hostile_interface_names_are_refused() {
         config.local_detector = kproxy_core::LocalDetector::BridgeInterface(bad.into());
         assert!(NftProxier::new("n", config, FakeKernel::new(), NftOptions::default()).is_err(), "{bad:?}");
     }
+}
+
+#[tokio::test]
+async fn affinity_to_a_removed_endpoint_is_forgotten() {
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
+    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), FakeKernel::new(), options(1000)).unwrap();
+    p.on_node_update(&scenario.node);
+    for s in &scenario.services {
+        p.on_service_update(None, Some(s));
+    }
+    for s in &scenario.slices {
+        p.on_endpoint_slice_update(s, false);
+    }
+    p.sync(SyncRequest::default()).await.unwrap();
+    let vip: IpAddr = "172.30.0.50".parse().unwrap();
+    let (a, b): (IpAddr, IpAddr) = ("10.180.0.10".parse().unwrap(), "10.180.1.10".parse().unwrap());
+    let to_a = Key::Affinity("10.180.0.100".parse().unwrap(), vip, kproxy_core::Protocol::Tcp, 80);
+    let to_b = Key::Affinity("10.180.0.101".parse().unwrap(), vip, kproxy_core::Protocol::Tcp, 80);
+    p.kernel_mut().record_affinity(V4, "kproxy-a", to_a, (a, 80));
+    p.kernel_mut().record_affinity(V4, "kproxy-a", to_b, (b, 80));
+
+    let only_b = slice("ns1", "svc10", "svc10-a", "IPv4").port("p80", 80, "TCP").endpoint("10.180.1.10", fx::OTHER_NODE, EndpointState::Ready).build();
+    p.on_endpoint_slice_update(&only_b, false);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let left: Vec<Key> = p.kernel().table(V4, "kproxy-a").unwrap().sets[names::AFFINITY].elements.keys().copied().collect();
+    assert_eq!(left, vec![to_b], "the entry for the removed endpoint is gone, the other kept");
 }

@@ -79,8 +79,50 @@ pub fn key(k: &Key) -> (Vec<u8>, Option<Vec<u8>>) {
             addr(&mut end, last_addr(&net));
             return (out, Some(end));
         }
+        Key::Affinity(c, d, p, n) => {
+            addr(&mut out, c);
+            addr(&mut out, d);
+            proto(&mut out, p);
+            port(&mut out, n);
+        }
     }
     (out, None)
+}
+
+fn read_addr(bytes: &[u8], v6: bool) -> Option<(IpAddr, &[u8])> {
+    if v6 {
+        let (a, rest) = bytes.split_at_checked(16)?;
+        let octets: [u8; 16] = a.try_into().ok()?;
+        Some((IpAddr::from(octets), rest))
+    } else {
+        let (a, rest) = bytes.split_at_checked(4)?;
+        let octets: [u8; 4] = a.try_into().ok()?;
+        Some((IpAddr::from(octets), rest))
+    }
+}
+
+fn read_proto(b: u8) -> Option<Protocol> {
+    match b {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// Decodes an affinity map element: its key and its DNAT target.
+pub fn decode_affinity(v6: bool, key: &[u8], data: &[u8]) -> Option<(Key, IpAddr, u16)> {
+    let (client, rest) = read_addr(key, v6)?;
+    let (dest, rest) = read_addr(rest, v6)?;
+    let (p, rest) = rest.split_at_checked(4)?;
+    let (port, _) = rest.split_at_checked(2)?;
+    let (target, rest) = read_addr(data, v6)?;
+    let (tport, _) = rest.split_at_checked(2)?;
+    Some((
+        Key::Affinity(client, dest, read_proto(p[0])?, u16::from_be_bytes([port[0], port[1]])),
+        target,
+        u16::from_be_bytes([tport[0], tport[1]]),
+    ))
 }
 
 /// A map element's data: bytes, or a verdict (code, chain).
@@ -123,6 +165,14 @@ pub fn data(v: &Value) -> Data {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_elements_round_trip() {
+        let k = Key::Affinity("10.0.0.1".parse().unwrap(), "172.30.0.1".parse().unwrap(), Protocol::Tcp, 80);
+        let (bytes, _) = key(&k);
+        let Data::Value(data) = data(&Value::Target("10.180.0.9".parse().unwrap(), 8080)) else { panic!() };
+        assert_eq!(decode_affinity(false, &bytes, &data), Some((k, "10.180.0.9".parse().unwrap(), 8080)));
+    }
 
     #[test]
     fn concatenations_are_register_aligned() {

@@ -22,7 +22,9 @@ use kproxy_core::IpFamily;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::model::{family_keyword, Ruleset};
+use std::net::IpAddr;
+
+use crate::model::{family_keyword, Key, Ruleset};
 use crate::names;
 use crate::transaction::Transaction;
 
@@ -84,6 +86,8 @@ pub trait Kernel: Send {
     async fn tables(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError>;
     /// The outline of one table, or `None` when it does not exist.
     async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError>;
+    /// The entries of the dynamic affinity map: key and remembered target.
+    async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError>;
 }
 
 /// The real kernel, through the `nft` binary, optionally inside a network
@@ -163,6 +167,12 @@ impl Kernel for NftCli {
         }
         let out = self.run(&["-t", "list", "table", family_keyword(family), table], None).await?;
         Ok(Some(parse_outline(&out)))
+    }
+
+    /// Not read through `nft` (it would list every element of the table);
+    /// [`NftKernel`] reads the map over netlink.
+    async fn affinity_entries(&mut self, _family: IpFamily, _table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError> {
+        Ok(Vec::new())
     }
 }
 
@@ -256,5 +266,15 @@ impl Kernel for NftKernel {
             return Ok(None);
         }
         self.netlink.outline(family, table).map(Some)
+    }
+
+    async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError> {
+        let v6 = family == IpFamily::V6;
+        Ok(self
+            .netlink
+            .set_elements(family, table, names::AFFINITY)?
+            .into_iter()
+            .filter_map(|(key, data)| encode::decode_affinity(v6, &key, &data?))
+            .collect())
     }
 }

@@ -21,6 +21,7 @@ const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -256,13 +257,47 @@ impl Netlink {
         }
     }
 
+    /// Every element of one set: key bytes and, for maps, data bytes.
+    pub fn set_elements(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, KernelError> {
+        let mut out = Vec::new();
+        for reply in self.dump_with(NFT_MSG_GETSETELEM, family, &[(1, table), (2, set)])? {
+            for (kind, list) in &reply {
+                if *kind != 3 {
+                    continue;
+                }
+                for (_, element) in parse_attrs(list) {
+                    let attrs = parse_attrs(element);
+                    let value_of = |k: u16| {
+                        attrs
+                            .iter()
+                            .find(|(kind, _)| *kind == k)
+                            .and_then(|(_, nested)| parse_attrs(nested).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v.to_vec()))
+                    };
+                    if let Some(key) = value_of(1) {
+                        out.push((key, value_of(2)));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a dump request and returns the attributes of every reply.
     fn dump(&mut self, msg: u16, family: IpFamily, filter_table: Option<&str>) -> Result<Vec<OwnedAttrs>, KernelError> {
+        match filter_table {
+            Some(t) => self.dump_with(msg, family, &[(1, t)]),
+            None => self.dump_with(msg, family, &[]),
+        }
+    }
+
+    /// Runs a dump request with string attributes and returns the
+    /// attributes of every reply.
+    fn dump_with(&mut self, msg: u16, family: IpFamily, filters: &[(u16, &str)]) -> Result<Vec<OwnedAttrs>, KernelError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
         message(&mut buf, nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family_byte(family), 0, |b| {
-            if let Some(t) = filter_table {
-                attr(b, 1, &cstr(t));
+            for (kind, value) in filters {
+                attr(b, *kind, &cstr(value));
             }
         });
         self.socket.send(&buf, 0).map_err(|e| io_err("netlink send", e))?;

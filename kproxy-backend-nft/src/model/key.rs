@@ -24,6 +24,9 @@ pub enum Key {
     /// `addr . proto . port . network`: a source network allowed to reach a
     /// service destination (an interval set).
     ServiceSource(IpAddr, Protocol, u16, IpNet),
+    /// `client . destination . proto . port`: an entry of the dynamic
+    /// affinity map, written by the kernel and cleaned up by kproxy.
+    Affinity(IpAddr, IpAddr, Protocol, u16),
 }
 
 /// What a map element maps to.

@@ -1,0 +1,58 @@
+//! ClientIP affinity in the real kernel: a client sticks to one pod; when
+//! that pod's endpoint is removed, the client is balanced to the remaining
+//! pod at once, not after the affinity timeout. Needs root.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kproxy_backend_nft::kernel::{Kernel, NftKernel};
+use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState};
+use kproxy_core::oracle::{scenarios, Origin, Packet};
+use kproxy_core::{IpFamily, Proxier, SyncRequest};
+use kproxy_testkit::{kernel_tests_enabled, probe, Seen, Topology};
+
+fn pods_reached(seen: &[Seen]) -> Vec<IpAddr> {
+    seen.iter()
+        .map(|s| match s {
+            Seen::Answered { pod, .. } => *pod,
+            other => panic!("expected an answer, saw {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_follows_endpoint_removal() {
+    if !kernel_tests_enabled("affinity_follows_endpoint_removal") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
+    let topo = Topology::build(&scenario).unwrap();
+    let kernel = NftKernel::in_netns(topo.node.name()).unwrap();
+    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
+    p.on_node_update(&scenario.node);
+    for s in &scenario.services {
+        p.on_service_update(None, Some(s));
+    }
+    for s in &scenario.slices {
+        p.on_endpoint_slice_update(s, false);
+    }
+    p.sync(SyncRequest { full: true }).await.unwrap();
+
+    let packet = Packet::tcp(Origin::LocalPod, fx::LOCAL_CLIENT_POD.parse().unwrap(), "172.30.0.50".parse().unwrap(), 80);
+    let first = tokio::task::block_in_place(|| pods_reached(&probe(&topo, &packet, 6, Duration::from_secs(2)).unwrap()));
+    assert!(first.windows(2).all(|w| w[0] == w[1]), "affinity: {first:?}");
+    let stuck = first[0];
+    let table = p.table().unwrap().to_string();
+    let entries = p.kernel_mut().affinity_entries(IpFamily::V4, &table).await.unwrap();
+    assert!(entries.iter().any(|(_, ip, _)| *ip == stuck), "the kernel remembered the client's pod: {entries:?}");
+
+    let other = ["10.180.0.10", "10.180.1.10"].iter().map(|s| s.parse::<IpAddr>().unwrap()).find(|ip| *ip != stuck).unwrap();
+    let node = if other.to_string().starts_with("10.180.0.") { fx::NODE_NAME } else { fx::OTHER_NODE };
+    let remaining = slice("ns1", "svc10", "svc10-a", "IPv4").port("p80", 80, "TCP").endpoint(&other.to_string(), node, EndpointState::Ready).build();
+    p.on_endpoint_slice_update(&remaining, false);
+    p.sync(SyncRequest::default()).await.unwrap();
+
+    let after = tokio::task::block_in_place(|| pods_reached(&probe(&topo, &packet, 6, Duration::from_secs(2)).unwrap()));
+    assert!(after.iter().all(|ip| *ip == other), "after removing {stuck}, connections reached {after:?}");
+}
