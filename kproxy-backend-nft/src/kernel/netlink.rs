@@ -96,6 +96,10 @@ type Attrs<'a> = Vec<(u16, &'a [u8])>;
 /// The attributes of one dump reply, owned.
 type OwnedAttrs = Vec<(u16, Vec<u8>)>;
 
+/// A set element as the kernel stores it: key bytes and, in maps, data
+/// bytes.
+pub type RawElement = (Vec<u8>, Option<Vec<u8>>);
+
 fn parse_attrs(mut data: &[u8]) -> Attrs<'_> {
     let mut out = Vec::new();
     while data.len() >= 4 {
@@ -258,7 +262,7 @@ impl Netlink {
     }
 
     /// Every element of one set: key bytes and, for maps, data bytes.
-    pub fn set_elements(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, KernelError> {
+    pub fn set_elements(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Vec<RawElement>, KernelError> {
         let mut out = Vec::new();
         for reply in self.dump_with(NFT_MSG_GETSETELEM, family, &[(1, table), (2, set)])? {
             for (kind, list) in &reply {
