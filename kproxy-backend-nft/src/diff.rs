@@ -38,11 +38,11 @@ pub fn diff(table: &str, old: &Ruleset, new: &Ruleset) -> Transaction {
             }
             for (k, v) in &set.elements {
                 if old_elements.get(k) != Some(v) {
-                    added.push((*k, v.clone()));
+                    added.push((*k, *v));
                 }
             }
         } else if !recreated.contains(name) {
-            added.extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
+            added.extend(set.elements.iter().map(|(k, v)| (*k, *v)));
         }
         if !removed.is_empty() {
             tx.push(table, Op::DeleteElements { set: name.clone(), keys: removed });
@@ -69,7 +69,7 @@ pub fn diff(table: &str, old: &Ruleset, new: &Ruleset) -> Transaction {
         let set = &new.sets[name];
         tx.push(table, Op::DeleteSet { name: name.clone(), map: text::is_map(&old.sets[name].decl) });
         tx.push(table, Op::AddSet { name: name.clone(), decl: set.decl });
-        let elements: Vec<_> = set.elements.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let elements: Vec<_> = set.elements.iter().map(|(k, v)| (*k, *v)).collect();
         if !elements.is_empty() {
             tx.push(table, Op::AddElements { set: name.clone(), elements });
         }

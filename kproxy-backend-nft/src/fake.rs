@@ -111,14 +111,13 @@ impl FakeKernel {
                 Ok(())
             }
             Op::AddElements { set, elements } => {
-                let chains: Vec<String> = rs.chains.keys().cloned().collect();
                 let s = rs.sets.get_mut(set).ok_or_else(|| format!("add element {set}: no such set"))?;
                 for (k, v) in elements {
-                    check_element(&s.decl.key, s.decl.value, k, v, &chains).map_err(|e| format!("add element {set}: {e}"))?;
+                    check_element(&s.decl.key, s.decl.value, k, v).map_err(|e| format!("add element {set}: {e}"))?;
                     match s.elements.get(k) {
                         Some(existing) if existing != v => return Err(format!("add element {set}: {k:?} exists with another value")),
                         _ => {
-                            s.elements.insert(*k, v.clone());
+                            s.elements.insert(*k, *v);
                         }
                     }
                 }
@@ -157,16 +156,12 @@ fn key_fits(shape: &KeyShape, key: &Key) -> bool {
         || matches!((shape, key), (KeyShape::PortSlot(p, n), Key::PortSlot(kp, _, i)) if i < n && p == kp)
 }
 
-fn check_element(shape: &KeyShape, value: ValueShape, k: &Key, v: &Option<Value>, chains: &[String]) -> Result<(), String> {
+fn check_element(shape: &KeyShape, value: ValueShape, k: &Key, v: &Option<Value>) -> Result<(), String> {
     if !key_fits(shape, k) {
         return Err(format!("key {k:?} does not fit {shape:?}"));
     }
     match (value, v) {
         (ValueShape::None, None) | (ValueShape::Target, Some(Value::Target(..))) => Ok(()),
-        (ValueShape::Verdict, Some(Value::Verdict(verdict))) => match verdict {
-            Verdict::Jump(c) | Verdict::Goto(c) if !chains.iter().any(|n| n == c) => Err(format!("verdict targets unknown chain {c}")),
-            _ => Ok(()),
-        },
         _ => Err(format!("value {v:?} does not fit {value:?}")),
     }
 }
@@ -192,7 +187,6 @@ fn check_rule(rs: &Ruleset, rule: &crate::model::Rule) -> Result<(), String> {
     }
     for s in &rule.stmts {
         match s {
-            Stmt::Vmap { key, map } => set(map, Some(ValueShape::Verdict), key)?,
             Stmt::DnatMap { key, map } => set(map, Some(ValueShape::Target), key)?,
             Stmt::RecordTarget { key, map, .. } => set(map, Some(ValueShape::Target), key)?,
             Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) if !rs.chains.contains_key(c.as_ref()) => {
@@ -207,14 +201,13 @@ fn check_rule(rs: &Ruleset, rule: &crate::model::Rule) -> Result<(), String> {
 fn chain_referenced(rs: &Ruleset, name: &str) -> bool {
     let target = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
     rs.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.stmts).any(|s| matches!(s, Stmt::Verdict(v) if target(v)))
-        || rs.sets.values().flat_map(|s| s.elements.values()).any(|v| matches!(v, Some(Value::Verdict(v)) if target(v)))
 }
 
 fn set_referenced(rs: &Ruleset, name: &str) -> bool {
     rs.chains.values().flat_map(|c| &c.rules).any(|r| {
         r.matches.iter().any(|m| matches!(m, Match::Lookup { set, .. } if set == name))
             || r.stmts.iter().any(|s| match s {
-                Stmt::Vmap { map, .. } | Stmt::DnatMap { map, .. } | Stmt::RecordTarget { map, .. } => map == name,
+                Stmt::DnatMap { map, .. } | Stmt::RecordTarget { map, .. } => map == name,
                 _ => false,
             })
     })

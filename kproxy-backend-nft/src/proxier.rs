@@ -195,7 +195,7 @@ impl<K: Kernel> NftProxier<K> {
         for (name, set) in &ruleset.sets {
             let mut elements = Vec::new();
             for (k, v) in &set.elements {
-                elements.push((*k, v.clone()));
+                elements.push((*k, *v));
                 in_chunk += 1;
                 if in_chunk == self.options.chunk_elements {
                     chunk.push(&target, Op::AddElements { set: name.clone(), elements: std::mem::take(&mut elements) });

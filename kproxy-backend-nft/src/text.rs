@@ -71,7 +71,6 @@ fn matcher(m: &Match, family: IpFamily) -> String {
 fn stmt(s: &Stmt, family: IpFamily) -> String {
     let ip = ip_kw(family);
     match s {
-        Stmt::Vmap { key, map } => format!("{} vmap @{map}", concat(key, family)),
         Stmt::DnatMap { key, map } => format!("dnat {ip} to {} map @{map}", concat(key, family)),
         Stmt::RecordTarget { key, map, timeout } => format!(
             "update @{map} {{ {} timeout {timeout}s : {ip} daddr . th dport }}",
@@ -127,7 +126,6 @@ pub fn set_spec(decl: &SetDecl, family: IpFamily) -> String {
     };
     let value = match (decl.value, uses_typeof) {
         (ValueShape::None, _) => String::new(),
-        (ValueShape::Verdict, _) => " : verdict".into(),
         // `tcp dport` (or udp, sctp), not `th dport`: nft 1.0.6 cannot read
         // back a map whose data is `ip daddr . th dport` ("conflicting
         // protocols"), so a later rule could not reference it. Slot maps are
@@ -184,7 +182,6 @@ pub fn key(k: &Key) -> String {
 /// A map value.
 pub fn value(v: &Value) -> String {
     match v {
-        Value::Verdict(v) => verdict(v),
         Value::Target(ip, port) => format!("{} . {port}", addr(ip)),
     }
 }

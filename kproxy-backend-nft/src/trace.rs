@@ -194,13 +194,6 @@ impl Tracer<'_> {
                 }
                 Stmt::RecordTarget { timeout, .. } => s.affinity = Some(*timeout),
                 Stmt::Verdict(v) => return self.verdict(v, s, depth),
-                Stmt::Vmap { key, map } => {
-                    let found = self.lookup_value(map, key, &s, None)?;
-                    return match found {
-                        Some(Value::Verdict(v)) => self.verdict(&v, s, depth),
-                        _ => Ok(vec![(s, End::Fall)]),
-                    };
-                }
                 Stmt::DnatMap { key, map } => {
                     let modulus = key.iter().find_map(|e| match e {
                         Expr::NumgenMod(n) => Some(*n),

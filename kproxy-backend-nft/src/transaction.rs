@@ -120,7 +120,7 @@ impl Transaction {
         self.create_structure(table, ruleset, with_base_chains);
         for (name, set) in &ruleset.sets {
             if !set.elements.is_empty() {
-                let elements = set.elements.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let elements = set.elements.iter().map(|(k, v)| (*k, *v)).collect();
                 self.push(table, Op::AddElements { set: name.clone(), elements });
             }
         }

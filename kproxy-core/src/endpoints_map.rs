@@ -2,15 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::model::{Endpoint, NamespacedName, ServicePortName};
 use crate::service_map::first_port_of;
 
 /// The merged, deduplicated, sorted endpoints of every service port of one
 /// IP family. A service port with no endpoints has no entry.
+///
+/// Lists are shared (`Arc`) with the change tracker's slice cache when a
+/// port has a single slice, so they are kept once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointsMap {
-    ports: BTreeMap<ServicePortName, Vec<Endpoint>>,
+    ports: BTreeMap<ServicePortName, Arc<[Endpoint]>>,
 }
 
 impl EndpointsMap {
@@ -21,12 +25,12 @@ impl EndpointsMap {
 
     /// The endpoints of `name` (empty when it has none).
     pub fn get(&self, name: &ServicePortName) -> &[Endpoint] {
-        self.ports.get(name).map(Vec::as_slice).unwrap_or_default()
+        self.ports.get(name).map(|v| &**v).unwrap_or_default()
     }
 
     /// All service ports that have endpoints, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&ServicePortName, &Vec<Endpoint>)> {
-        self.ports.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&ServicePortName, &[Endpoint])> {
+        self.ports.iter().map(|(k, v)| (k, &**v))
     }
 
     /// How many service ports have endpoints.
@@ -43,10 +47,11 @@ impl EndpointsMap {
     pub fn ports_of<'a>(
         &'a self,
         service: &'a NamespacedName,
-    ) -> impl Iterator<Item = (&'a ServicePortName, &'a Vec<Endpoint>)> + 'a {
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a [Endpoint])> + 'a {
         self.ports
             .range((Bound::Included(first_port_of(service)), Bound::Unbounded))
             .take_while(move |(k, _)| &k.service == service)
+            .map(|(k, v)| (k, &**v))
     }
 
     /// Replaces all endpoints of `service` with `ports`; empty lists are not
@@ -54,7 +59,7 @@ impl EndpointsMap {
     pub fn replace_service(
         &mut self,
         service: &NamespacedName,
-        ports: impl IntoIterator<Item = (ServicePortName, Vec<Endpoint>)>,
+        ports: impl IntoIterator<Item = (ServicePortName, Arc<[Endpoint]>)>,
     ) {
         let old: Vec<ServicePortName> = self.ports_of(service).map(|(k, _)| k.clone()).collect();
         for k in old {
@@ -69,7 +74,8 @@ impl EndpointsMap {
     }
 
     /// Sets the endpoints of one service port (an empty list removes it).
-    pub fn insert(&mut self, name: ServicePortName, endpoints: Vec<Endpoint>) {
+    pub fn insert(&mut self, name: ServicePortName, endpoints: impl Into<Arc<[Endpoint]>>) {
+        let endpoints = endpoints.into();
         if endpoints.is_empty() {
             self.ports.remove(&name);
         } else {
@@ -78,8 +84,8 @@ impl EndpointsMap {
     }
 }
 
-impl FromIterator<(ServicePortName, Vec<Endpoint>)> for EndpointsMap {
-    fn from_iter<I: IntoIterator<Item = (ServicePortName, Vec<Endpoint>)>>(iter: I) -> Self {
+impl<E: Into<Arc<[Endpoint]>>> FromIterator<(ServicePortName, E)> for EndpointsMap {
+    fn from_iter<I: IntoIterator<Item = (ServicePortName, E)>>(iter: I) -> Self {
         let mut map = EndpointsMap::new();
         for (k, v) in iter {
             map.insert(k, v);

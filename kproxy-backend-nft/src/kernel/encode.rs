@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use kproxy_core::Protocol;
 
-use crate::model::{Key, Value, Verdict};
+use crate::model::{Key, Value};
 
 fn proto_byte(p: Protocol) -> u8 {
     match p {
@@ -125,39 +125,14 @@ pub fn decode_affinity(v6: bool, key: &[u8], data: &[u8]) -> Option<(Key, IpAddr
     ))
 }
 
-/// A map element's data: bytes, or a verdict (code, chain).
-pub enum Data {
-    /// `NFTA_DATA_VALUE`.
-    Value(Vec<u8>),
-    /// `NFTA_DATA_VERDICT`: code and, for jump/goto, the chain.
-    Verdict(i32, Option<String>),
-}
-
-/// Verdict codes as the kernel numbers them.
-pub fn verdict_code(v: &Verdict) -> (i32, Option<String>) {
+/// A map element's data bytes: a DNAT target, address then port.
+pub fn data(v: &Value) -> Vec<u8> {
     match v {
-        Verdict::Drop => (0, None),
-        Verdict::Accept => (1, None),
-        Verdict::Return => (-5, None),
-        Verdict::Jump(c) => (-3, Some(c.to_string())),
-        Verdict::Goto(c) => (-4, Some(c.to_string())),
-        // Only rules can reject; a verdict map never holds it.
-        Verdict::Reject => (0, None),
-    }
-}
-
-/// The data of a map element.
-pub fn data(v: &Value) -> Data {
-    match v {
-        Value::Verdict(v) => {
-            let (code, chain) = verdict_code(v);
-            Data::Verdict(code, chain)
-        }
         Value::Target(ip, p) => {
             let mut out = Vec::with_capacity(20);
             addr(&mut out, *ip);
             port(&mut out, *p);
-            Data::Value(out)
+            out
         }
     }
 }
@@ -170,7 +145,7 @@ mod tests {
     fn affinity_elements_round_trip() {
         let k = Key::Affinity("10.0.0.1".parse().unwrap(), "172.30.0.1".parse().unwrap(), Protocol::Tcp, 80);
         let (bytes, _) = key(&k);
-        let Data::Value(data) = data(&Value::Target("10.180.0.9".parse().unwrap(), 8080)) else { panic!() };
+        let data = data(&Value::Target("10.180.0.9".parse().unwrap(), 8080));
         assert_eq!(decode_affinity(false, &bytes, &data), Some((k, "10.180.0.9".parse().unwrap(), 8080)));
     }
 
@@ -182,9 +157,6 @@ mod tests {
         let (start, end) = key(&Key::ServiceSource("1.2.3.4".parse().unwrap(), Protocol::Tcp, 80, "203.0.113.0/25".parse().unwrap()));
         assert_eq!(&start[12..], &[203, 0, 113, 0]);
         assert_eq!(&end.unwrap()[12..], &[203, 0, 113, 127]);
-        match data(&Value::Target("10.0.0.1".parse().unwrap(), 8080)) {
-            Data::Value(d) => assert_eq!(d, vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0]),
-            Data::Verdict(..) => panic!("a target is data"),
-        }
+        assert_eq!(data(&Value::Target("10.0.0.1".parse().unwrap(), 8080)), vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0]);
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use kproxy_core::IpFamily;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use super::encode::{self, Data};
+use super::encode;
 use super::{KernelError, Outline};
 use crate::transaction::{Command, Op, Transaction};
 
@@ -383,14 +383,6 @@ fn element(b: &mut Vec<u8>, k: &crate::model::Key, v: Option<&crate::model::Valu
     }
     if let Some(v) = v {
         // NFTA_SET_ELEM_DATA
-        nested(b, 2, |b| match encode::data(v) {
-            Data::Value(bytes) => attr(b, 1, &bytes),
-            Data::Verdict(code, chain) => nested(b, 2, |b| {
-                attr(b, 1, &code.to_be_bytes());
-                if let Some(c) = chain {
-                    attr(b, 2, &cstr(&c));
-                }
-            }),
-        });
+        nested(b, 2, |b| attr(b, 1, &encode::data(v)));
     }
 }

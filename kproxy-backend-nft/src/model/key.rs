@@ -29,11 +29,10 @@ pub enum Key {
     Affinity(IpAddr, IpAddr, Protocol, u16),
 }
 
-/// What a map element maps to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What a map element maps to: kproxy's maps all hold DNAT targets (it
+/// uses no verdict maps; see [`crate::names`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Value {
-    /// A verdict (in a verdict map).
-    Verdict(crate::model::Verdict),
     /// A DNAT target `addr . port`.
     Target(IpAddr, u16),
 }

@@ -100,8 +100,6 @@ pub enum KeyShape {
 pub enum ValueShape {
     /// A plain set.
     None,
-    /// A verdict map.
-    Verdict,
     /// A DNAT target map (`addr . port`).
     Target,
 }

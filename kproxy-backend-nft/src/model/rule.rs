@@ -66,13 +66,6 @@ pub enum Match {
 /// An action.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stmt {
-    /// `key vmap @map`.
-    Vmap {
-        /// The key expressions.
-        key: Vec<Expr>,
-        /// The verdict map.
-        map: String,
-    },
     /// `dnat ip to key map @map`.
     DnatMap {
         /// The key expressions.

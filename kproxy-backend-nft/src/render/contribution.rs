@@ -218,17 +218,28 @@ fn with_slot(key: Key, i: u32) -> Key {
     }
 }
 
-/// Who owns which destination: the first service port to claim it.
-pub(crate) type Claims = HashMap<Key, ServicePortName>;
+/// Who owns which destination: the first service port to claim it, by a
+/// fingerprint of its name (a copy of every name would cost more memory
+/// than the rest of the bookkeeping).
+pub(crate) type Claims = HashMap<Key, u64>;
+
+/// A stable fingerprint of a service port's name.
+pub(crate) fn fingerprint(name: &ServicePortName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
 
 fn claim(claims: &mut Claims, key: Key, name: &ServicePortName, out: &mut Contribution) -> bool {
+    let me = fingerprint(name);
     match claims.get(&key) {
-        Some(owner) if owner != name => {
-            tracing::warn!(service = %name, owner = %owner, destination = ?key, "destination already used by another service; skipping it");
+        Some(owner) if *owner != me => {
+            tracing::warn!(service = %name, destination = ?key, "destination already used by another service; skipping it");
             false
         }
         _ => {
-            claims.insert(key, name.clone());
+            claims.insert(key, me);
             out.claims.push(key);
             true
         }

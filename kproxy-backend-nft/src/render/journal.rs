@@ -92,10 +92,10 @@ impl Journal {
                     (Some(b), Some(c)) if b == c => {}
                     (Some(_), Some(c)) => {
                         removed.push(*key);
-                        added.push((*key, c.clone()));
+                        added.push((*key, *c));
                     }
                     (Some(_), None) => removed.push(*key),
-                    (None, Some(c)) => added.push((*key, c.clone())),
+                    (None, Some(c)) => added.push((*key, *c)),
                     (None, None) => {}
                 }
             }

@@ -130,7 +130,7 @@ impl Renderer {
                 let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
                 let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
                 for (set, key, value) in &c.elements {
-                    self.insert(*set, *key, value.clone());
+                    self.insert(*set, *key, *value);
                 }
                 self.no_local.internal += usize::from(c.no_local_internal);
                 self.no_local.external += usize::from(c.no_local_external);
@@ -152,8 +152,9 @@ impl Renderer {
         for (set, key) in c.all_keys() {
             self.remove(set, &key);
         }
+        let me = contribution::fingerprint(name);
         for key in &c.claims {
-            if self.claims.get(key) == Some(name) {
+            if self.claims.get(key) == Some(&me) {
                 self.claims.remove(key);
             }
         }

@@ -2,6 +2,7 @@
 //! slices.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -16,9 +17,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// update, used for network-programming latency.
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-/// Endpoints per service port, sorted by address, as one slice (or a merge
-/// of several) provides them.
-pub type PortEndpoints = VecMap<ServicePortName, Vec<Endpoint>>;
+/// Endpoints per service port, sorted by address and deduplicated, as one
+/// slice (or a merge of several) provides them.
+pub type PortEndpoints = VecMap<ServicePortName, Arc<[Endpoint]>>;
 
 /// What one EndpointSlice contributes to its Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +83,7 @@ pub fn slice_info(slice: &EndpointSlice, family: IpFamily, node_name: &str) -> O
             continue;
         }
         let eps = slice_endpoints(slice, &key, family, node_name, port);
-        endpoints.insert(spn, eps);
+        endpoints.insert(spn, dedup_sorted(eps));
     }
     Some(SliceInfo {
         service,
@@ -134,8 +135,22 @@ fn slice_endpoints(
                 .collect(),
         });
     }
-    out.shrink_to_fit();
     out
+}
+
+/// Sorts by address and keeps one endpoint per address (the preferred
+/// copy, as when merging slices).
+fn dedup_sorted(eps: Vec<Endpoint>) -> Arc<[Endpoint]> {
+    let mut by_addr: BTreeMap<(std::net::IpAddr, u16), Endpoint> = BTreeMap::new();
+    for ep in eps {
+        match by_addr.get(&(ep.ip, ep.port)) {
+            Some(existing) if !preferred(&ep, existing) => {}
+            _ => {
+                by_addr.insert((ep.ip, ep.port), ep);
+            }
+        }
+    }
+    by_addr.into_values().collect()
 }
 
 /// Merges the slices of one Service into endpoints per service port.
@@ -144,11 +159,17 @@ fn slice_endpoints(
 /// address, the non-terminating copy wins (a pod network may reuse the IP of
 /// a terminating pod), then the local one; the result is sorted by address.
 pub fn merge_slices<'a>(slices: impl IntoIterator<Item = &'a SliceInfo>) -> PortEndpoints {
+    let slices: Vec<&SliceInfo> = slices.into_iter().collect();
+    // The common case, one slice: its lists are already sorted and
+    // deduplicated, and are shared rather than copied.
+    if let [only] = slices.as_slice() {
+        return only.endpoints.iter().filter(|(_, eps)| !eps.is_empty()).map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+    }
     let mut by_port: BTreeMap<ServicePortName, BTreeMap<(std::net::IpAddr, u16), Endpoint>> = BTreeMap::new();
     for slice in slices {
         for (spn, eps) in &slice.endpoints {
             let merged = by_port.entry(spn.clone()).or_default();
-            for ep in eps {
+            for ep in eps.iter() {
                 match merged.get(&(ep.ip, ep.port)) {
                     Some(existing) if !preferred(ep, existing) => {}
                     _ => {

@@ -161,8 +161,8 @@ fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
 
 /// Upstream's stale-conntrack detection, for UDP and SCTP.
 fn detect_stale(previous: &PortEndpoints, current: &PortEndpoints, update: &mut EndpointsUpdate) {
-    let serving = |eps: Option<&Vec<Endpoint>>| -> Vec<Endpoint> {
-        eps.into_iter().flatten().filter(|e| e.serving).cloned().collect()
+    let serving = |eps: Option<&std::sync::Arc<[Endpoint]>>| -> Vec<Endpoint> {
+        eps.map(|v| v.iter().filter(|e| e.serving).cloned().collect()).unwrap_or_default()
     };
     let names: BTreeSet<&ServicePortName> = previous.keys().chain(current.keys()).collect();
     for name in names.into_iter().filter(|n| n.protocol.needs_conntrack_cleanup()) {
