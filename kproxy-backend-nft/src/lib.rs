@@ -11,18 +11,22 @@
 //!   count load-balances. So the kernel's work grows with the number of
 //!   elements, not chains, and no object name is ever derived from a
 //!   Kubernetes name (nothing a user writes can reach the rule text).
-//! - [`diff()`] turns two rulesets into a [`transaction::Transaction`];
-//!   [`kernel::NftCli`] applies it with `nft -f -`, [`fake::FakeKernel`]
-//!   applies it in memory with the kernel's reference checks.
+//! - [`Renderer`] re-renders only the Services that changed and journals
+//!   the element changes, which become a [`transaction::Transaction`]
+//!   ([`diff()`] compares whole rulesets).
+//! - [`kernel::NftKernel`] applies transactions: set elements as atomic
+//!   netlink batches, structure with `nft -f`; it lists over netlink.
+//!   [`fake::FakeKernel`] applies them in memory with nft's reference checks.
 //! - [`trace::trace`] walks a packet through a ruleset and answers in the
 //!   vocabulary of the kproxy-core oracle, so every shared scenario can be
 //!   checked against the rules themselves.
 //!
 //! ```no_run
-//! use kproxy_backend_nft::{kernel::NftCli, NftOptions, NftProxier};
+//! use kproxy_backend_nft::{kernel::NftKernel, NftOptions, NftProxier};
 //! use kproxy_core::{IpFamily, ProxierConfig};
 //!
-//! let proxier = NftProxier::new("node-a", ProxierConfig::new(IpFamily::V4), NftCli::new(), NftOptions::default());
+//! let kernel = NftKernel::new().expect("a netlink socket (needs CAP_NET_ADMIN)");
+//! let proxier = NftProxier::new("node-a", ProxierConfig::new(IpFamily::V4), kernel, NftOptions::default());
 //! assert!(proxier.is_ok());
 //! ```
 

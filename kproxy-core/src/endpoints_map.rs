@@ -1,11 +1,10 @@
 //! The desired endpoints: every service port's merged endpoints.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::model::{Endpoint, NamespacedName, ServicePortName};
-use crate::service_map::first_port_of;
+use crate::service_map::ports_of;
 
 /// The merged, deduplicated, sorted endpoints of every service port of one
 /// IP family. A service port with no endpoints has no entry.
@@ -48,10 +47,7 @@ impl EndpointsMap {
         &'a self,
         service: &'a NamespacedName,
     ) -> impl Iterator<Item = (&'a ServicePortName, &'a [Endpoint])> + 'a {
-        self.ports
-            .range((Bound::Included(first_port_of(service)), Bound::Unbounded))
-            .take_while(move |(k, _)| &k.service == service)
-            .map(|(k, v)| (k, &**v))
+        ports_of(&self.ports, service).map(|(k, v)| (k, &**v))
     }
 
     /// Replaces all endpoints of `service` with `ports`; empty lists are not

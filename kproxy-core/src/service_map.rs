@@ -42,9 +42,7 @@ impl ServiceMap {
         &'a self,
         service: &'a NamespacedName,
     ) -> impl Iterator<Item = (&'a ServicePortName, &'a ServicePortInfo)> + 'a {
-        self.ports
-            .range((Bound::Included(first_port_of(service)), Bound::Unbounded))
-            .take_while(move |(k, _)| &k.service == service)
+        ports_of(&self.ports, service)
     }
 
     /// Replaces all ports of `service` with `ports` (all of which must belong
@@ -78,11 +76,17 @@ impl FromIterator<(ServicePortName, ServicePortInfo)> for ServiceMap {
     }
 }
 
-/// The smallest `ServicePortName` of a service, for range queries.
-pub(crate) fn first_port_of(service: &NamespacedName) -> ServicePortName {
-    ServicePortName {
+/// The entries of one Service's ports in a map keyed by port name: a
+/// Service's ports sort together, from the smallest name of the service on.
+pub(crate) fn ports_of<'a, V>(
+    map: &'a std::collections::BTreeMap<ServicePortName, V>,
+    service: &'a NamespacedName,
+) -> impl Iterator<Item = (&'a ServicePortName, &'a V)> + 'a {
+    let first = ServicePortName {
         service: service.clone(),
         port: String::new(),
         protocol: Protocol::Tcp,
-    }
+    };
+    map.range((Bound::Included(first), Bound::Unbounded))
+        .take_while(move |(k, _)| &k.service == service)
 }

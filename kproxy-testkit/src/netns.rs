@@ -77,14 +77,7 @@ impl Netns {
     /// Starts a long-running process inside the namespace and waits until
     /// it prints `ready`; returns its handle for [`Netns::kill`].
     pub fn spawn_ready(&mut self, args: &[&str]) -> Result<usize, String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))?;
+        let mut child = self.start(args)?;
         let stdout = child.stdout.take().expect("piped");
         self.children.push(child);
         let mut line = String::new();
@@ -97,16 +90,21 @@ impl Netns {
 
     /// Starts a process inside the namespace without waiting for it.
     pub fn spawn(&mut self, args: &[&str]) -> Result<usize, String> {
-        let child = Command::new("ip")
+        let child = self.start(args)?;
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
+    /// Starts `args` inside the namespace with stdout piped.
+    fn start(&self, args: &[&str]) -> Result<Child, String> {
+        Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))?;
-        self.children.push(child);
-        Ok(self.children.len() - 1)
+            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))
     }
 
     /// Kills a process this namespace started (SIGKILL, by PID).

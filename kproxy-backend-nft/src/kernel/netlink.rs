@@ -121,6 +121,33 @@ fn attr_str<'a>(attrs: &Attrs<'a>, kind: u16) -> Option<&'a str> {
         .and_then(|(_, v)| std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok())
 }
 
+/// The messages in one netlink datagram: (type, whole message). Stops at
+/// the first malformed header.
+fn messages(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(data[0..4].try_into().ok()?) as usize;
+        if len < 16 || len > data.len() {
+            data = &[];
+            return None;
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        let msg = &data[..len];
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+        Some((kind, msg))
+    })
+}
+
+/// EPROTO, for a reply too short to say what went wrong.
+const EPROTO: i32 = 71;
+
+/// The error code of an `NLMSG_ERROR` message (0 is an ACK).
+fn error_code(msg: &[u8]) -> i32 {
+    msg.get(16..20).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes"))).unwrap_or(-EPROTO)
+}
+
 /// A netfilter netlink socket.
 #[derive(Debug)]
 pub struct Netlink {
@@ -233,26 +260,18 @@ impl Netlink {
         let mut first_error = None;
         while expected > 0 {
             let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("netlink recv", e))?;
-            let mut rest = &data[..];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                if len < 16 || len > rest.len() {
-                    break;
+            for (kind, msg) in messages(&data) {
+                if kind != NLMSG_ERROR {
+                    continue;
                 }
-                if kind == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
-                    if code != 0 && first_error.is_none() {
-                        first_error = Some(io::Error::from_raw_os_error(-code));
-                    }
-                    expected = expected.saturating_sub(1);
+                let code = error_code(msg);
+                expected = expected.saturating_sub(1);
+                if code != 0 {
+                    first_error.get_or_insert(io::Error::from_raw_os_error(-code));
                     // After an error the kernel aborts the batch; the rest
                     // of the messages get no ACK.
-                    if code != 0 {
-                        expected = 0;
-                    }
+                    expected = 0;
                 }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
         match first_error {
@@ -308,28 +327,20 @@ impl Netlink {
         let mut out = Vec::new();
         loop {
             let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("netlink recv", e))?;
-            let mut rest = &data[..];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                if len < 16 || len > rest.len() {
-                    return Err(KernelError::Netlink("truncated netlink reply".into()));
-                }
+            for (kind, msg) in messages(&data) {
                 match kind {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
+                        let code = error_code(msg);
                         if code != 0 {
                             return Err(KernelError::Netlink(format!("dump refused: {}", io::Error::from_raw_os_error(-code))));
                         }
                     }
-                    _ if len >= 20 => {
-                        let attrs = parse_attrs(&rest[20..len]).into_iter().map(|(k, v)| (k, v.to_vec())).collect();
-                        out.push(attrs);
+                    _ if msg.len() >= 20 => {
+                        out.push(parse_attrs(&msg[20..]).into_iter().map(|(k, v)| (k, v.to_vec())).collect());
                     }
                     _ => {}
                 }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
     }
