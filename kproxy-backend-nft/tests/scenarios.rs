@@ -49,3 +49,16 @@ async fn rules_applied_to_the_fake_kernel_meet_every_scenario() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+#[test]
+fn every_scenario_holds_with_another_masquerade_bit() {
+    let mut failures = Vec::new();
+    for mut scenario in scenarios::all() {
+        scenario.config.masquerade_bit = 5;
+        let rendered = render(&scenario.state(), &scenario.config);
+        let text = kproxy_backend_nft::text::table_block("t", &rendered.ruleset);
+        assert!(text.contains("0x00000020") && !text.contains("0x00004000"), "{}: the mark follows the bit", scenario.name);
+        check(&scenario, &rendered.ruleset, &mut failures);
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
