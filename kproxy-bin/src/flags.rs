@@ -1,0 +1,59 @@
+//! Command-line flags, spelled as kube-proxy's.
+
+use clap::Parser;
+
+/// kproxy: a Kubernetes service proxy, a drop-in replacement for kube-proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kproxy", version, about)]
+pub struct Flags {
+    /// The path to a KubeProxyConfiguration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+    /// Which proxy mode to use: nftables, iptables or ipvs.
+    #[arg(long = "proxy-mode", value_name = "MODE")]
+    pub proxy_mode: Option<String>,
+    /// Path to a kubeconfig file.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<String>,
+    /// The address of the Kubernetes API server (overrides the kubeconfig).
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+    /// The node name to use instead of the hostname.
+    #[arg(long = "hostname-override", value_name = "NAME")]
+    pub hostname_override: Option<String>,
+    /// The cluster's pod CIDRs (comma-separated for dual-stack).
+    #[arg(long = "cluster-cidr", value_name = "CIDRS")]
+    pub cluster_cidr: Option<String>,
+    /// NodePort addresses: CIDRs or `primary`, comma-separated.
+    #[arg(long = "nodeport-addresses", value_name = "LIST")]
+    pub nodeport_addresses: Option<String>,
+    /// The health server's address.
+    #[arg(long = "healthz-bind-address", value_name = "ADDR")]
+    pub healthz_bind_address: Option<String>,
+    /// The metrics server's address.
+    #[arg(long = "metrics-bind-address", value_name = "ADDR")]
+    pub metrics_bind_address: Option<String>,
+    /// Masquerade all traffic to ClusterIPs.
+    #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+    /// Remove every rule any kproxy backend installed, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Write the effective configuration to FILE and exit.
+    #[arg(long = "write-config-to", value_name = "FILE")]
+    pub write_config_to: Option<String>,
+    /// Take the cluster state from a directory of YAML manifests (Service,
+    /// EndpointSlice and Node documents) instead of an API server.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<String>,
+    /// Print what the first sync would program and exit, without touching
+    /// the kernel (no root needed).
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Log verbosity, as kube-proxy's -v.
+    #[arg(short = 'v', long = "v", value_name = "N")]
+    pub verbosity: Option<u32>,
+    /// Log format: text or json.
+    #[arg(long = "logging-format", value_name = "FORMAT")]
+    pub logging_format: Option<String>,
+}

@@ -1,0 +1,210 @@
+//! What the binary does once flags and configuration are read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kproxy_backend_nft::fake::FakeKernel;
+use kproxy_backend_nft::kernel::{Kernel, NftKernel};
+use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
+use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
+use tokio::sync::mpsc;
+
+use crate::config::{self, KubeProxyConfiguration};
+use crate::flags::Flags;
+use crate::manifests::{self, Manifests};
+use crate::settings::{self, Mode, Settings};
+
+/// Runs kproxy as the flags say.
+pub async fn run(flags: Flags) -> Result<()> {
+    let (mut file, path) = match &flags.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{p}: cannot read the configuration file"))?;
+            (config::parse(p, &text)?, p.clone())
+        }
+        None => (KubeProxyConfiguration::default(), "flags".to_string()),
+    };
+    let settings = settings::resolve(&file, &flags, &path)?;
+
+    if let Some(out) = &flags.write_config_to {
+        apply_flags(&mut file, &flags);
+        let text = serde_saphyr::to_string(&file).context("cannot render the configuration")?;
+        std::fs::write(out, text).with_context(|| format!("{out}: cannot write the configuration"))?;
+        return Ok(());
+    }
+    if flags.cleanup {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let mut p = nft_proxier(&settings, family, &NodeInfo::named(&settings.node_name), NftKernel::new()?)?;
+            p.cleanup().await?;
+        }
+        return Ok(());
+    }
+    if settings.mode != Mode::Nftables {
+        bail!("proxy mode {:?} is not implemented yet; kproxy supports --proxy-mode nftables", settings.mode);
+    }
+    let Some(dir) = flags.manifests.as_deref() else {
+        bail!("connecting to an API server is not implemented yet; use --manifests DIR (standalone mode)");
+    };
+    let (state, problems) = manifests::load(Path::new(dir)).map_err(anyhow::Error::msg)?;
+    for p in &problems {
+        tracing::warn!("skipping manifest: {p}");
+    }
+    let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
+    let families: Vec<IpFamily> = [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .filter(|f| f == &IpFamily::V4 || node.ips.iter().any(|ip| f.contains(*ip)))
+        .collect();
+
+    if flags.dry_run {
+        for &family in &families {
+            let mut p = nft_proxier(&settings, family, &node, FakeKernel::new())?;
+            feed(&mut p, &state);
+            p.sync(SyncRequest { full: true }).await?;
+            println!("# {family}\n{}", p.kernel().dump());
+        }
+        return Ok(());
+    }
+    standalone(&settings, &node, families, Path::new(dir), state).await
+}
+
+fn apply_flags(file: &mut KubeProxyConfiguration, flags: &Flags) {
+    if let Some(m) = &flags.proxy_mode {
+        file.mode = Some(m.clone());
+    }
+    if let Some(h) = &flags.hostname_override {
+        file.hostname_override = Some(h.clone());
+    }
+    if let Some(c) = &flags.cluster_cidr {
+        file.cluster_cidr = Some(c.clone());
+    }
+    if let Some(n) = &flags.nodeport_addresses {
+        file.node_port_addresses = Some(n.split(',').map(str::to_string).collect());
+    }
+    if let Some(a) = &flags.healthz_bind_address {
+        file.healthz_bind_address = Some(a.clone());
+    }
+    if let Some(a) = &flags.metrics_bind_address {
+        file.metrics_bind_address = Some(a.clone());
+    }
+    if let Some(m) = flags.masquerade_all {
+        file.nftables.get_or_insert_with(Default::default).masquerade_all = Some(m);
+        file.iptables.get_or_insert_with(Default::default).masquerade_all = Some(m);
+    }
+}
+
+fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<NftProxier<K>> {
+    Ok(NftProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, NftOptions::default())?)
+}
+
+fn feed<P: Proxier>(p: &mut P, state: &Manifests) {
+    for n in state.nodes.values() {
+        p.on_node_update(n);
+    }
+    for s in state.services.values() {
+        p.on_service_update(None, Some(s));
+    }
+    for s in state.slices.values() {
+        p.on_endpoint_slice_update(s, false);
+    }
+}
+
+/// The updates that take `old` to `new`.
+fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
+    let mut out = Vec::new();
+    for (k, s) in &new.services {
+        if old.services.get(k) != Some(s) {
+            out.push(Update::Service { previous: old.services.get(k).cloned().map(Box::new), current: Some(Box::new(s.clone())) });
+        }
+    }
+    for (k, s) in &old.services {
+        if !new.services.contains_key(k) {
+            out.push(Update::Service { previous: Some(Box::new(s.clone())), current: None });
+        }
+    }
+    for (k, s) in &new.slices {
+        if old.slices.get(k) != Some(s) {
+            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: false });
+        }
+    }
+    for (k, s) in &old.slices {
+        if !new.slices.contains_key(k) {
+            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: true });
+        }
+    }
+    for (k, n) in &new.nodes {
+        if old.nodes.get(k) != Some(n) {
+            out.push(Update::Node(Box::new(n.clone())));
+        }
+    }
+    out
+}
+
+/// Standalone mode: one proxier and runner per family, fed from the
+/// manifests directory, which is re-read every second.
+async fn standalone(settings: &Settings, node: &NodeInfo, families: Vec<IpFamily>, dir: &Path, state: Manifests) -> Result<()> {
+    let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for family in families {
+        let mut proxier = nft_proxier(settings, family, node, NftKernel::new()?)?;
+        let runner = SyncRunner::new(runner_config)?;
+        let (tx, rx) = mpsc::channel(1024);
+        senders.push(tx);
+        tasks.push(tokio::spawn(async move {
+            runner
+                .run(&mut proxier, rx, |event| match event.result {
+                    Ok(report) => tracing::info!(
+                        %family,
+                        full = event.full,
+                        changed = report.changes.updated_services().len(),
+                        duration_ms = event.duration.as_secs_f64() * 1000.0,
+                        "synced"
+                    ),
+                    Err(e) => tracing::warn!(%family, error = %e, "sync failed"),
+                })
+                .await
+        }));
+    }
+    let send = |updates: Vec<Update>, senders: &[mpsc::Sender<Update>]| {
+        let senders = senders.to_vec();
+        async move {
+            for tx in &senders {
+                for u in &updates {
+                    let _ = tx.send(u.clone()).await;
+                }
+            }
+        }
+    };
+    let mut initial = diff(&Manifests::default(), &state);
+    initial.push(Update::ServicesSynced);
+    initial.push(Update::EndpointSlicesSynced);
+    send(initial, &senders).await;
+    let mut known = state;
+    let mut problems_seen = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let Ok((state, problems)) = manifests::load(dir) else { continue };
+                for p in problems {
+                    if problems_seen.insert(p.clone(), ()).is_none() {
+                        tracing::warn!("skipping manifest: {p}");
+                    }
+                }
+                let updates = diff(&known, &state);
+                if !updates.is_empty() {
+                    send(updates, &senders).await;
+                    known = state;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                // Rules stay in place, so traffic keeps flowing across a
+                // restart or an upgrade.
+                tracing::info!("stopping; the rules stay in place");
+                return Ok(());
+            }
+        }
+    }
+}

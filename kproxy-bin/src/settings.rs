@@ -1,0 +1,194 @@
+//! The effective settings: the configuration file, overridden by flags, with
+//! upstream's defaults filled in and every value checked.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kproxy_core::{IpFamily, LocalDetector, NodeInfo, NodePortAddresses, ProxierConfig};
+
+use crate::config::{parse_duration, ConfigError, KubeProxyConfiguration};
+use crate::flags::Flags;
+
+/// A proxy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// nftables (implemented).
+    Nftables,
+    /// iptables (upstream's default; not implemented yet).
+    Iptables,
+    /// IPVS (not implemented yet).
+    Ipvs,
+}
+
+/// How pods are recognised, before it is resolved for a family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetectLocal {
+    /// No detector.
+    None,
+    /// Sources in the cluster CIDRs.
+    ClusterCidr(Vec<IpNet>),
+    /// Sources in the node's pod CIDRs.
+    NodeCidr,
+    /// Packets from this bridge.
+    Bridge(String),
+    /// Packets from interfaces with this prefix.
+    Prefix(String),
+}
+
+/// Everything kproxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The proxy mode.
+    pub mode: Mode,
+    /// This node's name.
+    pub node_name: String,
+    /// The local detector.
+    pub detect_local: DetectLocal,
+    /// Masquerade all ClusterIP traffic.
+    pub masquerade_all: bool,
+    /// The masquerade mark bit.
+    pub masquerade_bit: u8,
+    /// NodePort addresses.
+    pub node_port_addresses: NodePortAddresses,
+    /// Full resync period.
+    pub sync_period: Duration,
+    /// Minimum time between syncs.
+    pub min_sync_period: Duration,
+}
+
+fn invalid(path: &str, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: path.to_string(), field: field.to_string(), message: message.into() }
+}
+
+fn cidrs(path: &str, field: &str, text: &str) -> Result<Vec<IpNet>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| invalid(path, field, format!("{s:?} is not a CIDR"))))
+        .collect()
+}
+
+fn duration(path: &str, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => match parse_duration(v) {
+            Some(d) if d.is_zero() => Ok(default),
+            Some(d) => Ok(d),
+            None => Err(invalid(path, field, format!("{v:?} is not a duration (like 30s, 1m, 2h22m)"))),
+        },
+    }
+}
+
+/// Merges `config` (read from `path`) and `flags`; flags win.
+pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Result<Settings, ConfigError> {
+    let mode_text = flags.proxy_mode.clone().or(config.mode.clone()).filter(|m| !m.is_empty()).unwrap_or_else(|| "iptables".into());
+    let mode = match mode_text.as_str() {
+        "nftables" => Mode::Nftables,
+        "iptables" => Mode::Iptables,
+        "ipvs" => Mode::Ipvs,
+        other => return Err(invalid(path, "mode", format!("unknown proxy mode {other:?} (expected nftables, iptables or ipvs)"))),
+    };
+    let node_name = flags
+        .hostname_override
+        .clone()
+        .or(config.hostname_override.clone())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default())
+        .trim()
+        .to_lowercase();
+    if node_name.is_empty() {
+        return Err(invalid(path, "hostnameOverride", "no node name: set --hostname-override"));
+    }
+
+    let cluster_cidr = flags.cluster_cidr.clone().or(config.cluster_cidr.clone()).unwrap_or_default();
+    let cluster_cidrs = cidrs(path, "clusterCIDR", &cluster_cidr)?;
+    let detect = config.detect_local.clone().unwrap_or_default();
+    let detect_local = match config.detect_local_mode.as_deref().unwrap_or("") {
+        "" | "ClusterCIDR" if cluster_cidrs.is_empty() => DetectLocal::None,
+        "" | "ClusterCIDR" => DetectLocal::ClusterCidr(cluster_cidrs),
+        "NodeCIDR" => DetectLocal::NodeCidr,
+        "BridgeInterface" => match detect.bridge_interface.filter(|b| !b.is_empty()) {
+            Some(b) => DetectLocal::Bridge(b),
+            None => return Err(invalid(path, "detectLocal.bridgeInterface", "required by detectLocalMode BridgeInterface")),
+        },
+        "InterfaceNamePrefix" => match detect.interface_name_prefix.filter(|p| !p.is_empty()) {
+            Some(p) => DetectLocal::Prefix(p),
+            None => return Err(invalid(path, "detectLocal.interfaceNamePrefix", "required by detectLocalMode InterfaceNamePrefix")),
+        },
+        other => return Err(invalid(path, "detectLocalMode", format!("unknown mode {other:?}"))),
+    };
+
+    let (masquerade_all, bit, sync, min_sync) = match mode {
+        Mode::Nftables => {
+            let n = config.nftables.clone().unwrap_or_default();
+            (n.masquerade_all, n.masquerade_bit, n.sync_period, n.min_sync_period)
+        }
+        _ => {
+            let i = config.iptables.clone().unwrap_or_default();
+            (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period)
+        }
+    };
+    let section = if mode == Mode::Nftables { "nftables" } else { "iptables" };
+    let masquerade_bit = match bit.unwrap_or(14) {
+        b @ 0..=31 => b as u8,
+        b => return Err(invalid(path, &format!("{section}.masqueradeBit"), format!("{b} is out of range 0-31"))),
+    };
+    let sync_period = duration(path, &format!("{section}.syncPeriod"), sync.as_deref(), Duration::from_secs(30))?;
+    let min_sync_period = duration(path, &format!("{section}.minSyncPeriod"), min_sync.as_deref(), Duration::from_secs(1))?;
+
+    let node_port_addresses = match flags.nodeport_addresses.as_deref() {
+        Some(list) => node_ports(path, &list.split(',').map(str::to_string).collect::<Vec<_>>())?,
+        None => node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default())?,
+    };
+
+    Ok(Settings {
+        mode,
+        node_name,
+        detect_local,
+        masquerade_all: flags.masquerade_all.or(masquerade_all).unwrap_or(false),
+        masquerade_bit,
+        node_port_addresses,
+        sync_period,
+        min_sync_period,
+    })
+}
+
+fn node_ports(path: &str, list: &[String]) -> Result<NodePortAddresses, ConfigError> {
+    let list: Vec<&str> = list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+    if list.is_empty() || list == ["primary"] {
+        return Ok(NodePortAddresses::Primary);
+    }
+    let mut nets = Vec::new();
+    for item in list {
+        match item {
+            "all" => nets.extend(["0.0.0.0/0".parse::<IpNet>().expect("literal"), "::/0".parse().expect("literal")]),
+            "primary" => return Err(invalid(path, "nodePortAddresses", "`primary` cannot be combined with CIDRs")),
+            "localhost" => return Err(invalid(path, "nodePortAddresses", "localhost NodePorts are not supported in nftables mode")),
+            cidr => nets.extend(cidrs(path, "nodePortAddresses", cidr)?),
+        }
+    }
+    Ok(NodePortAddresses::Cidrs(nets))
+}
+
+impl Settings {
+    /// The proxier configuration for `family` on `node`.
+    pub fn proxier_config(&self, family: IpFamily, node: &NodeInfo) -> ProxierConfig {
+        let node_ips: Vec<_> = node.ips.iter().copied().filter(|ip| family.contains(*ip)).collect();
+        let of_family = |nets: &[IpNet]| nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect::<Vec<_>>();
+        let local_detector = match &self.detect_local {
+            DetectLocal::None => LocalDetector::None,
+            DetectLocal::ClusterCidr(nets) => LocalDetector::ClusterCidr(of_family(nets)),
+            DetectLocal::NodeCidr => LocalDetector::NodeCidr(of_family(&node.pod_cidrs)),
+            DetectLocal::Bridge(b) => LocalDetector::BridgeInterface(b.clone()),
+            DetectLocal::Prefix(p) => LocalDetector::InterfaceNamePrefix(p.clone()),
+        };
+        ProxierConfig {
+            family,
+            masquerade_all: self.masquerade_all,
+            masquerade_bit: self.masquerade_bit,
+            local_detector,
+            node_port_ips: self.node_port_addresses.resolve(family, &node_ips, &node_ips),
+            node_ips,
+        }
+    }
+}

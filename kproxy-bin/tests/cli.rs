@@ -1,0 +1,116 @@
+//! The binary as a user runs it: every mistake is one line naming the
+//! problem and a non-zero exit, never a panic; the dry run prints what the
+//! first sync would program without touching the kernel.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+fn example_cluster() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster")
+}
+
+fn kproxy(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env_remove("RUST_LOG").output().expect("run kproxy")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kproxy-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failure with exactly one line on stderr mentioning `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "a panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
+}
+
+#[test]
+fn a_misspelled_config_field_names_the_field_and_the_file() {
+    let dir = tempdir("misspelled");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCidr: 10.0.0.0/8\n").unwrap();
+    let out = kproxy(&["--config", file.to_str().unwrap(), "--dry-run"]);
+    fails_with(&out, "clusterCidr");
+    fails_with(&out, "config.yaml");
+}
+
+#[test]
+fn a_wrong_type_is_an_error() {
+    let dir = tempdir("wrongtype");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, "nftables:\n  masqueradeBit: lots\n").unwrap();
+    fails_with(&kproxy(&["--config", file.to_str().unwrap()]), "config.yaml");
+}
+
+#[test]
+fn out_of_range_and_malformed_values_are_errors() {
+    let dir = tempdir("range");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, "mode: nftables\nnftables:\n  masqueradeBit: 40\n").unwrap();
+    fails_with(&kproxy(&["--config", file.to_str().unwrap()]), "nftables.masqueradeBit");
+    fails_with(&kproxy(&["--cluster-cidr", "10.0.0.0/33", "--proxy-mode", "nftables"]), "clusterCIDR");
+    fails_with(&kproxy(&["--nodeport-addresses", "banana", "--proxy-mode", "nftables"]), "nodePortAddresses");
+}
+
+#[test]
+fn an_unknown_proxy_mode_is_an_error() {
+    fails_with(&kproxy(&["--proxy-mode", "userspace"]), "unknown proxy mode \"userspace\"");
+}
+
+#[test]
+fn unimplemented_modes_say_so() {
+    fails_with(&kproxy(&["--proxy-mode", "iptables", "--manifests", "x"]), "not implemented yet");
+}
+
+#[test]
+fn a_missing_manifests_directory_is_one_line() {
+    fails_with(&kproxy(&["--proxy-mode", "nftables", "--hostname-override", "n", "--manifests", "/nonexistent/dir", "--dry-run"]), "/nonexistent/dir");
+}
+
+#[test]
+fn the_dry_run_prints_the_first_sync_without_root() {
+    let cluster = example_cluster();
+    let out = kproxy(&["--proxy-mode", "nftables", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("table ip kproxy-a"));
+    assert!(stdout.contains("10.96.0.10 . tcp . 80 . 0 : 10.244.1.10 . 8080") || stdout.contains("10.96.0.10 . tcp . 80 . 1 : 10.244.1.10 . 8080"));
+    assert!(stdout.contains("10.96.0.40 . tcp . 80"), "the service without endpoints is rejected: {stdout}");
+    assert!(stdout.contains("tcp . 30080"), "the NodePort is there");
+}
+
+#[test]
+fn an_invalid_manifest_is_reported_and_the_others_still_count() {
+    let dir = tempdir("manifests");
+    for entry in std::fs::read_dir(example_cluster()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.join("broken.yaml"), "kind: Service\nmetadata: [this is not a map\n").unwrap();
+    std::fs::write(dir.join("wrong.yaml"), "kind: Service\nmetadata:\n  name: x\nspec:\n  ports: 7\n").unwrap();
+    let out = kproxy(&["--proxy-mode", "nftables", "--hostname-override", "node-a", "--manifests", dir.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml") && stderr.contains("wrong.yaml"), "both bad files are named: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.96.0.10 . tcp . 80"), "services from the good files survive");
+}
+
+#[test]
+fn write_config_to_writes_the_effective_configuration() {
+    let dir = tempdir("write");
+    let out_file = dir.join("effective.yaml");
+    let out = kproxy(&["--proxy-mode", "nftables", "--cluster-cidr", "10.244.0.0/16", "--write-config-to", out_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.contains("mode: nftables") && written.contains("clusterCIDR: 10.244.0.0/16"), "{written}");
+    let again = kproxy(&["--config", out_file.to_str().unwrap(), "--write-config-to", dir.join("again.yaml").to_str().unwrap()]);
+    assert!(again.status.success(), "the written file reads back: {}", String::from_utf8_lossy(&again.stderr));
+}
