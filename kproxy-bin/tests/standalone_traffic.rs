@@ -1,0 +1,69 @@
+//! The binary in standalone mode, for real: `kproxy --manifests DIR` runs in
+//! a private node namespace, a shared scenario's objects are its manifests,
+//! and every case is checked with real traffic. Then a manifest changes and
+//! the traffic follows. Needs root (skips without, must run in CI).
+
+use std::time::{Duration, Instant};
+
+use kproxy_core::oracle::{fixtures as fx, scenarios, Verdict};
+use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Scenario) {
+    // JSON is YAML: one object per file.
+    let mut n = 0;
+    let mut put = |text: String| {
+        std::fs::write(dir.join(format!("{n:03}.yaml")), text).unwrap();
+        n += 1;
+    };
+    put(serde_json::to_string(&scenario.node).unwrap());
+    for s in &scenario.services {
+        put(serde_json::to_string(s).unwrap());
+    }
+    for s in &scenario.slices {
+        put(serde_json::to_string(s).unwrap());
+    }
+}
+
+#[test]
+fn standalone_mode_serves_a_scenario_and_follows_manifest_changes() {
+    if !kernel_tests_enabled("standalone_mode_serves_a_scenario_and_follows_manifest_changes") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, &scenario);
+
+    let mut topo = Topology::build(&scenario).unwrap();
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()])
+        .unwrap();
+    // Wait for the table to appear.
+    let start = Instant::now();
+    while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
+        assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failures = check_scenario(&topo, &scenario);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Scale the service down to one endpoint by editing its manifest.
+    let mut slice = scenario.slices[0].clone();
+    slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
+    let last = std::fs::read_dir(&dir).unwrap().count() - 1;
+    std::fs::write(dir.join(format!("{last:03}.yaml")), serde_json::to_string(&slice).unwrap()).unwrap();
+    let packet = scenario.cases[0].packet.clone();
+    let only_remote = Verdict::forward(&["10.180.1.1:8080"], false);
+    let start = Instant::now();
+    loop {
+        match check_case(&topo, &packet, &only_remote) {
+            Ok(()) => break,
+            Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("the change never reached the kernel: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
