@@ -12,8 +12,7 @@
 //!   elements, not chains, and no object name is ever derived from a
 //!   Kubernetes name (nothing a user writes can reach the rule text).
 //! - [`Renderer`] re-renders only the Services that changed and journals
-//!   the element changes, which become a [`transaction::Transaction`]
-//!   ([`diff()`] compares whole rulesets).
+//!   the element changes, which become a [`transaction::Transaction`].
 //! - [`kernel::NftKernel`] applies transactions: set elements as atomic
 //!   netlink batches, structure with `nft -f`; it lists over netlink.
 //!   [`fake::FakeKernel`] applies them in memory with nft's reference checks.
@@ -30,7 +29,6 @@
 //! assert!(proxier.is_ok());
 //! ```
 
-pub mod diff;
 pub mod fake;
 pub mod kernel;
 pub mod model;
@@ -41,6 +39,5 @@ pub mod text;
 pub mod trace;
 pub mod transaction;
 
-pub use diff::diff;
 pub use proxier::{ConfigError, NftOptions, NftProxier};
 pub use render::{render, Journal, Rendered, Renderer, Structure};

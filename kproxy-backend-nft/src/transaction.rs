@@ -148,38 +148,6 @@ impl Transaction {
         }
     }
 
-    /// Splits the transaction into pieces of at most `max_elements`
-    /// elements each, keeping command order, so that no single commit holds
-    /// the kernel for long. Only safe where the intermediate states are
-    /// harmless (building a table that no hook uses yet).
-    pub fn chunks(self, max_elements: usize) -> Vec<Transaction> {
-        let max = max_elements.max(1);
-        let mut out = vec![Transaction::new(self.family)];
-        let mut count = 0;
-        for cmd in self.commands {
-            match cmd.op {
-                Op::AddElements { set, elements } => {
-                    let mut rest = elements;
-                    while !rest.is_empty() {
-                        if count >= max {
-                            out.push(Transaction::new(self.family));
-                            count = 0;
-                        }
-                        let take = (max - count).min(rest.len());
-                        let tail = rest.split_off(take);
-                        count += rest.len();
-                        let tx = out.last_mut().expect("never empty");
-                        tx.push(&cmd.table, Op::AddElements { set: set.clone(), elements: rest });
-                        rest = tail;
-                    }
-                }
-                op => out.last_mut().expect("never empty").commands.push(Command { table: cmd.table, op }),
-            }
-        }
-        out.retain(|t| !t.is_empty());
-        out
-    }
-
     /// The `nft -f` text of the transaction.
     pub fn to_nft(&self) -> String {
         let fam = family_keyword(self.family);
