@@ -4,7 +4,9 @@
 mod config;
 mod flags;
 mod manifests;
+mod metrics;
 mod run;
+mod servers;
 mod settings;
 
 use std::process::ExitCode;

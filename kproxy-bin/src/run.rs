@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +17,8 @@ use tokio::sync::mpsc;
 use crate::config::{self, KubeProxyConfiguration};
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
+use crate::metrics::Metrics;
+use crate::servers::{self, Kind, Shared};
 use crate::settings::{self, Mode, Settings};
 
 /// Runs kproxy as the flags say.
@@ -66,7 +70,9 @@ pub async fn run(flags: Flags) -> Result<()> {
         }
         return Ok(());
     }
-    standalone(&settings, &node, families, Path::new(dir), state).await
+    apply_flags(&mut file, &flags);
+    let configz = serde_json::to_string(&file).unwrap_or_default();
+    standalone(&settings, &node, families, Path::new(dir), state, configz).await
 }
 
 fn apply_flags(file: &mut KubeProxyConfiguration, flags: &Flags) {
@@ -141,20 +147,39 @@ fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
     out
 }
 
+/// Whether the node may receive traffic (not being deleted).
+fn node_eligible(state: &Manifests, node_name: &str) -> bool {
+    state.nodes.get(node_name).is_none_or(|n| n.metadata.deletion_timestamp.is_none())
+}
+
 /// Standalone mode: one proxier and runner per family, fed from the
-/// manifests directory, which is re-read every second.
-async fn standalone(settings: &Settings, node: &NodeInfo, families: Vec<IpFamily>, dir: &Path, state: Manifests) -> Result<()> {
+/// manifests directory, which is re-read every second; the health and
+/// metrics servers run beside them.
+async fn standalone(
+    settings: &Settings,
+    node: &NodeInfo,
+    families: Vec<IpFamily>,
+    dir: &Path,
+    state: Manifests,
+    configz: String,
+) -> Result<()> {
     let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
+    let metrics = Arc::new(Metrics::new());
     let mut senders = Vec::new();
+    let mut healths = Vec::new();
     let mut tasks = Vec::new();
     for family in families {
         let mut proxier = nft_proxier(settings, family, node, NftKernel::new()?)?;
         let runner = SyncRunner::new(runner_config)?;
+        healths.push(runner.health());
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
+        let metrics = Arc::clone(&metrics);
         tasks.push(tokio::spawn(async move {
             runner
-                .run(&mut proxier, rx, |event| match event.result {
+                .run(&mut proxier, rx, |event| {
+                    metrics.observe(event);
+                    match event.result {
                     Ok(report) => tracing::info!(
                         %family,
                         full = event.full,
@@ -163,11 +188,28 @@ async fn standalone(settings: &Settings, node: &NodeInfo, families: Vec<IpFamily
                         "synced"
                     ),
                     Err(e) => tracing::warn!(%family, error = %e, "sync failed"),
+                }
                 })
                 .await
         }));
     }
+    let shared = Arc::new(Shared {
+        healths,
+        metrics: Arc::clone(&metrics),
+        node_eligible: AtomicBool::new(node_eligible(&state, &settings.node_name)),
+        mode: "nftables",
+        configz,
+    });
+    servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
+    servers::serve(Kind::Metrics, settings.metrics_bind_address, Arc::clone(&shared)).await?;
     let send = |updates: Vec<Update>, senders: &[mpsc::Sender<Update>]| {
+        for u in &updates {
+            match u {
+                Update::Service { .. } => metrics.service_change(),
+                Update::EndpointSlice { .. } => metrics.endpoint_change(),
+                _ => {}
+            }
+        }
         let senders = senders.to_vec();
         async move {
             for tx in &senders {
@@ -193,6 +235,7 @@ async fn standalone(settings: &Settings, node: &NodeInfo, families: Vec<IpFamily
                         tracing::warn!("skipping manifest: {p}");
                     }
                 }
+                shared.node_eligible.store(node_eligible(&state, &settings.node_name), Ordering::Relaxed);
                 let updates = diff(&known, &state);
                 if !updates.is_empty() {
                     send(updates, &senders).await;

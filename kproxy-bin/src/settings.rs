@@ -54,6 +54,15 @@ pub struct Settings {
     pub sync_period: Duration,
     /// Minimum time between syncs.
     pub min_sync_period: Duration,
+    /// The proxy health server's address.
+    pub healthz_bind_address: std::net::SocketAddr,
+    /// The metrics server's address.
+    pub metrics_bind_address: std::net::SocketAddr,
+}
+
+fn bind_address(path: &str, field: &str, value: Option<&str>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let text = value.map(str::trim).filter(|v| !v.is_empty()).unwrap_or(default);
+    text.parse().map_err(|_| invalid(path, field, format!("{text:?} is not an IP:port address")))
 }
 
 fn invalid(path: &str, field: &str, message: impl Into<String>) -> ConfigError {
@@ -141,9 +150,24 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         None => node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default())?,
     };
 
+    let healthz_bind_address = bind_address(
+        path,
+        "healthzBindAddress",
+        flags.healthz_bind_address.as_deref().or(config.healthz_bind_address.as_deref()),
+        "0.0.0.0:10256",
+    )?;
+    let metrics_bind_address = bind_address(
+        path,
+        "metricsBindAddress",
+        flags.metrics_bind_address.as_deref().or(config.metrics_bind_address.as_deref()),
+        "127.0.0.1:10249",
+    )?;
+
     Ok(Settings {
         mode,
         node_name,
+        healthz_bind_address,
+        metrics_bind_address,
         detect_local,
         masquerade_all: flags.masquerade_all.or(masquerade_all).unwrap_or(false),
         masquerade_bit,

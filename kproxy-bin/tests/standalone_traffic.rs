@@ -50,6 +50,16 @@ fn standalone_mode_serves_a_scenario_and_follows_manifest_changes() {
     let failures = check_scenario(&topo, &scenario);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // The health and metrics servers answer as kube-proxy's do.
+    let get = |url: &str| topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", url]).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let healthz = get("http://127.0.0.1:10256/healthz");
+    assert!(healthz.starts_with("HTTP/1.1 200") && healthz.contains("\"nodeEligible\": true"), "{healthz}");
+    assert!(get("http://127.0.0.1:10256/livez").starts_with("HTTP/1.1 200"));
+    let metrics = get("http://127.0.0.1:10249/metrics");
+    assert!(metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"), "{metrics}");
+    assert!(metrics.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1"), "{metrics}");
+    assert!(get("http://127.0.0.1:10249/proxyMode").ends_with("nftables"));
+
     // Scale the service down to one endpoint by editing its manifest.
     let mut slice = scenario.slices[0].clone();
     slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");

@@ -1,0 +1,169 @@
+//! The proxy health server (`/healthz`, `/livez`) and the metrics server
+//! (`/metrics`, `/healthz`, `/proxyMode`, `/configz`), answering as
+//! kube-proxy does.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kproxy_core::runner::SyncHealth;
+use tokio::net::TcpListener;
+
+use crate::metrics::{Code, Metrics};
+
+/// What the servers read.
+#[derive(Debug)]
+pub struct Shared {
+    /// One health signal per proxier (IP family).
+    pub healths: Vec<Arc<SyncHealth>>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// False while the node is being deleted (`/healthz` then fails).
+    pub node_eligible: AtomicBool,
+    /// The proxy mode, for `/proxyMode`.
+    pub mode: &'static str,
+    /// The effective configuration as JSON, for `/configz`.
+    pub configz: String,
+}
+
+/// Go's `time.Time` string form, which upstream's JSON carries.
+fn go_time(t: SystemTime) -> String {
+    let ts = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32).ok());
+    ts.map(|ts| ts.strftime("%Y-%m-%d %H:%M:%S%.f +0000 UTC").to_string()).unwrap_or_default()
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert("Content-Type", content_type.parse().expect("valid header"));
+    r.headers_mut().insert("X-Content-Type-Options", "nosniff".parse().expect("valid header"));
+    r
+}
+
+/// The health answer: status and body. `with_node` adds node eligibility
+/// (`/healthz`); `/livez` ignores it.
+pub fn health(shared: &Shared, with_node: bool) -> (StatusCode, String) {
+    let now_tokio = tokio::time::Instant::now();
+    let snapshots: Vec<_> = shared.healths.iter().map(|h| h.snapshot(now_tokio)).collect();
+    let synced = snapshots.iter().all(|s| s.healthy);
+    let eligible = shared.node_eligible.load(Ordering::Relaxed);
+    let healthy = synced && (!with_node || eligible);
+    let now = SystemTime::now();
+    // As upstream: a healthy server reports "now" as the last update.
+    let last = if healthy { Some(now) } else { snapshots.iter().filter_map(|s| s.last_updated).min() };
+    let last = last.map(go_time).unwrap_or_default();
+    let node = if with_node { format!(", \"nodeEligible\": {eligible}") } else { String::new() };
+    let body = format!("{{\"lastUpdated\": {last:?},\"currentTime\": {:?}{node}, \"healthy\": {healthy}}}", go_time(now));
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body)
+}
+
+async fn health_handler(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let with_node = match req.uri().path() {
+        "/healthz" => true,
+        "/livez" => false,
+        _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n".into())),
+    };
+    let (status, body) = health(&shared, with_node);
+    let counter = if with_node { &shared.metrics.healthz } else { &shared.metrics.livez };
+    counter.get_or_create(&Code { code: status.as_u16().to_string() }).inc();
+    Ok(reply(status, "application/json", body))
+}
+
+async fn metrics_handler(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode()),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok".into()),
+        "/proxyMode" => reply(StatusCode::OK, "text/plain", shared.mode.into()),
+        "/configz" => reply(StatusCode::OK, "application/json", shared.configz.clone()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n".into()),
+    })
+}
+
+/// Which server to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// `/healthz`, `/livez`.
+    Health,
+    /// `/metrics` and friends.
+    Metrics,
+}
+
+/// Binds `addr` (failing with a clear message) and serves until the process
+/// ends.
+pub async fn serve(kind: Kind, addr: SocketAddr, shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    async move {
+                        match kind {
+                            Kind::Health => health_handler(req, shared).await,
+                            Kind::Metrics => metrics_handler(req, shared).await,
+                        }
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn shared(timeout: Duration) -> Shared {
+        Shared {
+            healths: vec![Arc::new(SyncHealth::new(timeout))],
+            metrics: Arc::new(Metrics::new()),
+            node_eligible: AtomicBool::new(true),
+            mode: "nftables",
+            configz: "{}".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_until_an_update_waits_too_long() {
+        let s = shared(Duration::from_secs(60));
+        let (status, body) = health(&s, true);
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"nodeEligible\": true") && body.contains("\"healthy\": true") && body.contains("\"lastUpdated\": \""), "{body}");
+        s.healths[0].queued(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let (status, body) = health(&s, true);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("\"healthy\": false"));
+    }
+
+    #[tokio::test]
+    async fn a_node_being_deleted_fails_healthz_but_not_livez() {
+        let s = shared(Duration::from_secs(60));
+        s.node_eligible.store(false, Ordering::Relaxed);
+        assert_eq!(health(&s, true).0, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, body) = health(&s, false);
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.contains("nodeEligible"), "{body}");
+    }
+
+    #[test]
+    fn times_look_like_go_s() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(go_time(t), "2023-11-14 22:13:20.123 +0000 UTC");
+    }
+}
