@@ -337,6 +337,7 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
             Ok(rebuilt) => {
                 let mut report = SyncReport::new(request.full || rebuilt, changes);
                 report.no_local_endpoints = self.renderer.no_local_endpoints();
+                report.health_checks = self.state.health_checks();
                 Ok(report)
             }
             Err(e) => {

@@ -18,7 +18,7 @@ use crate::config::{self, KubeProxyConfiguration};
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
 use crate::metrics::Metrics;
-use crate::servers::{self, Kind, Shared};
+use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{self, Mode, Settings};
 
 /// Runs kproxy as the flags say.
@@ -166,19 +166,35 @@ async fn standalone(
     let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
     let metrics = Arc::new(Metrics::new());
     let mut senders = Vec::new();
-    let mut healths = Vec::new();
-    let mut tasks = Vec::new();
+    let mut runners = Vec::new();
     for family in families {
-        let mut proxier = nft_proxier(settings, family, node, NftKernel::new()?)?;
+        let proxier = nft_proxier(settings, family, node, NftKernel::new()?)?;
         let runner = SyncRunner::new(runner_config)?;
-        healths.push(runner.health());
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
+        runners.push((family, proxier, runner, rx));
+    }
+    let shared = Arc::new(Shared {
+        healths: runners.iter().map(|(_, _, r, _)| r.health()).collect(),
+        metrics: Arc::clone(&metrics),
+        node_eligible: AtomicBool::new(node_eligible(&state, &settings.node_name)),
+        mode: "nftables",
+        configz,
+    });
+    servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
+    servers::serve(Kind::Metrics, settings.metrics_bind_address, Arc::clone(&shared)).await?;
+    let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared)));
+    let mut tasks = Vec::new();
+    for (family, mut proxier, runner, rx) in runners {
         let metrics = Arc::clone(&metrics);
+        let health_checks = Arc::clone(&health_checks);
         tasks.push(tokio::spawn(async move {
             runner
                 .run(&mut proxier, rx, |event| {
                     metrics.observe(event);
+                    if let Ok(report) = event.result {
+                        health_checks.update(family, &report.health_checks);
+                    }
                     match event.result {
                     Ok(report) => tracing::info!(
                         %family,
@@ -193,15 +209,6 @@ async fn standalone(
                 .await
         }));
     }
-    let shared = Arc::new(Shared {
-        healths,
-        metrics: Arc::clone(&metrics),
-        node_eligible: AtomicBool::new(node_eligible(&state, &settings.node_name)),
-        mode: "nftables",
-        configz,
-    });
-    servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
-    servers::serve(Kind::Metrics, settings.metrics_bind_address, Arc::clone(&shared)).await?;
     let send = |updates: Vec<Update>, senders: &[mpsc::Sender<Update>]| {
         for u in &updates {
             match u {

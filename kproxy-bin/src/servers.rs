@@ -13,7 +13,10 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+
 use kproxy_core::runner::SyncHealth;
+use kproxy_core::{HealthCheck, IpFamily, NamespacedName};
 use tokio::net::TcpListener;
 
 use crate::metrics::{Code, Metrics};
@@ -90,6 +93,107 @@ async fn metrics_handler(req: Request<Incoming>, shared: Arc<Shared>) -> Result<
     })
 }
 
+/// The health-check NodePort servers of `externalTrafficPolicy: Local`
+/// Services: one listener per port, started and stopped as Services come
+/// and go, answering 200 when the node has a ready endpoint and the proxy
+/// is healthy (with upstream's body and `X-Load-Balancing-Endpoint-Weight`).
+#[derive(Debug)]
+pub struct HealthChecks {
+    proxy: Arc<Shared>,
+    /// Each family's latest report; the servers serve their union.
+    per_family: std::sync::Mutex<BTreeMap<IpFamily, BTreeMap<NamespacedName, HealthCheck>>>,
+    counts: Arc<std::sync::Mutex<BTreeMap<u16, (NamespacedName, usize)>>>,
+    tasks: std::sync::Mutex<BTreeMap<u16, tokio::task::JoinHandle<()>>>,
+}
+
+impl HealthChecks {
+    /// No servers yet.
+    pub fn new(proxy: Arc<Shared>) -> Self {
+        HealthChecks { proxy, per_family: std::sync::Mutex::default(), counts: Arc::default(), tasks: std::sync::Mutex::default() }
+    }
+
+    /// Records `family`'s checks after its sync and makes the running
+    /// servers match every family's. A Service in both families counts its
+    /// larger number of local endpoints (a dual-stack pod is one pod).
+    pub fn update(&self, family: IpFamily, checks: &BTreeMap<NamespacedName, HealthCheck>) {
+        let merged: BTreeMap<NamespacedName, HealthCheck> = {
+            let mut per_family = self.per_family.lock().unwrap_or_else(|e| e.into_inner());
+            per_family.insert(family, checks.clone());
+            let mut merged: BTreeMap<NamespacedName, HealthCheck> = BTreeMap::new();
+            for (service, check) in per_family.values().flatten() {
+                let entry = merged.entry(service.clone()).or_insert(*check);
+                entry.local_endpoints = entry.local_endpoints.max(check.local_endpoints);
+            }
+            merged
+        };
+        let mut wanted: BTreeMap<u16, (NamespacedName, usize)> = BTreeMap::new();
+        for (service, check) in &merged {
+            if let Some((owner, _)) = wanted.get(&check.port) {
+                tracing::warn!(service = %service, owner = %owner, port = check.port, "health-check NodePort already used; skipping");
+                continue;
+            }
+            wanted.insert(check.port, (service.clone(), check.local_endpoints));
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|port, task| {
+            let keep = wanted.contains_key(port);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for &port in wanted.keys() {
+            if tasks.contains_key(&port) {
+                continue;
+            }
+            match self.listen(port) {
+                Ok(task) => {
+                    tasks.insert(port, task);
+                }
+                Err(e) => tracing::warn!(port, error = %e, "cannot serve a health-check NodePort"),
+            }
+        }
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+    }
+
+    fn listen(&self, port: u16) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let std_listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener)?;
+        let counts = Arc::clone(&self.counts);
+        let proxy = Arc::clone(&self.proxy);
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (counts, proxy) = (Arc::clone(&counts), Arc::clone(&proxy));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let entry = counts.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+                        let proxy_healthy = health(&proxy, true).0 == StatusCode::OK;
+                        async move { Ok::<_, Infallible>(health_check_reply(entry, proxy_healthy)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        }))
+    }
+}
+
+/// The answer of a health-check NodePort.
+pub fn health_check_reply(entry: Option<(NamespacedName, usize)>, proxy_healthy: bool) -> Response<Full<Bytes>> {
+    let Some((service, count)) = entry else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n".into());
+    };
+    let body = format!(
+        "{{\n\t\"service\": {{\n\t\t\"namespace\": {:?},\n\t\t\"name\": {:?}\n\t}},\n\t\"localEndpoints\": {count},\n\t\"serviceProxyHealthy\": {proxy_healthy}\n}}",
+        service.namespace, service.name
+    );
+    let status = if count > 0 && proxy_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut r = reply(status, "application/json", body);
+    r.headers_mut().insert("X-Load-Balancing-Endpoint-Weight", count.to_string().parse().expect("digits"));
+    r
+}
+
 /// Which server to run.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -159,6 +263,17 @@ mod tests {
         let (status, body) = health(&s, false);
         assert_eq!(status, StatusCode::OK);
         assert!(!body.contains("nodeEligible"), "{body}");
+    }
+
+    #[test]
+    fn health_check_ports_answer_like_upstream() {
+        let svc = NamespacedName::new("ns", "lb");
+        let r = health_check_reply(Some((svc.clone(), 2)), true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["X-Load-Balancing-Endpoint-Weight"], "2");
+        assert_eq!(health_check_reply(Some((svc.clone(), 0)), true).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(health_check_reply(Some((svc, 3)), false).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(health_check_reply(None, true).status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

@@ -26,27 +26,59 @@ fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Scenar
     }
 }
 
+/// Starts `kproxy --manifests` for `scenario` in its topology's node and
+/// waits for the table; returns the manifests directory.
+fn start_kproxy(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, scenario);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()])
+        .unwrap();
+    let start = Instant::now();
+    while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
+        assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dir
+}
+
+#[test]
+fn health_check_node_ports_answer_for_local_policy_services() {
+    if !kernel_tests_enabled("health_check_node_ports_answer_for_local_policy_services") {
+        return;
+    }
+    for (name, status, weight) in [
+        ("external_policy_local_with_local_endpoints", "HTTP/1.1 200", "1"),
+        ("external_policy_local_without_local_endpoints", "HTTP/1.1 503", "0"),
+    ] {
+        let scenario = scenarios::all().into_iter().find(|s| s.name == name).unwrap();
+        let mut topo = Topology::build(&scenario).unwrap();
+        let dir = start_kproxy(&mut topo, &scenario, name);
+        let start = Instant::now();
+        let answer = loop {
+            let out = topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", "http://127.0.0.1:30000/"]).unwrap_or_else(|e| e);
+            if out.starts_with("HTTP/") || start.elapsed() > Duration::from_secs(5) {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(answer.starts_with(status), "{name}: {answer}");
+        assert!(answer.to_lowercase().contains(&format!("x-load-balancing-endpoint-weight: {weight}")), "{name}: {answer}");
+        assert!(answer.contains("\"name\": \"svc"), "{name}: {answer}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn standalone_mode_serves_a_scenario_and_follows_manifest_changes() {
     if !kernel_tests_enabled("standalone_mode_serves_a_scenario_and_follows_manifest_changes") {
         return;
     }
     let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
-    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    write_manifests(&dir, &scenario);
-
     let mut topo = Topology::build(&scenario).unwrap();
-    topo.node
-        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()])
-        .unwrap();
-    // Wait for the table to appear.
-    let start = Instant::now();
-    while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
-        assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let dir = start_kproxy(&mut topo, &scenario, "cluster_ip");
     let failures = check_scenario(&topo, &scenario);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 

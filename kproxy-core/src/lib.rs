@@ -38,6 +38,6 @@ pub use model::{
 pub use proxier::{NoLocalEndpoints, Proxier, SyncReport, SyncRequest};
 pub use selection::{select_endpoints, topology_mode, SelectedEndpoints, TopologyMode};
 pub use service_map::ServiceMap;
-pub use state::{ProxyState, StateChanges};
+pub use state::{HealthCheck, ProxyState, StateChanges};
 pub use tracker::{ChangeTracker, EndpointsChangeTracker, ServiceChangeTracker};
 pub use vec_map::VecMap;

@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::state::StateChanges;
+use std::collections::BTreeMap;
+
+use crate::model::NamespacedName;
+use crate::state::{HealthCheck, StateChanges};
 use crate::Result;
 
 /// What the runner asks of one sync.
@@ -26,6 +29,9 @@ pub struct SyncReport {
     pub changes: StateChanges,
     /// Service ports whose Local policy had no local endpoint, by policy.
     pub no_local_endpoints: NoLocalEndpoints,
+    /// Health-check NodePorts to serve, with their local endpoint counts
+    /// (from [`ProxyState::health_checks`](crate::ProxyState::health_checks)).
+    pub health_checks: BTreeMap<NamespacedName, HealthCheck>,
 }
 
 impl SyncReport {
@@ -35,6 +41,7 @@ impl SyncReport {
             full,
             changes,
             no_local_endpoints: NoLocalEndpoints::default(),
+            health_checks: BTreeMap::new(),
         }
     }
 }

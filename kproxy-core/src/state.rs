@@ -1,6 +1,6 @@
 //! [`ProxyState`]: the trackers, maps and node info a backend embeds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -136,5 +136,57 @@ impl ProxyState {
     /// The node this proxier runs on.
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// The health-check NodePort of every `LoadBalancer` Service with
+    /// `externalTrafficPolicy: Local`, and how many ready endpoints it has
+    /// on this node, summed over its ports (upstream's count).
+    pub fn health_checks(&self) -> BTreeMap<NamespacedName, HealthCheck> {
+        let mut out: BTreeMap<NamespacedName, HealthCheck> = BTreeMap::new();
+        for (name, info) in self.services.iter() {
+            let Some(port) = info.health_check_node_port else { continue };
+            let local_ready = self.endpoints.get(name).iter().filter(|e| e.is_local && e.ready).count();
+            let entry = out.entry(name.service.clone()).or_insert(HealthCheck { port, local_endpoints: 0 });
+            entry.local_endpoints += local_ready;
+        }
+        out
+    }
+}
+
+/// One Service's health-check NodePort and its local ready endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// Ready endpoints on this node, summed over the Service's ports.
+    pub local_endpoints: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::fixtures::{self as fx, service, slice, EndpointState};
+
+    #[test]
+    fn health_checks_count_local_ready_endpoints_over_ports() {
+        let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
+        let svc = service("ns", "lb", &["172.30.0.1"])
+            .port("a", 80, "TCP", 30080)
+            .port("b", 443, "TCP", 30443)
+            .load_balancer(&["1.2.3.4"])
+            .external_policy_local(32000)
+            .build();
+        state.on_service(None, Some(&svc));
+        let eps = slice("ns", "lb", "lb-1", "IPv4")
+            .port("a", 80, "TCP")
+            .port("b", 443, "TCP")
+            .endpoint("10.0.0.1", fx::NODE_NAME, EndpointState::Ready)
+            .endpoint("10.0.0.2", fx::NODE_NAME, EndpointState::ServingTerminating)
+            .endpoint("10.0.0.3", fx::OTHER_NODE, EndpointState::Ready)
+            .build();
+        state.on_endpoint_slice(&eps, false);
+        state.apply();
+        let checks = state.health_checks();
+        assert_eq!(checks[&NamespacedName::new("ns", "lb")], HealthCheck { port: 32000, local_endpoints: 2 });
     }
 }
