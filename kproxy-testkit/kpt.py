@@ -13,6 +13,10 @@ hold --src IP --dst IP --port N --seconds S
 watch --src IP --dst IP --port N --seconds S
     Opens a new TCP connection every 50 ms for S seconds; prints
     "ok N failed F" and the first failure, if any.
+udpstream --src IP --sport N --dst IP --port N --seconds S
+    Sends a datagram every 50 ms for S seconds from one socket (one source
+    port, so one conntrack entry); prints "T NAME" per answer or
+    "T timeout", T being seconds since the start.
 """
 import time
 import argparse
@@ -134,6 +138,23 @@ def watch(args):
     print("ok %d failed %d %s" % (ok, failed, first), flush=True)
 
 
+def udpstream(args):
+    s = socket.socket(family_of(args.dst), socket.SOCK_DGRAM)
+    s.bind((args.src, args.sport))
+    s.connect((args.dst, args.port))
+    s.settimeout(0.2)
+    start = time.monotonic()
+    while time.monotonic() - start < args.seconds:
+        t = time.monotonic() - start
+        try:
+            s.send(b"hello")
+            name = s.recv(2048).decode().split()[0]
+        except (socket.timeout, ConnectionRefusedError):
+            name = "timeout"
+        print("%.2f %s" % (t, name), flush=True)
+        time.sleep(0.05)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -154,6 +175,12 @@ def main():
         h.add_argument("--dst", required=True)
         h.add_argument("--port", type=int, required=True)
         h.add_argument("--seconds", type=float, required=True)
+    u = sub.add_parser("udpstream")
+    u.add_argument("--src", required=True)
+    u.add_argument("--sport", type=int, required=True)
+    u.add_argument("--dst", required=True)
+    u.add_argument("--port", type=int, required=True)
+    u.add_argument("--seconds", type=float, required=True)
     args = p.parse_args()
     if args.cmd == "serve":
         serve(args)
@@ -161,6 +188,8 @@ def main():
         hold(args)
     elif args.cmd == "watch":
         watch(args)
+    elif args.cmd == "udpstream":
+        udpstream(args)
     else:
         for _ in range(args.count):
             print(probe_once(args), flush=True)

@@ -338,6 +338,9 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
                 let mut report = SyncReport::new(request.full || rebuilt, changes);
                 report.no_local_endpoints = self.renderer.no_local_endpoints();
                 report.health_checks = self.state.health_checks();
+                if report.full || report.changes.may_leave_stale_flows() {
+                    report.stale_flows = Some(self.state.stale_flow_filter(&report.changes));
+                }
                 Ok(report)
             }
             Err(e) => {

@@ -5,6 +5,7 @@ mod config;
 mod flags;
 mod manifests;
 mod metrics;
+mod observer;
 mod run;
 mod servers;
 mod settings;

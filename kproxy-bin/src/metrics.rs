@@ -26,6 +26,13 @@ pub struct TrafficPolicy {
     pub traffic_policy: String,
 }
 
+/// An `ip_family` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpFamilyLabel {
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
 /// Every metric kproxy exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +49,8 @@ pub struct Metrics {
     service_changes_total: Counter,
     nftables_sync_failures: Counter,
     no_local_endpoints: Family<TrafficPolicy, Gauge>,
+    conntrack_duration: Family<IpFamilyLabel, Histogram>,
+    conntrack_deleted: Family<IpFamilyLabel, Counter>,
     /// `/healthz` answers by code.
     pub healthz: Family<Code, Counter>,
     /// `/livez` answers by code.
@@ -82,6 +91,8 @@ impl Metrics {
             service_changes_total: Counter::default(),
             nftables_sync_failures: Counter::default(),
             no_local_endpoints: Family::default(),
+            conntrack_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15))),
+            conntrack_deleted: Family::default(),
             healthz: Family::default(),
             livez: Family::default(),
         };
@@ -101,6 +112,16 @@ impl Metrics {
             "sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
             m.no_local_endpoints.clone(),
+        );
+        r.register(
+            "conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            m.conntrack_duration.clone(),
+        );
+        r.register(
+            "conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            m.conntrack_deleted.clone(),
         );
         r.register("proxy_healthz", "Cumulative proxy healthz HTTP status", m.healthz.clone());
         r.register("proxy_livez", "Cumulative proxy livez HTTP status", m.livez.clone());
@@ -152,6 +173,13 @@ impl Metrics {
         }
     }
 
+    /// Records one conntrack cleanup of `family` (`IPv4` or `IPv6`).
+    pub fn conntrack_cleaned(&self, family: &str, duration: Duration, deleted: usize) {
+        let label = IpFamilyLabel { ip_family: family.to_string() };
+        self.conntrack_duration.get_or_create(&label).observe(duration.as_secs_f64());
+        self.conntrack_deleted.get_or_create(&label).inc_by(deleted as u64);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -173,6 +201,7 @@ mod tests {
         let m = Metrics::new();
         m.service_change();
         m.endpoint_change();
+        m.conntrack_cleaned("IPv4", Duration::from_millis(3), 2);
         let text = m.encode();
         for name in [
             "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
@@ -186,6 +215,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_service_changes_pending 1",
             "kubeproxy_sync_proxy_rules_service_changes_total 1",
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

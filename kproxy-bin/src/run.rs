@@ -18,6 +18,7 @@ use crate::config::{self, KubeProxyConfiguration};
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
 use crate::metrics::Metrics;
+use crate::observer::SyncObserver;
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{self, Mode, Settings};
 
@@ -186,28 +187,8 @@ async fn standalone(
     let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared)));
     let mut tasks = Vec::new();
     for (family, mut proxier, runner, rx) in runners {
-        let metrics = Arc::clone(&metrics);
-        let health_checks = Arc::clone(&health_checks);
-        tasks.push(tokio::spawn(async move {
-            runner
-                .run(&mut proxier, rx, |event| {
-                    metrics.observe(event);
-                    if let Ok(report) = event.result {
-                        health_checks.update(family, &report.health_checks);
-                    }
-                    match event.result {
-                    Ok(report) => tracing::info!(
-                        %family,
-                        full = event.full,
-                        changed = report.changes.updated_services().len(),
-                        duration_ms = event.duration.as_secs_f64() * 1000.0,
-                        "synced"
-                    ),
-                    Err(e) => tracing::warn!(%family, error = %e, "sync failed"),
-                }
-                })
-                .await
-        }));
+        let mut observer = SyncObserver::new(family, Arc::clone(&metrics), Arc::clone(&health_checks));
+        tasks.push(tokio::spawn(async move { runner.run(&mut proxier, rx, |event| observer.observe(event)).await }));
     }
     let send = |updates: Vec<Update>, senders: &[mpsc::Sender<Update>]| {
         for u in &updates {

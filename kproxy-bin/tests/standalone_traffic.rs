@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use kproxy_core::oracle::{fixtures as fx, scenarios, Verdict};
-use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology};
+use kproxy_core::IpFamily;
+use kproxy_netfilter::Conntrack;
+use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology, KPT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
@@ -107,5 +109,62 @@ fn standalone_mode_serves_a_scenario_and_follows_manifest_changes() {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UDP client that keeps sending from one source port keeps one
+/// conntrack entry; when its endpoint leaves the service (the pod still
+/// answering), kproxy deletes the entry so the next datagram reaches a
+/// serving endpoint instead of the old one for as long as the client
+/// keeps talking.
+#[test]
+fn udp_flows_move_off_an_endpoint_that_leaves_the_service() {
+    if !kernel_tests_enabled("udp_flows_move_off_an_endpoint_that_leaves_the_service") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let dir = start_kproxy(&mut topo, &scenario, "udp-conntrack");
+    let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
+    let stream = topo.pods.get_mut(&client).unwrap();
+    let handle = stream
+        .spawn(&["python3", KPT, "udpstream", "--src", fx::LOCAL_CLIENT_POD, "--sport", "40053", "--dst", "172.30.0.41", "--port", "53", "--seconds", "9"])
+        .unwrap();
+
+    // Which endpoint did the flow's conntrack entry pick?
+    let mut conntrack = Conntrack::open_in_netns(topo.node.name()).unwrap();
+    let start = Instant::now();
+    let first = loop {
+        let flows = conntrack.flows(IpFamily::V4).unwrap();
+        let found = flows.iter().find(|f| f.original_source.port() == 40053 && f.original_destination.port() == 53);
+        if let Some(f) = found {
+            break f.reply_source.ip().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the stream never made a conntrack entry: {flows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(["10.180.0.1", "10.180.1.1"].contains(&first.as_str()), "DNATed to {first}");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Take that endpoint out of the slice; its pod keeps answering.
+    let mut slice = scenario.slices[0].clone();
+    slice.endpoints.retain(|e| e.addresses[0] != first);
+    let last = std::fs::read_dir(&dir).unwrap().count() - 1;
+    std::fs::write(dir.join(format!("{last:03}.yaml")), serde_json::to_string(&slice).unwrap()).unwrap();
+
+    let out = topo.pods.get_mut(&client).unwrap().wait_output(handle).unwrap();
+    let answers: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    let other = if first == "10.180.0.1" { "10.180.1.1" } else { "10.180.0.1" };
+    assert_eq!(answers.first().copied(), Some(first.as_str()), "{out}");
+    let moved = answers.iter().position(|a| *a == other).unwrap_or_else(|| panic!("the flow never left {first}:\n{out}"));
+    assert!(answers[moved..].iter().all(|a| *a == other), "the flow went back to {first} or was lost:\n{out}");
+    assert!(answers.len() - moved >= 20, "moved too late:\n{out}");
+
+    let metrics = topo.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/metrics"]).unwrap();
+    let deleted = metrics
+        .lines()
+        .find(|l| l.starts_with("kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"}"))
+        .unwrap_or_else(|| panic!("no deleted-entries metric:\n{metrics}"));
+    assert!(!deleted.ends_with(" 0"), "{deleted}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@
 //!   [`ServiceMap`] and an [`EndpointsMap`], bundled as [`ProxyState`];
 //! - endpoint selection: traffic policies, terminating fallback and topology
 //!   hints ([`select_endpoints`]);
+//! - which conntrack entries a sync left stale ([`conntrack`]);
 //! - the [`Proxier`] contract and the bounded-frequency [`runner`];
 //! - a behaviour [`oracle`] with named scenarios every backend must pass.
 //!
@@ -16,6 +17,7 @@
 //! server.
 
 pub mod config;
+pub mod conntrack;
 pub mod convert;
 mod endpoints_map;
 mod error;

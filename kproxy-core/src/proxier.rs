@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use std::collections::BTreeMap;
 
+use crate::conntrack::StaleFlowFilter;
 use crate::model::NamespacedName;
 use crate::state::{HealthCheck, StateChanges};
 use crate::Result;
@@ -32,6 +33,11 @@ pub struct SyncReport {
     /// Health-check NodePorts to serve, with their local endpoint counts
     /// (from [`ProxyState::health_checks`](crate::ProxyState::health_checks)).
     pub health_checks: BTreeMap<NamespacedName, HealthCheck>,
+    /// Which conntrack entries to delete now, when this sync may have left
+    /// some stale (full syncs, and [`StateChanges::may_leave_stale_flows`]);
+    /// from [`ProxyState::stale_flow_filter`](crate::ProxyState::stale_flow_filter).
+    /// The caller runs it against the kernel (`kproxy-netfilter` does).
+    pub stale_flows: Option<StaleFlowFilter>,
 }
 
 impl SyncReport {
@@ -42,6 +48,7 @@ impl SyncReport {
             changes,
             no_local_endpoints: NoLocalEndpoints::default(),
             health_checks: BTreeMap::new(),
+            stale_flows: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::conntrack::StaleFlowFilter;
 use crate::convert::node_info;
 use crate::endpoints_map::EndpointsMap;
 use crate::model::{IpFamily, NamespacedName, NodeInfo};
@@ -53,6 +54,15 @@ impl StateChanges {
             self.endpoints.trigger_times.entry(svc).or_default().extend(times);
         }
         self.node_changed |= later.node_changed;
+    }
+
+    /// Whether these changes may have left stale UDP/SCTP conntrack
+    /// entries: a serving endpoint went away, a service got its first
+    /// serving endpoint, or a ClusterIP was deleted.
+    pub fn may_leave_stale_flows(&self) -> bool {
+        !self.endpoints.stale_endpoints.is_empty()
+            || !self.endpoints.newly_active.is_empty()
+            || !self.services.deleted_udp_cluster_ips.is_empty()
     }
 
     /// Every Service whose ports or endpoints changed.
@@ -136,6 +146,12 @@ impl ProxyState {
     /// The node this proxier runs on.
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// The filter for conntrack entries left stale by `changes` (just
+    /// applied): see [`StaleFlowFilter`].
+    pub fn stale_flow_filter(&self, changes: &StateChanges) -> StaleFlowFilter {
+        StaleFlowFilter::new(&self.services, &self.endpoints, changes.services.deleted_udp_cluster_ips.iter().copied())
     }
 
     /// The health-check NodePort of every `LoadBalancer` Service with

@@ -4,10 +4,9 @@
 //! element to list anything). Batches are atomic, like `nft -f`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 
 use kproxy_core::IpFamily;
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use kproxy_netfilter::wire::{self, attr, cstr, nested, Attrs, Header, NfSocket, OwnedAttrs, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 
 use super::encode;
 use super::{KernelError, Outline};
@@ -24,14 +23,6 @@ const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-
 /// Elements per message: well under the 64 KiB an attribute can hold even
 /// for the largest IPv6 elements.
 const ELEMENTS_PER_MESSAGE: usize = 256;
@@ -47,147 +38,41 @@ fn family_byte(f: IpFamily) -> u8 {
     }
 }
 
-/// Appends one netlink attribute.
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-/// Appends a nested attribute built by `body`.
-fn nested(buf: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    body(buf);
-    let len = (buf.len() - start) as u16;
-    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// Appends a message: netlink header, nfgenmsg, then `body`.
-fn message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 16]);
-    buf.extend_from_slice(&[family, 0]);
-    buf.extend_from_slice(&res_id.to_be_bytes());
-    body(buf);
-    let len = (buf.len() - start) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 4..start + 6].copy_from_slice(&kind.to_ne_bytes());
-    buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
-    buf[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
-}
-
 fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
-
-/// Parsed attributes of one message: type → payload.
-type Attrs<'a> = Vec<(u16, &'a [u8])>;
-
-/// The attributes of one dump reply, owned.
-type OwnedAttrs = Vec<(u16, Vec<u8>)>;
 
 /// A set element as the kernel stores it: key bytes and, in maps, data
 /// bytes.
 pub type RawElement = (Vec<u8>, Option<Vec<u8>>);
 
-fn parse_attrs(mut data: &[u8]) -> Attrs<'_> {
-    let mut out = Vec::new();
-    while data.len() >= 4 {
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & !NLA_F_NESTED;
-        if len < 4 || len > data.len() {
-            break;
-        }
-        out.push((kind, &data[4..len]));
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-    }
-    out
-}
-
-fn attr_str<'a>(attrs: &Attrs<'a>, kind: u16) -> Option<&'a str> {
-    attrs
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .and_then(|(_, v)| std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok())
-}
-
-/// The messages in one netlink datagram: (type, whole message). Stops at
-/// the first malformed header.
-fn messages(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes(data[0..4].try_into().ok()?) as usize;
-        if len < 16 || len > data.len() {
-            data = &[];
-            return None;
-        }
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        let msg = &data[..len];
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-        Some((kind, msg))
-    })
-}
-
-/// EPROTO, for a reply too short to say what went wrong.
-const EPROTO: i32 = 71;
-
-/// The error code of an `NLMSG_ERROR` message (0 is an ACK).
-fn error_code(msg: &[u8]) -> i32 {
-    msg.get(16..20).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes"))).unwrap_or(-EPROTO)
-}
-
 /// A netfilter netlink socket.
 #[derive(Debug)]
 pub struct Netlink {
-    socket: Socket,
-    seq: u32,
+    socket: NfSocket,
 }
 
-fn io_err(what: &str, e: io::Error) -> KernelError {
-    KernelError::Netlink(format!("{what}: {e}"))
+impl From<wire::NetlinkError> for KernelError {
+    fn from(e: wire::NetlinkError) -> Self {
+        KernelError::Netlink(e.0)
+    }
 }
 
 impl Netlink {
     /// A socket in the caller's network namespace.
     pub fn open() -> Result<Netlink, KernelError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io_err("netlink socket", e))?;
-        socket.bind_auto().map_err(|e| io_err("netlink bind", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err("netlink connect", e))?;
         // Large batches: let the send buffer hold a whole rebuild chunk.
-        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBufForce, &(MAX_BATCH));
-        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20));
-        Ok(Netlink { socket, seq: 1 })
+        Ok(Netlink { socket: NfSocket::open(MAX_BATCH)? })
     }
 
     /// A socket in the named network namespace (`/run/netns/NAME`). The
     /// socket stays in that namespace for its whole life.
     pub fn open_in_netns(name: &str) -> Result<Netlink, KernelError> {
-        let path = format!("/run/netns/{name}");
-        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| KernelError::Netlink(format!("setns {path}: {e}")))?;
-            Netlink::open()
-        })
-        .join()
-        .map_err(|_| KernelError::Netlink("netns thread panicked".into()))?
+        Ok(Netlink { socket: NfSocket::open_in_netns(name, MAX_BATCH)? })
     }
 
     fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
+        self.socket.next_seq()
     }
 
     /// Whether a transaction holds only element changes (what this path
@@ -206,7 +91,8 @@ impl Netlink {
         let family = family_byte(tx.family);
         let mut buf = Vec::new();
         let begin = self.next_seq();
-        message(&mut buf, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        let marker = |kind, seq| Header { kind, flags: NLM_F_REQUEST, seq, family: 0, res_id: NFNL_SUBSYS_NFTABLES };
+        wire::message(&mut buf, marker(NFNL_MSG_BATCH_BEGIN, begin), |_| {});
         let mut expected = 0usize;
         for Command { table, op } in &tx.commands {
             // Attribute lengths are 16 bits: a message carries at most
@@ -217,7 +103,8 @@ impl Netlink {
                     for part in elements.chunks(ELEMENTS_PER_MESSAGE) {
                         let seq = self.next_seq();
                         expected += 1;
-                        message(&mut buf, nft_type(NFT_MSG_NEWSETELEM), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, family, 0, |b| {
+                        let header = Header { kind: nft_type(NFT_MSG_NEWSETELEM), flags: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, family, res_id: 0 };
+                        wire::message(&mut buf, header, |b| {
                             attr(b, 1, &cstr(table));
                             attr(b, 2, &cstr(set));
                             nested(b, 3, |b| {
@@ -232,7 +119,8 @@ impl Netlink {
                     for part in keys.chunks(ELEMENTS_PER_MESSAGE) {
                         let seq = self.next_seq();
                         expected += 1;
-                        message(&mut buf, nft_type(NFT_MSG_DELSETELEM), NLM_F_REQUEST | NLM_F_ACK, seq, family, 0, |b| {
+                        let header = Header { kind: nft_type(NFT_MSG_DELSETELEM), flags: NLM_F_REQUEST | NLM_F_ACK, seq, family, res_id: 0 };
+                        wire::message(&mut buf, header, |b| {
                             attr(b, 1, &cstr(table));
                             attr(b, 2, &cstr(set));
                             nested(b, 3, |b| {
@@ -247,34 +135,14 @@ impl Netlink {
             }
         }
         let end = self.next_seq();
-        message(&mut buf, NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        wire::message(&mut buf, marker(NFNL_MSG_BATCH_END, end), |_| {});
         if buf.len() > MAX_BATCH {
             return Err(KernelError::Netlink(format!("batch of {} bytes is too large", buf.len())));
         }
-        self.socket.send(&buf, 0).map_err(|e| io_err("netlink send", e))?;
-        self.read_acks(expected)
-    }
-
-    /// Reads one ACK (or the first error) per message of a batch.
-    fn read_acks(&mut self, mut expected: usize) -> Result<(), KernelError> {
-        let mut first_error = None;
-        while expected > 0 {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("netlink recv", e))?;
-            for (kind, msg) in messages(&data) {
-                if kind != NLMSG_ERROR {
-                    continue;
-                }
-                let code = error_code(msg);
-                expected = expected.saturating_sub(1);
-                if code != 0 {
-                    first_error.get_or_insert(io::Error::from_raw_os_error(-code));
-                    // After an error the kernel aborts the batch; the rest
-                    // of the messages get no ACK.
-                    expected = 0;
-                }
-            }
-        }
-        match first_error {
+        self.socket.send(&buf)?;
+        // After an error the kernel aborts the batch; the rest of the
+        // messages get no acknowledgement.
+        match self.socket.acks(expected, true)?.into_iter().next() {
             Some(e) => Err(KernelError::Netlink(format!("set elements refused: {e}"))),
             None => Ok(()),
         }
@@ -288,13 +156,13 @@ impl Netlink {
                 if *kind != 3 {
                     continue;
                 }
-                for (_, element) in parse_attrs(list) {
-                    let attrs = parse_attrs(element);
+                for (_, element) in wire::parse_attrs(list) {
+                    let attrs = wire::parse_attrs(element);
                     let value_of = |k: u16| {
                         attrs
                             .iter()
                             .find(|(kind, _)| *kind == k)
-                            .and_then(|(_, nested)| parse_attrs(nested).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v.to_vec()))
+                            .and_then(|(_, nested)| wire::parse_attrs(nested).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v.to_vec()))
                     };
                     if let Some(key) = value_of(1) {
                         out.push((key, value_of(2)));
@@ -316,33 +184,16 @@ impl Netlink {
     /// Runs a dump request with string attributes and returns the
     /// attributes of every reply.
     fn dump_with(&mut self, msg: u16, family: IpFamily, filters: &[(u16, &str)]) -> Result<Vec<OwnedAttrs>, KernelError> {
-        let seq = self.next_seq();
-        let mut buf = Vec::new();
-        message(&mut buf, nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family_byte(family), 0, |b| {
+        let mut out = Vec::new();
+        let body = |b: &mut Vec<u8>| {
             for (kind, value) in filters {
                 attr(b, *kind, &cstr(value));
             }
-        });
-        self.socket.send(&buf, 0).map_err(|e| io_err("netlink send", e))?;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("netlink recv", e))?;
-            for (kind, msg) in messages(&data) {
-                match kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = error_code(msg);
-                        if code != 0 {
-                            return Err(KernelError::Netlink(format!("dump refused: {}", io::Error::from_raw_os_error(-code))));
-                        }
-                    }
-                    _ if msg.len() >= 20 => {
-                        out.push(parse_attrs(&msg[20..]).into_iter().map(|(k, v)| (k, v.to_vec())).collect());
-                    }
-                    _ => {}
-                }
-            }
-        }
+        };
+        self.socket.dump(nft_type(msg), family_byte(family), body, |_, attrs| {
+            out.push(attrs.into_iter().map(|(k, v)| (k, v.to_vec())).collect());
+        })?;
+        Ok(out)
     }
 
     /// The names of every table of `family`.
@@ -380,7 +231,7 @@ impl Netlink {
 
 fn name_of(attrs: &[(u16, Vec<u8>)], kind: u16) -> Option<String> {
     let borrowed: Attrs<'_> = attrs.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-    attr_str(&borrowed, kind).map(str::to_string)
+    wire::attr_str(&borrowed, kind).map(str::to_string)
 }
 
 /// One `NFTA_LIST_ELEM` body.

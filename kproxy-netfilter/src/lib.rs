@@ -1,0 +1,18 @@
+//! # kproxy-netfilter
+//!
+//! Netfilter over netlink, shared by kproxy's dataplanes:
+//!
+//! - [`wire`]: the nfnetlink message format (headers, attributes, dumps,
+//!   acknowledgements) over a [`wire::NfSocket`];
+//! - [`conntrack`]: dumping conntrack entries and deleting, in batches,
+//!   the ones a [`StaleFlowFilter`](kproxy_core::conntrack::StaleFlowFilter)
+//!   calls stale — upstream's UDP cleanup after each sync.
+//!
+//! Everything here talks to the kernel of the calling thread's network
+//! namespace, or of a named one (`/run/netns/NAME`) for tests.
+
+pub mod conntrack;
+pub mod wire;
+
+pub use conntrack::{CleanReport, Conntrack};
+pub use wire::{NetlinkError, NfSocket};
