@@ -36,6 +36,27 @@ pub struct Flags {
     /// Masquerade all traffic to ClusterIPs.
     #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub masquerade_all: Option<bool>,
+    /// Conntrack entries per CPU (0 leaves the table size alone).
+    #[arg(long = "conntrack-max-per-core", value_name = "N")]
+    pub conntrack_max_per_core: Option<i32>,
+    /// The smallest conntrack table size.
+    #[arg(long = "conntrack-min", value_name = "N")]
+    pub conntrack_min: Option<i32>,
+    /// Idle timeout of established TCP connections (0 leaves it alone).
+    #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION")]
+    pub conntrack_tcp_timeout_established: Option<String>,
+    /// Timeout of TCP connections in CLOSE_WAIT (0 leaves it alone).
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION")]
+    pub conntrack_tcp_timeout_close_wait: Option<String>,
+    /// Let conntrack accept out-of-window TCP packets.
+    #[arg(long = "conntrack-tcp-be-liberal", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+    /// Timeout of unreplied UDP flows (0 leaves it alone).
+    #[arg(long = "conntrack-udp-timeout", value_name = "DURATION")]
+    pub conntrack_udp_timeout: Option<String>,
+    /// Timeout of UDP flows with replies (0 leaves it alone).
+    #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION")]
+    pub conntrack_udp_timeout_stream: Option<String>,
     /// Remove every rule any kproxy backend installed, then exit.
     #[arg(long)]
     pub cleanup: bool,

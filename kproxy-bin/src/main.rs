@@ -9,6 +9,7 @@ mod observer;
 mod run;
 mod servers;
 mod settings;
+mod sysctls;
 
 use std::process::ExitCode;
 

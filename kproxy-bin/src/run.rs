@@ -14,13 +14,14 @@ use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
 use tokio::sync::mpsc;
 
-use crate::config::{self, KubeProxyConfiguration};
+use crate::config::{self, ConntrackConfiguration, KubeProxyConfiguration};
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
 use crate::metrics::Metrics;
 use crate::observer::SyncObserver;
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{self, Mode, Settings};
+use crate::sysctls;
 
 /// Runs kproxy as the flags say.
 pub async fn run(flags: Flags) -> Result<()> {
@@ -71,6 +72,13 @@ pub async fn run(flags: Flags) -> Result<()> {
         }
         return Ok(());
     }
+    let applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
+    for change in &applied.changed {
+        tracing::info!("set {change}");
+    }
+    for warning in &applied.warnings {
+        tracing::warn!("{warning}");
+    }
     apply_flags(&mut file, &flags);
     let configz = serde_json::to_string(&file).unwrap_or_default();
     standalone(&settings, &node, families, Path::new(dir), state, configz).await
@@ -95,9 +103,33 @@ fn apply_flags(file: &mut KubeProxyConfiguration, flags: &Flags) {
     if let Some(a) = &flags.metrics_bind_address {
         file.metrics_bind_address = Some(a.clone());
     }
+    conntrack_flags(&mut file.conntrack, flags);
     if let Some(m) = flags.masquerade_all {
         file.nftables.get_or_insert_with(Default::default).masquerade_all = Some(m);
         file.iptables.get_or_insert_with(Default::default).masquerade_all = Some(m);
+    }
+}
+
+/// The `--conntrack-*` flags, folded into the file's `conntrack` section.
+fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) {
+    let timeouts = [
+        &flags.conntrack_tcp_timeout_established,
+        &flags.conntrack_tcp_timeout_close_wait,
+        &flags.conntrack_udp_timeout,
+        &flags.conntrack_udp_timeout_stream,
+    ];
+    if flags.conntrack_max_per_core.is_none() && flags.conntrack_min.is_none() && flags.conntrack_tcp_be_liberal.is_none() && timeouts.iter().all(|t| t.is_none()) {
+        return;
+    }
+    let c = section.get_or_insert_with(Default::default);
+    c.max_per_core = flags.conntrack_max_per_core.or(c.max_per_core);
+    c.min = flags.conntrack_min.or(c.min);
+    c.tcp_be_liberal = flags.conntrack_tcp_be_liberal.or(c.tcp_be_liberal);
+    let fields = [&mut c.tcp_established_timeout, &mut c.tcp_close_wait_timeout, &mut c.udp_timeout, &mut c.udp_stream_timeout];
+    for (flag, field) in timeouts.into_iter().zip(fields) {
+        if flag.is_some() {
+            field.clone_from(flag);
+        }
     }
 }
 

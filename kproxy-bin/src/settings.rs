@@ -8,6 +8,7 @@ use kproxy_core::{IpFamily, LocalDetector, NodeInfo, NodePortAddresses, ProxierC
 
 use crate::config::{parse_duration, ConfigError, KubeProxyConfiguration};
 use crate::flags::Flags;
+use crate::sysctls::ConntrackSysctls;
 
 /// A proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct Settings {
     pub healthz_bind_address: std::net::SocketAddr,
     /// The metrics server's address.
     pub metrics_bind_address: std::net::SocketAddr,
+    /// The conntrack sysctls to set at start.
+    pub conntrack: ConntrackSysctls,
 }
 
 fn bind_address(path: &str, field: &str, value: Option<&str>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
@@ -163,8 +166,12 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         "127.0.0.1:10249",
     )?;
 
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let conntrack = ConntrackSysctls::resolve(&config.conntrack.clone().unwrap_or_default(), flags, path, cpus)?;
+
     Ok(Settings {
         mode,
+        conntrack,
         node_name,
         healthz_bind_address,
         metrics_bind_address,

@@ -31,13 +31,18 @@ fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Scenar
 /// Starts `kproxy --manifests` for `scenario` in its topology's node and
 /// waits for the table; returns the manifests directory.
 fn start_kproxy(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str) -> std::path::PathBuf {
+    start_kproxy_with(topo, scenario, tag, &[])
+}
+
+/// [`start_kproxy`] with extra flags.
+fn start_kproxy_with(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, extra: &[&str]) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     write_manifests(&dir, scenario);
-    topo.node
-        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()])
-        .unwrap();
+    let mut args = vec![BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
+    args.extend(extra);
+    topo.node.spawn(&args).unwrap();
     let start = Instant::now();
     while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
         assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node");
@@ -166,5 +171,36 @@ fn udp_flows_move_off_an_endpoint_that_leaves_the_service() {
         .find(|l| l.starts_with("kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"}"))
         .unwrap_or_else(|| panic!("no deleted-entries metric:\n{metrics}"));
     assert!(!deleted.ends_with(" 0"), "{deleted}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The conntrack sysctls are set in kproxy's own network namespace, from
+/// the flags; the host's stay as they were.
+#[test]
+fn conntrack_sysctls_are_set_at_start() {
+    if !kernel_tests_enabled("conntrack_sysctls_are_set_at_start") {
+        return;
+    }
+    const DIR: &str = "/proc/sys/net/netfilter/";
+    let names = ["nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_close_wait", "nf_conntrack_tcp_be_liberal", "nf_conntrack_udp_timeout"];
+    let host = |name: &str| std::fs::read_to_string(format!("{DIR}{name}")).unwrap().trim().to_string();
+    let host_before: Vec<String> = names.iter().map(|n| host(n)).collect();
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    // maxPerCore 0: the table size is global; a test must not touch it.
+    let flags = [
+        "--conntrack-max-per-core", "0",
+        "--conntrack-tcp-timeout-established", "2h",
+        "--conntrack-tcp-be-liberal",
+        "--conntrack-udp-timeout", "45s",
+    ];
+    let dir = start_kproxy_with(&mut topo, &scenario, "sysctls", &flags);
+    let node = |name: &str| topo.node.exec(&["cat", &format!("{DIR}{name}")]).unwrap().trim().to_string();
+    let expected = ["7200", "3600", "1", "45"];
+    for (name, want) in names.iter().zip(expected) {
+        assert_eq!(node(name), want, "{name} in the node namespace");
+    }
+    let host_after: Vec<String> = names.iter().map(|n| host(n)).collect();
+    assert_eq!(host_before, host_after, "the host's conntrack sysctls changed");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,231 @@
+//! The conntrack sysctls kube-proxy sets at start: the table size
+//! (`nf_conntrack_max`, and the hash size with it) and the TCP and UDP
+//! timeouts, from the `conntrack` section and the `--conntrack-*` flags.
+//!
+//! Resolving is pure; [`apply`] writes under a root directory (`/` in
+//! production) and only what differs. A table size the kernel will not
+//! let this namespace change (it is read-only outside the initial network
+//! namespace, and sysfs may be mounted read-only) is a warning, as
+//! upstream; a timeout that cannot be set is an error.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{parse_duration, ConfigError, ConntrackConfiguration};
+use crate::flags::Flags;
+
+/// The values to set; `None` leaves a sysctl as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConntrackSysctls {
+    /// `nf_conntrack_max`: max(maxPerCore × CPUs, min), or None when
+    /// maxPerCore is 0.
+    pub max: Option<u64>,
+    /// `nf_conntrack_tcp_timeout_established`, seconds.
+    pub tcp_established: Option<u64>,
+    /// `nf_conntrack_tcp_timeout_close_wait`, seconds.
+    pub tcp_close_wait: Option<u64>,
+    /// `nf_conntrack_tcp_be_liberal` = 1 when set.
+    pub tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout`, seconds.
+    pub udp: Option<u64>,
+    /// `nf_conntrack_udp_timeout_stream`, seconds.
+    pub udp_stream: Option<u64>,
+}
+
+fn invalid(path: &str, field: &str, message: String) -> ConfigError {
+    ConfigError::Invalid { path: path.to_string(), field: format!("conntrack.{field}"), message }
+}
+
+/// A timeout: unset takes `default`; zero leaves the sysctl alone.
+fn timeout(path: &str, field: &str, value: Option<&str>, default: Option<Duration>) -> Result<Option<u64>, ConfigError> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty());
+    let d = match value {
+        None => default,
+        Some(text) => Some(parse_duration(text).ok_or_else(|| invalid(path, field, format!("{text:?} is not a duration (like 30s, 1h)")))?),
+    };
+    Ok(d.map(|d| d.as_secs()).filter(|s| *s > 0))
+}
+
+fn count(path: &str, field: &str, value: Option<i32>, default: i32) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    u64::try_from(v).map_err(|_| invalid(path, field, format!("{v} must be 0 or more")))
+}
+
+impl ConntrackSysctls {
+    /// Upstream's defaults and rules, flags over the file, for a machine
+    /// with `cpus` CPUs.
+    pub fn resolve(file: &ConntrackConfiguration, flags: &Flags, path: &str, cpus: u64) -> Result<Self, ConfigError> {
+        let max_per_core = count(path, "maxPerCore", flags.conntrack_max_per_core.or(file.max_per_core), 32_768)?;
+        let min = count(path, "min", flags.conntrack_min.or(file.min), 131_072)?;
+        let pick = |flag: &Option<String>, field: &Option<String>| flag.clone().or(field.clone());
+        Ok(ConntrackSysctls {
+            max: (max_per_core > 0).then(|| (max_per_core * cpus).max(min)),
+            tcp_established: timeout(
+                path,
+                "tcpEstablishedTimeout",
+                pick(&flags.conntrack_tcp_timeout_established, &file.tcp_established_timeout).as_deref(),
+                Some(Duration::from_secs(24 * 3600)),
+            )?,
+            tcp_close_wait: timeout(
+                path,
+                "tcpCloseWaitTimeout",
+                pick(&flags.conntrack_tcp_timeout_close_wait, &file.tcp_close_wait_timeout).as_deref(),
+                Some(Duration::from_secs(3600)),
+            )?,
+            tcp_be_liberal: flags.conntrack_tcp_be_liberal.or(file.tcp_be_liberal).unwrap_or(false),
+            udp: timeout(path, "udpTimeout", pick(&flags.conntrack_udp_timeout, &file.udp_timeout).as_deref(), None)?,
+            udp_stream: timeout(path, "udpStreamTimeout", pick(&flags.conntrack_udp_timeout_stream, &file.udp_stream_timeout).as_deref(), None)?,
+        })
+    }
+
+    /// The per-namespace sysctls (under `net/netfilter`) and their values.
+    fn timeouts(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        let mut put = |name, v: Option<u64>| out.extend(v.map(|v| (name, v)));
+        put("nf_conntrack_tcp_timeout_established", self.tcp_established);
+        put("nf_conntrack_tcp_timeout_close_wait", self.tcp_close_wait);
+        put("nf_conntrack_tcp_be_liberal", self.tcp_be_liberal.then_some(1));
+        put("nf_conntrack_udp_timeout", self.udp);
+        put("nf_conntrack_udp_timeout_stream", self.udp_stream);
+        out
+    }
+}
+
+const NETFILTER: &str = "proc/sys/net/netfilter";
+const HASHSIZE: &str = "sys/module/nf_conntrack/parameters/hashsize";
+
+fn read(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Writes `value` to `path` unless it already holds it; says what changed.
+fn set(path: &Path, value: u64) -> Result<Option<String>, String> {
+    if read(path) == Some(value) {
+        return Ok(None);
+    }
+    std::fs::write(path, value.to_string()).map_err(|e| format!("cannot set {} to {value}: {e}", path.display()))?;
+    Ok(Some(format!("{} = {value}", path.display())))
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Sysctls changed, as `path = value`.
+    pub changed: Vec<String>,
+    /// Table-size changes the kernel refused.
+    pub warnings: Vec<String>,
+}
+
+/// Applies `s` under `root`.
+pub fn apply(root: &Path, s: &ConntrackSysctls) -> Result<Applied, String> {
+    let mut done = Applied::default();
+    if let Some(max) = s.max {
+        match set(&root.join(NETFILTER).join("nf_conntrack_max"), max) {
+            Ok(changed) => done.changed.extend(changed),
+            Err(e) => done.warnings.push(format!("{e} (the table size is the host's to set; problems may arise later)")),
+        }
+        let hashsize = root.join(HASHSIZE);
+        if read(&hashsize).is_some_and(|h| h < max / 4) {
+            match set(&hashsize, max / 4) {
+                Ok(changed) => done.changed.extend(changed),
+                Err(e) => done.warnings.push(format!("{e} (sysfs read-only, or not the host's network namespace)")),
+            }
+        }
+    }
+    for (name, value) in s.timeouts() {
+        done.changed.extend(set(&root.join(NETFILTER).join(name), value)?);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let s = ConntrackSysctls::resolve(&ConntrackConfiguration::default(), &flags(&[]), "f", 2).unwrap();
+        assert_eq!(
+            s,
+            ConntrackSysctls { max: Some(131_072), tcp_established: Some(86_400), tcp_close_wait: Some(3600), tcp_be_liberal: false, udp: None, udp_stream: None }
+        );
+        let big = ConntrackSysctls::resolve(&ConntrackConfiguration::default(), &flags(&[]), "f", 64).unwrap();
+        assert_eq!(big.max, Some(64 * 32_768), "scaled by CPUs above the minimum");
+    }
+
+    #[test]
+    fn zero_leaves_things_alone_and_flags_win() {
+        let file = ConntrackConfiguration {
+            max_per_core: Some(0),
+            tcp_established_timeout: Some("0s".into()),
+            udp_timeout: Some("30s".into()),
+            udp_stream_timeout: Some("2m".into()),
+            tcp_be_liberal: Some(true),
+            ..Default::default()
+        };
+        let s = ConntrackSysctls::resolve(&file, &flags(&["--conntrack-tcp-timeout-close-wait", "10m", "--conntrack-udp-timeout", "45s"]), "f", 2).unwrap();
+        assert_eq!(
+            s,
+            ConntrackSysctls { max: None, tcp_established: None, tcp_close_wait: Some(600), tcp_be_liberal: true, udp: Some(45), udp_stream: Some(120) }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors_naming_the_field() {
+        let file = ConntrackConfiguration { min: Some(-1), ..Default::default() };
+        let e = ConntrackSysctls::resolve(&file, &flags(&[]), "kp.yaml", 2).unwrap_err().to_string();
+        assert!(e.contains("conntrack.min") && e.contains("-1") && !e.contains('\n'), "{e}");
+        let file = ConntrackConfiguration { udp_timeout: Some("soon".into()), ..Default::default() };
+        let e = ConntrackSysctls::resolve(&file, &flags(&[]), "kp.yaml", 2).unwrap_err().to_string();
+        assert!(e.contains("conntrack.udpTimeout") && e.contains("soon"), "{e}");
+    }
+
+    /// A fake root with the files kube-proxy touches.
+    fn fake_root(max: u64, hashsize: u64) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("kproxy-sysctls-{}-{max}-{hashsize}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join(NETFILTER)).unwrap();
+        std::fs::create_dir_all(root.join(HASHSIZE).parent().unwrap()).unwrap();
+        std::fs::write(root.join(NETFILTER).join("nf_conntrack_max"), format!("{max}\n")).unwrap();
+        std::fs::write(root.join(HASHSIZE), format!("{hashsize}\n")).unwrap();
+        for name in ["nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_close_wait"] {
+            std::fs::write(root.join(NETFILTER).join(name), "432000\n").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn apply_writes_what_differs_and_raises_the_hash_size() {
+        let root = fake_root(65_536, 16_384);
+        let s = ConntrackSysctls { max: Some(131_072), tcp_established: Some(86_400), tcp_close_wait: Some(432_000), ..Default::default() };
+        let done = apply(&root, &s).unwrap();
+        assert_eq!(done.changed.len(), 3, "{done:?}");
+        assert!(done.warnings.is_empty());
+        assert_eq!(read(&root.join(NETFILTER).join("nf_conntrack_max")), Some(131_072));
+        assert_eq!(read(&root.join(HASHSIZE)), Some(32_768));
+        assert_eq!(read(&root.join(NETFILTER).join("nf_conntrack_tcp_timeout_established")), Some(86_400));
+        assert_eq!(apply(&root, &s).unwrap(), Applied::default(), "a second run changes nothing");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_unwritable_table_size_warns_but_a_timeout_fails() {
+        let root = fake_root(1, 1);
+        // A directory where a file should be: every write fails.
+        for name in ["nf_conntrack_max", "nf_conntrack_udp_timeout"] {
+            let p = root.join(NETFILTER).join(name);
+            let _ = std::fs::remove_file(&p);
+            std::fs::create_dir_all(&p).unwrap();
+        }
+        let done = apply(&root, &ConntrackSysctls { max: Some(131_072), ..Default::default() }).unwrap();
+        assert_eq!(done.warnings.len(), 1, "{done:?}");
+        let e = apply(&root, &ConntrackSysctls { udp: Some(30), ..Default::default() }).unwrap_err();
+        assert!(e.contains("nf_conntrack_udp_timeout") && e.contains("30"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
