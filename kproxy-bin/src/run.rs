@@ -12,6 +12,7 @@ use kproxy_backend_nft::kernel::{Kernel, NftKernel};
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::{self, ConntrackConfiguration, KubeProxyConfiguration};
@@ -107,6 +108,14 @@ fn apply_flags(file: &mut KubeProxyConfiguration, flags: &Flags) {
     if let Some(m) = flags.masquerade_all {
         file.nftables.get_or_insert_with(Default::default).masquerade_all = Some(m);
         file.iptables.get_or_insert_with(Default::default).masquerade_all = Some(m);
+    }
+}
+
+/// Waits for SIGTERM (how Kubernetes stops a pod) or SIGINT; names it.
+async fn stop_signal(terminate: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
@@ -245,6 +254,7 @@ async fn standalone(
     send(initial, &senders).await;
     let mut known = state;
     let mut problems_seen = BTreeMap::new();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -262,10 +272,10 @@ async fn standalone(
                     known = state;
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            signal = stop_signal(&mut terminate) => {
                 // Rules stay in place, so traffic keeps flowing across a
                 // restart or an upgrade.
-                tracing::info!("stopping; the rules stay in place");
+                tracing::info!("{signal}: stopping; the rules stay in place");
                 return Ok(());
             }
         }

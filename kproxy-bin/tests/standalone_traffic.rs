@@ -36,19 +36,24 @@ fn start_kproxy(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, t
 
 /// [`start_kproxy`] with extra flags.
 fn start_kproxy_with(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, extra: &[&str]) -> std::path::PathBuf {
+    start_kproxy_handle(topo, scenario, tag, extra).0
+}
+
+/// [`start_kproxy_with`], also returning the process's handle in the node.
+fn start_kproxy_handle(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, extra: &[&str]) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     write_manifests(&dir, scenario);
     let mut args = vec![BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
     args.extend(extra);
-    topo.node.spawn(&args).unwrap();
+    let handle = topo.node.spawn(&args).unwrap();
     let start = Instant::now();
     while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
         assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node");
         std::thread::sleep(Duration::from_millis(100));
     }
-    dir
+    (dir, handle)
 }
 
 #[test]
@@ -202,5 +207,31 @@ fn conntrack_sysctls_are_set_at_start() {
     }
     let host_after: Vec<String> = names.iter().map(|n| host(n)).collect();
     assert_eq!(host_before, host_after, "the host's conntrack sysctls changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM (how Kubernetes stops a pod) stops kproxy with status 0 and
+/// leaves the rules in place, so traffic keeps flowing across a restart.
+#[test]
+fn sigterm_stops_kproxy_and_leaves_the_rules() {
+    if !kernel_tests_enabled("sigterm_stops_kproxy_and_leaves_the_rules") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let (dir, handle) = start_kproxy_handle(&mut topo, &scenario, "sigterm", &[]);
+    // Wait for the first sync's traffic before stopping.
+    let case = &scenario.cases[0];
+    let start = Instant::now();
+    while let Err(e) = check_case(&topo, &case.packet, &case.expected) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never served: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = topo.node.pid(handle).unwrap().to_string();
+    kproxy_testkit::run(&["kill", "-TERM", &pid]).unwrap();
+    let status = topo.node.wait_exit(handle, Duration::from_secs(10)).expect("kproxy ignored SIGTERM");
+    assert!(status.success(), "{status}");
+    let failures = check_scenario(&topo, &scenario);
+    assert!(failures.is_empty(), "traffic stopped with kproxy:\n{}", failures.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }

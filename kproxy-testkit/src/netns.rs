@@ -115,6 +115,28 @@ impl Netns {
         }
     }
 
+    /// The PID of a process this namespace started (`ip netns exec`
+    /// execs the command, so it is the command's own PID).
+    pub fn pid(&self, handle: usize) -> Option<u32> {
+        self.children.get(handle).map(|c| c.id())
+    }
+
+    /// Waits up to `timeout` for a process this namespace started to exit;
+    /// returns its status, or None if it is still running.
+    pub fn wait_exit(&mut self, handle: usize, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let child = self.children.get_mut(handle)?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Waits for a process started with [`Netns::spawn`] and returns what
     /// it printed.
     pub fn wait_output(&mut self, handle: usize) -> Result<String, String> {
