@@ -1,15 +1,19 @@
-//! The `kproxy` binary: a drop-in kube-proxy (work in progress, see the
-//! README), with a standalone mode that reads a directory of manifests.
+//! The `kproxy` binary: a drop-in kube-proxy that follows an API server
+//! (`--kubeconfig`, in-cluster config), or a directory of manifests in
+//! standalone mode (`--manifests`).
 
 mod config;
 mod flags;
 mod manifests;
 mod metrics;
 mod observer;
+mod proxy;
 mod run;
 mod servers;
 mod settings;
+mod standalone;
 mod sysctls;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -22,7 +26,10 @@ fn main() -> ExitCode {
         2..=3 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // kube's client logs every failed request at error level; kproxy's own
+    // warnings already say what failed and that it retries.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube_client=off")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if flags.logging_format.as_deref() == Some("json") {
         builder.json().init();

@@ -71,6 +71,32 @@ fn unimplemented_modes_say_so() {
 }
 
 #[test]
+fn an_unreadable_or_invalid_kubeconfig_is_one_line_naming_it() {
+    let base = ["--proxy-mode", "nftables", "--hostname-override", "n"];
+    fails_with(&kproxy(&[&base[..], &["--kubeconfig", "/nonexistent/kubeconfig"]].concat()), "/nonexistent/kubeconfig");
+    let dir = tempdir("kubeconfig");
+    let file = dir.join("kubeconfig");
+    std::fs::write(&file, "clusters: [[[\n").unwrap();
+    fails_with(&kproxy(&[&base[..], &["--kubeconfig", file.to_str().unwrap()]].concat()), "kubeconfig");
+    fails_with(&kproxy(&[&base[..], &["--master", "not a url"]].concat()), "--master");
+}
+
+#[test]
+fn no_api_server_and_no_manifests_says_what_to_do() {
+    let home = tempdir("home");
+    let out = Command::new(BIN)
+        .args(["--proxy-mode", "nftables", "--hostname-override", "n"])
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    fails_with(&out, "--manifests DIR");
+    fails_with(&kproxy(&["--proxy-mode", "nftables", "--hostname-override", "n", "--dry-run"]), "--dry-run needs --manifests");
+}
+
+#[test]
 fn a_missing_manifests_directory_is_one_line() {
     fails_with(&kproxy(&["--proxy-mode", "nftables", "--hostname-override", "n", "--manifests", "/nonexistent/dir", "--dry-run"]), "/nonexistent/dir");
 }

@@ -1,0 +1,103 @@
+//! Standalone mode's source: the manifests directory, re-read every second,
+//! its differences sent as updates.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use kproxy_core::runner::Update;
+
+use crate::manifests::{self, Manifests};
+use crate::proxy::{is_proxied, Proxy};
+
+/// The updates that take `old` to `new` (objects the label selector
+/// excludes count as absent).
+pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
+    let (old, new) = (selected(old), selected(new));
+    let mut out = Vec::new();
+    for (k, s) in &new.services {
+        if old.services.get(k) != Some(s) {
+            out.push(Update::Service { previous: old.services.get(k).cloned().map(Box::new), current: Some(Box::new(s.clone())) });
+        }
+    }
+    for (k, s) in &old.services {
+        if !new.services.contains_key(k) {
+            out.push(Update::Service { previous: Some(Box::new(s.clone())), current: None });
+        }
+    }
+    for (k, s) in &new.slices {
+        if old.slices.get(k) != Some(s) {
+            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: false });
+        }
+    }
+    for (k, s) in &old.slices {
+        if !new.slices.contains_key(k) {
+            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: true });
+        }
+    }
+    for (k, n) in &new.nodes {
+        if old.nodes.get(k) != Some(n) {
+            out.push(Update::Node(Box::new(n.clone())));
+        }
+    }
+    out
+}
+
+/// `m` without the objects upstream's label selector excludes.
+fn selected(m: &Manifests) -> Manifests {
+    let mut m = m.clone();
+    m.services.retain(|_, s| is_proxied(s.metadata.labels.as_ref()));
+    m.slices.retain(|_, s| is_proxied(s.metadata.labels.as_ref()));
+    m
+}
+
+/// Whether the node may receive traffic (not being deleted).
+pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
+    state.nodes.get(node_name).is_none_or(|n| n.metadata.deletion_timestamp.is_none())
+}
+
+/// Feeds `proxy` from `dir`, starting from `state` (already loaded), until
+/// the task is dropped.
+pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests) {
+    let mut initial = diff(&Manifests::default(), &state);
+    initial.push(Update::ServicesSynced);
+    initial.push(Update::EndpointSlicesSynced);
+    proxy.set_node_eligible(node_eligible(&state, node_name));
+    proxy.send(initial).await;
+    let mut known = state;
+    let mut problems_seen = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok((state, problems)) = manifests::load(dir) else { continue };
+        for p in problems {
+            if problems_seen.insert(p.clone()) {
+                tracing::warn!("skipping manifest: {p}");
+            }
+        }
+        proxy.set_node_eligible(node_eligible(&state, node_name));
+        let updates = diff(&known, &state);
+        if !updates.is_empty() {
+            proxy.send(updates).await;
+            known = state;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kproxy_core::oracle::fixtures::service;
+
+    #[test]
+    fn services_another_proxy_owns_are_left_out() {
+        let mut mine = Manifests::default();
+        mine.services.insert("ns/a".into(), service("ns", "a", &["172.30.0.1"]).port("p", 80, "TCP", 0).build());
+        let mut theirs = service("ns", "b", &["172.30.0.2"]).port("p", 80, "TCP", 0).build();
+        theirs.metadata.labels = Some([("service.kubernetes.io/service-proxy-name".to_string(), "other".to_string())].into());
+        mine.services.insert("ns/b".into(), theirs);
+        let updates = diff(&Manifests::default(), &mine);
+        assert_eq!(updates.len(), 1, "{updates:?}");
+        assert!(matches!(&updates[0], Update::Service { current: Some(s), .. } if s.metadata.name.as_deref() == Some("a")));
+    }
+}

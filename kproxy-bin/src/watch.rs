@@ -1,0 +1,233 @@
+//! Cluster mode's source: `kube` watchers on Services and EndpointSlices
+//! (with upstream's label selector) and on this node's Node.
+//!
+//! kube's watcher lists, then watches; after `410 Gone` or any error it
+//! lists again, with exponential backoff between failures. Each relist is
+//! compared with what was known so deletions missed while disconnected are
+//! still delivered. Rules are never touched while disconnected: the
+//! proxiers keep what they programmed until updates arrive.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use kproxy_core::runner::Update;
+use serde::de::DeserializeOwned;
+
+use crate::proxy::{label_selector, Proxy};
+
+/// One object kind's change, from [`ObjectCache::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<K> {
+    /// Added (`previous` None) or modified.
+    Upsert {
+        /// What was known before.
+        previous: Option<K>,
+        /// The object now.
+        current: K,
+    },
+    /// Deleted (its last known state).
+    Delete(K),
+    /// The first complete list has been delivered.
+    Synced,
+}
+
+/// The last known state of every object a watcher delivered, turning its
+/// events into changes.
+#[derive(Debug)]
+pub struct ObjectCache<K> {
+    known: HashMap<(String, String), K>,
+    relist: Option<HashMap<(String, String), K>>,
+    synced: bool,
+}
+
+impl<K> Default for ObjectCache<K> {
+    fn default() -> Self {
+        ObjectCache { known: HashMap::new(), relist: None, synced: false }
+    }
+}
+
+fn key<K: Resource>(o: &K) -> (String, String) {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+}
+
+/// Whether two states of an object are the same version.
+fn same<K: Resource + PartialEq>(a: &K, b: &K) -> bool {
+    match (&a.meta().resource_version, &b.meta().resource_version) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
+    /// The changes one watcher event makes.
+    pub fn apply(&mut self, event: Event<K>) -> Vec<Change<K>> {
+        match event {
+            Event::Init => {
+                self.relist = Some(HashMap::new());
+                Vec::new()
+            }
+            Event::InitApply(o) => {
+                self.relist.get_or_insert_with(HashMap::new).insert(key(&o), o);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let mut out = Vec::new();
+                for (k, o) in &listed {
+                    match self.known.get(k) {
+                        Some(old) if same(old, o) => {}
+                        old => out.push(Change::Upsert { previous: old.cloned(), current: o.clone() }),
+                    }
+                }
+                for (k, o) in &self.known {
+                    if !listed.contains_key(k) {
+                        out.push(Change::Delete(o.clone()));
+                    }
+                }
+                self.known = listed;
+                if !self.synced {
+                    self.synced = true;
+                    out.push(Change::Synced);
+                }
+                out
+            }
+            Event::Apply(o) => {
+                let previous = self.known.insert(key(&o), o.clone());
+                match previous {
+                    Some(p) if same(&p, &o) => Vec::new(),
+                    previous => vec![Change::Upsert { previous, current: o }],
+                }
+            }
+            Event::Delete(o) => {
+                let last = self.known.remove(&key(&o)).unwrap_or(o);
+                vec![Change::Delete(last)]
+            }
+        }
+    }
+}
+
+/// A Service change as a runner update.
+pub fn service_update(c: Change<Service>) -> Update {
+    match c {
+        Change::Upsert { previous, current } => Update::Service { previous: previous.map(Box::new), current: Some(Box::new(current)) },
+        Change::Delete(last) => Update::Service { previous: Some(Box::new(last)), current: None },
+        Change::Synced => Update::ServicesSynced,
+    }
+}
+
+/// An EndpointSlice change as a runner update.
+pub fn slice_update(c: Change<EndpointSlice>) -> Update {
+    match c {
+        Change::Upsert { current, .. } => Update::EndpointSlice { slice: Box::new(current), removed: false },
+        Change::Delete(last) => Update::EndpointSlice { slice: Box::new(last), removed: true },
+        Change::Synced => Update::EndpointSlicesSynced,
+    }
+}
+
+/// A client from `--kubeconfig` (or the config file's
+/// `clientConnection.kubeconfig`), else the in-cluster service account or
+/// `$KUBECONFIG`/`~/.kube/config`; `--master` overrides the server.
+pub async fn client(kubeconfig: Option<&str>, master: Option<&str>) -> anyhow::Result<Client> {
+    let mut config = match kubeconfig.filter(|k| !k.is_empty()) {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{path}: cannot read the kubeconfig: {}", one_line(&e)))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("{path}: unusable kubeconfig: {}", one_line(&e)))?
+        }
+        None => match master {
+            Some(_) => kube::Config::new("http://localhost".parse().expect("literal URL")),
+            None => kube::Config::infer().await.map_err(|e| {
+                anyhow::anyhow!("no API server: not in a cluster and no kubeconfig ({}); use --kubeconfig FILE, or --manifests DIR", one_line(&e))
+            })?,
+        },
+    };
+    if let Some(m) = master.filter(|m| !m.is_empty()) {
+        config.cluster_url = m.parse().map_err(|e| anyhow::anyhow!("--master {m:?}: not a URL: {e}"))?;
+    }
+    Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot build the API client: {}", one_line(&e)))
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// This node's Node object, retried for up to `attempts` seconds (a new
+/// node may not be registered yet); None if it never appears.
+pub async fn fetch_node(client: &Client, name: &str, attempts: u32) -> Option<Node> {
+    let api: Api<Node> = Api::all(client.clone());
+    for attempt in 0..attempts {
+        match api.get_opt(name).await {
+            Ok(Some(node)) => return Some(node),
+            Ok(None) => tracing::info!(node = name, "waiting for this node's Node object"),
+            Err(e) => tracing::warn!(node = name, error = %one_line(&e), "cannot read this node's Node object"),
+        }
+        if attempt + 1 < attempts {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    None
+}
+
+/// Runs one watcher until the task is dropped, handing each event's
+/// changes to `deliver`.
+async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, mut deliver: F)
+where
+    K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
+    F: FnMut(Vec<Change<K>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut cache = ObjectCache::default();
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let changes = cache.apply(event);
+                if !changes.is_empty() {
+                    deliver(changes).await;
+                }
+            }
+            // The watcher relists (after 410 Gone too) with backoff.
+            Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
+        }
+    }
+}
+
+/// Feeds `proxy` from the API server until the task is dropped.
+pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
+    let selector = label_selector();
+    let services = watch(Api::<Service>::all(client.clone()), watcher::Config::default().labels(&selector), "services", |changes| {
+        proxy.send(changes.into_iter().map(service_update).collect())
+    });
+    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", |changes| {
+        proxy.send(changes.into_iter().map(slice_update).collect())
+    });
+    let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let nodes = watch(Api::<Node>::all(client), node_config, "node", |changes| {
+        let mut updates = Vec::new();
+        for c in changes {
+            match c {
+                Change::Upsert { current, .. } => {
+                    proxy.set_node_eligible(current.meta().deletion_timestamp.is_none());
+                    updates.push(Update::Node(Box::new(current)));
+                }
+                Change::Delete(last) => {
+                    tracing::warn!(node = %last.name_any(), "this node's Node object was deleted");
+                    proxy.set_node_eligible(false);
+                }
+                Change::Synced => {}
+            }
+        }
+        proxy.send(updates)
+    });
+    tokio::join!(services, slices, nodes);
+}
+
+#[cfg(test)]
+mod tests;

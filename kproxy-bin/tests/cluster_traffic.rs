@@ -1,0 +1,105 @@
+//! The binary in cluster mode against an API server (a fake one that
+//! speaks list and watch; the e2e suite runs the real kube-apiserver):
+//! kproxy runs in a private node namespace, takes a scenario's objects
+//! from the API, and is checked with real traffic through the API's
+//! failure modes. Needs root (skips without, must run in CI).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fake_api::{FakeApi, Resource};
+use kproxy_core::oracle::{fixtures as fx, scenarios, Scenario, Verdict};
+use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+fn has_table(topo: &Topology) -> bool {
+    topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-")
+}
+
+fn eventually(what: &str, seconds: u64, mut ok: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > Duration::from_secs(seconds) => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn put_scenario(api: &FakeApi, scenario: &Scenario) {
+    api.put(&scenario.node);
+    for s in &scenario.services {
+        api.put(s);
+    }
+    for s in &scenario.slices {
+        api.put(s);
+    }
+}
+
+#[test]
+fn cluster_mode_follows_the_api_through_relists_and_outages() {
+    if !kernel_tests_enabled("cluster_mode_follows_the_api_through_relists_and_outages") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let api = FakeApi::start_in_netns(topo.node.name());
+    put_scenario(&api, &scenario);
+    // A Service another proxy implements: never this proxy's.
+    let mut foreign = fx::service("ns1", "foreign", &["172.30.0.77"]).port("p80", 80, "TCP", 0).build();
+    foreign.metadata.labels = Some([("service.kubernetes.io/service-proxy-name".to_string(), "other".to_string())].into());
+    api.put(&foreign);
+
+    // Nothing is synced before both initial lists are complete.
+    api.gate(Resource::EndpointSlices, true);
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .unwrap();
+    eventually("kproxy never listed services", 10, || {
+        api.requests().iter().any(|r| r.starts_with("/api/v1/services?")).then_some(()).ok_or_else(|| format!("{:?}", api.requests()))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has_table(&topo), "synced before the EndpointSlice list was complete");
+    api.gate(Resource::EndpointSlices, false);
+    eventually("the scenario never passed", 15, || {
+        let failures = check_scenario(&topo, &scenario);
+        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
+    });
+    let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
+    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
+        assert!(api.requests().iter().any(|r| r.starts_with(path) && r.contains(selector)), "{path} without upstream's selector: {:?}", api.requests());
+    }
+    let mut foreign_packet = scenario.cases[0].packet.clone();
+    foreign_packet.dst = "172.30.0.77".parse().unwrap();
+    check_case(&topo, &foreign_packet, &Verdict::NotService).unwrap();
+
+    // A watch event: the slice loses its local endpoint.
+    let packet = scenario.cases[0].packet.clone();
+    let mut slice = scenario.slices[0].clone();
+    slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
+    api.put(&slice);
+    let only_remote = Verdict::forward(&["10.180.1.1:8080"], false);
+    eventually("a watch event never reached the kernel", 10, || check_case(&topo, &packet, &only_remote));
+
+    // 410 Gone: the change made meanwhile is only visible by relisting.
+    api.expire_watches();
+    api.put(&scenario.slices[0]);
+    eventually("the relist after 410 never reached the kernel", 15, || check_scenario(&topo, &scenario).is_empty().then_some(()).ok_or("not yet".into()));
+
+    // The API server goes away: the rules stay and traffic flows.
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = check_scenario(&topo, &scenario);
+    assert!(failures.is_empty(), "traffic broke while the API server was down:\n{}", failures.join("\n"));
+    // ... and comes back: kproxy reconnects (with backoff) and follows.
+    api.delete(Resource::Services, "ns1", "svc1");
+    api.set_down(false);
+    let gone = Verdict::NotService;
+    eventually("kproxy never reconnected", 30, || check_case(&topo, &packet, &gone));
+    let _ = std::fs::remove_file(&kubeconfig);
+}
