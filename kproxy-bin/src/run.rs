@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use kproxy_backend_nft::fake::FakeKernel;
-use kproxy_backend_nft::kernel::{Kernel, NftKernel};
+use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel};
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::runner::Update;
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
@@ -63,6 +63,12 @@ fn families_of(node: &NodeInfo) -> Vec<IpFamily> {
     }
 }
 
+/// Fails with one line if this machine cannot run the nftables backend.
+async fn check_kernel_support() -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    kproxy_backend_nft::kernel::check_support(&NftCli::new(), &release).await.map_err(anyhow::Error::msg)
+}
+
 /// Sets the conntrack sysctls, logging what changed.
 fn set_sysctls(settings: &Settings) -> Result<()> {
     let applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
@@ -94,6 +100,7 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
         }
         return Ok(());
     }
+    check_kernel_support().await?;
     set_sysctls(settings)?;
     let proxy = Proxy::start(settings, &node, &families, configz).await?;
     until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state)).await
@@ -104,6 +111,7 @@ async fn cluster(settings: &Settings, flags: &Flags, file_kubeconfig: Option<Str
     if flags.dry_run {
         bail!("--dry-run needs --manifests DIR");
     }
+    check_kernel_support().await?;
     let kubeconfig = flags.kubeconfig.clone().or(file_kubeconfig);
     let client = watch::client(kubeconfig.as_deref(), flags.master.as_deref()).await?;
     // Like upstream, wait a while for the Node (its addresses decide the

@@ -96,6 +96,27 @@ fn no_api_server_and_no_manifests_says_what_to_do() {
     fails_with(&kproxy(&["--proxy-mode", "nftables", "--hostname-override", "n", "--dry-run"]), "--dry-run needs --manifests");
 }
 
+/// Runs kproxy in standalone mode with `path` as its whole PATH.
+fn with_path(path: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .args(["--proxy-mode", "nftables", "--hostname-override", "n", "--manifests", example_cluster().to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn missing_kernel_support_says_what_is_missing() {
+    let empty = tempdir("empty-path");
+    fails_with(&with_path(&empty), "needs the `nft` command");
+    let old = tempdir("old-nft");
+    let nft = old.join("nft");
+    std::fs::write(&nft, "#!/bin/sh\necho 'nftables v0.9.8 (E.D.S.)'\n").unwrap();
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fails_with(&with_path(&old), "nft 0.9.8 is too old");
+}
+
 #[test]
 fn a_missing_manifests_directory_is_one_line() {
     fails_with(&kproxy(&["--proxy-mode", "nftables", "--hostname-override", "n", "--manifests", "/nonexistent/dir", "--dry-run"]), "/nonexistent/dir");

@@ -11,8 +11,10 @@
 
 mod encode;
 mod netlink;
+mod support;
 
 pub use netlink::Netlink;
+pub use support::{check_support, parse_kernel_release, parse_nft_version, MIN_KERNEL, MIN_NFT};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
