@@ -102,4 +102,11 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     let gone = Verdict::NotService;
     eventually("kproxy never reconnected", 30, || check_case(&topo, &packet, &gone));
     let _ = std::fs::remove_file(&kubeconfig);
+
+    // deploy/'s ClusterRole allows every request kproxy made.
+    let granted = common::deploy::granted();
+    for request in api.requests() {
+        let (group, resource, verb) = common::fake_api::rbac_of(&request);
+        assert!(granted.contains(&(group.clone(), resource.clone(), verb.clone())), "deploy/rbac.yaml does not allow {verb} {group}/{resource} ({request})");
+    }
 }

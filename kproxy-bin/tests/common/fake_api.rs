@@ -268,6 +268,25 @@ impl FakeApi {
     }
 }
 
+/// The (API group, resource, verb) RBAC needs for a request line.
+pub fn rbac_of(request: &str) -> (String, String, String) {
+    let (path, query) = request.split_once('?').unwrap_or((request, ""));
+    let (resource, name) = Resource::of_path(path).unwrap_or_else(|| panic!("unexpected request {request}"));
+    let (group, plural) = match resource {
+        Resource::Services => ("", "services"),
+        Resource::EndpointSlices => ("discovery.k8s.io", "endpointslices"),
+        Resource::Nodes => ("", "nodes"),
+    };
+    let verb = if name.is_some() {
+        "get"
+    } else if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
+        "watch"
+    } else {
+        "list"
+    };
+    (group.to_string(), plural.to_string(), verb.to_string())
+}
+
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
 }

@@ -1,0 +1,74 @@
+//! `deploy/` is what an operator applies: the documents must parse as the
+//! Kubernetes objects they claim to be, fit together, grant only what
+//! kproxy uses, and carry a configuration the binary accepts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::deploy::{document, granted, path};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+#[test]
+fn the_role_grants_reads_of_services_endpointslices_and_nodes_only() {
+    let expected: BTreeSet<(String, String, String)> = [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")]
+        .into_iter()
+        .flat_map(|(g, r)| ["get", "list", "watch"].map(|v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(granted(), expected);
+}
+
+#[test]
+fn the_pieces_fit_together() {
+    let account: ServiceAccount = document("rbac.yaml", "ServiceAccount");
+    let binding: ClusterRoleBinding = document("rbac.yaml", "ClusterRoleBinding");
+    let config: ConfigMap = document("configmap.yaml", "ConfigMap");
+    let ds: DaemonSet = document("daemonset.yaml", "DaemonSet");
+    let name = account.metadata.name.clone().unwrap();
+    let namespace = account.metadata.namespace.clone().unwrap();
+    assert_eq!(namespace, "kube-system");
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!((subject.kind.as_str(), subject.name.as_str(), subject.namespace.as_deref()), ("ServiceAccount", name.as_str(), Some("kube-system")));
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+    assert_eq!(pod.host_network, Some(true), "kube-proxy's dataplane is the node's");
+    let container = &pod.containers[0];
+    assert_eq!(container.security_context.as_ref().unwrap().privileged, Some(true));
+    let command = container.command.clone().unwrap();
+    let config_arg = command.iter().find_map(|a| a.strip_prefix("--config=")).expect("--config");
+    assert!(command.iter().any(|a| a == "--hostname-override=$(NODE_NAME)"));
+    let (dir, file) = config_arg.rsplit_once('/').unwrap();
+    let mount = container.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == dir).expect("the config directory is mounted");
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(volume.config_map.as_ref().unwrap().name, config.metadata.name.clone().unwrap());
+    assert!(config.data.as_ref().unwrap().contains_key(file), "the ConfigMap has {file}");
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone());
+    assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/livez"));
+    assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/healthz"));
+}
+
+#[test]
+fn the_binary_accepts_the_configmaps_configuration() {
+    let config: ConfigMap = document("configmap.yaml", "ConfigMap");
+    let text = &config.data.unwrap()["config.conf"];
+    let dir = std::env::temp_dir().join(format!("kproxy-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, out) = (dir.join("config.conf"), dir.join("effective.yaml"));
+    std::fs::write(&file, text).unwrap();
+    let run = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "--hostname-override", "node-a", "--write-config-to", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let effective = std::fs::read_to_string(&out).unwrap();
+    assert!(effective.contains("mode: nftables"), "{effective}");
+    assert!(path("Dockerfile").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
