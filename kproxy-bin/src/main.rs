@@ -21,7 +21,20 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let flags = flags::Flags::parse();
-    let level = match flags.verbosity.unwrap_or(0) {
+    // The file's `logging` section counts too (flags win); any other
+    // problem with the file is reported once logging is up.
+    let file_logging = flags
+        .config
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok().and_then(|text| config::parse(p, &text).ok()))
+        .and_then(|c| c.logging)
+        .unwrap_or_default();
+    let format = flags.logging_format.clone().or(file_logging.format).unwrap_or_else(|| "text".into());
+    if format != "text" && format != "json" {
+        eprintln!("kproxy: unknown logging format {format:?} (expected text or json)");
+        return ExitCode::FAILURE;
+    }
+    let level = match flags.verbosity.or(file_logging.verbosity).unwrap_or(0) {
         0..=1 => "info",
         2..=3 => "debug",
         _ => "trace",
@@ -31,7 +44,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube_client=off")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if flags.logging_format.as_deref() == Some("json") {
+    if format == "json" {
         builder.json().init();
     } else {
         builder.init();

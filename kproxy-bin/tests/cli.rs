@@ -161,3 +161,22 @@ fn write_config_to_writes_the_effective_configuration() {
     let again = kproxy(&["--config", out_file.to_str().unwrap(), "--write-config-to", dir.join("again.yaml").to_str().unwrap()]);
     assert!(again.status.success(), "the written file reads back: {}", String::from_utf8_lossy(&again.stderr));
 }
+
+#[test]
+fn the_logging_format_comes_from_flags_or_the_file() {
+    fails_with(&kproxy(&["--logging-format", "yaml"]), "unknown logging format \"yaml\"");
+    // JSON logs: every stderr line of a dry run that warns is a JSON object.
+    let dir = tempdir("json-logs");
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, "logging:\n  format: json\n").unwrap();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("bad.yaml"), "kind: Service\nspec: [\n").unwrap();
+    let out = kproxy(&["--config", config.to_str().unwrap(), "--proxy-mode", "nftables", "--hostname-override", "n", "--manifests", manifests.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}

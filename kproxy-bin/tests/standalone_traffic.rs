@@ -235,3 +235,27 @@ fn sigterm_stops_kproxy_and_leaves_the_rules() {
     assert!(failures.is_empty(), "traffic stopped with kproxy:\n{}", failures.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--cleanup` removes every table kproxy installed, leaves other tables
+/// alone, exits 0, and is idempotent.
+#[test]
+fn cleanup_removes_kproxys_tables_and_nothing_else() {
+    if !kernel_tests_enabled("cleanup_removes_kproxys_tables_and_nothing_else") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    topo.node.exec(&["nft", "add", "table", "inet", "someone-else"]).unwrap();
+    let (dir, handle) = start_kproxy_handle(&mut topo, &scenario, "cleanup", &[]);
+    let pid = topo.node.pid(handle).unwrap().to_string();
+    kproxy_testkit::run(&["kill", "-TERM", &pid]).unwrap();
+    topo.node.wait_exit(handle, Duration::from_secs(10)).expect("kproxy ignored SIGTERM");
+    assert!(topo.node.exec(&["nft", "list", "tables"]).unwrap().contains("kproxy-"), "rules should outlive the process");
+    for _ in 0..2 {
+        topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
+        let tables = topo.node.exec(&["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("kproxy-"), "{tables}");
+        assert!(tables.contains("table inet someone-else"), "{tables}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
