@@ -12,14 +12,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use kproxy_core::conntrack::{Flow, StaleFlowFilter};
 use kproxy_core::{IpFamily, Protocol};
 
-use crate::wire::{self, Header, NetlinkError, NfSocket, NLM_F_ACK, NLM_F_REQUEST};
+use crate::wire::{self, Header, NetlinkError, NfSocket, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
+
+/// `NLM_F_EXCL`: fail if the entry exists.
+const NLM_F_EXCL: u16 = 0x200;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TIMEOUT: u16 = 7;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -118,6 +123,34 @@ impl Conntrack {
             deleted += part.len() - errors.len();
         }
         Ok(deleted)
+    }
+
+    /// Creates entries for `flows` (replies addressed to the original
+    /// source, so no source NAT), expiring after `timeout_seconds`: for
+    /// tests and benchmarks, which need many entries without the traffic.
+    pub fn insert(&mut self, flows: &[Flow], timeout_seconds: u32) -> Result<(), NetlinkError> {
+        for part in flows.chunks(DELETES_PER_SEND) {
+            let mut buf = Vec::new();
+            for flow in part {
+                let seq = self.socket.next_seq();
+                let family = if flow.original_destination.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
+                let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+                let header = Header { kind: ct_type(IPCTNL_MSG_CT_NEW), flags, seq, family: af(family), res_id: 0 };
+                wire::message(&mut buf, header, |b| {
+                    encode_tuple(b, CTA_TUPLE_ORIG, flow.protocol, flow.original_source, flow.original_destination);
+                    encode_tuple(b, CTA_TUPLE_REPLY, flow.protocol, flow.reply_source, flow.original_source);
+                    wire::attr(b, CTA_TIMEOUT, &timeout_seconds.to_be_bytes());
+                    if flow.zone != 0 {
+                        wire::attr(b, CTA_ZONE, &flow.zone.to_be_bytes());
+                    }
+                });
+            }
+            self.socket.send(&buf)?;
+            if let Some(e) = self.socket.acks(part.len(), false)?.first() {
+                return Err(NetlinkError(format!("conntrack insert refused: {e}")));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the entries of `family` that `filter` calls stale.
