@@ -95,6 +95,24 @@ impl Netns {
         Ok(self.children.len() - 1)
     }
 
+    /// Starts a long-running process inside the namespace with its stdout
+    /// and stderr appended to `log` (for chatty servers); returns its
+    /// handle.
+    pub fn spawn_logged(&mut self, args: &[&str], log: &std::path::Path) -> Result<usize, String> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.join(" ")))?;
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
     /// Starts `args` inside the namespace with stdout piped.
     fn start(&self, args: &[&str]) -> Result<Child, String> {
         Command::new("ip")

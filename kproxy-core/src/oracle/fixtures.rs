@@ -97,14 +97,19 @@ pub fn node() -> Node {
 pub struct ServiceBuilder(Service);
 
 /// Starts a ClusterIP Service `namespace/name` with the given ClusterIPs
-/// (one per family).
+/// (one per family), with the IP families and family policy the API server
+/// would record for them.
 pub fn service(namespace: &str, name: &str, cluster_ips: &[&str]) -> ServiceBuilder {
+    let families: Vec<String> = cluster_ips.iter().map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" }.to_string()).collect();
+    let policy = if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" };
     ServiceBuilder(Service {
         metadata: meta(namespace, name),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             cluster_ip: cluster_ips.first().map(|s| s.to_string()),
             cluster_ips: Some(cluster_ips.iter().map(|s| s.to_string()).collect()),
+            ip_families: Some(families),
+            ip_family_policy: Some(policy.into()),
             ..Default::default()
         }),
         status: None,

@@ -1,0 +1,27 @@
+//! # kproxy-e2e
+//!
+//! The end-to-end harness. A real etcd and kube-apiserver (built from
+//! `k8s.io/kubernetes` by `e2e/k8s/build.sh`) run in a control-plane
+//! network namespace; node namespaces reach it over a private bridge and
+//! run a proxy (kproxy, or upstream kube-proxy for comparison); tests
+//! create and change objects through the API and check real traffic.
+//!
+//! ```text
+//!  control-plane namespace: etcd (127.0.0.1:2379), kube-apiserver (198.18.0.1:6443)
+//!     bridge kpe0 198.18.0.1/24
+//!        │ veth per node
+//!  node namespace (198.18.0.N): the proxy, pods, an outside client (kproxy-testkit)
+//! ```
+//!
+//! Nothing touches the host's network namespace; every namespace and
+//! process is removed when its owner is dropped, also when a test fails.
+
+pub mod api;
+pub mod binaries;
+pub mod control_plane;
+pub mod scenario;
+
+pub use api::Api;
+pub use binaries::{e2e_binaries, Binaries};
+pub use control_plane::ControlPlane;
+pub use scenario::ProxyKind;

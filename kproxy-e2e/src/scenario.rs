@@ -1,0 +1,146 @@
+//! A shared scenario (`kproxy_core::oracle::scenarios`) on the real API:
+//! its objects applied through the API server, the proxy's configuration
+//! file, and the proxies that can run it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kproxy_core::oracle::{scenarios, Scenario};
+use kproxy_core::LocalDetector;
+use kproxy_testkit::{check_scenario, Netns, Topology};
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::binaries::Binaries;
+use crate::control_plane::ControlPlane;
+
+/// Applies the scenario's Node, Services (with load-balancer status) and
+/// EndpointSlices, creating their namespaces.
+pub fn apply(api: &Api, scenario: &Scenario) -> Result<(), String> {
+    let mut node = scenario.node.clone();
+    if let Some(spec) = node.spec.as_mut() {
+        // The API wants podCIDR to be the first of podCIDRs.
+        spec.pod_cidr = spec.pod_cidrs.as_ref().and_then(|c| c.first().cloned());
+    }
+    api.put(&node)?;
+    let namespaces: std::collections::BTreeSet<String> =
+        scenario.services.iter().filter_map(|s| s.metadata.namespace.clone()).chain(scenario.slices.iter().filter_map(|s| s.metadata.namespace.clone())).collect();
+    for ns in namespaces {
+        api.namespace(&ns)?;
+    }
+    for svc in &scenario.services {
+        api.apply(svc)?;
+        if svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).is_some_and(|lb| lb.ingress.is_some()) {
+            api.apply_status(svc)?;
+        }
+    }
+    for slice in &scenario.slices {
+        api.apply(slice)?;
+    }
+    Ok(())
+}
+
+/// Deletes the scenario's Services and EndpointSlices (the Node stays).
+pub fn delete(api: &Api, scenario: &Scenario) -> Result<(), String> {
+    for slice in &scenario.slices {
+        api.delete(slice)?;
+    }
+    for svc in &scenario.services {
+        api.delete(svc)?;
+    }
+    Ok(())
+}
+
+/// Which proxy runs a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// kproxy (this repository's binary).
+    Kproxy,
+    /// Upstream kube-proxy, built by `e2e/k8s/build.sh`.
+    Upstream,
+}
+
+impl ProxyKind {
+    /// The API user the proxy authenticates as (see the control plane's
+    /// tokens and bindings).
+    pub fn user(self) -> &'static str {
+        match self {
+            ProxyKind::Kproxy => "kproxy",
+            ProxyKind::Upstream => "system:kube-proxy",
+        }
+    }
+}
+
+/// The `KubeProxyConfiguration` both proxies read for `scenario` (same
+/// file, same meaning), in nftables mode.
+pub fn config(scenario: &Scenario, kubeconfig: &Path) -> Value {
+    let c = &scenario.config;
+    let mut config = json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "nftables",
+        "hostnameOverride": kproxy_core::oracle::fixtures::NODE_NAME,
+        "clientConnection": {"kubeconfig": kubeconfig.to_string_lossy()},
+        // The table size is global: tests leave it alone.
+        "conntrack": {"maxPerCore": 0},
+        "nftables": {"masqueradeAll": c.masquerade_all, "masqueradeBit": c.masquerade_bit, "minSyncPeriod": "0s", "syncPeriod": "30s"},
+    });
+    match &c.local_detector {
+        LocalDetector::None => {}
+        LocalDetector::ClusterCidr(nets) => {
+            config["clusterCIDR"] = json!(nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
+        }
+        LocalDetector::NodeCidr(_) => config["detectLocalMode"] = json!("NodeCIDR"),
+        LocalDetector::BridgeInterface(b) => {
+            config["detectLocalMode"] = json!("BridgeInterface");
+            config["detectLocal"] = json!({"bridgeInterface": b});
+        }
+        LocalDetector::InterfaceNamePrefix(p) => {
+            config["detectLocalMode"] = json!("InterfaceNamePrefix");
+            config["detectLocal"] = json!({"interfaceNamePrefix": p});
+        }
+    }
+    config
+}
+
+/// Starts `kind` in `node` with `config` (written next to `kubeconfig`);
+/// returns the process handle in `node`.
+pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path, binary: &str) -> Result<usize, String> {
+    let path: PathBuf = dir.join(format!("config-{}.json", node.name()));
+    std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+    let log = dir.join(format!("{}-{}.log", match kind { ProxyKind::Kproxy => "kproxy", ProxyKind::Upstream => "kube-proxy" }, node.name()));
+    node.spawn_logged(&[binary, &format!("--config={}", path.display())], &log)
+}
+
+/// Runs every shared scenario with `kind` (its binary at `binary`) against
+/// a fresh control plane, one node namespace at a time: objects through
+/// the API, the proxy started with the scenario's configuration, every
+/// case checked with real traffic until it passes or 20 s pass. Prints,
+/// per scenario, how long after the proxy's start every case passed;
+/// returns the failures.
+pub fn run_all(bins: &Binaries, kind: ProxyKind, binary: &str) -> Result<Vec<String>, String> {
+    let mut cp = ControlPlane::start(bins)?;
+    let api = cp.admin()?;
+    let kubeconfig = cp.kubeconfig(kind.user())?;
+    let mut failures = Vec::new();
+    for s in scenarios::all() {
+        let mut topo = Topology::build(&s)?;
+        cp.attach(&topo.node)?;
+        apply(&api, &s)?;
+        let start = Instant::now();
+        start_proxy(kind, &mut topo.node, &config(&s, &kubeconfig), cp.dir(), binary)?;
+        let mut last = Vec::new();
+        while start.elapsed() < Duration::from_secs(20) {
+            last = check_scenario(&topo, &s);
+            if last.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("{:<48} {:>2} cases, all passing {:.1} s after {kind:?} started", s.name, s.cases.len(), start.elapsed().as_secs_f64());
+        failures.extend(last);
+        drop(topo);
+        delete(&api, &s)?;
+    }
+    Ok(failures)
+}
