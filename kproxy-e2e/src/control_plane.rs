@@ -142,6 +142,18 @@ impl ControlPlane {
         self.start_apiserver()
     }
 
+    /// Compacts etcd's history up to now, so a watch resuming from any
+    /// earlier resourceVersion gets `410 Gone` and must list again.
+    pub fn compact_etcd(&self) -> Result<(), String> {
+        let url = "http://127.0.0.1:2379/v3";
+        let range = self.ns.exec(&["curl", "-sf", "-X", "POST", &format!("{url}/kv/range"), "-d", r#"{"key":"AA=="}"#])?;
+        let doc: serde_json::Value = serde_json::from_str(&range).map_err(|e| format!("etcd range: {e}: {range}"))?;
+        let revision = doc["header"]["revision"].as_str().ok_or_else(|| format!("no revision in {range}"))?.to_string();
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        self.ns.exec(&["curl", "-sf", "-X", "POST", &format!("{url}/kv/compaction"), "-d", &body])?;
+        Ok(())
+    }
+
     /// Connects a node namespace to the control plane's bridge; returns
     /// the node's address there.
     pub fn attach(&mut self, node: &Netns) -> Result<String, String> {

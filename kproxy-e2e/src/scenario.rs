@@ -103,12 +103,21 @@ pub fn config(scenario: &Scenario, kubeconfig: &Path) -> Value {
     config
 }
 
-/// Starts `kind` in `node` with `config` (written next to `kubeconfig`);
-/// returns the process handle in `node`.
+/// The log file of `kind` running in `node`.
+pub fn log_path(kind: ProxyKind, node: &Netns, dir: &Path) -> PathBuf {
+    let name = match kind {
+        ProxyKind::Kproxy => "kproxy",
+        ProxyKind::Upstream => "kube-proxy",
+    };
+    dir.join(format!("{name}-{}.log", node.name()))
+}
+
+/// Starts `kind` in `node` with `config` (written to `dir`, where its log
+/// goes too); returns the process handle in `node`.
 pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path, binary: &str) -> Result<usize, String> {
     let path: PathBuf = dir.join(format!("config-{}.json", node.name()));
     std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
-    let log = dir.join(format!("{}-{}.log", match kind { ProxyKind::Kproxy => "kproxy", ProxyKind::Upstream => "kube-proxy" }, node.name()));
+    let log = log_path(kind, node, dir);
     node.spawn_logged(&[binary, &format!("--config={}", path.display())], &log)
 }
 
