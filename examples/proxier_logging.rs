@@ -72,10 +72,10 @@ async fn main() -> Result<()> {
     // A watcher would send these; here they come from a shipped scenario.
     tokio::spawn(async move {
         for s in scenario.services {
-            let _ = tx.send(Update::Service { previous: None, current: Some(Box::new(s)) }).await;
+            let _ = tx.send(Update::Service { previous: None, current: Some(std::sync::Arc::new(s)) }).await;
         }
         for slice in scenario.slices {
-            let _ = tx.send(Update::EndpointSlice { slice: Box::new(slice), removed: false }).await;
+            let _ = tx.send(Update::EndpointSlice { slice: std::sync::Arc::new(slice), removed: false }).await;
         }
         let _ = tx.send(Update::ServicesSynced).await;
         let _ = tx.send(Update::EndpointSlicesSynced).await;

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use kproxy_core::runner::Update;
 
 use crate::manifests::{self, Manifests};
@@ -17,27 +19,27 @@ pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
     let mut out = Vec::new();
     for (k, s) in &new.services {
         if old.services.get(k) != Some(s) {
-            out.push(Update::Service { previous: old.services.get(k).cloned().map(Box::new), current: Some(Box::new(s.clone())) });
+            out.push(Update::Service { previous: old.services.get(k).cloned().map(Arc::new), current: Some(Arc::new(s.clone())) });
         }
     }
     for (k, s) in &old.services {
         if !new.services.contains_key(k) {
-            out.push(Update::Service { previous: Some(Box::new(s.clone())), current: None });
+            out.push(Update::Service { previous: Some(Arc::new(s.clone())), current: None });
         }
     }
     for (k, s) in &new.slices {
         if old.slices.get(k) != Some(s) {
-            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: false });
+            out.push(Update::EndpointSlice { slice: Arc::new(s.clone()), removed: false });
         }
     }
     for (k, s) in &old.slices {
         if !new.slices.contains_key(k) {
-            out.push(Update::EndpointSlice { slice: Box::new(s.clone()), removed: true });
+            out.push(Update::EndpointSlice { slice: Arc::new(s.clone()), removed: true });
         }
     }
     for (k, n) in &new.nodes {
         if old.nodes.get(k) != Some(n) {
-            out.push(Update::Node(Box::new(n.clone())));
+            out.push(Update::Node(Arc::new(n.clone())));
         }
     }
     out

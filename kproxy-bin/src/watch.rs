@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -27,29 +28,57 @@ pub enum Change<K> {
     /// Added (`previous` None) or modified.
     Upsert {
         /// What was known before.
-        previous: Option<K>,
+        previous: Option<Arc<K>>,
         /// The object now.
-        current: K,
+        current: Arc<K>,
     },
     /// Deleted (its last known state).
-    Delete(K),
+    Delete(Arc<K>),
     /// The first complete list has been delivered.
     Synced,
 }
 
 /// The last known state of every object a watcher delivered, turning its
-/// events into changes.
+/// events into changes. Objects are shared with the changes it emits, so
+/// each exists once however many proxiers receive it.
 #[derive(Debug)]
 pub struct ObjectCache<K> {
-    known: HashMap<(String, String), K>,
-    relist: Option<HashMap<(String, String), K>>,
+    /// Each object, with the number of the last list that held it.
+    known: HashMap<(String, String), (Arc<K>, u64)>,
+    /// The number of the list in progress, if one is.
+    listing: Option<u64>,
+    lists: u64,
     synced: bool,
+    /// What the cache keeps of an object it has passed on.
+    keep: fn(&Arc<K>) -> Arc<K>,
 }
 
 impl<K> Default for ObjectCache<K> {
     fn default() -> Self {
-        ObjectCache { known: HashMap::new(), relist: None, synced: false }
+        ObjectCache::keeping(Arc::clone)
     }
+}
+
+impl<K> ObjectCache<K> {
+    /// A cache that keeps `keep(object)` of each object: the object itself
+    /// (the default) where later changes need its previous state, or a
+    /// skeleton with its identity and resourceVersion where they do not.
+    pub fn keeping(keep: fn(&Arc<K>) -> Arc<K>) -> Self {
+        ObjectCache { known: HashMap::new(), listing: None, lists: 0, synced: false, keep }
+    }
+}
+
+/// An object's identity and version only: what the cache needs of objects
+/// whose previous state no change uses (EndpointSlices, Nodes), and what a
+/// deletion found by a relist needs to name them. (Labels are left out: a
+/// one-entry label map alone costs more than the rest of the skeleton.)
+pub fn skeleton<K: Resource + Default>(o: &Arc<K>) -> Arc<K> {
+    let mut s = K::default();
+    let (meta, from) = (s.meta_mut(), o.meta());
+    meta.name = from.name.clone();
+    meta.namespace = from.namespace.clone();
+    meta.resource_version = from.resource_version.clone();
+    Arc::new(s)
 }
 
 fn key<K: Resource>(o: &K) -> (String, String) {
@@ -65,49 +94,49 @@ fn same<K: Resource + PartialEq>(a: &K, b: &K) -> bool {
 }
 
 impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
-    /// The changes one watcher event makes.
+    /// The changes one watcher event makes. Listed objects are passed on
+    /// as they arrive (a list never holds every full object at once);
+    /// the end of a list names what it no longer holds as deleted.
     pub fn apply(&mut self, event: Event<K>) -> Vec<Change<K>> {
         match event {
             Event::Init => {
-                self.relist = Some(HashMap::new());
+                self.lists += 1;
+                self.listing = Some(self.lists);
                 Vec::new()
             }
-            Event::InitApply(o) => {
-                self.relist.get_or_insert_with(HashMap::new).insert(key(&o), o);
-                Vec::new()
-            }
+            Event::InitApply(o) => self.upsert(key(&o), o),
             Event::InitDone => {
-                let listed = self.relist.take().unwrap_or_default();
                 let mut out = Vec::new();
-                for (k, o) in &listed {
-                    match self.known.get(k) {
-                        Some(old) if same(old, o) => {}
-                        old => out.push(Change::Upsert { previous: old.cloned(), current: o.clone() }),
-                    }
+                if let Some(list) = self.listing.take() {
+                    self.known.retain(|_, (o, seen)| {
+                        let kept = *seen == list;
+                        if !kept {
+                            out.push(Change::Delete(Arc::clone(o)));
+                        }
+                        kept
+                    });
                 }
-                for (k, o) in &self.known {
-                    if !listed.contains_key(k) {
-                        out.push(Change::Delete(o.clone()));
-                    }
-                }
-                self.known = listed;
                 if !self.synced {
                     self.synced = true;
                     out.push(Change::Synced);
                 }
                 out
             }
-            Event::Apply(o) => {
-                let previous = self.known.insert(key(&o), o.clone());
-                match previous {
-                    Some(p) if same(&p, &o) => Vec::new(),
-                    previous => vec![Change::Upsert { previous, current: o }],
-                }
-            }
+            Event::Apply(o) => self.upsert(key(&o), o),
             Event::Delete(o) => {
-                let last = self.known.remove(&key(&o)).unwrap_or(o);
-                vec![Change::Delete(last)]
+                self.known.remove(&key(&o));
+                vec![Change::Delete(Arc::new(o))]
             }
+        }
+    }
+
+    fn upsert(&mut self, k: (String, String), o: K) -> Vec<Change<K>> {
+        let o = Arc::new(o);
+        // Outside a list the mark is unused: the next list sets it again.
+        let mark = self.listing.unwrap_or(self.lists);
+        match self.known.insert(k, ((self.keep)(&o), mark)).map(|(p, _)| p) {
+            Some(p) if same(&*p, &*o) => Vec::new(),
+            previous => vec![Change::Upsert { previous, current: o }],
         }
     }
 }
@@ -115,8 +144,8 @@ impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
 /// A Service change as a runner update.
 pub fn service_update(c: Change<Service>) -> Update {
     match c {
-        Change::Upsert { previous, current } => Update::Service { previous: previous.map(Box::new), current: Some(Box::new(current)) },
-        Change::Delete(last) => Update::Service { previous: Some(Box::new(last)), current: None },
+        Change::Upsert { previous, current } => Update::Service { previous, current: Some(current) },
+        Change::Delete(last) => Update::Service { previous: Some(last), current: None },
         Change::Synced => Update::ServicesSynced,
     }
 }
@@ -124,8 +153,8 @@ pub fn service_update(c: Change<Service>) -> Update {
 /// An EndpointSlice change as a runner update.
 pub fn slice_update(c: Change<EndpointSlice>) -> Update {
     match c {
-        Change::Upsert { current, .. } => Update::EndpointSlice { slice: Box::new(current), removed: false },
-        Change::Delete(last) => Update::EndpointSlice { slice: Box::new(last), removed: true },
+        Change::Upsert { current, .. } => Update::EndpointSlice { slice: current, removed: false },
+        Change::Delete(last) => Update::EndpointSlice { slice: last, removed: true },
         Change::Synced => Update::EndpointSlicesSynced,
     }
 }
@@ -175,16 +204,27 @@ pub async fn fetch_node(client: &Client, name: &str, attempts: u32) -> Option<No
     None
 }
 
+/// Drops what a proxy never reads: managedFields and the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation.
+pub fn slim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Runs one watcher until the task is dropped, handing each event's
 /// changes to `deliver`.
-async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, mut deliver: F)
+async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, mut cache: ObjectCache<K>, mut deliver: F)
 where
     K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
     F: FnMut(Vec<Change<K>>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut cache = ObjectCache::default();
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    // The proxy never reads managedFields or the last-applied annotation;
+    // at thousands of objects they are most of the memory.
+    let mut stream = watcher::watcher(api, config).default_backoff().modify(slim).boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
@@ -202,20 +242,22 @@ where
 /// Feeds `proxy` from the API server until the task is dropped.
 pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
     let selector = label_selector();
-    let services = watch(Api::<Service>::all(client.clone()), watcher::Config::default().labels(&selector), "services", |changes| {
+    let services = watch(Api::<Service>::all(client.clone()), watcher::Config::default().labels(&selector), "services", ObjectCache::default(), |changes| {
         proxy.send(changes.into_iter().map(service_update).collect())
     });
-    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", |changes| {
+    // A slice's previous state is never used: the cache keeps skeletons.
+    let slice_cache = ObjectCache::keeping(skeleton);
+    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", slice_cache, |changes| {
         proxy.send(changes.into_iter().map(slice_update).collect())
     });
     let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let nodes = watch(Api::<Node>::all(client), node_config, "node", |changes| {
+    let nodes = watch(Api::<Node>::all(client), node_config, "node", ObjectCache::keeping(skeleton), |changes| {
         let mut updates = Vec::new();
         for c in changes {
             match c {
                 Change::Upsert { current, .. } => {
                     proxy.set_node_eligible(current.meta().deletion_timestamp.is_none());
-                    updates.push(Update::Node(Box::new(current)));
+                    updates.push(Update::Node(current));
                 }
                 Change::Delete(last) => {
                     tracing::warn!(node = %last.name_any(), "this node's Node object was deleted");

@@ -74,7 +74,7 @@ fn start(failures: usize) -> Harness {
 
 fn svc(n: u8) -> Update {
     let s = service("ns", &format!("svc{n}"), &[&format!("172.30.0.{n}")]).port("p", 80, "TCP", 0).build();
-    Update::Service { previous: None, current: Some(Box::new(s)) }
+    Update::Service { previous: None, current: Some(std::sync::Arc::new(s)) }
 }
 
 /// Sync times in tenths of a second since start.

@@ -32,13 +32,34 @@ fn list(cache: &mut ObjectCache<Service>, objects: &[Service]) -> Vec<String> {
 }
 
 #[test]
-fn the_first_list_is_delivered_whole_then_synced() {
+fn the_first_list_is_passed_on_as_it_arrives_then_synced() {
     let mut cache = ObjectCache::default();
-    let mut init = cache.apply(Event::Init);
-    init.extend(cache.apply(Event::InitApply(svc("a", "1"))));
-    assert!(init.is_empty(), "nothing before the list is complete");
-    let done = cache.apply(Event::InitDone);
-    assert_eq!(names(&done), ["add a", "synced"]);
+    assert!(cache.apply(Event::Init).is_empty());
+    assert_eq!(names(&cache.apply(Event::InitApply(svc("a", "1")))), ["add a"]);
+    assert_eq!(names(&cache.apply(Event::InitApply(svc("b", "1")))), ["add b"]);
+    assert_eq!(names(&cache.apply(Event::InitDone)), ["synced"]);
+    assert!(cache.listing.is_none());
+}
+
+#[test]
+fn a_list_cut_short_and_restarted_loses_nothing() {
+    let mut cache = ObjectCache::default();
+    list(&mut cache, &[svc("a", "1"), svc("b", "1")]);
+    // A relist delivers a's new version, then fails; the next one completes.
+    cache.apply(Event::Init);
+    assert_eq!(names(&cache.apply(Event::InitApply(svc("a", "2")))), ["update a 1->2"]);
+    let again = list(&mut cache, &[svc("a", "2")]);
+    assert_eq!(again, ["delete b"], "a is not delivered twice, b's deletion is found");
+}
+
+#[test]
+fn a_deletion_carries_the_final_state_from_the_event() {
+    let mut cache: ObjectCache<Service> = ObjectCache::keeping(skeleton);
+    list(&mut cache, &[svc("a", "1")]);
+    let gone = cache.apply(Event::Delete(svc("a", "2")));
+    let [Change::Delete(last)] = &gone[..] else { panic!("one deletion expected: {gone:?}") };
+    assert!(last.spec.is_some(), "the whole final object, not the cached skeleton");
+    assert!(cache.known.is_empty());
 }
 
 #[test]
@@ -62,9 +83,9 @@ fn watch_events_carry_the_previous_state_and_repeats_are_dropped() {
 
 #[test]
 fn changes_become_runner_updates() {
-    let u = service_update(Change::Upsert { previous: Some(svc("a", "1")), current: svc("a", "2") });
+    let u = service_update(Change::Upsert { previous: Some(svc("a", "1").into()), current: svc("a", "2").into() });
     assert!(matches!(u, Update::Service { previous: Some(_), current: Some(_) }));
-    assert!(matches!(service_update(Change::Delete(svc("a", "2"))), Update::Service { previous: Some(_), current: None }));
+    assert!(matches!(service_update(Change::Delete(svc("a", "2").into())), Update::Service { previous: Some(_), current: None }));
     assert!(matches!(service_update(Change::Synced), Update::ServicesSynced));
     assert!(matches!(slice_update(Change::Synced), Update::EndpointSlicesSynced));
 }
@@ -72,4 +93,19 @@ fn changes_become_runner_updates() {
 #[test]
 fn the_label_selector_is_upstreams() {
     assert_eq!(label_selector(), "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless");
+}
+
+#[test]
+fn a_skeleton_cache_still_diffs_relists_and_names_deletions() {
+    let mut cache: ObjectCache<Service> = ObjectCache::keeping(skeleton);
+    list(&mut cache, &[svc("a", "1"), svc("b", "1")]);
+    let relisted = list(&mut cache, &[svc("a", "1"), svc("c", "2")]);
+    assert_eq!(relisted, ["add c", "delete b"]);
+    let (kept, _) = cache.known.values().next().unwrap();
+    assert!(kept.spec.is_none(), "the cache keeps identity and version only");
+    let mut labelled = svc("z", "1");
+    labelled.metadata.labels = Some([("app".into(), "web".into())].into());
+    let kept = skeleton(&Arc::new(labelled));
+    assert!(kept.metadata.labels.is_none() && kept.name_any() == "z" && kept.resource_version().as_deref() == Some("1"));
+    assert!(cache.apply(Event::Apply(svc("a", "1"))).is_empty(), "same version: nothing");
 }

@@ -21,26 +21,28 @@ use schedule::Schedule;
 use crate::proxier::{Proxier, SyncReport, SyncRequest};
 use crate::{Error, Result};
 
-/// One event for the runner.
+/// One event for the runner. Objects are shared (`Arc`): a source that
+/// feeds several proxiers (one per IP family) and keeps its own cache
+/// holds one copy of each.
 #[derive(Debug, Clone)]
 pub enum Update {
     /// A Service was added (`previous` None), changed, or deleted (`current`
     /// None).
     Service {
         /// The object before the event.
-        previous: Option<Box<Service>>,
+        previous: Option<Arc<Service>>,
         /// The object after the event.
-        current: Option<Box<Service>>,
+        current: Option<Arc<Service>>,
     },
     /// An EndpointSlice was added or changed, or deleted (`removed`).
     EndpointSlice {
         /// The slice (its last state, for a deletion).
-        slice: Box<EndpointSlice>,
+        slice: Arc<EndpointSlice>,
         /// Whether it was deleted.
         removed: bool,
     },
     /// The node's own Node object.
-    Node(Box<Node>),
+    Node(Arc<Node>),
     /// The initial Service list has been delivered in full.
     ServicesSynced,
     /// The initial EndpointSlice list has been delivered in full.
