@@ -13,6 +13,13 @@ hold --src IP --dst IP --port N --seconds S
 watch --src IP --dst IP --port N --seconds S
     Opens a new TCP connection every 50 ms for S seconds; prints
     "ok N failed F" and the first failure, if any.
+follow --src IP --dst IP --port N --seconds S
+    Connects over TCP every 2 ms for S seconds and prints "WALLTIME NAME"
+    whenever the answering pod changes (the first answer included), for
+    measuring when a change reached the dataplane.
+reach --src IP --targets IP:PORT,... --seconds S
+    Tries every target over TCP (100 ms timeout) in rounds until each has
+    answered once; prints "WALLTIME all N" then, or "timeout K of N".
 udpstream --src IP --sport N --dst IP --port N --seconds S
     Sends a datagram every 50 ms for S seconds from one socket (one source
     port, so one conntrack entry); prints "T NAME" per answer or
@@ -138,6 +145,47 @@ def watch(args):
     print("ok %d failed %d %s" % (ok, failed, first), flush=True)
 
 
+def answer(src, dst, port, timeout):
+    s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        s.connect((dst, port))
+        return s.recv(2048).decode().split()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def follow(args):
+    last = None
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        name = answer(args.src, args.dst, args.port, 0.2)
+        if name is not None and name != last:
+            print("%.6f %s" % (time.time(), name), flush=True)
+            last = name
+        time.sleep(0.002)
+
+
+def reach(args):
+    pending = []
+    for t in args.targets.split(","):
+        host, port = t.rsplit(":", 1)
+        pending.append((host.strip("[]"), int(port)))
+    total = len(pending)
+    end = time.monotonic() + args.seconds
+    while pending and time.monotonic() < end:
+        pending = [t for t in pending if answer(args.src, t[0], t[1], 0.1) is None]
+        if pending:
+            time.sleep(0.01)
+    if pending:
+        print("timeout %d of %d" % (total - len(pending), total), flush=True)
+    else:
+        print("%.6f all %d" % (time.time(), total), flush=True)
+
+
 def udpstream(args):
     s = socket.socket(family_of(args.dst), socket.SOCK_DGRAM)
     s.bind((args.src, args.sport))
@@ -175,6 +223,15 @@ def main():
         h.add_argument("--dst", required=True)
         h.add_argument("--port", type=int, required=True)
         h.add_argument("--seconds", type=float, required=True)
+    f = sub.add_parser("follow")
+    f.add_argument("--src", required=True)
+    f.add_argument("--dst", required=True)
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--seconds", type=float, required=True)
+    r = sub.add_parser("reach")
+    r.add_argument("--src", required=True)
+    r.add_argument("--targets", required=True)
+    r.add_argument("--seconds", type=float, required=True)
     u = sub.add_parser("udpstream")
     u.add_argument("--src", required=True)
     u.add_argument("--sport", type=int, required=True)
@@ -188,6 +245,10 @@ def main():
         hold(args)
     elif args.cmd == "watch":
         watch(args)
+    elif args.cmd == "follow":
+        follow(args)
+    elif args.cmd == "reach":
+        reach(args)
     elif args.cmd == "udpstream":
         udpstream(args)
     else:

@@ -17,9 +17,11 @@
 //! process is removed when its owner is dropped, also when a test fails.
 
 pub mod api;
+pub mod bench;
 pub mod binaries;
 pub mod control_plane;
 pub mod scenario;
+pub mod svg;
 
 pub use api::Api;
 pub use binaries::{e2e_binaries, Binaries};

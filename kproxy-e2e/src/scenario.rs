@@ -52,7 +52,7 @@ pub fn delete(api: &Api, scenario: &Scenario) -> Result<(), String> {
 }
 
 /// Which proxy runs a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProxyKind {
     /// kproxy (this repository's binary).
     Kproxy,

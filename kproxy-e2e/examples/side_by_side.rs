@@ -1,0 +1,172 @@
+//! kproxy against upstream kube-proxy (v1.34.4), both in nftables mode with
+//! the same configuration, watching the same real API server, measured in
+//! one run:
+//!
+//! 1. network programming latency — API write to the first connection
+//!    answered by the new endpoint — p50/p99 over `--changes` changes at
+//!    each of `--sizes` services;
+//! 2. CPU seconds and peak RSS over a churn run (`--churn-rate` endpoint
+//!    changes per second for `--churn-seconds` at the largest size);
+//! 3. time from process start to every sampled service answering, and the
+//!    peak RSS by then, at each of `--startup` services.
+//!
+//! Writes `side-by-side.json` and `latency.svg` to `--out`.
+//!
+//! ```sh
+//! cargo build --release -p kproxy-bin
+//! sudo cargo run --release -p kproxy-e2e --example kproxy-side-by-side
+//! ```
+//! (root; it builds its own namespaces and touches nothing else).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kproxy_e2e::bench::{quantile_ms, SideBySide};
+use kproxy_e2e::svg::{latency_chart, Series};
+use kproxy_e2e::{e2e_binaries, ProxyKind};
+use serde_json::json;
+
+struct Args {
+    kproxy: String,
+    sizes: Vec<usize>,
+    changes: usize,
+    startup: Vec<usize>,
+    churn_rate: u32,
+    churn_seconds: u64,
+    out: String,
+}
+
+fn list(v: &str) -> Result<Vec<usize>, String> {
+    v.split(',').map(|s| s.trim().parse().map_err(|_| format!("{s:?} is not a number"))).collect()
+}
+
+fn parse() -> Result<Args, String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut a = Args {
+        kproxy: format!("{root}/target/release/kproxy"),
+        sizes: vec![100, 1000, 5000],
+        changes: 200,
+        startup: vec![1000, 10_000],
+        churn_rate: 10,
+        churn_seconds: 300,
+        out: format!("{root}/e2e/bench"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let (flag, value) = (pair[0].as_str(), pair.get(1).ok_or_else(|| format!("{} needs a value", pair[0]))?);
+        match flag {
+            "--kproxy" => a.kproxy = value.clone(),
+            "--sizes" => a.sizes = list(value)?,
+            "--changes" => a.changes = value.parse().map_err(|_| "--changes: not a number")?,
+            "--startup" => a.startup = list(value)?,
+            "--churn-rate" => a.churn_rate = value.parse().map_err(|_| "--churn-rate: not a number")?,
+            "--churn-seconds" => a.churn_seconds = value.parse().map_err(|_| "--churn-seconds: not a number")?,
+            "--out" => a.out = value.clone(),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if !std::path::Path::new(&a.kproxy).exists() {
+        return Err(format!("{}: no kproxy binary (cargo build --release -p kproxy-bin)", a.kproxy));
+    }
+    Ok(a)
+}
+
+fn label(kind: ProxyKind) -> &'static str {
+    match kind {
+        ProxyKind::Kproxy => "kproxy",
+        ProxyKind::Upstream => "kube-proxy",
+    }
+}
+
+fn main() -> Result<(), String> {
+    let args = parse()?;
+    let bins = e2e_binaries("kproxy-side-by-side").ok_or("needs root and the e2e binaries")?;
+    let mut bench = SideBySide::new(&bins, &args.kproxy)?;
+    let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
+    for kind in kinds {
+        bench.start(kind)?;
+    }
+    let mut results = json!({"latency": [], "churn": {}, "startup": []});
+    let mut series: BTreeMap<ProxyKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
+
+    println!("## network programming latency (API write -> first connection to the new endpoint)");
+    println!("| services | kproxy p50 | kproxy p99 | kube-proxy p50 | kube-proxy p99 | p50 ratio | p99 ratio | API write p50 |");
+    for &size in &args.sizes {
+        bench.grow_to(size)?;
+        let started = std::time::SystemTime::now();
+        for kind in kinds {
+            bench.time_to_serve(kind, started, 20, Duration::from_secs(600))?;
+        }
+        // Let the creation storm's syncs finish and both rate limiters
+        // refill before measuring.
+        std::thread::sleep(Duration::from_secs(5));
+        let measured = bench.programming_latency(args.changes, Duration::from_millis(1100), Duration::from_secs(10))?;
+        let (lat, writes) = (measured.by_proxy, measured.writes);
+        let q = |kind: ProxyKind, p: f64| quantile_ms(&lat[&kind], p);
+        let (k50, k99, u50, u99) = (q(ProxyKind::Kproxy, 0.5), q(ProxyKind::Kproxy, 0.99), q(ProxyKind::Upstream, 0.5), q(ProxyKind::Upstream, 0.99));
+        let w50 = quantile_ms(&writes, 0.5);
+        println!("| {size} | {k50:.1} ms | {k99:.1} ms | {u50:.1} ms | {u99:.1} ms | {:.3} | {:.3} | {w50:.1} ms |", k50 / u50, k99 / u99);
+        for kind in kinds {
+            series.entry(kind).or_default().push((size as f64, q(kind, 0.5), q(kind, 0.99)));
+        }
+        results["latency"].as_array_mut().expect("array").push(json!({
+            "services": size, "changes": args.changes,
+            "api_write_ms": writes.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            "kproxy_ms": lat[&ProxyKind::Kproxy].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            "kube_proxy_ms": lat[&ProxyKind::Upstream].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+        }));
+    }
+
+    let churn_size = bench.services;
+    println!("\n## churn: {} endpoint changes/s for {} s at {churn_size} services", args.churn_rate, args.churn_seconds);
+    let usage = bench.churn(args.churn_rate, args.churn_seconds)?;
+    println!("| proxy | CPU seconds | peak RSS |");
+    for kind in kinds {
+        let u = usage[&kind];
+        println!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib);
+        results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": churn_size, "rate": args.churn_rate, "seconds": args.churn_seconds});
+    }
+    let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
+    println!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib);
+
+    println!("\n## start to every sampled service answering (one proxy at a time)");
+    println!("| services | kproxy | kube-proxy | ratio | kproxy peak RSS | kube-proxy peak RSS |");
+    for &size in &args.startup {
+        bench.grow_to(size)?;
+        let mut row = BTreeMap::new();
+        for kind in kinds {
+            bench.stop(ProxyKind::Kproxy);
+            bench.stop(ProxyKind::Upstream);
+            let started = bench.start(kind)?;
+            let took = bench.time_to_serve(kind, started, 50, Duration::from_secs(900))?;
+            row.insert(kind, (took, bench.usage(kind)));
+            bench.stop(kind);
+        }
+        let (kt, ku) = row[&ProxyKind::Kproxy];
+        let (ut, uu) = row[&ProxyKind::Upstream];
+        println!(
+            "| {size} | {:.2} s | {:.2} s | {:.3} | {:.1} MiB | {:.1} MiB |",
+            kt.as_secs_f64(), ut.as_secs_f64(), kt.as_secs_f64() / ut.as_secs_f64(), ku.peak_rss_mib, uu.peak_rss_mib
+        );
+        results["startup"].as_array_mut().expect("array").push(json!({
+            "services": size,
+            "kproxy": {"seconds": kt.as_secs_f64(), "peak_rss_mib": ku.peak_rss_mib},
+            "kube_proxy": {"seconds": ut.as_secs_f64(), "peak_rss_mib": uu.peak_rss_mib},
+        }));
+    }
+
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let chart: Vec<Series> = kinds
+        .iter()
+        .map(|k| Series {
+            label: label(*k).to_string(),
+            color: if *k == ProxyKind::Kproxy { "#1f77b4" } else { "#d62728" }.to_string(),
+            points: series[k].clone(),
+        })
+        .collect();
+    let svg = latency_chart("Network programming latency (nftables mode)", &chart);
+    std::fs::write(format!("{}/latency.svg", args.out), svg).map_err(|e| e.to_string())?;
+    std::fs::write(format!("{}/side-by-side.json", args.out), serde_json::to_string_pretty(&results).expect("json")).map_err(|e| e.to_string())?;
+    println!("\nwrote {0}/latency.svg and {0}/side-by-side.json", args.out);
+    Ok(())
+}
