@@ -15,19 +15,8 @@ use serde_json::json;
 const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
 
 /// Waits until `check` passes; returns how long it took.
-fn within(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) -> Duration {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => {
-                let took = start.elapsed();
-                println!("{what}: {:.2} s", took.as_secs_f64());
-                return took;
-            }
-            Err(e) if start.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+fn within(what: &str, limit: Duration, check: impl FnMut() -> Result<(), String>) -> Duration {
+    kproxy_e2e::nodes::within(what, limit, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
