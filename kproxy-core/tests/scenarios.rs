@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use kproxy_core::oracle::{evaluate, scenarios};
+use kproxy_core::oracle::{evaluate, evaluate_for, scenarios, Dataplane};
 
 #[test]
 fn oracle_meets_every_scenario() {
@@ -23,6 +23,26 @@ fn oracle_meets_every_scenario() {
     }
     assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
     assert!(cases >= 50, "the scenario kit shrank to {cases} cases");
+}
+
+#[test]
+fn oracle_meets_every_scenario_in_every_mode() {
+    let mut failures = Vec::new();
+    let mut differing = 0;
+    for scenario in scenarios::all() {
+        let state = scenario.state();
+        for case in &scenario.cases {
+            for mode in [Dataplane::Nftables, Dataplane::Iptables, Dataplane::Ipvs] {
+                let got = evaluate_for(mode, &state, &scenario.config, &case.packet);
+                if &got != case.expected_for(mode) {
+                    failures.push(format!("{mode:?} {} / {}: expected {:?}, got {got:?}", scenario.name, case.name, case.expected_for(mode)));
+                }
+            }
+            differing += usize::from(case.iptables.is_some());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(differing, 2, "only the unknown-port and unknown-protocol ClusterIP cases differ by mode");
 }
 
 #[test]

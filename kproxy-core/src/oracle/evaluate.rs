@@ -8,6 +8,18 @@ use crate::model::{Endpoint, ServicePortInfo, ServicePortName};
 use crate::selection::select_endpoints;
 use crate::state::ProxyState;
 
+/// Which of upstream's dataplanes the semantics are those of. They agree
+/// except where noted on [`evaluate_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dataplane {
+    /// `mode: nftables`.
+    Nftables,
+    /// `mode: iptables`.
+    Iptables,
+    /// `mode: ipvs`.
+    Ipvs,
+}
+
 /// How the packet reached the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -23,8 +35,8 @@ enum Path {
 /// 1. ClusterIP:port → internal traffic policy; externalIP:port,
 ///    LoadBalancer VIP:port (after `loadBalancerSourceRanges`, else DROP)
 ///    and NodePort on a NodePort address → external traffic policy.
-/// 2. Another port on a known ClusterIP → REJECT. Anything else → not a
-///    service.
+/// 2. Another port on a known ClusterIP → REJECT (nftables mode; see
+///    [`evaluate_for`]). Anything else → not a service.
 /// 3. No usable endpoint anywhere → REJECT; endpoints exist but none local
 ///    where the policy is Local → DROP. ETP=Local traffic from local pods and
 ///    from the node itself short-circuits to the cluster endpoints.
@@ -36,6 +48,13 @@ enum Path {
 ///    ClusterIP traffic is handled by its own node, so only those two can
 ///    reach this node's rules as their own endpoint.
 pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
+    evaluate_for(Dataplane::Nftables, state, config, packet)
+}
+
+/// [`evaluate`] for `dataplane`. The one difference: only nftables mode
+/// rejects traffic to another port (or protocol) of a known ClusterIP;
+/// iptables and IPVS modes leave it alone.
+pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
     let services = state.services();
     let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
         services
@@ -60,7 +79,7 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
             return decide(state, config, packet, name, svc, Path::External);
         }
     }
-    if services.iter().any(|(_, s)| s.cluster_ip == dst) {
+    if dataplane == Dataplane::Nftables && services.iter().any(|(_, s)| s.cluster_ip == dst) {
         return Verdict::Reject;
     }
     Verdict::NotService

@@ -23,6 +23,6 @@ pub mod fixtures;
 mod packet;
 pub mod scenarios;
 
-pub use evaluate::evaluate;
+pub use evaluate::{evaluate, evaluate_for, Dataplane};
 pub use packet::{Origin, Packet, Target, Verdict, OUTSIDE_INTERFACE, POD_INTERFACE};
 pub use scenarios::{Case, Scenario};

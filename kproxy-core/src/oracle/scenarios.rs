@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::fixtures::{self as fx, service, slice, EndpointState::*};
+use super::evaluate::Dataplane;
 use super::packet::{Origin, Packet, Verdict};
 use crate::config::{LocalDetector, ProxierConfig};
 use crate::model::{IpFamily, Protocol};
@@ -19,8 +20,21 @@ pub struct Case {
     pub name: &'static str,
     /// The packet.
     pub packet: Packet,
-    /// The required verdict.
+    /// The required verdict (nftables mode).
     pub expected: Verdict,
+    /// The verdict in upstream's iptables and IPVS modes, where it differs
+    /// from nftables mode.
+    pub iptables: Option<Verdict>,
+}
+
+impl Case {
+    /// The verdict `dataplane` must give.
+    pub fn expected_for(&self, dataplane: Dataplane) -> &Verdict {
+        match (dataplane, &self.iptables) {
+            (Dataplane::Iptables | Dataplane::Ipvs, Some(v)) => v,
+            _ => &self.expected,
+        }
+    }
 }
 
 /// A cluster state, a node configuration and the cases to check.
@@ -62,7 +76,13 @@ impl Scenario {
     }
 
     fn case(mut self, name: &'static str, packet: Packet, expected: Verdict) -> Self {
-        self.cases.push(Case { name, packet, expected });
+        self.cases.push(Case { name, packet, expected, iptables: None });
+        self
+    }
+
+    /// A case whose verdict in iptables and IPVS modes differs.
+    fn case_modes(mut self, name: &'static str, packet: Packet, nftables: Verdict, iptables: Verdict) -> Self {
+        self.cases.push(Case { name, packet, expected: nftables, iptables: Some(iptables) });
         self
     }
 
@@ -142,8 +162,13 @@ fn cluster_ip() -> Scenario {
         .case("node to ClusterIP is masqueraded", node("172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
         .case("off-cluster source is masqueraded", outside(fx::ALLOWED_CLIENT, "172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
         .case("UDP is load balanced too", pod("172.30.0.41", 53).with_protocol(Protocol::Udp), fwd(&["10.180.0.1:5353", "10.180.1.1:5353"], false))
-        .case("unknown port on a ClusterIP is rejected", pod("172.30.0.41", 81), Verdict::Reject)
-        .case("unknown protocol on a ClusterIP is rejected", pod("172.30.0.41", 80).with_protocol(Protocol::Udp), Verdict::Reject)
+        .case_modes("unknown port on a ClusterIP is rejected (nftables mode only)", pod("172.30.0.41", 81), Verdict::Reject, Verdict::NotService)
+        .case_modes(
+            "unknown protocol on a ClusterIP is rejected (nftables mode only)",
+            pod("172.30.0.41", 80).with_protocol(Protocol::Udp),
+            Verdict::Reject,
+            Verdict::NotService,
+        )
         .case("an address that is no ClusterIP is left alone", pod("172.30.0.99", 80), Verdict::NotService)
 }
 

@@ -1,0 +1,217 @@
+//! Rule generation: the desired state in, typed rules out.
+//!
+//! [`Renderer`] keeps what each service port contributed
+//! ([`ServiceRules`]), so a sync re-renders only the Services that changed
+//! and journals each changed port's previous rules: the restore step can
+//! then rewrite just those ports' chains and swap just their rules in the
+//! shared chains. [`Renderer::ruleset`] is the whole desired state, for
+//! full syncs, the fake kernel and the tracer.
+
+mod fixed;
+mod service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use kproxy_core::{NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
+
+use crate::rule::Rule;
+pub use fixed::{fixed_chains, jumps, Jump, Table};
+pub use service::{local_match, node_port_destinations, render_port, ServiceRules};
+
+/// Every chain of one table, in name order, with its rules.
+pub type Chains = BTreeMap<String, Vec<Rule>>;
+
+/// The whole desired ruleset of one family.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ruleset {
+    /// The nat table's kproxy chains.
+    pub nat: Chains,
+    /// The filter table's kproxy chains.
+    pub filter: Chains,
+}
+
+impl Ruleset {
+    /// One table's chains.
+    pub fn table(&self, table: Table) -> &Chains {
+        match table {
+            Table::Nat => &self.nat,
+            Table::Filter => &self.filter,
+        }
+    }
+}
+
+/// Which shared chain a port's rule lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// nat `KUBE-SERVICES`.
+    NatServices,
+    /// nat `KUBE-NODEPORTS`.
+    NatNodePorts,
+    /// filter `KUBE-SERVICES`.
+    FilterServices,
+    /// filter `KUBE-EXTERNAL-SERVICES`.
+    FilterExternal,
+    /// filter `KUBE-PROXY-FIREWALL`.
+    FilterFirewall,
+    /// filter `KUBE-NODEPORTS`.
+    FilterNodePorts,
+}
+
+impl Shared {
+    /// Every shared chain.
+    pub const ALL: [Shared; 6] =
+        [Shared::NatServices, Shared::NatNodePorts, Shared::FilterServices, Shared::FilterExternal, Shared::FilterFirewall, Shared::FilterNodePorts];
+
+    /// The table and chain.
+    pub fn chain(self) -> (Table, &'static str) {
+        use crate::names::*;
+        match self {
+            Shared::NatServices => (Table::Nat, SERVICES),
+            Shared::NatNodePorts => (Table::Nat, NODEPORTS),
+            Shared::FilterServices => (Table::Filter, SERVICES),
+            Shared::FilterExternal => (Table::Filter, EXTERNAL_SERVICES),
+            Shared::FilterFirewall => (Table::Filter, PROXY_FIREWALL),
+            Shared::FilterNodePorts => (Table::Filter, NODEPORTS),
+        }
+    }
+
+    /// This chain's rules in `r`.
+    pub fn rules(self, r: &ServiceRules) -> &[Rule] {
+        match self {
+            Shared::NatServices => &r.nat_services,
+            Shared::NatNodePorts => &r.nat_nodeports,
+            Shared::FilterServices => &r.filter_services,
+            Shared::FilterExternal => &r.filter_external,
+            Shared::FilterFirewall => &r.filter_firewall,
+            Shared::FilterNodePorts => &r.filter_nodeports,
+        }
+    }
+}
+
+/// Ports changed since the journal was last taken, with what each
+/// contributed before the first of those changes (None: it was new).
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Whether everything was re-rendered (a partial restore cannot be
+    /// trusted; write everything).
+    pub full: bool,
+    /// The previous rules of each changed port.
+    pub previous: BTreeMap<ServicePortName, Option<ServiceRules>>,
+}
+
+/// The incremental renderer.
+#[derive(Debug)]
+pub struct Renderer {
+    config: ProxierConfig,
+    ports: BTreeMap<ServicePortName, ServiceRules>,
+    journal: Journal,
+}
+
+impl Renderer {
+    /// A renderer with no services.
+    pub fn new(config: ProxierConfig) -> Self {
+        Renderer { config, ports: BTreeMap::new(), journal: Journal::default() }
+    }
+
+    /// The configuration rules are rendered for.
+    pub fn config(&self) -> &ProxierConfig {
+        &self.config
+    }
+
+    /// Every port's contribution.
+    pub fn ports(&self) -> &BTreeMap<ServicePortName, ServiceRules> {
+        &self.ports
+    }
+
+    /// Re-renders every Service; the journal is marked full.
+    pub fn refresh_all(&mut self, state: &ProxyState) {
+        self.journal.full = true;
+        let mut services: BTreeSet<NamespacedName> = self.ports.keys().map(|n| n.service.clone()).collect();
+        services.extend(state.services().iter().map(|(n, _)| n.service.clone()));
+        self.refresh(state, services.iter());
+    }
+
+    /// Re-renders the given Services.
+    pub fn refresh<'a>(&mut self, state: &ProxyState, services: impl IntoIterator<Item = &'a NamespacedName>) {
+        for service in services {
+            let first = ServicePortName { service: service.clone(), port: String::new(), protocol: Protocol::Tcp };
+            let old: Vec<ServicePortName> =
+                self.ports.range((Bound::Included(first), Bound::Unbounded)).take_while(|(n, _)| &n.service == service).map(|(n, _)| n.clone()).collect();
+            let mut now: BTreeMap<ServicePortName, ServiceRules> = BTreeMap::new();
+            let mut health_check_written = false;
+            for (name, info) in state.services().ports_of(service) {
+                let mut rules = render_port(name, info, state.endpoints().get(name), state.node(), &self.config);
+                // One health-check rule per Service, however many ports.
+                if health_check_written {
+                    rules.filter_nodeports.clear();
+                }
+                health_check_written |= !rules.filter_nodeports.is_empty();
+                now.insert(name.clone(), rules);
+            }
+            for name in old.iter().filter(|n| !now.contains_key(*n)) {
+                let before = self.ports.remove(name);
+                self.journal.previous.entry(name.clone()).or_insert(before);
+            }
+            for (name, rules) in now {
+                if self.ports.get(&name) == Some(&rules) {
+                    continue;
+                }
+                let before = self.ports.insert(name.clone(), rules);
+                self.journal.previous.entry(name).or_insert(before);
+            }
+        }
+        // Ports that changed and changed back need no work.
+        let ports = &self.ports;
+        self.journal.previous.retain(|name, before| before.as_ref() != ports.get(name));
+    }
+
+    /// Takes the changes made since the last call.
+    pub fn take_journal(&mut self) -> Journal {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Ports whose Local policy found no local endpoint, for metrics.
+    pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
+        NoLocalEndpoints {
+            internal: self.ports.values().filter(|r| r.no_local_internal).count(),
+            external: self.ports.values().filter(|r| r.no_local_external).count(),
+        }
+    }
+
+    /// The whole desired ruleset: the fixed chains with every port's
+    /// shared-chain rules in place, and every port's own chains.
+    pub fn ruleset(&self) -> Ruleset {
+        let mut rs = Ruleset::default();
+        let (nat_fixed, filter_fixed) = fixed_chains(&self.config);
+        rs.nat = nat_fixed;
+        rs.filter = filter_fixed;
+        for shared in Shared::ALL {
+            let (table, chain) = shared.chain();
+            let rules: Vec<Rule> = self.ports.values().flat_map(|r| shared.rules(r).iter().cloned()).collect();
+            let chains = match table {
+                Table::Nat => &mut rs.nat,
+                Table::Filter => &mut rs.filter,
+            };
+            let target = chains.get_mut(chain).expect("shared chains are fixed chains");
+            // Port rules go before the fixed tail (the NodePort jump).
+            let tail = std::mem::take(target);
+            target.extend(rules);
+            target.extend(tail);
+        }
+        for r in self.ports.values() {
+            for (name, rules) in &r.chains {
+                rs.nat.insert(name.clone(), rules.clone());
+            }
+        }
+        rs
+    }
+}
+
+/// Renders the applied state of `state` for `config` (pure: the same input
+/// always gives the same ruleset).
+pub fn render(state: &ProxyState, config: &ProxierConfig) -> Ruleset {
+    let mut r = Renderer::new(config.clone());
+    r.refresh_all(state);
+    r.ruleset()
+}

@@ -1,0 +1,116 @@
+//! `iptables-restore --noflush` input: a full restore that writes every
+//! kproxy chain, and a partial one that rewrites only the chains of ports
+//! that changed and swaps only their rules in the shared chains.
+//!
+//! With `--noflush` a table keeps everything a restore does not name: a
+//! declared chain (`:NAME - [0:0]`) is created or flushed, `-D` deletes
+//! one rule by its exact text, `-I CHAIN 1` inserts at the top, `-X`
+//! deletes a chain (declared first, so it is empty). Each table's section
+//! ends with `COMMIT` and is applied atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::render::{Journal, Jump, Renderer, Ruleset, ServiceRules, Shared, Table};
+use crate::rule::Rule;
+
+/// Chains to delete per table (found stale by listing the kernel).
+pub type Stale = BTreeMap<Table, BTreeSet<String>>;
+
+fn section(out: &mut String, table: Table, declare: &BTreeSet<String>, body: &str, delete: &BTreeSet<String>) {
+    if declare.is_empty() && body.is_empty() && delete.is_empty() {
+        return;
+    }
+    writeln!(out, "*{}", table.name()).expect("String");
+    for chain in declare.iter().chain(delete.difference(declare)) {
+        writeln!(out, ":{chain} - [0:0]").expect("String");
+    }
+    out.push_str(body);
+    for chain in delete {
+        writeln!(out, "-X {chain}").expect("String");
+    }
+    out.push_str("COMMIT\n");
+}
+
+fn append(body: &mut String, chain: &str, rule: &Rule) {
+    writeln!(body, "-A {chain} {}", rule.args()).expect("String");
+}
+
+/// Inserts the missing jumps so they end up in [`crate::render::jumps`]'s
+/// order above everything else.
+fn insert_jumps(body: &mut String, table: Table, missing: &[Jump]) {
+    for j in missing.iter().rev().filter(|j| j.table == table) {
+        writeln!(body, "-I {} 1 {}", j.from, j.rule.args()).expect("String");
+    }
+}
+
+/// Everything: every kproxy chain declared (so flushed) and written, the
+/// missing jumps inserted, and `stale` chains deleted.
+pub fn full(rs: &Ruleset, stale: &Stale, missing: &[Jump]) -> String {
+    let mut out = String::new();
+    for table in Table::ALL {
+        let chains = rs.table(table);
+        let declare: BTreeSet<String> = chains.keys().cloned().collect();
+        let mut body = String::new();
+        insert_jumps(&mut body, table, missing);
+        for (name, rules) in chains {
+            for r in rules {
+                append(&mut body, name, r);
+            }
+        }
+        let delete = stale.get(&table).map(|s| s.difference(&declare).cloned().collect()).unwrap_or_default();
+        section(&mut out, table, &declare, &body, &delete);
+    }
+    out
+}
+
+/// Only what `journal` says changed: each changed port's own chains
+/// rewritten (or deleted), its old rules deleted from the shared chains
+/// and its new ones inserted at their top (keeping each chain's fixed tail,
+/// such as the NodePort jump, last), plus the missing jumps.
+pub fn partial(renderer: &Renderer, journal: &Journal, missing: &[Jump]) -> String {
+    let empty = ServiceRules::default();
+    let mut out = String::new();
+    for table in Table::ALL {
+        let mut declare = BTreeSet::new();
+        let mut delete = BTreeSet::new();
+        let mut body = String::new();
+        insert_jumps(&mut body, table, missing);
+        for (name, before) in &journal.previous {
+            let before = before.as_ref().unwrap_or(&empty);
+            let now = renderer.ports().get(name).unwrap_or(&empty);
+            for shared in Shared::ALL.into_iter().filter(|s| s.chain().0 == table) {
+                let (old, new) = (shared.rules(before), shared.rules(now));
+                if old == new {
+                    continue;
+                }
+                let chain = shared.chain().1;
+                for r in old {
+                    writeln!(body, "-D {chain} {}", r.args()).expect("String");
+                }
+                for r in new.iter().rev() {
+                    writeln!(body, "-I {chain} 1 {}", r.args()).expect("String");
+                }
+            }
+            if table == Table::Nat {
+                let new_chains: BTreeMap<&String, &Vec<Rule>> = now.chains.iter().map(|(n, r)| (n, r)).collect();
+                for (chain, rules) in &now.chains {
+                    let unchanged = before.chains.iter().any(|(n, r)| n == chain && r == rules);
+                    if !unchanged {
+                        declare.insert(chain.clone());
+                        for r in rules {
+                            append(&mut body, chain, r);
+                        }
+                    }
+                }
+                for (chain, _) in &before.chains {
+                    if !new_chains.contains_key(chain) {
+                        delete.insert(chain.clone());
+                    }
+                }
+            }
+        }
+        section(&mut out, table, &declare, &body, &delete);
+    }
+    out
+}
