@@ -15,12 +15,18 @@
 //! - [`restore`]: full and partial `iptables-restore --noflush` input.
 //! - [`fake`]: an in-memory iptables that reads that input with the
 //!   kernel's checks; [`trace`] walks packets through it.
+//! - [`kernel`]: the kernel step (`iptables-restore`, `iptables-save`) and
+//!   the choice between `iptables-legacy` and `iptables-nft`.
+//! - [`proxier`]: [`IptablesProxier`], the `Proxier` with partial syncs.
 
 pub mod fake;
+pub mod kernel;
 pub mod names;
+pub mod proxier;
 pub mod render;
 pub mod restore;
 pub mod rule;
 pub mod trace;
 
 pub use render::{render, Renderer, Ruleset, Table};
+pub use proxier::{IptablesOptions, IptablesProxier};

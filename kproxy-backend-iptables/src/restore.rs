@@ -114,3 +114,32 @@ pub fn partial(renderer: &Renderer, journal: &Journal, missing: &[Jump]) -> Stri
     }
     out
 }
+
+/// Removes everything kproxy (or kube-proxy) installed, given each
+/// table's `iptables-save` text: the jumps from built-in chains to owned
+/// chains are deleted, then the owned chains are flushed and deleted.
+/// Chains kubelet owns (`KUBE-KUBELET-CANARY`, `KUBE-FIREWALL`, ...) stay.
+pub fn cleanup(saved: &[(Table, crate::kernel::Listing)]) -> String {
+    let mut out = String::new();
+    for (table, listing) in saved {
+        let owned: BTreeSet<String> = listing.chains.keys().filter(|c| is_ours(c)).cloned().collect();
+        let mut body = String::new();
+        for line in &listing.builtin_rules {
+            let jumps_to_ours = line.rsplit_once("-j ").is_some_and(|(_, t)| owned.contains(t.split_whitespace().next().unwrap_or_default()));
+            if jumps_to_ours {
+                if let Some(rule) = line.strip_prefix("-A ") {
+                    writeln!(body, "-D {rule}").expect("String");
+                }
+            }
+        }
+        section(&mut out, *table, &owned, &body, &owned);
+    }
+    out
+}
+
+/// The chains kproxy writes, fixed or per service.
+fn is_ours(chain: &str) -> bool {
+    use crate::names::*;
+    [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, FORWARD, POSTROUTING, MARK_MASQ, CANARY, "KUBE-MARK-DROP"].contains(&chain)
+        || SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
+}

@@ -208,6 +208,29 @@ impl Renderer {
     }
 }
 
+impl Renderer {
+    /// Every kproxy chain the desired ruleset has, with its rule count,
+    /// per table: what a drift check compares `iptables-save` with. Cheaper
+    /// than [`Renderer::ruleset`]: no rule is copied.
+    pub fn outline(&self) -> BTreeMap<Table, BTreeMap<String, usize>> {
+        let mut out: BTreeMap<Table, BTreeMap<String, usize>> = BTreeMap::new();
+        let (nat, filter) = fixed_chains(&self.config);
+        for (table, chains) in [(Table::Nat, nat), (Table::Filter, filter)] {
+            out.insert(table, chains.into_iter().map(|(n, r)| (n, r.len())).collect());
+        }
+        for r in self.ports.values() {
+            for shared in Shared::ALL {
+                let (table, chain) = shared.chain();
+                *out.get_mut(&table).and_then(|t| t.get_mut(chain)).expect("shared chains are fixed") += shared.rules(r).len();
+            }
+            for (name, rules) in &r.chains {
+                out.get_mut(&Table::Nat).expect("nat").insert(name.clone(), rules.len());
+            }
+        }
+        out
+    }
+}
+
 /// Renders the applied state of `state` for `config` (pure: the same input
 /// always gives the same ruleset).
 pub fn render(state: &ProxyState, config: &ProxierConfig) -> Ruleset {

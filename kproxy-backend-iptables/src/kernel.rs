@@ -1,0 +1,217 @@
+//! The kernel step: one `iptables-restore --noflush` per sync and family,
+//! and `iptables-save -t TABLE` to see what the kernel holds. Never one
+//! process per rule.
+//!
+//! [`IptablesCli`] runs the real tools of one flavour (`iptables-legacy`
+//! or `iptables-nft`), optionally inside a network namespace; [`Flavour::detect`]
+//! picks the flavour the host already uses, as upstream's image does.
+//! [`FakeIptables`](crate::fake::FakeIptables) implements [`Kernel`] too.
+
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use kproxy_core::IpFamily;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::fake::FakeIptables;
+use crate::render::Table;
+
+/// A kernel step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The tool could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The command.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The tool ran and refused.
+    #[error("{program} failed ({status}): {message}")]
+    Failed {
+        /// The command.
+        program: String,
+        /// Its exit status.
+        status: String,
+        /// The first lines of its stderr.
+        message: String,
+    },
+    /// The fake kernel refused.
+    #[error("fake iptables: {0}")]
+    Fake(String),
+}
+
+/// What the proxier needs of a kernel.
+#[async_trait]
+pub trait Kernel: Send + std::fmt::Debug {
+    /// Applies `iptables-restore --noflush` input to `family`'s tables.
+    async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError>;
+    /// `iptables-save -t TABLE` for `family`.
+    async fn save(&mut self, family: IpFamily, table: Table) -> Result<String, KernelError>;
+}
+
+/// Which iptables implementation programs the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// `iptables-legacy` (the x_tables kernel API).
+    Legacy,
+    /// `iptables-nft` (iptables rules in nf_tables).
+    Nft,
+}
+
+impl Flavour {
+    /// The tools' name suffix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "legacy",
+            Flavour::Nft => "nft",
+        }
+    }
+
+    /// Picks the flavour the host's other components already use, the
+    /// way upstream's image does: a `KUBE-IPTABLES-HINT` or
+    /// `KUBE-KUBELET-CANARY` chain in one flavour's mangle table decides
+    /// (nft first); otherwise the flavour holding more rules, nft on a
+    /// tie. `netns` runs the tools inside that network namespace.
+    pub async fn detect(netns: Option<&str>) -> (Flavour, String) {
+        for flavour in [Flavour::Nft, Flavour::Legacy] {
+            let cli = IptablesCli::new(flavour, netns);
+            if let Ok(mangle) = cli.run(&cli.tool(IpFamily::V4, "save"), &["-t", "mangle"], None).await {
+                if mangle.contains(":KUBE-IPTABLES-HINT") || mangle.contains(":KUBE-KUBELET-CANARY") {
+                    return (flavour, format!("{} has kubelet's hint chain", cli.tool(IpFamily::V4, "save")));
+                }
+            }
+        }
+        let mut counts = [0usize; 2];
+        for (i, flavour) in [Flavour::Legacy, Flavour::Nft].into_iter().enumerate() {
+            let cli = IptablesCli::new(flavour, netns);
+            for family in [IpFamily::V4, IpFamily::V6] {
+                if let Ok(out) = cli.run(&cli.tool(family, "save"), &[], None).await {
+                    counts[i] += out.lines().filter(|l| l.starts_with('-')).count();
+                }
+            }
+        }
+        let why = format!("{} legacy rules, {} nft rules", counts[0], counts[1]);
+        if counts[0] > counts[1] {
+            (Flavour::Legacy, why)
+        } else {
+            (Flavour::Nft, why)
+        }
+    }
+}
+
+/// The real tools of one flavour.
+#[derive(Debug, Clone)]
+pub struct IptablesCli {
+    flavour: Flavour,
+    prefix: Vec<String>,
+}
+
+impl IptablesCli {
+    /// The `flavour` tools, inside `netns` if given.
+    pub fn new(flavour: Flavour, netns: Option<&str>) -> Self {
+        let prefix = match netns {
+            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.into()],
+            None => Vec::new(),
+        };
+        IptablesCli { flavour, prefix }
+    }
+
+    /// The flavour.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
+    fn tool(&self, family: IpFamily, what: &str) -> String {
+        let base = if family == IpFamily::V6 { "ip6tables" } else { "iptables" };
+        format!("{base}-{}-{what}", self.flavour.name())
+    }
+
+    async fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+        let mut argv: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        argv.push(tool);
+        argv.extend_from_slice(args);
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let spawn_err = |source| KernelError::Spawn { program: tool.to_string(), source };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).await.map_err(spawn_err)?;
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let message = stderr.lines().take(3).collect::<Vec<_>>().join(" | ");
+            return Err(KernelError::Failed { program: tool.to_string(), status: out.status.to_string(), message });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Checks restore input without applying it (`iptables-restore --test`).
+    pub async fn test(&self, family: IpFamily, text: &str) -> Result<(), KernelError> {
+        self.run(&self.tool(family, "restore"), &["--noflush", "--test"], Some(text)).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Kernel for IptablesCli {
+    async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        // -w: wait for the xtables lock other tools may hold.
+        self.run(&self.tool(family, "restore"), &["--noflush", "-w", "5"], Some(text)).await.map(|_| ())
+    }
+
+    async fn save(&mut self, family: IpFamily, table: Table) -> Result<String, KernelError> {
+        self.run(&self.tool(family, "save"), &["-t", table.name()], None).await
+    }
+}
+
+#[async_trait]
+impl Kernel for FakeIptables {
+    async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {
+        FakeIptables::restore(self, family, text).map_err(KernelError::Fake)
+    }
+
+    async fn save(&mut self, family: IpFamily, table: Table) -> Result<String, KernelError> {
+        Ok(FakeIptables::save(self, family, table))
+    }
+}
+
+/// What `iptables-save -t TABLE` shows of a table: each chain with its
+/// rule count, and the rule lines of the built-in chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Every chain and its number of rules.
+    pub chains: std::collections::BTreeMap<String, usize>,
+    /// `-A BUILTIN ...` lines, as saved.
+    pub builtin_rules: Vec<String>,
+}
+
+impl Listing {
+    /// Reads `iptables-save` output for one table.
+    pub fn parse(save: &str, table: Table) -> Listing {
+        let mut l = Listing::default();
+        for line in save.lines() {
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(name) = decl.split_whitespace().next() {
+                    l.chains.entry(name.to_string()).or_insert(0);
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let chain = rule.split_whitespace().next().unwrap_or_default();
+                *l.chains.entry(chain.to_string()).or_insert(0) += 1;
+                if table.builtins().contains(&chain) {
+                    l.builtin_rules.push(line.to_string());
+                }
+            }
+        }
+        l
+    }
+}

@@ -1,0 +1,273 @@
+//! [`IptablesProxier`]: the iptables backend behind the `Proxier` contract.
+//!
+//! A sync re-renders only the Services that changed and sends one
+//! `iptables-restore --noflush` that rewrites just their chains and swaps
+//! just their rules in the shared chains (a partial sync). A full restore
+//! (every kproxy chain rewritten, stale service chains deleted, missing
+//! jumps from the built-in chains put back) runs on the first sync, after a
+//! node change or a failed restore, and when a periodic sync finds the
+//! kernel differing from what was written (a chain flushed, deleted or
+//! edited by someone else), or every `full_restore_every` periodic syncs.
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+
+use crate::kernel::{Kernel, KernelError, Listing};
+use crate::names;
+use crate::render::{jumps, Jump, Renderer, Table};
+use crate::restore::{self, Stale};
+
+const BACKEND: &str = "iptables";
+
+/// Tuning knobs of the iptables backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IptablesOptions {
+    /// Every this many periodic (full) sync requests, rewrite everything
+    /// even without detected drift. 0 never forces one.
+    pub full_restore_every: u32,
+}
+
+impl Default for IptablesOptions {
+    fn default() -> Self {
+        // With the default syncPeriod (30 s): hourly, as upstream.
+        IptablesOptions { full_restore_every: 120 }
+    }
+}
+
+/// A configuration the backend cannot program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An interface name iptables would not accept, or that could smuggle text.
+    #[error("invalid interface name {0:?} for the local detector (1-15 characters of [A-Za-z0-9_.-])")]
+    InterfaceName(String),
+    /// The masquerade bit is out of range.
+    #[error("masqueradeBit {0} is out of range 0-31")]
+    MasqueradeBit(u8),
+}
+
+/// The iptables backend for one IP family.
+#[derive(Debug)]
+pub struct IptablesProxier<K: Kernel> {
+    state: ProxyState,
+    config: ProxierConfig,
+    renderer: Renderer,
+    kernel: K,
+    options: IptablesOptions,
+    /// Whether the kernel holds what the renderer last produced.
+    trusted: bool,
+    rendered_once: bool,
+    periodic: u32,
+    unreported: StateChanges,
+}
+
+impl<K: Kernel> IptablesProxier<K> {
+    /// A proxier for `config.family` on node `node_name`, programming `kernel`.
+    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: IptablesOptions) -> Result<Self, ConfigError> {
+        use kproxy_core::LocalDetector::{BridgeInterface, InterfaceNamePrefix};
+        if let BridgeInterface(name) | InterfaceNamePrefix(name) = &config.local_detector {
+            let ok = (1..=15).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                return Err(ConfigError::InterfaceName(name.clone()));
+            }
+        }
+        if config.masquerade_bit > 31 {
+            return Err(ConfigError::MasqueradeBit(config.masquerade_bit));
+        }
+        Ok(IptablesProxier {
+            state: ProxyState::new(config.family, node_name),
+            renderer: Renderer::new(config.clone()),
+            config,
+            kernel,
+            options,
+            trusted: false,
+            rendered_once: false,
+            periodic: 0,
+            unreported: StateChanges::default(),
+        })
+    }
+
+    /// The kernel this proxier programs (for tests and tools).
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// Mutable access to the kernel (for tests that simulate drift).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The renderer (for tests and tools).
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// The proxy state (for tests and tools).
+    pub fn state(&self) -> &ProxyState {
+        &self.state
+    }
+
+    fn family(&self) -> IpFamily {
+        self.config.family
+    }
+
+    async fn listings(&mut self) -> Result<Vec<(Table, Listing)>, KernelError> {
+        let mut out = Vec::new();
+        for table in Table::ALL {
+            let save = self.kernel.save(self.family(), table).await?;
+            out.push((table, Listing::parse(&save, table)));
+        }
+        Ok(out)
+    }
+
+    /// What differs between the kernel and the desired rules: stale
+    /// service chains, missing jumps, and whether any owned chain is
+    /// missing or has another number of rules.
+    fn compare(&self, listings: &[(Table, Listing)]) -> (Stale, Vec<Jump>, bool) {
+        let outline = self.renderer.outline();
+        let mut stale = Stale::new();
+        let mut drift = false;
+        for (table, listing) in listings {
+            let want = &outline[table];
+            for (chain, count) in want {
+                if listing.chains.get(chain) != Some(count) {
+                    drift = true;
+                }
+            }
+            for chain in listing.chains.keys() {
+                if names::SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p)) && !want.contains_key(chain) {
+                    stale.entry(*table).or_default().insert(chain.clone());
+                }
+            }
+        }
+        let missing: Vec<Jump> = jumps()
+            .into_iter()
+            .filter(|j| {
+                let listing = &listings.iter().find(|(t, _)| *t == j.table).expect("both tables listed").1;
+                !has_jump(listing, j)
+            })
+            .collect();
+        drift |= !stale.is_empty() || !missing.is_empty();
+        (stale, missing, drift)
+    }
+
+    /// Writes the sync's restore; returns whether it was a full one.
+    async fn apply(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
+        let journal = self.renderer.take_journal();
+        let mut full = journal.full || !self.trusted;
+        let mut listings = None;
+        if request.full && !full {
+            self.periodic += 1;
+            let every = self.options.full_restore_every;
+            let forced = every > 0 && self.periodic % every == 0;
+            let l = self.listings().await?;
+            let (_, _, drift) = self.compare(&l);
+            if drift {
+                tracing::warn!(family = ?self.family(), "iptables rules changed behind kproxy's back; rewriting them all");
+            }
+            full = drift || forced;
+            listings = Some(l);
+        }
+        // If the restore fails, the kernel may hold part of it: the next
+        // sync writes everything.
+        self.trusted = false;
+        let text = if full {
+            let l = match listings {
+                Some(l) => l,
+                None => self.listings().await?,
+            };
+            let (stale, missing, _) = self.compare(&l);
+            restore::full(&self.renderer.ruleset(), &stale, &missing)
+        } else {
+            restore::partial(&self.renderer, &journal, &[])
+        };
+        self.kernel.restore(self.family(), &text).await?;
+        self.trusted = true;
+        Ok(full)
+    }
+}
+
+/// Whether `listing` has `jump` in its built-in chain: matched on the
+/// chain, the comment and the target, as `iptables-save` may reorder and
+/// respell the rest.
+fn has_jump(listing: &Listing, jump: &Jump) -> bool {
+    let comment = jump.rule.matches.iter().find_map(|m| match m {
+        crate::rule::Match::Comment(c) => Some(c.as_str()),
+        _ => None,
+    });
+    let target = match &jump.rule.target {
+        crate::rule::Target::Jump(t) => t.as_str(),
+        _ => return false,
+    };
+    listing.builtin_rules.iter().any(|line| {
+        line.starts_with(&format!("-A {} ", jump.from))
+            && line.ends_with(&format!("-j {target}"))
+            && comment.is_none_or(|c| line.contains(&format!("--comment \"{c}\"")) || line.contains(&format!("--comment {c}")))
+    })
+}
+
+fn kernel_error(e: KernelError) -> Error {
+    Error::sync(BACKEND, e.to_string(), Some(Box::new(e)))
+}
+
+#[async_trait]
+impl<K: Kernel + 'static> Proxier for IptablesProxier<K> {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
+        self.state.on_service(previous, current)
+    }
+
+    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
+        self.state.on_endpoint_slice(slice, removed)
+    }
+
+    fn on_node_update(&mut self, node: &Node) -> bool {
+        self.state.on_node(node)
+    }
+
+    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
+        let mut changes = std::mem::take(&mut self.unreported);
+        changes.absorb(self.state.apply());
+        if changes.node_changed || !self.rendered_once {
+            self.renderer.refresh_all(&self.state);
+            self.rendered_once = true;
+        } else {
+            let services: Vec<_> = changes.updated_services().into_iter().cloned().collect();
+            self.renderer.refresh(&self.state, services.iter());
+        }
+        match self.apply(request).await {
+            Ok(full) => {
+                let mut report = SyncReport::new(request.full || full, changes);
+                report.no_local_endpoints = self.renderer.no_local_endpoints();
+                report.health_checks = self.state.health_checks();
+                if report.full || report.changes.may_leave_stale_flows() {
+                    report.stale_flows = Some(self.state.stale_flow_filter(&report.changes));
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                self.unreported = changes;
+                Err(kernel_error(e))
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<()> {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let mut listings = Vec::new();
+            for table in Table::ALL {
+                let save = self.kernel.save(family, table).await.map_err(kernel_error)?;
+                listings.push((table, Listing::parse(&save, table)));
+            }
+            let text = restore::cleanup(&listings);
+            self.kernel.restore(family, &text).await.map_err(|e| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) })?;
+        }
+        self.trusted = false;
+        Ok(())
+    }
+}
