@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{Packet, Scenario, Verdict};
+use kproxy_core::oracle::{Dataplane, Packet, Scenario, Verdict};
 use kproxy_core::Protocol;
 
 use crate::topology::{Topology, KPT};
@@ -70,11 +70,16 @@ pub fn probe(topo: &Topology, packet: &Packet, count: usize, timeout: Duration) 
 }
 
 /// Checks every case of `scenario` on a topology whose node runs the
-/// proxy; returns a description of each case that failed.
+/// proxy (in nftables mode); returns a description of each case that failed.
 pub fn check_scenario(topo: &Topology, scenario: &Scenario) -> Vec<String> {
+    check_scenario_for(topo, scenario, Dataplane::Nftables)
+}
+
+/// [`check_scenario`] for a proxy with `dataplane`'s semantics.
+pub fn check_scenario_for(topo: &Topology, scenario: &Scenario, dataplane: Dataplane) -> Vec<String> {
     let mut failures = Vec::new();
     for case in &scenario.cases {
-        if let Err(why) = check_case(topo, &case.packet, &case.expected) {
+        if let Err(why) = check_case(topo, &case.packet, case.expected_for(dataplane)) {
             failures.push(format!("{} / {}: {} — {why}", scenario.name, case.name, case.packet));
         }
     }

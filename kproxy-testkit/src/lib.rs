@@ -15,6 +15,6 @@ mod check;
 mod netns;
 mod topology;
 
-pub use check::{check_case, check_scenario, probe, Seen};
+pub use check::{check_case, check_scenario, check_scenario_for, probe, Seen};
 pub use netns::{kernel_tests_enabled, run, Netns};
 pub use topology::{Topology, KPT};
