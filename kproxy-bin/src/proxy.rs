@@ -5,17 +5,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
-use kproxy_core::{IpFamily, NodeInfo};
+use kproxy_core::{IpFamily, NodeInfo, Proxier};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::observer::SyncObserver;
-use crate::run::nft_proxier;
+use crate::run::{iptables_proxier, nft_proxier};
 use crate::servers::{self, HealthChecks, Kind, Shared};
-use crate::settings::Settings;
+use crate::settings::{Mode, Settings};
 
 /// Labels that keep an object away from this proxy, as upstream's
 /// informers select: Services another proxy implements
@@ -42,15 +43,27 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxier per family with the nftables backend, and the
+    /// Starts a proxier per family with the mode's backend, and the
     /// servers. Nothing syncs before both initial lists are delivered.
     pub async fn start(settings: &Settings, node: &NodeInfo, families: &[IpFamily], configz: String) -> Result<Proxy> {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
         let metrics = Arc::new(Metrics::new());
         let mut senders = Vec::new();
         let mut runners = Vec::new();
+        let flavour = match settings.mode {
+            Mode::Iptables => {
+                let (flavour, why) = Flavour::detect(None).await;
+                tracing::info!("using iptables-{} ({why})", flavour.name());
+                Some(flavour)
+            }
+            _ => None,
+        };
         for &family in families {
-            let proxier = nft_proxier(settings, family, node, NftKernel::new()?)?;
+            let proxier: Box<dyn Proxier> = match (settings.mode, flavour) {
+                (Mode::Nftables, _) => Box::new(nft_proxier(settings, family, node, NftKernel::new()?)?),
+                (Mode::Iptables, Some(flavour)) => Box::new(iptables_proxier(settings, family, node, IptablesCli::new(flavour, None))?),
+                (mode, _) => bail!("proxy mode {mode:?} is not implemented yet; kproxy supports --proxy-mode nftables and iptables"),
+            };
             let runner = SyncRunner::new(runner_config)?;
             let (tx, rx) = mpsc::channel(1024);
             senders.push(tx);
@@ -60,7 +73,7 @@ impl Proxy {
             healths: runners.iter().map(|(_, _, r, _)| r.health()).collect(),
             metrics: Arc::clone(&metrics),
             node_eligible: AtomicBool::new(true),
-            mode: "nftables",
+            mode: settings.mode.name(),
             configz,
         });
         servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
@@ -69,7 +82,7 @@ impl Proxy {
         for (family, mut proxier, runner, rx) in runners {
             let mut observer = SyncObserver::new(family, Arc::clone(&metrics), Arc::clone(&health_checks));
             tokio::spawn(async move {
-                if let Err(e) = runner.run(&mut proxier, rx, |event| observer.observe(event)).await {
+                if let Err(e) = runner.run(&mut *proxier, rx, |event| observer.observe(event)).await {
                     tracing::error!(%family, error = %e, "the sync runner stopped");
                 }
             });

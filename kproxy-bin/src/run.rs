@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use kproxy_backend_nft::fake::FakeKernel;
 use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel};
+use kproxy_backend_iptables::fake::FakeIptables;
+use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
+use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::runner::Update;
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
@@ -35,14 +38,10 @@ pub async fn run(flags: Flags) -> Result<()> {
         return Ok(());
     }
     if flags.cleanup {
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let mut p = nft_proxier(&settings, family, &NodeInfo::named(&settings.node_name), NftKernel::new()?)?;
-            p.cleanup().await?;
-        }
-        return Ok(());
+        return cleanup(&settings).await;
     }
-    if settings.mode != Mode::Nftables {
-        bail!("proxy mode {:?} is not implemented yet; kproxy supports --proxy-mode nftables", settings.mode);
+    if settings.mode == Mode::Ipvs {
+        bail!("proxy mode ipvs is not implemented yet; kproxy supports --proxy-mode nftables and iptables");
     }
     apply_flags(&mut file, &flags);
     let configz = serde_json::to_string(&file).unwrap_or_default();
@@ -50,6 +49,20 @@ pub async fn run(flags: Flags) -> Result<()> {
         Some(dir) => standalone(&settings, &flags, Path::new(dir), configz).await,
         None => cluster(&settings, &flags, file.client_connection.as_ref().and_then(|c| c.kubeconfig.clone()), configz).await,
     }
+}
+
+/// `--cleanup`: removes what any mode installed, as upstream does: the
+/// nftables tables, then the iptables chains of each flavour present.
+async fn cleanup(settings: &Settings) -> Result<()> {
+    let node = NodeInfo::named(&settings.node_name);
+    nft_proxier(settings, IpFamily::V4, &node, NftKernel::new()?)?.cleanup().await?;
+    for flavour in [Flavour::Nft, Flavour::Legacy] {
+        let mut p = iptables_proxier(settings, IpFamily::V4, &node, IptablesCli::new(flavour, None))?;
+        if let Err(e) = p.cleanup().await {
+            tracing::warn!("iptables-{}: {e}", flavour.name());
+        }
+    }
+    Ok(())
 }
 
 /// The families to proxy: those the node has addresses in (IPv4 when it
@@ -63,8 +76,12 @@ fn families_of(node: &NodeInfo) -> Vec<IpFamily> {
     }
 }
 
-/// Fails with one line if this machine cannot run the nftables backend.
-async fn check_kernel_support() -> Result<()> {
+/// Fails with one line if this machine cannot run the mode's backend
+/// (the iptables mode's tools are checked when a flavour is picked).
+async fn check_kernel_support(mode: Mode) -> Result<()> {
+    if mode != Mode::Nftables {
+        return Ok(());
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     kproxy_backend_nft::kernel::check_support(&NftCli::new(), &release).await.map_err(anyhow::Error::msg)
 }
@@ -91,16 +108,29 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
     let families = families_of(&node);
     if flags.dry_run {
         for &family in &families {
-            let mut p = nft_proxier(settings, family, &node, FakeKernel::new())?;
-            for u in standalone::diff(&Manifests::default(), &state) {
-                deliver(&mut p, u);
-            }
-            p.sync(SyncRequest { full: true }).await?;
-            println!("# {family}\n{}", p.kernel().dump());
+            let text = match settings.mode {
+                Mode::Iptables => {
+                    let mut p = iptables_proxier(settings, family, &node, FakeIptables::new())?;
+                    for u in standalone::diff(&Manifests::default(), &state) {
+                        deliver(&mut p, u);
+                    }
+                    p.sync(SyncRequest { full: true }).await?;
+                    kproxy_backend_iptables::Table::ALL.iter().map(|t| p.kernel().save(family, *t)).collect::<Vec<_>>().join("")
+                }
+                _ => {
+                    let mut p = nft_proxier(settings, family, &node, FakeKernel::new())?;
+                    for u in standalone::diff(&Manifests::default(), &state) {
+                        deliver(&mut p, u);
+                    }
+                    p.sync(SyncRequest { full: true }).await?;
+                    p.kernel().dump()
+                }
+            };
+            println!("# {family}\n{text}");
         }
         return Ok(());
     }
-    check_kernel_support().await?;
+    check_kernel_support(settings.mode).await?;
     set_sysctls(settings)?;
     let proxy = Proxy::start(settings, &node, &families, configz).await?;
     until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state)).await
@@ -111,7 +141,7 @@ async fn cluster(settings: &Settings, flags: &Flags, file_kubeconfig: Option<Str
     if flags.dry_run {
         bail!("--dry-run needs --manifests DIR");
     }
-    check_kernel_support().await?;
+    check_kernel_support(settings.mode).await?;
     let kubeconfig = flags.kubeconfig.clone().or(file_kubeconfig);
     let client = watch::client(kubeconfig.as_deref(), flags.master.as_deref()).await?;
     // Like upstream, wait a while for the Node (its addresses decide the
@@ -213,6 +243,11 @@ fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) 
             field.clone_from(flag);
         }
     }
+}
+
+/// The iptables proxier for `family`.
+pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IptablesProxier<K>> {
+    Ok(IptablesProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, IptablesOptions::default())?)
 }
 
 pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<NftProxier<K>> {

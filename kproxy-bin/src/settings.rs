@@ -13,12 +13,24 @@ use crate::sysctls::ConntrackSysctls;
 /// A proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// nftables (implemented).
+    /// nftables.
     Nftables,
-    /// iptables (upstream's default; not implemented yet).
+    /// iptables (upstream's default), with `iptables-legacy` or
+    /// `iptables-nft` as the host already uses.
     Iptables,
     /// IPVS (not implemented yet).
     Ipvs,
+}
+
+impl Mode {
+    /// The mode as the configuration spells it (and `/proxyMode` says).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Nftables => "nftables",
+            Mode::Iptables => "iptables",
+            Mode::Ipvs => "ipvs",
+        }
+    }
 }
 
 /// How pods are recognised, before it is resolved for a family.
@@ -149,8 +161,8 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
     let min_sync_period = duration(path, &format!("{section}.minSyncPeriod"), min_sync.as_deref(), Duration::from_secs(1))?;
 
     let node_port_addresses = match flags.nodeport_addresses.as_deref() {
-        Some(list) => node_ports(path, &list.split(',').map(str::to_string).collect::<Vec<_>>())?,
-        None => node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default())?,
+        Some(list) => node_ports(path, &list.split(',').map(str::to_string).collect::<Vec<_>>(), mode)?,
+        None => node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default(), mode)?,
     };
 
     let healthz_bind_address = bind_address(
@@ -184,17 +196,26 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
     })
 }
 
-fn node_ports(path: &str, list: &[String]) -> Result<NodePortAddresses, ConfigError> {
+/// Every address: iptables mode's default, served with `-m addrtype
+/// --dst-type LOCAL` rather than a list.
+fn all_addresses() -> Vec<IpNet> {
+    vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
+}
+
+fn node_ports(path: &str, list: &[String], mode: Mode) -> Result<NodePortAddresses, ConfigError> {
     let list: Vec<&str> = list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+    if list.is_empty() && mode != Mode::Nftables {
+        return Ok(NodePortAddresses::Cidrs(all_addresses()));
+    }
     if list.is_empty() || list == ["primary"] {
         return Ok(NodePortAddresses::Primary);
     }
     let mut nets = Vec::new();
     for item in list {
         match item {
-            "all" => nets.extend(["0.0.0.0/0".parse::<IpNet>().expect("literal"), "::/0".parse().expect("literal")]),
+            "all" => nets.extend(all_addresses()),
             "primary" => return Err(invalid(path, "nodePortAddresses", "`primary` cannot be combined with CIDRs")),
-            "localhost" => return Err(invalid(path, "nodePortAddresses", "localhost NodePorts are not supported in nftables mode")),
+            "localhost" => return Err(invalid(path, "nodePortAddresses", "localhost NodePorts are not supported")),
             cidr => nets.extend(cidrs(path, "nodePortAddresses", cidr)?),
         }
     }
@@ -202,6 +223,18 @@ fn node_ports(path: &str, list: &[String]) -> Result<NodePortAddresses, ConfigEr
 }
 
 impl Settings {
+    /// The addresses NodePorts are served on. In iptables mode, a range
+    /// that covers every address of the family means every local address,
+    /// which the backend matches by address type (empty list).
+    fn node_port_ips(&self, family: IpFamily, node_ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+        if let (Mode::Iptables, NodePortAddresses::Cidrs(nets)) = (self.mode, &self.node_port_addresses) {
+            if nets.iter().any(|n| IpFamily::of_net(n) == family && n.prefix_len() == 0) {
+                return Vec::new();
+            }
+        }
+        self.node_port_addresses.resolve(family, node_ips, node_ips)
+    }
+
     /// The proxier configuration for `family` on `node`.
     pub fn proxier_config(&self, family: IpFamily, node: &NodeInfo) -> ProxierConfig {
         let node_ips: Vec<_> = node.ips.iter().copied().filter(|ip| family.contains(*ip)).collect();
@@ -218,7 +251,7 @@ impl Settings {
             masquerade_all: self.masquerade_all,
             masquerade_bit: self.masquerade_bit,
             local_detector,
-            node_port_ips: self.node_port_addresses.resolve(family, &node_ips, &node_ips),
+            node_port_ips: self.node_port_ips(family, &node_ips),
             node_ips,
         }
     }

@@ -67,7 +67,20 @@ fn an_unknown_proxy_mode_is_an_error() {
 
 #[test]
 fn unimplemented_modes_say_so() {
-    fails_with(&kproxy(&["--proxy-mode", "iptables", "--manifests", "x"]), "not implemented yet");
+    fails_with(&kproxy(&["--proxy-mode", "ipvs", "--manifests", "x"]), "not implemented yet");
+}
+
+#[test]
+fn the_iptables_dry_run_prints_upstreams_chains() {
+    let cluster = example_cluster();
+    let out = kproxy(&["--proxy-mode", "iptables", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("*nat") && stdout.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"), "{stdout}");
+    assert!(stdout.contains("-d 10.96.0.10 --dport 80 -j KUBE-SVC-"), "the ClusterIP dispatches to its service chain: {stdout}");
+    assert!(stdout.contains("-j DNAT --to-destination 10.244.1.10:8080"), "{stdout}");
+    assert!(stdout.contains("-d 10.96.0.40 --dport 80 -j REJECT"), "the service without endpoints is rejected: {stdout}");
+    assert!(stdout.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "NodePorts on every local address by default: {stdout}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! behaviour, not only kproxy's. Needs root and the e2e binaries; skips
 //! without, must run in CI.
 
+use kproxy_core::oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};
 
 #[test]
@@ -10,4 +11,11 @@ fn every_scenario_with_upstream_kube_proxy() {
     let Some(bins) = e2e_binaries("every_scenario_with_upstream_kube_proxy") else { return };
     let failures = scenario::run_all(&bins, ProxyKind::Upstream, &bins.path("kube-proxy")).unwrap();
     assert!(failures.is_empty(), "upstream kube-proxy disagrees with the oracle:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_scenario_with_upstream_kube_proxy_in_iptables_mode() {
+    let Some(bins) = e2e_binaries("every_scenario_with_upstream_kube_proxy_in_iptables_mode") else { return };
+    let failures = scenario::run_all_in(&bins, ProxyKind::Upstream, &bins.path("kube-proxy"), Dataplane::Iptables).unwrap();
+    assert!(failures.is_empty(), "upstream kube-proxy (iptables mode) disagrees with the oracle:\n{}", failures.join("\n"));
 }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, Scenario};
+use kproxy_core::oracle::{scenarios, Dataplane, Scenario};
 use kproxy_core::LocalDetector;
-use kproxy_testkit::{check_scenario, Netns, Topology};
+use kproxy_testkit::{check_scenario_for, Netns, Topology};
 use serde_json::{json, Value};
 
 use crate::api::Api;
@@ -74,17 +74,32 @@ impl ProxyKind {
 /// The `KubeProxyConfiguration` both proxies read for `scenario` (same
 /// file, same meaning), in nftables mode.
 pub fn config(scenario: &Scenario, kubeconfig: &Path) -> Value {
+    config_in(scenario, kubeconfig, Dataplane::Nftables)
+}
+
+/// [`config`] in `mode` (nftables or iptables). NodePorts are served on
+/// the node's primary IP in both, as the scenarios assume.
+pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Value {
     let c = &scenario.config;
+    let section = match mode {
+        Dataplane::Nftables => "nftables",
+        Dataplane::Iptables => "iptables",
+        Dataplane::Ipvs => "ipvs",
+    };
     let mut config = json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "mode": "nftables",
+        "mode": section,
+        "nodePortAddresses": ["primary"],
         "hostnameOverride": kproxy_core::oracle::fixtures::NODE_NAME,
         "clientConnection": {"kubeconfig": kubeconfig.to_string_lossy()},
         // The table size is global: tests leave it alone.
         "conntrack": {"maxPerCore": 0},
-        "nftables": {"masqueradeAll": c.masquerade_all, "masqueradeBit": c.masquerade_bit, "minSyncPeriod": "0s", "syncPeriod": "30s"},
     });
+    config[section] = json!({"masqueradeAll": c.masquerade_all, "masqueradeBit": c.masquerade_bit, "minSyncPeriod": "0s", "syncPeriod": "30s"});
+    if mode == Dataplane::Iptables {
+        config["iptables"]["localhostNodePorts"] = json!(false);
+    }
     match &c.local_detector {
         LocalDetector::None => {}
         LocalDetector::ClusterCidr(nets) => {
@@ -128,6 +143,12 @@ pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path
 /// per scenario, how long after the proxy's start every case passed;
 /// returns the failures.
 pub fn run_all(bins: &Binaries, kind: ProxyKind, binary: &str) -> Result<Vec<String>, String> {
+    run_all_in(bins, kind, binary, Dataplane::Nftables)
+}
+
+/// [`run_all`] with the proxy in `mode` (nftables or iptables), each case
+/// checked with that mode's semantics.
+pub fn run_all_in(bins: &Binaries, kind: ProxyKind, binary: &str, mode: Dataplane) -> Result<Vec<String>, String> {
     let mut cp = ControlPlane::start(bins)?;
     let api = cp.admin()?;
     let kubeconfig = cp.kubeconfig(kind.user())?;
@@ -137,16 +158,16 @@ pub fn run_all(bins: &Binaries, kind: ProxyKind, binary: &str) -> Result<Vec<Str
         cp.attach(&topo.node)?;
         apply(&api, &s)?;
         let start = Instant::now();
-        start_proxy(kind, &mut topo.node, &config(&s, &kubeconfig), cp.dir(), binary)?;
+        start_proxy(kind, &mut topo.node, &config_in(&s, &kubeconfig, mode), cp.dir(), binary)?;
         let mut last = Vec::new();
         while start.elapsed() < Duration::from_secs(20) {
-            last = check_scenario(&topo, &s);
+            last = check_scenario_for(&topo, &s, mode);
             if last.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!("{:<48} {:>2} cases, all passing {:.1} s after {kind:?} started", s.name, s.cases.len(), start.elapsed().as_secs_f64());
+        println!("{:<48} {:>2} cases, all passing {:.1} s after {kind:?} ({mode:?}) started", s.name, s.cases.len(), start.elapsed().as_secs_f64());
         failures.extend(last);
         drop(topo);
         delete(&api, &s)?;

@@ -1,0 +1,161 @@
+//! `kproxy-iptables-bench`: the iptables backend's benchmark. Needs root;
+//! it makes a private network namespace per flavour and size, runs there,
+//! and deletes it.
+//!
+//! ```text
+//! cargo run --release -p kproxy-backend-iptables --example kproxy-iptables-bench -- [SERVICES,...] [ENDPOINTS] [legacy,nft]
+//! ```
+//!
+//! For each flavour (default both) and size (default 1000,10000,50000
+//! services × 10 endpoints) it reports: the cold full sync (first sync
+//! call to `iptables-restore` returning), one-service changes (an endpoint
+//! added, an endpoint removed, a service added; median and worst of 20,
+//! from the handler call to the restore returning, each a partial
+//! restore), the process's peak RSS, the number of rules in the kernel,
+//! and the size of the full restore text.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
+use kproxy_backend_iptables::render::{jumps, Table};
+use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
+use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::{IpFamily, Proxier, SyncRequest};
+
+fn cluster_ip(i: usize) -> String {
+    format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255)
+}
+
+fn endpoint_ip(i: usize, j: usize) -> String {
+    let n = i * 16 + j;
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+fn svc(i: usize) -> Service {
+    service("bench", &format!("svc-{i}"), &[&cluster_ip(i)]).port("http", 80, "TCP", 0).build()
+}
+
+fn endpoints(i: usize, count: usize) -> EndpointSlice {
+    let mut b = slice("bench", &format!("svc-{i}"), &format!("svc-{i}-1"), "IPv4").port("http", 8080, "TCP");
+    for j in 0..count {
+        b = b.endpoint(&endpoint_ip(i, j), fx::OTHER_NODE, EndpointState::Ready);
+    }
+    b.build()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and worst of a series, in milliseconds.
+fn summary(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+async fn one_size(flavour: Flavour, services: usize, eps: usize) {
+    let kernel = IptablesCli::new(flavour, None);
+    let mut p = IptablesProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IptablesOptions::default()).expect("config");
+    p.on_node_update(&fx::node());
+    for i in 0..services {
+        p.on_service_update(None, Some(&svc(i)));
+        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+    }
+    let start = Instant::now();
+    p.sync(SyncRequest { full: true }).await.expect("cold sync");
+    let cold = start.elapsed();
+
+    let rounds = 20;
+    let (mut added, mut removed, mut new_service) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let i = (r * 7919) % services;
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&endpoints(i, eps + 1), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        added.push(t.elapsed());
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        removed.push(t.elapsed());
+        let t = Instant::now();
+        let n = services + r;
+        p.on_service_update(None, Some(&svc(n)));
+        p.on_endpoint_slice_update(&endpoints(n, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        new_service.push(t.elapsed());
+    }
+    let peak = peak_rss_kib();
+    let mut rules = 0;
+    for table in Table::ALL {
+        let saved = p.kernel_mut().save(IpFamily::V4, table).await.expect("iptables-save");
+        rules += saved.lines().filter(|l| l.starts_with("-A ")).count();
+    }
+    let text = restore::full(&p.renderer().ruleset(), &Default::default(), &jumps());
+    println!(
+        "| {} | {services} | {eps} | {:.2} s | {} | {} | {} | {:.1} MiB | {rules} | {:.1} MiB |",
+        flavour.name(),
+        cold.as_secs_f64(),
+        summary(added),
+        summary(removed),
+        summary(new_service),
+        peak as f64 / 1024.0,
+        text.len() as f64 / (1024.0 * 1024.0),
+    );
+}
+
+fn flavour(name: &str) -> Flavour {
+    match name {
+        "legacy" => Flavour::Legacy,
+        "nft" => Flavour::Nft,
+        other => panic!("unknown flavour {other:?} (legacy or nft)"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--one") {
+        let services: usize = args[2].parse().expect("services");
+        let eps: usize = args[3].parse().expect("endpoints");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(one_size(flavour(&args[1]), services, eps));
+        return;
+    }
+    let sizes: Vec<usize> = args
+        .first()
+        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
+    let eps: usize = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    let flavours: Vec<String> = args.get(2).map(|f| f.split(',').map(str::to_string).collect()).unwrap_or_else(|| vec!["legacy".into(), "nft".into()]);
+    let version = Command::new("iptables-legacy").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("{}; kernel: {}", version.unwrap_or_else(|_| "iptables not found".into()), kernel.trim());
+    println!("| flavour | services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | rules | restore text |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let me = std::env::current_exe().expect("own path");
+    for f in &flavours {
+        for &services in &sizes {
+            let ns = format!("kpbench-{}-{f}-{services}", std::process::id());
+            let ok = Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
+            if !ok {
+                eprintln!("kproxy-iptables-bench: cannot create network namespace {ns} (run as root)");
+                std::process::exit(1);
+            }
+            let status = Command::new("ip").args(["netns", "exec", &ns]).arg(&me).args(["--one", f, &services.to_string(), &eps.to_string()]).status();
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            if !status.map(|s| s.success()).unwrap_or(false) {
+                eprintln!("kproxy-iptables-bench: the run at {services} services ({f}) failed");
+                std::process::exit(1);
+            }
+        }
+    }
+}
