@@ -141,10 +141,17 @@ fn bang(negated: bool) -> &'static str {
     }
 }
 
-/// Quotes a comment for iptables-restore: double quotes, with quotes and
-/// backslashes the restore parser would see as syntax replaced.
+/// Quotes a comment for iptables-restore: double quotes, with quotes,
+/// backslashes and control characters (which the restore parser would
+/// read as syntax) replaced, cut to the 255 bytes the comment match holds.
 fn quote(text: &str) -> String {
-    let clean: String = text.chars().map(|c| if c == '"' || c == '\\' || c.is_control() { '_' } else { c }).take(256).collect();
+    let mut clean = String::new();
+    for c in text.chars().map(|c| if c == '"' || c == '\\' || c.is_control() { '_' } else { c }) {
+        if clean.len() + c.len_utf8() > 255 {
+            break;
+        }
+        clean.push(c);
+    }
     format!("\"{clean}\"")
 }
 

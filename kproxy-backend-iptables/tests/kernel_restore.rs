@@ -1,15 +1,18 @@
 //! The real `iptables-restore` (both flavours, both families) accepts what
 //! kproxy writes: every shared scenario as a full restore, then as a run
 //! of partial restores that add its Services one at a time and remove them
-//! again, inside a private network namespace. Needs root.
+//! again, inside a private network namespace; and hostile names, which
+//! reach only comments. Needs root.
 
 use std::collections::BTreeSet;
 
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
-use kproxy_core::oracle::{fixtures as fx, scenarios};
+use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::scenarios;
 use kproxy_core::{IpFamily, ProxyState};
 use kproxy_testkit::{kernel_tests_enabled, Netns};
+use proptest::prelude::*;
 
 fn restore_cmd(flavour: &str, family: IpFamily) -> String {
     let base = if family == IpFamily::V6 { "ip6tables" } else { "iptables" };
@@ -61,5 +64,74 @@ fn iptables_restore_accepts_every_scenario_full_and_partial() {
                     .unwrap_or_else(|e| panic!("{flavour} {}: adding {svc}: {e}", scenario.name));
             }
         }
+    }
+}
+
+/// Names as hostile as hand-written manifests can carry, up to 253
+/// characters: quotes, backslashes, newlines, comment markers, spaces and
+/// multi-byte characters. They reach only comments, and must never break
+/// the restore or inject a rule.
+fn hostile_name() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec!["a", "\"", "'", "{", "}", ";", "\n", "#", "-A", " ", "\\", "/", ":", "*", "é", "-j", "COMMIT"]),
+        1..60,
+    )
+    .prop_map(|parts| {
+        let mut s = parts.concat();
+        if s.len() > 253 {
+            let cut = (0..=253).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            s.truncate(cut);
+        }
+        s
+    })
+}
+
+fn hostile_state(names: &[(String, String, String)]) -> ProxyState {
+    let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
+    state.on_node(&fx::node());
+    for (i, (ns, name, port)) in names.iter().enumerate() {
+        let i = i as u8;
+        let svc = service(ns, name, &[&format!("172.30.5.{i}")])
+            .port(port, 80, "TCP", 30_100 + i32::from(i))
+            .load_balancer(&[&format!("1.2.5.{i}")])
+            .source_ranges(&[fx::SOURCE_RANGE])
+            .affinity(60)
+            .build();
+        state.on_service(None, Some(&svc));
+        let sl = slice(ns, name, &format!("{name}-x"), "IPv4").port(port, 8080, "TCP").endpoint(&format!("10.180.5.{i}"), fx::NODE_NAME, EndpointState::Ready).build();
+        state.on_endpoint_slice(&sl, false);
+    }
+    state.apply();
+    state
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_names_reach_only_comments(names in prop::collection::vec((hostile_name(), hostile_name(), hostile_name()), 1..5)) {
+        if !kernel_tests_enabled("hostile_names_reach_only_comments") {
+            return Ok(());
+        }
+        let unique: BTreeSet<_> = names.iter().map(|(ns, name, _)| (ns, name)).collect();
+        prop_assume!(unique.len() == names.len());
+        let state = hostile_state(&names);
+        prop_assert_eq!(state.services().len(), names.len(), "every service survived conversion");
+        let config = fx::config(IpFamily::V4);
+        let mut r = Renderer::new(config.clone());
+        r.refresh_all(&state);
+        let text = restore::full(&r.ruleset(), &Default::default(), &jumps());
+        // Every line is a declaration, a rule of a kproxy or built-in chain, or COMMIT.
+        for line in text.lines() {
+            let ok = line.starts_with('*') || line.starts_with(":KUBE-") || line == "COMMIT"
+                || ["-A KUBE-", "-I PREROUTING", "-I OUTPUT", "-I POSTROUTING", "-I INPUT", "-I FORWARD"].iter().any(|p| line.starts_with(p));
+            prop_assert!(ok, "unexpected line {:?}", line);
+        }
+        let ns = Netns::new("hostile").unwrap();
+        for flavour in ["legacy", "nft"] {
+            apply(&ns, flavour, IpFamily::V4, &text).map_err(TestCaseError::fail)?;
+        }
+        let mut kernel = kproxy_backend_iptables::fake::FakeIptables::new();
+        kernel.restore(IpFamily::V4, &text).map_err(TestCaseError::fail)?;
     }
 }
