@@ -21,6 +21,9 @@ pub const FORWARD: &str = "KUBE-FORWARD";
 pub const POSTROUTING: &str = "KUBE-POSTROUTING";
 /// nat: sets the masquerade mark.
 pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// filter: the localnet safeguard of localhost NodePorts (a chain kubelet
+/// also used, so cleanup leaves it).
+pub const FIREWALL: &str = "KUBE-FIREWALL";
 /// An empty chain in every table kproxy uses; if it is gone, someone
 /// flushed the tables and everything is rewritten.
 pub const CANARY: &str = "KUBE-PROXY-CANARY";

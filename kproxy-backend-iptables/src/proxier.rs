@@ -16,7 +16,7 @@ use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, S
 
 use crate::kernel::{Kernel, KernelError, Listing};
 use crate::names;
-use crate::render::{jumps, Jump, Renderer, Table};
+use crate::render::{jumps_for, Jump, Renderer, Table};
 use crate::restore::{self, Stale};
 
 const BACKEND: &str = "iptables";
@@ -27,12 +27,17 @@ pub struct IptablesOptions {
     /// Every this many periodic (full) sync requests, rewrite everything
     /// even without detected drift. 0 never forces one.
     pub full_restore_every: u32,
+    /// Serve NodePorts on 127.0.0.1 (IPv4 only; `localhostNodePorts`),
+    /// with upstream's localnet safeguard rule. The caller sets
+    /// `net.ipv4.conf.all.route_localnet=1`. Off by default: upstream
+    /// turns it on, but it is what CVE-2020-8558 was about.
+    pub localhost_node_ports: bool,
 }
 
 impl Default for IptablesOptions {
     fn default() -> Self {
         // With the default syncPeriod (30 s): hourly, as upstream.
-        IptablesOptions { full_restore_every: 120 }
+        IptablesOptions { full_restore_every: 120, localhost_node_ports: false }
     }
 }
 
@@ -78,7 +83,7 @@ impl<K: Kernel> IptablesProxier<K> {
         }
         Ok(IptablesProxier {
             state: ProxyState::new(config.family, node_name),
-            renderer: Renderer::new(config.clone()),
+            renderer: Renderer::new(config.clone()).with_localhost_node_ports(options.localhost_node_ports),
             config,
             kernel,
             options,
@@ -142,7 +147,7 @@ impl<K: Kernel> IptablesProxier<K> {
                 }
             }
         }
-        let missing: Vec<Jump> = jumps()
+        let missing: Vec<Jump> = jumps_for(self.renderer.localhost_node_ports())
             .into_iter()
             .filter(|j| {
                 let listing = &listings.iter().find(|(t, _)| *t == j.table).expect("both tables listed").1;

@@ -20,6 +20,8 @@ pub enum CtState {
     Related,
     /// A packet conntrack could not place.
     Invalid,
+    /// A packet of a connection whose destination was rewritten.
+    Dnat,
 }
 
 impl CtState {
@@ -29,6 +31,7 @@ impl CtState {
             CtState::Established => "ESTABLISHED",
             CtState::Related => "RELATED",
             CtState::Invalid => "INVALID",
+            CtState::Dnat => "DNAT",
         }
     }
 }
@@ -266,6 +269,7 @@ impl Rule {
                                 "ESTABLISHED" => Ok(CtState::Established),
                                 "RELATED" => Ok(CtState::Related),
                                 "INVALID" => Ok(CtState::Invalid),
+                                "DNAT" => Ok(CtState::Dnat),
                                 other => Err(format!("unknown ctstate {other:?}")),
                             })
                             .collect::<Result<Vec<_>, _>>()?;

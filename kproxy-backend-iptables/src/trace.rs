@@ -174,8 +174,9 @@ impl Tracer<'_> {
                 Match::SourceLocal(neg) => self.is_local(s.src) != *neg,
                 Match::DestinationLocal(neg) => self.is_local(s.dst) != *neg,
                 Match::Mark(m, neg) => (s.mark & m == *m) != *neg,
-                // A first packet is NEW, never INVALID, RELATED or ESTABLISHED.
-                Match::CtState(states, neg) => states.contains(&CtState::New) != *neg,
+                // A first packet is NEW (and DNAT once its destination was
+                // rewritten), never INVALID, RELATED or ESTABLISHED.
+                Match::CtState(states, neg) => states.iter().any(|c| *c == CtState::New || (*c == CtState::Dnat && s.dnat)) != *neg,
                 Match::Probability(_) => {
                     random = true;
                     true

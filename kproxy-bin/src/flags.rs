@@ -33,6 +33,9 @@ pub struct Flags {
     /// The metrics server's address.
     #[arg(long = "metrics-bind-address", value_name = "ADDR")]
     pub metrics_bind_address: Option<String>,
+    /// Serve NodePorts on 127.0.0.1 in iptables mode (IPv4); off by default.
+    #[arg(long = "iptables-localhost-nodeports", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub iptables_localhost_nodeports: Option<bool>,
     /// Masquerade all traffic to ClusterIPs.
     #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub masquerade_all: Option<bool>,

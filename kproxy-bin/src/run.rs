@@ -86,9 +86,13 @@ async fn check_kernel_support(mode: Mode) -> Result<()> {
     kproxy_backend_nft::kernel::check_support(&NftCli::new(), &release).await.map_err(anyhow::Error::msg)
 }
 
-/// Sets the conntrack sysctls, logging what changed.
+/// Sets the conntrack sysctls (and `route_localnet` for localhost
+/// NodePorts), logging what changed.
 fn set_sysctls(settings: &Settings) -> Result<()> {
-    let applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
+    let mut applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
+    if settings.localhost_node_ports {
+        applied.changed.extend(sysctls::route_localnet(Path::new("/")).map_err(anyhow::Error::msg)?);
+    }
     for change in &applied.changed {
         tracing::info!("set {change}");
     }
@@ -247,7 +251,8 @@ fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) 
 
 /// The iptables proxier for `family`.
 pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IptablesProxier<K>> {
-    Ok(IptablesProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, IptablesOptions::default())?)
+    let options = IptablesOptions { localhost_node_ports: settings.localhost_node_ports, ..IptablesOptions::default() };
+    Ok(IptablesProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, options)?)
 }
 
 pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<NftProxier<K>> {

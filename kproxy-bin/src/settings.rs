@@ -73,6 +73,10 @@ pub struct Settings {
     pub metrics_bind_address: std::net::SocketAddr,
     /// The conntrack sysctls to set at start.
     pub conntrack: ConntrackSysctls,
+    /// iptables mode: serve NodePorts on 127.0.0.1 (IPv4), which needs
+    /// `route_localnet`. Off unless configured (upstream defaults it on;
+    /// it is what CVE-2020-8558 was about).
+    pub localhost_node_ports: bool,
 }
 
 fn bind_address(path: &str, field: &str, value: Option<&str>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
@@ -181,7 +185,10 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let conntrack = ConntrackSysctls::resolve(&config.conntrack.clone().unwrap_or_default(), flags, path, cpus)?;
 
+    let localhost_node_ports = mode == Mode::Iptables
+        && flags.iptables_localhost_nodeports.or(config.iptables.as_ref().and_then(|i| i.localhost_node_ports)).unwrap_or(false);
     Ok(Settings {
+        localhost_node_ports,
         mode,
         conntrack,
         node_name,

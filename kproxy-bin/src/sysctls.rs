@@ -138,6 +138,12 @@ pub fn apply(root: &Path, s: &ConntrackSysctls) -> Result<Applied, String> {
     Ok(done)
 }
 
+/// Sets `net.ipv4.conf.all.route_localnet` to 1 under `root`, which
+/// localhost NodePorts need (the backend adds the safeguard rule).
+pub fn route_localnet(root: &Path) -> Result<Option<String>, String> {
+    set(&root.join("proc/sys/net/ipv4/conf/all/route_localnet"), 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +232,18 @@ mod tests {
         assert_eq!(done.warnings.len(), 1, "{done:?}");
         let e = apply(&root, &ConntrackSysctls { udp: Some(30), ..Default::default() }).unwrap_err();
         assert!(e.contains("nf_conntrack_udp_timeout") && e.contains("30"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn route_localnet_is_set_once() {
+        let root = fake_root(1, 1);
+        let path = root.join("proc/sys/net/ipv4/conf/all/route_localnet");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "0\n").unwrap();
+        assert!(route_localnet(&root).unwrap().is_some());
+        assert_eq!(read(&path), Some(1));
+        assert_eq!(route_localnet(&root).unwrap(), None, "already set: nothing written");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

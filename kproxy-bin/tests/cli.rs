@@ -80,7 +80,14 @@ fn the_iptables_dry_run_prints_upstreams_chains() {
     assert!(stdout.contains("-d 10.96.0.10 --dport 80 -j KUBE-SVC-"), "the ClusterIP dispatches to its service chain: {stdout}");
     assert!(stdout.contains("-j DNAT --to-destination 10.244.1.10:8080"), "{stdout}");
     assert!(stdout.contains("-d 10.96.0.40 --dport 80 -j REJECT"), "the service without endpoints is rejected: {stdout}");
-    assert!(stdout.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "NodePorts on every local address by default: {stdout}");
+    assert!(stdout.contains("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"), "NodePorts on every local address but loopback by default: {stdout}");
+    assert!(!stdout.contains("KUBE-FIREWALL"), "no localnet safeguard without localhost NodePorts");
+
+    let out = kproxy(&["--proxy-mode", "iptables", "--iptables-localhost-nodeports", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "{stdout}");
+    assert!(stdout.contains("-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"), "{stdout}");
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! 3. time from process start to every sampled service answering, and the
 //!    peak RSS by then, at each of `--startup` services.
 //!
+//! Sizes are visited in ascending order (the cluster only grows): at each,
+//! start-up first, then latency, then (at the largest latency size) churn.
 //! Writes `side-by-side.json` and `latency.svg` to `--out`.
 //!
 //! ```sh
@@ -83,16 +85,57 @@ fn main() -> Result<(), String> {
     let bins = e2e_binaries("kproxy-side-by-side").ok_or("needs root and the e2e binaries")?;
     let mut bench = SideBySide::new(&bins, &args.kproxy)?;
     let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
-    for kind in kinds {
-        bench.start(kind)?;
-    }
     let mut results = json!({"latency": [], "churn": {}, "startup": []});
     let mut series: BTreeMap<ProxyKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
-
-    println!("## network programming latency (API write -> first connection to the new endpoint)");
-    println!("| services | kproxy p50 | kproxy p99 | kube-proxy p50 | kube-proxy p99 | p50 ratio | p99 ratio | API write p50 |");
-    for &size in &args.sizes {
+    let (mut latency_rows, mut churn_rows, mut startup_rows) = (Vec::new(), Vec::new(), Vec::new());
+    // Sizes in ascending order (the cluster only grows): at each, the
+    // start-up measurement first (one proxy at a time), then latency with
+    // both running, then churn at the largest latency size.
+    let mut all: Vec<usize> = args.sizes.iter().chain(&args.startup).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    let churn_at = args.sizes.iter().copied().max();
+    let mut running = false;
+    for size in all {
         bench.grow_to(size)?;
+        if args.startup.contains(&size) {
+            eprintln!("start-up at {size} services");
+            let mut row = BTreeMap::new();
+            for kind in kinds {
+                bench.stop(ProxyKind::Kproxy);
+                bench.stop(ProxyKind::Upstream);
+                let started = bench.start(kind)?;
+                let took = bench.time_to_serve(kind, started, 50, Duration::from_secs(900))?;
+                row.insert(kind, (took, bench.usage(kind)));
+                bench.stop(kind);
+            }
+            running = false;
+            let (kt, ku) = row[&ProxyKind::Kproxy];
+            let (ut, uu) = row[&ProxyKind::Upstream];
+            startup_rows.push(format!(
+                "| {size} | {:.2} s | {:.2} s | {:.3} | {:.1} MiB | {:.1} MiB | {:.3} |",
+                kt.as_secs_f64(), ut.as_secs_f64(), kt.as_secs_f64() / ut.as_secs_f64(), ku.peak_rss_mib, uu.peak_rss_mib, ku.peak_rss_mib / uu.peak_rss_mib
+            ));
+            results["startup"].as_array_mut().expect("array").push(json!({
+                "services": size,
+                "kproxy": {"seconds": kt.as_secs_f64(), "peak_rss_mib": ku.peak_rss_mib},
+                "kube_proxy": {"seconds": ut.as_secs_f64(), "peak_rss_mib": uu.peak_rss_mib},
+            }));
+        }
+        if !args.sizes.contains(&size) {
+            continue;
+        }
+        eprintln!("latency at {size} services");
+        if !running {
+            let started = std::time::SystemTime::now();
+            for kind in kinds {
+                bench.start(kind)?;
+            }
+            for kind in kinds {
+                bench.time_to_serve(kind, started, 20, Duration::from_secs(900))?;
+            }
+            running = true;
+        }
         let started = std::time::SystemTime::now();
         for kind in kinds {
             bench.time_to_serve(kind, started, 20, Duration::from_secs(600))?;
@@ -105,7 +148,7 @@ fn main() -> Result<(), String> {
         let q = |kind: ProxyKind, p: f64| quantile_ms(&lat[&kind], p);
         let (k50, k99, u50, u99) = (q(ProxyKind::Kproxy, 0.5), q(ProxyKind::Kproxy, 0.99), q(ProxyKind::Upstream, 0.5), q(ProxyKind::Upstream, 0.99));
         let w50 = quantile_ms(&writes, 0.5);
-        println!("| {size} | {k50:.1} ms | {k99:.1} ms | {u50:.1} ms | {u99:.1} ms | {:.3} | {:.3} | {w50:.1} ms |", k50 / u50, k99 / u99);
+        latency_rows.push(format!("| {size} | {k50:.1} ms | {k99:.1} ms | {u50:.1} ms | {u99:.1} ms | {:.3} | {:.3} | {w50:.1} ms |", k50 / u50, k99 / u99));
         for kind in kinds {
             series.entry(kind).or_default().push((size as f64, q(kind, 0.5), q(kind, 0.99)));
         }
@@ -115,44 +158,36 @@ fn main() -> Result<(), String> {
             "kproxy_ms": lat[&ProxyKind::Kproxy].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
             "kube_proxy_ms": lat[&ProxyKind::Upstream].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
         }));
-    }
-
-    let churn_size = bench.services;
-    println!("\n## churn: {} endpoint changes/s for {} s at {churn_size} services", args.churn_rate, args.churn_seconds);
-    let usage = bench.churn(args.churn_rate, args.churn_seconds)?;
-    println!("| proxy | CPU seconds | peak RSS |");
-    for kind in kinds {
-        let u = usage[&kind];
-        println!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib);
-        results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": churn_size, "rate": args.churn_rate, "seconds": args.churn_seconds});
-    }
-    let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
-    println!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib);
-
-    println!("\n## start to every sampled service answering (one proxy at a time)");
-    println!("| services | kproxy | kube-proxy | ratio | kproxy peak RSS | kube-proxy peak RSS |");
-    for &size in &args.startup {
-        bench.grow_to(size)?;
-        let mut row = BTreeMap::new();
-        for kind in kinds {
-            bench.stop(ProxyKind::Kproxy);
-            bench.stop(ProxyKind::Upstream);
-            let started = bench.start(kind)?;
-            let took = bench.time_to_serve(kind, started, 50, Duration::from_secs(900))?;
-            row.insert(kind, (took, bench.usage(kind)));
-            bench.stop(kind);
+        if Some(size) == churn_at && args.churn_seconds > 0 {
+            eprintln!("churn at {size} services");
+            let usage = bench.churn(args.churn_rate, args.churn_seconds)?;
+            churn_rows.push(format!("## churn: {} endpoint changes/s for {} s at {size} services", args.churn_rate, args.churn_seconds));
+            churn_rows.push("| proxy | CPU seconds | peak RSS |".to_string());
+            for kind in kinds {
+                let u = usage[&kind];
+                churn_rows.push(format!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib));
+                results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": size, "rate": args.churn_rate, "seconds": args.churn_seconds});
+            }
+            let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
+            churn_rows.push(format!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib));
         }
-        let (kt, ku) = row[&ProxyKind::Kproxy];
-        let (ut, uu) = row[&ProxyKind::Upstream];
-        println!(
-            "| {size} | {:.2} s | {:.2} s | {:.3} | {:.1} MiB | {:.1} MiB |",
-            kt.as_secs_f64(), ut.as_secs_f64(), kt.as_secs_f64() / ut.as_secs_f64(), ku.peak_rss_mib, uu.peak_rss_mib
-        );
-        results["startup"].as_array_mut().expect("array").push(json!({
-            "services": size,
-            "kproxy": {"seconds": kt.as_secs_f64(), "peak_rss_mib": ku.peak_rss_mib},
-            "kube_proxy": {"seconds": ut.as_secs_f64(), "peak_rss_mib": uu.peak_rss_mib},
-        }));
+    }
+
+    println!("## network programming latency (API write -> first connection to the new endpoint)");
+    println!("| services | kproxy p50 | kproxy p99 | kube-proxy p50 | kube-proxy p99 | p50 ratio | p99 ratio | API write p50 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in &latency_rows {
+        println!("{r}");
+    }
+    println!();
+    for r in &churn_rows {
+        println!("{r}");
+    }
+    println!("\n## start to every sampled service answering (one proxy at a time)");
+    println!("| services | kproxy | kube-proxy | ratio | kproxy peak RSS | kube-proxy peak RSS | RSS ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in &startup_rows {
+        println!("{r}");
     }
 
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
@@ -161,7 +196,7 @@ fn main() -> Result<(), String> {
         .map(|k| Series {
             label: label(*k).to_string(),
             color: if *k == ProxyKind::Kproxy { "#1f77b4" } else { "#d62728" }.to_string(),
-            points: series[k].clone(),
+            points: series.get(k).cloned().unwrap_or_default(),
         })
         .collect();
     let svg = latency_chart("Network programming latency (nftables mode)", &chart);

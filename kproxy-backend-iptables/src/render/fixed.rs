@@ -1,7 +1,7 @@
 //! The chains every node has whatever its Services, and the jumps into
 //! them from the built-in chains (upstream's `iptablesJumpChains`).
 
-use kproxy_core::ProxierConfig;
+use kproxy_core::{IpFamily, ProxierConfig};
 
 use super::service::node_port_destinations;
 use super::Chains;
@@ -54,14 +54,27 @@ fn jump(table: Table, from: &'static str, to: &str, comment: &str, new_only: boo
     if new_only {
         matches.push(Match::CtState(vec![CtState::New], false));
     }
-    matches.push(Match::Comment(comment.to_string()));
+    if !comment.is_empty() {
+        matches.push(Match::Comment(comment.to_string()));
+    }
     Jump { table, from, rule: Rule::new(matches, Target::Jump(to.to_string())) }
 }
 
 /// The jumps from built-in chains, in the order they end up (each is
 /// inserted at the top, so upstream's list is written last first).
 pub fn jumps() -> Vec<Jump> {
-    vec![
+    jumps_for(false)
+}
+
+/// [`jumps`], plus the jumps to `KUBE-FIREWALL` when localhost NodePorts
+/// are on.
+pub fn jumps_for(localhost_node_ports: bool) -> Vec<Jump> {
+    let mut out = Vec::new();
+    if localhost_node_ports {
+        out.push(jump(Table::Filter, "INPUT", FIREWALL, "", false));
+        out.push(jump(Table::Filter, "OUTPUT", FIREWALL, "", false));
+    }
+    out.extend([
         jump(Table::Filter, "INPUT", PROXY_FIREWALL, "kubernetes load balancer firewall", true),
         jump(Table::Filter, "INPUT", NODEPORTS, "kubernetes health check service ports", false),
         jump(Table::Filter, "INPUT", EXTERNAL_SERVICES, "kubernetes externally-visible service portals", true),
@@ -74,21 +87,36 @@ pub fn jumps() -> Vec<Jump> {
         jump(Table::Nat, "PREROUTING", SERVICES, "kubernetes service portals", false),
         jump(Table::Nat, "OUTPUT", SERVICES, "kubernetes service portals", false),
         jump(Table::Nat, "POSTROUTING", POSTROUTING, "kubernetes postrouting rules", false),
-    ]
+    ]);
+    out
+}
+
+/// The loopback network of `config`'s family.
+fn loopback(config: &ProxierConfig) -> ipnet::IpNet {
+    match config.family {
+        IpFamily::V4 => "127.0.0.0/8".parse().expect("literal"),
+        IpFamily::V6 => "::1/128".parse().expect("literal"),
+    }
 }
 
 /// The fixed chains of the nat and filter tables with their fixed rules.
 /// The shared chains' port rules are inserted before these rules.
-pub fn fixed_chains(config: &ProxierConfig) -> (Chains, Chains) {
+/// `localhost_node_ports` (IPv4 only) serves NodePorts on 127.0.0.1 too,
+/// with upstream's localnet safeguard; otherwise loopback is excluded.
+pub fn fixed_chains(config: &ProxierConfig, localhost_node_ports: bool) -> (Chains, Chains) {
     let mark = config.masquerade_mark();
+    let localhost = localhost_node_ports && config.family == IpFamily::V4;
     let mut nat = Chains::new();
     let nodeports_jump = node_port_destinations(config)
         .into_iter()
         .map(|dst| {
-            Rule::new(
-                vec![Match::Comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain".into()), dst],
-                Target::Jump(NODEPORTS.into()),
-            )
+            let mut m = vec![Match::Comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain".into())];
+            let by_type = matches!(dst, Match::DestinationLocal(_));
+            m.push(dst);
+            if by_type && !localhost {
+                m.push(Match::Destination(loopback(config), true));
+            }
+            Rule::new(m, Target::Jump(NODEPORTS.into()))
         })
         .collect();
     nat.insert(SERVICES.into(), nodeports_jump);
@@ -107,6 +135,23 @@ pub fn fixed_chains(config: &ProxierConfig) -> (Chains, Chains) {
     let mut filter = Chains::new();
     for chain in [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, CANARY] {
         filter.insert(chain.into(), Vec::new());
+    }
+    if localhost {
+        // CVE-2020-8558: with route_localnet on, nothing from outside may
+        // reach 127.0.0.0/8 unless a NodePort rewrote it.
+        let lo = loopback(config);
+        filter.insert(
+            FIREWALL.into(),
+            vec![Rule::new(
+                vec![
+                    Match::Comment("block incoming localnet connections".into()),
+                    Match::Destination(lo, false),
+                    Match::Source(lo, true),
+                    Match::CtState(vec![CtState::Related, CtState::Established, CtState::Dnat], true),
+                ],
+                Target::Drop,
+            )],
+        );
     }
     filter.insert(
         FORWARD.into(),

@@ -16,7 +16,7 @@ use std::ops::Bound;
 use kproxy_core::{NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
 use crate::rule::Rule;
-pub use fixed::{fixed_chains, jumps, Jump, Table};
+pub use fixed::{fixed_chains, jumps, jumps_for, Jump, Table};
 pub use service::{local_match, node_port_destinations, render_port, ServiceRules};
 
 /// Every chain of one table, in name order, with its rules.
@@ -104,6 +104,7 @@ pub struct Journal {
 #[derive(Debug)]
 pub struct Renderer {
     config: ProxierConfig,
+    localhost_node_ports: bool,
     ports: BTreeMap<ServicePortName, ServiceRules>,
     journal: Journal,
 }
@@ -111,7 +112,19 @@ pub struct Renderer {
 impl Renderer {
     /// A renderer with no services.
     pub fn new(config: ProxierConfig) -> Self {
-        Renderer { config, ports: BTreeMap::new(), journal: Journal::default() }
+        Renderer { config, localhost_node_ports: false, ports: BTreeMap::new(), journal: Journal::default() }
+    }
+
+    /// Serves NodePorts on 127.0.0.1 too (IPv4; iptables
+    /// `localhostNodePorts`), with upstream's localnet safeguard.
+    pub fn with_localhost_node_ports(mut self, on: bool) -> Self {
+        self.localhost_node_ports = on && self.config.family == kproxy_core::IpFamily::V4;
+        self
+    }
+
+    /// Whether localhost NodePorts are on.
+    pub fn localhost_node_ports(&self) -> bool {
+        self.localhost_node_ports
     }
 
     /// The configuration rules are rendered for.
@@ -183,7 +196,7 @@ impl Renderer {
     /// shared-chain rules in place, and every port's own chains.
     pub fn ruleset(&self) -> Ruleset {
         let mut rs = Ruleset::default();
-        let (nat_fixed, filter_fixed) = fixed_chains(&self.config);
+        let (nat_fixed, filter_fixed) = fixed_chains(&self.config, self.localhost_node_ports);
         rs.nat = nat_fixed;
         rs.filter = filter_fixed;
         for shared in Shared::ALL {
@@ -214,7 +227,7 @@ impl Renderer {
     /// than [`Renderer::ruleset`]: no rule is copied.
     pub fn outline(&self) -> BTreeMap<Table, BTreeMap<String, usize>> {
         let mut out: BTreeMap<Table, BTreeMap<String, usize>> = BTreeMap::new();
-        let (nat, filter) = fixed_chains(&self.config);
+        let (nat, filter) = fixed_chains(&self.config, self.localhost_node_ports);
         for (table, chains) in [(Table::Nat, nat), (Table::Filter, filter)] {
             out.insert(table, chains.into_iter().map(|(n, r)| (n, r.len())).collect());
         }
