@@ -118,72 +118,67 @@ impl<K: Kernel> IptablesProxier<K> {
         self.config.family
     }
 
-    async fn listings(&mut self) -> Result<Vec<(Table, Listing)>, KernelError> {
-        let mut out = Vec::new();
+    /// Whether the kernel differs from what was written, judged cheaply:
+    /// the built-in chains' jumps and the fixed chains' rule counts (a
+    /// service chain deleted from outside shows as a missing rule in
+    /// `KUBE-SERVICES`, since its reference had to go first). A chain
+    /// merely flushed is caught by the forced full restore.
+    async fn drifted(&mut self) -> Result<bool, KernelError> {
+        let outline = self.renderer.outline();
         for table in Table::ALL {
-            let save = self.kernel.save(self.family(), table).await?;
-            out.push((table, Listing::parse(&save, table)));
+            let want = &outline[&table];
+            let mut names: Vec<&str> = table.builtins().to_vec();
+            names.extend(want.keys().map(String::as_str).filter(|c| !is_service_chain(c)));
+            let listing = self.kernel.list(self.family(), table, &names).await?;
+            let counts_differ = want.iter().filter(|(c, _)| !is_service_chain(c)).any(|(c, n)| listing.chains.get(c) != Some(n));
+            let jump_missing = jumps_for(self.renderer.localhost_node_ports()).iter().filter(|j| j.table == table).any(|j| !has_jump(&listing, j));
+            if counts_differ || jump_missing {
+                return Ok(true);
+            }
         }
-        Ok(out)
+        Ok(false)
     }
 
-    /// What differs between the kernel and the desired rules: stale
-    /// service chains, missing jumps, and whether any owned chain is
-    /// missing or has another number of rules.
-    fn compare(&self, listings: &[(Table, Listing)]) -> (Stale, Vec<Jump>, bool) {
+    /// What a full restore must also do: delete stale service chains and
+    /// put back missing jumps.
+    async fn repairs(&mut self) -> Result<(Stale, Vec<Jump>), KernelError> {
         let outline = self.renderer.outline();
         let mut stale = Stale::new();
-        let mut drift = false;
-        for (table, listing) in listings {
-            let want = &outline[table];
-            for (chain, count) in want {
-                if listing.chains.get(chain) != Some(count) {
-                    drift = true;
+        let mut missing = Vec::new();
+        let all_jumps = jumps_for(self.renderer.localhost_node_ports());
+        for table in Table::ALL {
+            for chain in self.kernel.chain_names(self.family(), table).await? {
+                if is_service_chain(&chain) && !outline[&table].contains_key(&chain) {
+                    stale.entry(table).or_default().insert(chain);
                 }
             }
-            for chain in listing.chains.keys() {
-                if names::SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p)) && !want.contains_key(chain) {
-                    stale.entry(*table).or_default().insert(chain.clone());
-                }
-            }
+            let listing = self.kernel.list(self.family(), table, table.builtins()).await?;
+            missing.extend(all_jumps.iter().filter(|j| j.table == table && !has_jump(&listing, j)).cloned());
         }
-        let missing: Vec<Jump> = jumps_for(self.renderer.localhost_node_ports())
-            .into_iter()
-            .filter(|j| {
-                let listing = &listings.iter().find(|(t, _)| *t == j.table).expect("both tables listed").1;
-                !has_jump(listing, j)
-            })
-            .collect();
-        drift |= !stale.is_empty() || !missing.is_empty();
-        (stale, missing, drift)
+        // Keep upstream's order: missing jumps are inserted in list order.
+        missing.sort_by_key(|j| all_jumps.iter().position(|k| k == j));
+        Ok((stale, missing))
     }
 
     /// Writes the sync's restore; returns whether it was a full one.
     async fn apply(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let journal = self.renderer.take_journal();
         let mut full = journal.full || !self.trusted;
-        let mut listings = None;
         if request.full && !full {
             self.periodic += 1;
             let every = self.options.full_restore_every;
             let forced = every > 0 && self.periodic % every == 0;
-            let l = self.listings().await?;
-            let (_, _, drift) = self.compare(&l);
+            let drift = self.drifted().await?;
             if drift {
                 tracing::warn!(family = ?self.family(), "iptables rules changed behind kproxy's back; rewriting them all");
             }
             full = drift || forced;
-            listings = Some(l);
         }
         // If the restore fails, the kernel may hold part of it: the next
         // sync writes everything.
         self.trusted = false;
         let text = if full {
-            let l = match listings {
-                Some(l) => l,
-                None => self.listings().await?,
-            };
-            let (stale, missing, _) = self.compare(&l);
+            let (stale, missing) = self.repairs().await?;
             restore::full(&self.renderer.ruleset(), &stale, &missing)
         } else {
             restore::partial(&self.renderer, &journal, &[])
@@ -192,6 +187,10 @@ impl<K: Kernel> IptablesProxier<K> {
         self.trusted = true;
         Ok(full)
     }
+}
+
+fn is_service_chain(chain: &str) -> bool {
+    names::SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
 
 /// Whether `listing` has `jump` in its built-in chain: matched on the
@@ -266,8 +265,10 @@ impl<K: Kernel + 'static> Proxier for IptablesProxier<K> {
         for family in [IpFamily::V4, IpFamily::V6] {
             let mut listings = Vec::new();
             for table in Table::ALL {
-                let save = self.kernel.save(family, table).await.map_err(kernel_error)?;
-                listings.push((table, Listing::parse(&save, table)));
+                let names = self.kernel.chain_names(family, table).await.map_err(kernel_error)?;
+                let mut listing = self.kernel.list(family, table, table.builtins()).await.map_err(kernel_error)?;
+                listing.chains.extend(names.into_iter().map(|n| (n, 0)));
+                listings.push((table, listing));
             }
             let text = restore::cleanup(&listings);
             self.kernel.restore(family, &text).await.map_err(|e| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) })?;

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use kproxy_backend_iptables::fake::FakeIptables;
-use kproxy_backend_iptables::kernel::{Kernel, KernelError};
+use kproxy_backend_iptables::kernel::{Kernel, KernelError, Listing};
 use kproxy_backend_iptables::render::Table;
 use kproxy_backend_iptables::trace::trace;
 use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier};
@@ -32,8 +32,11 @@ impl Kernel for Recording {
         }
         self.inner.restore(family, text).map_err(KernelError::Fake)
     }
-    async fn save(&mut self, family: IpFamily, table: Table) -> Result<String, KernelError> {
-        Ok(self.inner.save(family, table))
+    async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<Listing, KernelError> {
+        self.inner.list(family, table, chains).await
+    }
+    async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, KernelError> {
+        self.inner.chain_names(family, table).await
     }
 }
 
