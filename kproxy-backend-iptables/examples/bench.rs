@@ -102,7 +102,7 @@ async fn one_size(flavour: Flavour, services: usize, eps: usize) {
         eprintln!("holding; namespace left as is");
         std::thread::sleep(Duration::from_secs(3600));
     }
-    let text = restore::full(&p.renderer().ruleset(), &Default::default(), &jumps());
+    let text = restore::full_from(p.renderer(), &Default::default(), &jumps());
     println!(
         "| {} | {services} | {eps} | {:.2} s | {} | {} | {} | {:.1} MiB | {rules} | {:.1} MiB |",
         flavour.name(),

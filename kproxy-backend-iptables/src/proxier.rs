@@ -179,7 +179,7 @@ impl<K: Kernel> IptablesProxier<K> {
         self.trusted = false;
         let text = if full {
             let (stale, missing) = self.repairs().await?;
-            restore::full(&self.renderer.ruleset(), &stale, &missing)
+            restore::full_from(&self.renderer, &stale, &missing)
         } else {
             restore::partial(&self.renderer, &journal, &[])
         };

@@ -66,6 +66,11 @@ proptest! {
                 return Err(TestCaseError::fail(format!("the fake refused a partial restore: {e}\n{text}")));
             }
             prop_assert_eq!(canonical(&kernel), canonical(&full(&renderer)), "partial restores drifted from a full one");
+            prop_assert_eq!(
+                restore::full_from(&renderer, &Default::default(), &jumps()),
+                restore::full(&renderer.ruleset(), &Default::default(), &jumps()),
+                "the streamed full restore differs from the one written from a copy"
+            );
             let services = &kernel.table(IpFamily::V4, Table::Nat).chains[names::SERVICES];
             let last = services.last().map(|r| r.args()).unwrap_or_default();
             prop_assert!(last.ends_with(&format!("-j {}", names::NODEPORTS)), "nat KUBE-SERVICES does not end with the NodePort jump: {last}");

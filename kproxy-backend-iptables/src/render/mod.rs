@@ -105,6 +105,8 @@ pub struct Journal {
 pub struct Renderer {
     config: ProxierConfig,
     localhost_node_ports: bool,
+    /// The fixed chains (nat, filter) for this configuration.
+    fixed: (Chains, Chains),
     ports: BTreeMap<ServicePortName, ServiceRules>,
     journal: Journal,
 }
@@ -112,13 +114,15 @@ pub struct Renderer {
 impl Renderer {
     /// A renderer with no services.
     pub fn new(config: ProxierConfig) -> Self {
-        Renderer { config, localhost_node_ports: false, ports: BTreeMap::new(), journal: Journal::default() }
+        let fixed = fixed_chains(&config, false);
+        Renderer { config, localhost_node_ports: false, fixed, ports: BTreeMap::new(), journal: Journal::default() }
     }
 
     /// Serves NodePorts on 127.0.0.1 too (IPv4; iptables
     /// `localhostNodePorts`), with upstream's localnet safeguard.
     pub fn with_localhost_node_ports(mut self, on: bool) -> Self {
         self.localhost_node_ports = on && self.config.family == kproxy_core::IpFamily::V4;
+        self.fixed = fixed_chains(&self.config, self.localhost_node_ports);
         self
     }
 
@@ -196,7 +200,7 @@ impl Renderer {
     /// shared-chain rules in place, and every port's own chains.
     pub fn ruleset(&self) -> Ruleset {
         let mut rs = Ruleset::default();
-        let (nat_fixed, filter_fixed) = fixed_chains(&self.config, self.localhost_node_ports);
+        let (nat_fixed, filter_fixed) = self.fixed.clone();
         rs.nat = nat_fixed;
         rs.filter = filter_fixed;
         for shared in Shared::ALL {
@@ -227,9 +231,8 @@ impl Renderer {
     /// than [`Renderer::ruleset`]: no rule is copied.
     pub fn outline(&self) -> BTreeMap<Table, BTreeMap<String, usize>> {
         let mut out: BTreeMap<Table, BTreeMap<String, usize>> = BTreeMap::new();
-        let (nat, filter) = fixed_chains(&self.config, self.localhost_node_ports);
-        for (table, chains) in [(Table::Nat, nat), (Table::Filter, filter)] {
-            out.insert(table, chains.into_iter().map(|(n, r)| (n, r.len())).collect());
+        for (table, chains) in [(Table::Nat, &self.fixed.0), (Table::Filter, &self.fixed.1)] {
+            out.insert(table, chains.iter().map(|(n, r)| (n.clone(), r.len())).collect());
         }
         for r in self.ports.values() {
             for shared in Shared::ALL {
@@ -238,6 +241,35 @@ impl Renderer {
             }
             for (name, rules) in &r.chains {
                 out.get_mut(&Table::Nat).expect("nat").insert(name.clone(), rules.len());
+            }
+        }
+        out
+    }
+}
+
+impl Renderer {
+    /// One table's chains as [`Renderer::ruleset`] has them, by reference:
+    /// what a full restore writes, without copying a rule.
+    pub fn chains_of(&self, table: Table) -> BTreeMap<&str, Vec<&Rule>> {
+        let fixed = match table {
+            Table::Nat => &self.fixed.0,
+            Table::Filter => &self.fixed.1,
+        };
+        let mut out: BTreeMap<&str, Vec<&Rule>> = BTreeMap::new();
+        for (name, tail) in fixed {
+            let shared = Shared::ALL.into_iter().find(|s| s.chain() == (table, name.as_str()));
+            let mut rules: Vec<&Rule> = match shared {
+                Some(shared) => self.ports.values().flat_map(|r| shared.rules(r)).collect(),
+                None => Vec::new(),
+            };
+            rules.extend(tail);
+            out.insert(name, rules);
+        }
+        if table == Table::Nat {
+            for r in self.ports.values() {
+                for (name, rules) in &r.chains {
+                    out.insert(name, rules.iter().collect());
+                }
             }
         }
         out
