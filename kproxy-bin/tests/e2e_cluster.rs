@@ -3,7 +3,8 @@
 //! on the node with the endpoint, 503 on the other, and both flipping when
 //! the endpoint moves), topology hints on two zones, a UDP flow moving off
 //! an endpoint that left its service (conntrack cleanup), and a pod going
-//! through termination. Runs with kproxy and, to prove the expectations
+//! through termination. Runs with kproxy (nftables and iptables modes)
+//! and, to prove the expectations
 //! are upstream's, with upstream kube-proxy. Each step prints what a user
 //! would see and how long it took. Needs root and the e2e binaries; skips
 //! without, must run in CI.
@@ -14,9 +15,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::oracle::fixtures::{self as fx, EndpointState, EndpointState::*};
-use kproxy_core::oracle::{scenarios, Origin, Packet, Scenario, Verdict};
+use kproxy_core::oracle::{scenarios, Dataplane, Origin, Packet, Scenario, Verdict};
 use kproxy_core::IpFamily;
-use kproxy_e2e::nodes::{within, TestNode};
+use kproxy_e2e::nodes::{within, ProxyRun, TestNode};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_netfilter::Conntrack;
 use kproxy_testkit::{check_case, KPT};
@@ -90,16 +91,17 @@ fn health(node: &TestNode, code: u16, count: u64) -> Result<(), String> {
     (seen == (code, count)).then_some(()).ok_or_else(|| format!("health check answered {seen:?}, expected ({code}, {count})"))
 }
 
-fn run_two_nodes(kind: ProxyKind, binary: &str, test: &str) {
+fn run_two_nodes(kind: ProxyKind, binary: &str, test: &str, mode: Dataplane) {
     let Some(bins) = e2e_binaries(test) else { return };
     let (start, world) = scenarios_for_run();
     let mut cp = ControlPlane::start(&bins).unwrap();
     let api = cp.admin().unwrap();
     scenario::apply(&api, &start).unwrap();
-    let mut a = TestNode::start(&mut cp, &api, &world, fx::NODE_NAME, fx::NODE_ZONE, kind, binary).unwrap();
-    let b = TestNode::start(&mut cp, &api, &world, fx::OTHER_NODE, fx::OTHER_ZONE, kind, binary).unwrap();
+    let run = ProxyRun { kind, binary, mode };
+    let mut a = TestNode::start(&mut cp, &api, &world, fx::NODE_NAME, fx::NODE_ZONE, &run).unwrap();
+    let b = TestNode::start(&mut cp, &api, &world, fx::OTHER_NODE, fx::OTHER_ZONE, &run).unwrap();
     let logs = [&a, &b].map(|n| (n.name.clone(), scenario::log_path(kind, &n.topo.node, cp.dir())));
-    let say = |what: &str| format!("[{kind:?}] {what}");
+    let say = |what: &str| format!("[{kind:?} {mode:?}] {what}");
     let fail = |e: String| -> ! {
         let logs: Vec<String> = logs.iter().map(|(n, p)| format!("--- {n} log:\n{}", std::fs::read_to_string(p).unwrap_or_default())).collect();
         panic!("{e}\n{}", logs.join("\n"))
@@ -173,17 +175,22 @@ fn run_two_nodes(kind: ProxyKind, binary: &str, test: &str) {
     let moved = answers.iter().position(|a| a.1 == other).unwrap_or_else(|| fail(format!("the UDP flow never left {first}:\n{out}")));
     assert!(answers[moved..].iter().all(|a| a.1 == other), "the flow went back to {first} or was lost:\n{out}");
     let last_old = answers[..moved].iter().rev().find(|a| a.1 == first).map_or(0.0, |a| a.0);
-    println!("[{kind:?}] node-a: UDP flow moved from {first} to {other}; first answer from {other} at {:.2} s, {:.2} s after the last from {first}", answers[moved].0, answers[moved].0 - last_old);
+    println!("[{kind:?} {mode:?}] node-a: UDP flow moved from {first} to {other}; first answer from {other} at {:.2} s, {:.2} s after the last from {first}", answers[moved].0, answers[moved].0 - last_old);
     assert!(answers.len() - moved >= 20, "moved too late:\n{out}");
 }
 
 #[test]
 fn two_nodes_and_changes_over_time_with_kproxy() {
-    run_two_nodes(ProxyKind::Kproxy, KPROXY, "two_nodes_and_changes_over_time_with_kproxy");
+    run_two_nodes(ProxyKind::Kproxy, KPROXY, "two_nodes_and_changes_over_time_with_kproxy", Dataplane::Nftables);
+}
+
+#[test]
+fn two_nodes_and_changes_over_time_with_kproxy_in_iptables_mode() {
+    run_two_nodes(ProxyKind::Kproxy, KPROXY, "two_nodes_and_changes_over_time_with_kproxy_in_iptables_mode", Dataplane::Iptables);
 }
 
 #[test]
 fn two_nodes_and_changes_over_time_with_upstream_kube_proxy() {
     let Some(bins) = e2e_binaries("two_nodes_and_changes_over_time_with_upstream_kube_proxy") else { return };
-    run_two_nodes(ProxyKind::Upstream, &bins.path("kube-proxy"), "two_nodes_and_changes_over_time_with_upstream_kube_proxy");
+    run_two_nodes(ProxyKind::Upstream, &bins.path("kube-proxy"), "two_nodes_and_changes_over_time_with_upstream_kube_proxy", Dataplane::Nftables);
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
-use kproxy_core::oracle::{fixtures as fx, Scenario};
+use kproxy_core::oracle::{fixtures as fx, Dataplane, Scenario};
 use kproxy_core::model::ZONE_LABEL;
 use kproxy_testkit::Topology;
 use serde_json::json;
@@ -16,6 +16,17 @@ use serde_json::json;
 use crate::api::Api;
 use crate::control_plane::ControlPlane;
 use crate::scenario::{self, ProxyKind};
+
+/// Which proxy a node runs, from which binary, in which mode.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyRun<'a> {
+    /// kproxy or upstream kube-proxy.
+    pub kind: ProxyKind,
+    /// The binary's path.
+    pub binary: &'a str,
+    /// The proxy mode (nftables or iptables).
+    pub mode: Dataplane,
+}
 
 /// One node of a multi-node test.
 #[derive(Debug)]
@@ -44,13 +55,13 @@ pub fn node_object(name: &str, zone: &str) -> Node {
 impl TestNode {
     /// Builds `world`'s topology (every pod any step will use), attaches
     /// it to the control plane, registers the Node `name` in `zone`, and
-    /// starts `kind`'s proxy (binary `binary`) with `world`'s
-    /// configuration as that node.
-    pub fn start(cp: &mut ControlPlane, api: &Api, world: &Scenario, name: &str, zone: &str, kind: ProxyKind, binary: &str) -> Result<TestNode, String> {
+    /// starts the `proxy` with `world`'s configuration as that node.
+    pub fn start(cp: &mut ControlPlane, api: &Api, world: &Scenario, name: &str, zone: &str, proxy: &ProxyRun) -> Result<TestNode, String> {
+        let ProxyRun { kind, binary, mode } = *proxy;
         let mut topo = Topology::build(world)?;
         cp.attach(&topo.node)?;
         api.put(node_object(name, zone))?;
-        let mut config = scenario::config(world, &cp.kubeconfig(kind.user())?);
+        let mut config = scenario::config_in(world, &cp.kubeconfig(kind.user())?, mode);
         config["hostnameOverride"] = json!(name);
         let proxy = scenario::start_proxy(kind, &mut topo.node, &config, cp.dir(), binary)?;
         Ok(TestNode { name: name.to_string(), topo, proxy })
