@@ -51,6 +51,13 @@ pub enum KernelError {
 pub trait Kernel: Send + std::fmt::Debug {
     /// Applies `iptables-restore --noflush` input to `family`'s tables.
     async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError>;
+    /// Applies restore input produced piece by piece. The default
+    /// collects it and calls [`Kernel::restore`]; the real tools are fed
+    /// as the pieces come, so a large restore is never held whole.
+    async fn restore_pieces(&mut self, family: IpFamily, pieces: &mut (dyn Iterator<Item = String> + Send)) -> Result<(), KernelError> {
+        let text: String = pieces.collect();
+        self.restore(family, &text).await
+    }
     /// The named chains of `table` that exist, with their rule counts, and
     /// the rules of the named built-in chains (`-A CHAIN ...`).
     async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<Listing, KernelError>;
@@ -142,24 +149,52 @@ impl IptablesCli {
     }
 
     async fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+        match stdin {
+            Some(text) => self.run_fed(tool, args, Some(&mut std::iter::once(text.to_string()))).await,
+            None => self.run_fed(tool, args, None).await,
+        }
+    }
+
+    /// Runs `tool`, feeding it `pieces` as they are produced, in writes of
+    /// about a MiB, so a large restore is never held whole.
+    async fn run_fed(&self, tool: &str, args: &[&str], pieces: Option<&mut (dyn Iterator<Item = String> + Send)>) -> Result<String, KernelError> {
+        const BATCH: usize = 1 << 20;
         let mut argv: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
         argv.push(tool);
         argv.extend_from_slice(args);
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..]);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if pieces.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let spawn_err = |source| KernelError::Spawn { program: tool.to_string(), source };
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes()).await.map_err(spawn_err)?;
+        let mut write_error = None;
+        if let (Some(pieces), Some(mut pipe)) = (pieces, child.stdin.take()) {
+            let mut buf = String::with_capacity(BATCH + BATCH / 4);
+            for piece in pieces {
+                buf.push_str(&piece);
+                if buf.len() >= BATCH {
+                    if let Err(e) = pipe.write_all(buf.as_bytes()).await {
+                        write_error = Some(e);
+                        break;
+                    }
+                    buf.clear();
+                }
+            }
+            if write_error.is_none() {
+                write_error = pipe.write_all(buf.as_bytes()).await.err();
+            }
             drop(pipe);
         }
+        // If the tool stopped reading, its exit status and stderr say why.
         let out = child.wait_with_output().await.map_err(spawn_err)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let message = stderr.lines().take(3).collect::<Vec<_>>().join(" | ");
             return Err(KernelError::Failed { program: tool.to_string(), status: out.status.to_string(), message });
+        }
+        if let Some(e) = write_error {
+            return Err(spawn_err(e));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -190,6 +225,10 @@ impl Kernel for IptablesCli {
         }
         // -w: wait for the xtables lock other tools may hold.
         self.run(&self.tool(family, "restore"), &["--noflush", "-w", "5"], Some(text)).await.map(|_| ())
+    }
+
+    async fn restore_pieces(&mut self, family: IpFamily, pieces: &mut (dyn Iterator<Item = String> + Send)) -> Result<(), KernelError> {
+        self.run_fed(&self.tool(family, "restore"), &["--noflush", "-w", "5"], Some(pieces)).await.map(|_| ())
     }
 
     async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<Listing, KernelError> {

@@ -177,13 +177,15 @@ impl<K: Kernel> IptablesProxier<K> {
         // If the restore fails, the kernel may hold part of it: the next
         // sync writes everything.
         self.trusted = false;
-        let text = if full {
+        let family = self.family();
+        if full {
             let (stale, missing) = self.repairs().await?;
-            restore::full_from(&self.renderer, &stale, &missing)
+            let mut pieces = restore::full_pieces(&self.renderer, &stale, &missing);
+            self.kernel.restore_pieces(family, &mut pieces).await?;
         } else {
-            restore::partial(&self.renderer, &journal, &[])
-        };
-        self.kernel.restore(self.family(), &text).await?;
+            let text = restore::partial(&self.renderer, &journal, &[]);
+            self.kernel.restore(family, &text).await?;
+        }
         self.trusted = true;
         Ok(full)
     }

@@ -44,32 +44,39 @@ fn insert_jumps(body: &mut String, table: Table, missing: &[Jump]) {
     }
 }
 
-/// [`full`] of the renderer's whole state, written without copying its
-/// rules into a [`Ruleset`] first (at 10,000 Services that copy alone is
-/// about a hundred MiB).
+/// [`full`] of the renderer's whole state, written straight from the
+/// renderer without copying its rules into a [`Ruleset`] first (at 10,000
+/// Services that copy alone is about a hundred MiB).
 pub fn full_from(renderer: &Renderer, stale: &Stale, missing: &[Jump]) -> String {
-    // Written straight into one String: at 10,000 Services the text is
-    // 45 MiB, and a second buffer per table would double that.
-    let mut out = String::new();
-    for table in Table::ALL {
+    full_pieces(renderer, stale, missing).collect()
+}
+
+/// [`full_from`] as pieces (a table's declarations, then a chain or two at
+/// a time), for feeding `iptables-restore` without holding the whole text:
+/// at 10,000 Services it is 45 MiB.
+pub fn full_pieces<'a>(renderer: &'a Renderer, stale: &'a Stale, missing: &'a [Jump]) -> impl Iterator<Item = String> + Send + 'a {
+    Table::ALL.into_iter().flat_map(move |table| {
         let chains = renderer.chains_of(table);
-        let delete: Vec<&String> = stale.get(&table).map(|s| s.iter().filter(|c| !chains.contains_key(c.as_str())).collect()).unwrap_or_default();
-        writeln!(out, "*{}", table.name()).expect("String");
-        for chain in chains.keys().copied().chain(delete.iter().map(|c| c.as_str())) {
-            writeln!(out, ":{chain} - [0:0]").expect("String");
+        let delete: Vec<String> = stale.get(&table).map(|s| s.iter().filter(|c| !chains.contains_key(c.as_str())).cloned().collect()).unwrap_or_default();
+        let mut head = format!("*{}\n", table.name());
+        for chain in chains.keys().copied().chain(delete.iter().map(String::as_str)) {
+            writeln!(head, ":{chain} - [0:0]").expect("String");
         }
-        insert_jumps(&mut out, table, missing);
-        for (name, rules) in &chains {
-            for r in rules {
-                append(&mut out, name, r);
-            }
-        }
+        insert_jumps(&mut head, table, missing);
+        let mut tail = String::new();
         for chain in &delete {
-            writeln!(out, "-X {chain}").expect("String");
+            writeln!(tail, "-X {chain}").expect("String");
         }
-        out.push_str("COMMIT\n");
-    }
-    out
+        tail.push_str("COMMIT\n");
+        let body = chains.into_iter().map(|(name, rules)| {
+            let mut text = String::new();
+            for r in rules {
+                append(&mut text, name, r);
+            }
+            text
+        });
+        std::iter::once(head).chain(body).chain(std::iter::once(tail))
+    })
 }
 
 /// Everything: every kproxy chain declared (so flushed) and written, the

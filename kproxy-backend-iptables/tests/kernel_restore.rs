@@ -135,3 +135,26 @@ proptest! {
         kernel.restore(IpFamily::V4, &text).map_err(TestCaseError::fail)?;
     }
 }
+
+/// Input fed to the tool piece by piece: applied when good, and when bad
+/// the error is the tool's own, naming the problem.
+#[tokio::test]
+async fn restore_input_fed_in_pieces_is_applied_or_refused_with_the_tools_message() {
+    use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel, KernelError};
+    if !kernel_tests_enabled("restore_input_fed_in_pieces_is_applied_or_refused_with_the_tools_message") {
+        return;
+    }
+    let ns = Netns::new("pieces").unwrap();
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        let mut cli = IptablesCli::new(flavour, Some(ns.name()));
+        let good = ["*nat\n".to_string(), ":KUBE-TEST - [0:0]\n".into(), "-A KUBE-TEST -j RETURN\n".repeat(50_000), "COMMIT\n".into()];
+        cli.restore_pieces(IpFamily::V4, &mut good.into_iter()).await.unwrap_or_else(|e| panic!("{}: {e}", flavour.name()));
+        let listing = cli.list(IpFamily::V4, kproxy_backend_iptables::Table::Nat, &["KUBE-TEST"]).await.unwrap();
+        assert_eq!(listing.chains.get("KUBE-TEST"), Some(&50_000), "{}", flavour.name());
+        let bad = ["*nat\n".to_string(), "-A KUBE-NO-SUCH-CHAIN -j RETURN\n".into(), "COMMIT\n".into()];
+        match cli.restore_pieces(IpFamily::V4, &mut bad.into_iter()).await {
+            Err(KernelError::Failed { message, .. }) => assert!(!message.is_empty(), "{}: empty message", flavour.name()),
+            other => panic!("{}: expected the tool to refuse, got {other:?}", flavour.name()),
+        }
+    }
+}
