@@ -92,6 +92,7 @@ fn health(node: &TestNode, code: u16, count: u64) -> Result<(), String> {
 }
 
 fn run_two_nodes(kind: ProxyKind, binary: &str, test: &str, mode: Dataplane) {
+    let _one_at_a_time = kproxy_e2e::exclusive();
     let Some(bins) = e2e_binaries(test) else { return };
     let (start, world) = scenarios_for_run();
     let mut cp = ControlPlane::start(&bins).unwrap();

@@ -10,6 +10,7 @@ use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};
 
 #[test]
 fn every_scenario_through_the_api_server() {
+    let _one_at_a_time = kproxy_e2e::exclusive();
     let Some(bins) = e2e_binaries("every_scenario_through_the_api_server") else { return };
     let failures = scenario::run_all(&bins, ProxyKind::Kproxy, env!("CARGO_BIN_EXE_kproxy")).unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -17,6 +18,7 @@ fn every_scenario_through_the_api_server() {
 
 #[test]
 fn every_scenario_through_the_api_server_in_iptables_mode() {
+    let _one_at_a_time = kproxy_e2e::exclusive();
     let Some(bins) = e2e_binaries("every_scenario_through_the_api_server_in_iptables_mode") else { return };
     let failures = scenario::run_all_in(&bins, ProxyKind::Kproxy, env!("CARGO_BIN_EXE_kproxy"), Dataplane::Iptables).unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

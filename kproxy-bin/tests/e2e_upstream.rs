@@ -8,6 +8,7 @@ use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};
 
 #[test]
 fn every_scenario_with_upstream_kube_proxy() {
+    let _one_at_a_time = kproxy_e2e::exclusive();
     let Some(bins) = e2e_binaries("every_scenario_with_upstream_kube_proxy") else { return };
     let failures = scenario::run_all(&bins, ProxyKind::Upstream, &bins.path("kube-proxy")).unwrap();
     assert!(failures.is_empty(), "upstream kube-proxy disagrees with the oracle:\n{}", failures.join("\n"));
@@ -15,6 +16,7 @@ fn every_scenario_with_upstream_kube_proxy() {
 
 #[test]
 fn every_scenario_with_upstream_kube_proxy_in_iptables_mode() {
+    let _one_at_a_time = kproxy_e2e::exclusive();
     let Some(bins) = e2e_binaries("every_scenario_with_upstream_kube_proxy_in_iptables_mode") else { return };
     let failures = scenario::run_all_in(&bins, ProxyKind::Upstream, &bins.path("kube-proxy"), Dataplane::Iptables).unwrap();
     assert!(failures.is_empty(), "upstream kube-proxy (iptables mode) disagrees with the oracle:\n{}", failures.join("\n"));

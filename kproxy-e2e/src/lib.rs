@@ -28,3 +28,13 @@ pub use api::Api;
 pub use binaries::{e2e_binaries, Binaries};
 pub use control_plane::ControlPlane;
 pub use scenario::ProxyKind;
+
+/// Serializes the heavy e2e tests of one test binary: each starts its own
+/// kube-apiserver and etcd, and two at once on a 2-core machine slow both
+/// enough to make proxies' timings, not their behaviour, the thing under
+/// test. Hold the guard for the whole test.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one still runs.
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -168,6 +168,12 @@ pub fn run_all_in(bins: &Binaries, kind: ProxyKind, binary: &str, mode: Dataplan
             std::thread::sleep(Duration::from_millis(200));
         }
         println!("{:<48} {:>2} cases, all passing {:.1} s after {kind:?} ({mode:?}) started", s.name, s.cases.len(), start.elapsed().as_secs_f64());
+        if !last.is_empty() {
+            // The proxy's own account, for a failure seen only in CI.
+            let log = std::fs::read_to_string(log_path(kind, &topo.node, cp.dir())).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            last.push(format!("--- last lines of the {kind:?} log for {}:\n{}", s.name, tail.join("\n")));
+        }
         failures.extend(last);
         drop(topo);
         delete(&api, &s)?;
