@@ -1,4 +1,5 @@
-//! kproxy against upstream kube-proxy (v1.34.4), both in nftables mode with
+//! kproxy against upstream kube-proxy (v1.34.4), both in nftables mode
+//! (or both in iptables mode, `--mode iptables`) with
 //! the same configuration, watching the same real API server, measured in
 //! one run:
 //!
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use kproxy_e2e::bench::{quantile_ms, SideBySide};
 use kproxy_e2e::svg::{latency_chart, Series};
+use kproxy_core::oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, ProxyKind};
 use serde_json::json;
 
@@ -36,6 +38,7 @@ struct Args {
     churn_rate: u32,
     churn_seconds: u64,
     out: String,
+    mode: Dataplane,
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
@@ -52,6 +55,7 @@ fn parse() -> Result<Args, String> {
         churn_rate: 10,
         churn_seconds: 300,
         out: format!("{root}/e2e/bench"),
+        mode: Dataplane::Nftables,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -64,6 +68,13 @@ fn parse() -> Result<Args, String> {
             "--churn-rate" => a.churn_rate = value.parse().map_err(|_| "--churn-rate: not a number")?,
             "--churn-seconds" => a.churn_seconds = value.parse().map_err(|_| "--churn-seconds: not a number")?,
             "--out" => a.out = value.clone(),
+            "--mode" => {
+                a.mode = match value.as_str() {
+                    "nftables" => Dataplane::Nftables,
+                    "iptables" => Dataplane::Iptables,
+                    other => return Err(format!("--mode {other:?}: nftables or iptables")),
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -84,6 +95,7 @@ fn main() -> Result<(), String> {
     let args = parse()?;
     let bins = e2e_binaries("kproxy-side-by-side").ok_or("needs root and the e2e binaries")?;
     let mut bench = SideBySide::new(&bins, &args.kproxy)?;
+    bench.mode = args.mode;
     let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
     let mut results = json!({"latency": [], "churn": {}, "startup": []});
     let mut series: BTreeMap<ProxyKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
@@ -199,7 +211,8 @@ fn main() -> Result<(), String> {
             points: series.get(k).cloned().unwrap_or_default(),
         })
         .collect();
-    let svg = latency_chart("Network programming latency (nftables mode)", &chart);
+    let title = format!("Network programming latency ({} mode)", if args.mode == Dataplane::Iptables { "iptables" } else { "nftables" });
+    let svg = latency_chart(&title, &chart);
     std::fs::write(format!("{}/latency.svg", args.out), svg).map_err(|e| e.to_string())?;
     std::fs::write(format!("{}/side-by-side.json", args.out), serde_json::to_string_pretty(&results).expect("json")).map_err(|e| e.to_string())?;
     println!("\nwrote {0}/latency.svg and {0}/side-by-side.json", args.out);

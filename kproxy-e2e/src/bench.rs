@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState};
-use kproxy_core::oracle::{Case, Origin, Packet, Scenario, Verdict};
+use kproxy_core::oracle::{Case, Dataplane, Origin, Packet, Scenario, Verdict};
 use kproxy_core::IpFamily;
 use kproxy_testkit::{Topology, KPT};
 use serde_json::{json, Value};
@@ -54,6 +54,8 @@ pub struct SideBySide {
     pub nodes: Vec<BenchNode>,
     /// How many background services exist.
     pub services: usize,
+    /// The proxy mode both proxies run in (nftables unless set).
+    pub mode: Dataplane,
 }
 
 /// Per proxy, the latency of each change; and how long each API write
@@ -190,7 +192,7 @@ impl SideBySide {
         let s = node_scenario();
         api.apply(&s.services[0])?;
         api.apply(probe_slice(POD_A))?;
-        Ok(SideBySide { cp, api, nodes, services: 0 })
+        Ok(SideBySide { cp, api, nodes, services: 0, mode: Dataplane::Nftables })
     }
 
     /// Creates background services (one endpoint each, pod C) until there
@@ -215,9 +217,11 @@ impl SideBySide {
     pub fn start(&mut self, kind: ProxyKind) -> Result<SystemTime, String> {
         let kubeconfig = self.cp.kubeconfig(kind.user())?;
         let dir = self.cp.dir().to_path_buf();
+        let mode = self.mode;
         let node = self.node(kind);
+        // Both modes use nf_tables here (iptables-nft, in a fresh namespace).
         node.topo.node.exec(&["nft", "flush", "ruleset"])?;
-        let mut config = scenario::config(&node_scenario(), &kubeconfig);
+        let mut config = scenario::config_in(&node_scenario(), &kubeconfig, mode);
         config["hostnameOverride"] = json!(node.name);
         let started = SystemTime::now();
         let binary = node.binary.clone();
