@@ -5,7 +5,7 @@
 //! cargo run -p kproxy-backend-iptables --example iptables_dump_scenario -- cluster_ip
 //! ```
 
-use kproxy_backend_iptables::render::{jumps, render};
+use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
 use kproxy_core::oracle::scenarios;
 
@@ -17,5 +17,5 @@ fn main() {
         eprintln!("no scenario {name:?}; one of: {}", names.join(", "));
         std::process::exit(2);
     };
-    print!("{}", restore::full(&render(&scenario.state(), &scenario.config), &Default::default(), &jumps()));
+    print!("{}", restore::full(&Renderer::of(&scenario.state(), &scenario.config), &Default::default(), &jumps()));
 }

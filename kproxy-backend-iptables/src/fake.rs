@@ -31,8 +31,6 @@ impl FakeTable {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeIptables {
     tables: BTreeMap<(IpFamily, Table), FakeTable>,
-    /// How many restores were applied (for tests of partial syncs).
-    pub restores: usize,
 }
 
 impl Default for FakeIptables {
@@ -43,7 +41,7 @@ impl Default for FakeIptables {
                 tables.insert((family, table), FakeTable::new(table));
             }
         }
-        FakeIptables { tables, restores: 0 }
+        FakeIptables { tables }
     }
 }
 
@@ -75,7 +73,6 @@ impl FakeIptables {
     /// before an error stay committed, as with the real tool; the failing
     /// table is left as it was.
     pub fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), String> {
-        self.restores += 1;
         let mut current: Option<(Table, FakeTable)> = None;
         for (n, line) in text.lines().enumerate() {
             let at = |e: String| format!("line {}: {e}: {line}", n + 1);

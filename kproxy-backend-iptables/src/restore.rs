@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::render::{Journal, Jump, Renderer, Ruleset, ServiceRules, Shared, Table};
+use crate::render::{Journal, Jump, Renderer, ServiceRules, Shared, Table};
 use crate::rule::Rule;
 
 /// Chains to delete per table (found stale by listing the kernel).
@@ -44,16 +44,16 @@ fn insert_jumps(body: &mut String, table: Table, missing: &[Jump]) {
     }
 }
 
-/// [`full`] of the renderer's whole state, written straight from the
-/// renderer without copying its rules into a [`Ruleset`] first (at 10,000
-/// Services that copy alone is about a hundred MiB).
-pub fn full_from(renderer: &Renderer, stale: &Stale, missing: &[Jump]) -> String {
+/// Everything: every kproxy chain declared (so flushed) and written, the
+/// missing jumps inserted, and `stale` chains deleted; written straight
+/// from the renderer, never copying its rules.
+pub fn full(renderer: &Renderer, stale: &Stale, missing: &[Jump]) -> String {
     full_pieces(renderer, stale, missing).collect()
 }
 
-/// [`full_from`] as pieces (a table's declarations, then a chain or two at
-/// a time), for feeding `iptables-restore` without holding the whole text:
-/// at 10,000 Services it is 45 MiB.
+/// [`full`] as pieces (a table's declarations, then a chain at a time),
+/// for feeding `iptables-restore` without holding the whole text: at
+/// 10,000 Services it is 45 MiB.
 pub fn full_pieces<'a>(renderer: &'a Renderer, stale: &'a Stale, missing: &'a [Jump]) -> impl Iterator<Item = String> + Send + 'a {
     Table::ALL.into_iter().flat_map(move |table| {
         let chains = renderer.chains_of(table);
@@ -77,26 +77,6 @@ pub fn full_pieces<'a>(renderer: &'a Renderer, stale: &'a Stale, missing: &'a [J
         });
         std::iter::once(head).chain(body).chain(std::iter::once(tail))
     })
-}
-
-/// Everything: every kproxy chain declared (so flushed) and written, the
-/// missing jumps inserted, and `stale` chains deleted.
-pub fn full(rs: &Ruleset, stale: &Stale, missing: &[Jump]) -> String {
-    let mut out = String::new();
-    for table in Table::ALL {
-        let chains = rs.table(table);
-        let declare: BTreeSet<String> = chains.keys().cloned().collect();
-        let mut body = String::new();
-        insert_jumps(&mut body, table, missing);
-        for (name, rules) in chains {
-            for r in rules {
-                append(&mut body, name, r);
-            }
-        }
-        let delete = stale.get(&table).map(|s| s.difference(&declare).cloned().collect()).unwrap_or_default();
-        section(&mut out, table, &declare, &body, &delete);
-    }
-    out
 }
 
 /// Only what `journal` says changed: each changed port's own chains

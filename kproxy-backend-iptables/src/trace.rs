@@ -68,16 +68,18 @@ pub fn trace(kernel: &FakeIptables, family: IpFamily, config: &ProxierConfig, pa
     let filter = kernel.table(family, Table::Filter);
     let start = State { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None };
     let mut finals = Vec::new();
-    let (first, then) = if packet.origin == Origin::Node { ("OUTPUT", None) } else { ("PREROUTING", Some(())) };
-    for (s, end) in t.builtin(nat, first, start)? {
+    let from_node = packet.origin == Origin::Node;
+    for (s, end) in t.builtin(nat, if from_node { "OUTPUT" } else { "PREROUTING" }, start)? {
         if matches!(end, End::Drop | End::Reject) {
             finals.push((s, end));
             continue;
         }
-        let filter_chain = match then {
-            None => "OUTPUT",
-            Some(()) if t.is_local(s.dst) => "INPUT",
-            Some(()) => "FORWARD",
+        let filter_chain = if from_node {
+            "OUTPUT"
+        } else if t.is_local(s.dst) {
+            "INPUT"
+        } else {
+            "FORWARD"
         };
         for (s, end) in t.builtin(filter, filter_chain, s)? {
             if matches!(end, End::Drop | End::Reject) || filter_chain == "INPUT" {

@@ -18,13 +18,7 @@ const VIP: &str = "172.30.0.41";
 
 async fn proxier(s: &Scenario, topo: &Topology, flavour: Flavour) -> IptablesProxier<IptablesCli> {
     let mut p = IptablesProxier::new(fx::NODE_NAME, s.config.clone(), IptablesCli::new(flavour, Some(topo.node.name())), IptablesOptions::default()).unwrap();
-    p.on_node_update(&s.node);
-    for svc in &s.services {
-        p.on_service_update(None, Some(svc));
-    }
-    for slice in &s.slices {
-        p.on_endpoint_slice_update(slice, false);
-    }
+    s.feed(&mut p);
     p.sync(SyncRequest::default()).await.unwrap();
     p
 }

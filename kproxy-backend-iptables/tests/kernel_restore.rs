@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::oracle::scenarios;
 use kproxy_core::{IpFamily, ProxyState};
+use kproxy_testkit::hostile::hostile_state;
 use kproxy_testkit::{kernel_tests_enabled, Netns};
 use proptest::prelude::*;
 
@@ -40,7 +41,7 @@ fn iptables_restore_accepts_every_scenario_full_and_partial() {
             let mut r = Renderer::new(scenario.config.clone());
             r.refresh_all(&state);
             r.take_journal();
-            apply(&ns, flavour, family, &restore::full(&r.ruleset(), &Default::default(), &jumps()))
+            apply(&ns, flavour, family, &restore::full(&r, &Default::default(), &jumps()))
                 .unwrap_or_else(|e| panic!("{flavour} {}: full restore: {e}", scenario.name));
             let save = if family == IpFamily::V6 { format!("ip6tables-{flavour}-save") } else { format!("iptables-{flavour}-save") };
             let saved = ns.exec(&[&save, "-t", "nat"]).unwrap();
@@ -67,50 +68,22 @@ fn iptables_restore_accepts_every_scenario_full_and_partial() {
     }
 }
 
-/// Names as hostile as hand-written manifests can carry, up to 253
-/// characters: quotes, backslashes, newlines, comment markers, spaces and
-/// multi-byte characters. They reach only comments, and must never break
-/// the restore or inject a rule.
-fn hostile_name() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop::sample::select(vec!["a", "\"", "'", "{", "}", ";", "\n", "#", "-A", " ", "\\", "/", ":", "*", "é", "-j", "COMMIT"]),
-        1..60,
-    )
-    .prop_map(|parts| {
-        let mut s = parts.concat();
-        if s.len() > 253 {
-            let cut = (0..=253).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-            s.truncate(cut);
-        }
-        s
-    })
-}
+/// What names are made of, up to 253 characters: quotes, backslashes,
+/// newlines, comment markers, spaces, restore syntax and multi-byte
+/// characters. They reach only comments, and must never break the restore
+/// or inject a rule.
+const PIECES: &[&str] = &["a", "\"", "'", "{", "}", ";", "\n", "#", "-A", " ", "\\", "/", ":", "*", "é", "-j", "COMMIT"];
 
-fn hostile_state(names: &[(String, String, String)]) -> ProxyState {
-    let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
-    state.on_node(&fx::node());
-    for (i, (ns, name, port)) in names.iter().enumerate() {
-        let i = i as u8;
-        let svc = service(ns, name, &[&format!("172.30.5.{i}")])
-            .port(port, 80, "TCP", 30_100 + i32::from(i))
-            .load_balancer(&[&format!("1.2.5.{i}")])
-            .source_ranges(&[fx::SOURCE_RANGE])
-            .affinity(60)
-            .build();
-        state.on_service(None, Some(&svc));
-        let sl = slice(ns, name, &format!("{name}-x"), "IPv4").port(port, 8080, "TCP").endpoint(&format!("10.180.5.{i}"), fx::NODE_NAME, EndpointState::Ready).build();
-        state.on_endpoint_slice(&sl, false);
-    }
-    state.apply();
-    state
+fn hostile_name() -> impl Strategy<Value = String> {
+    kproxy_testkit::hostile::hostile_name(PIECES)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn hostile_names_reach_only_comments(names in prop::collection::vec((hostile_name(), hostile_name(), hostile_name()), 1..5)) {
-        if !kernel_tests_enabled("hostile_names_reach_only_comments") {
+    fn hostile_names_never_break_or_extend_the_restore(names in prop::collection::vec((hostile_name(), hostile_name(), hostile_name()), 1..5)) {
+        if !kernel_tests_enabled("hostile_names_never_break_or_extend_the_restore") {
             return Ok(());
         }
         let unique: BTreeSet<_> = names.iter().map(|(ns, name, _)| (ns, name)).collect();
@@ -120,7 +93,7 @@ proptest! {
         let config = fx::config(IpFamily::V4);
         let mut r = Renderer::new(config.clone());
         r.refresh_all(&state);
-        let text = restore::full(&r.ruleset(), &Default::default(), &jumps());
+        let text = restore::full(&r, &Default::default(), &jumps());
         // Every line is a declaration, a rule of a kproxy or built-in chain, or COMMIT.
         for line in text.lines() {
             let ok = line.starts_with('*') || line.starts_with(":KUBE-") || line == "COMMIT"

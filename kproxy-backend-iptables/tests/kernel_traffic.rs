@@ -12,13 +12,7 @@ use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, Topology};
 async fn install(scenario: &Scenario, topo: &Topology, flavour: Flavour) -> IptablesProxier<IptablesCli> {
     let kernel = IptablesCli::new(flavour, Some(topo.node.name()));
     let mut p = IptablesProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, IptablesOptions::default()).expect("valid config");
-    p.on_node_update(&scenario.node);
-    for s in &scenario.services {
-        p.on_service_update(None, Some(s));
-    }
-    for s in &scenario.slices {
-        p.on_endpoint_slice_update(s, false);
-    }
+    scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap_or_else(|e| panic!("{}: sync failed: {e}", scenario.name));
     p
 }

@@ -46,13 +46,7 @@ fn scenario(name: &str) -> Scenario {
 
 fn proxier(s: &Scenario) -> IptablesProxier<Recording> {
     let mut p = IptablesProxier::new(kproxy_core::oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), IptablesOptions::default()).unwrap();
-    p.on_node_update(&s.node);
-    for svc in &s.services {
-        p.on_service_update(None, Some(svc));
-    }
-    for slice in &s.slices {
-        p.on_endpoint_slice_update(slice, false);
-    }
+    s.feed(&mut p);
     p
 }
 

@@ -27,7 +27,7 @@ fn check(scenario: &Scenario, kernel: &FakeIptables, failures: &mut Vec<String>)
 fn full_restore(scenario: &Scenario) -> FakeIptables {
     let mut r = Renderer::new(scenario.config.clone());
     r.refresh_all(&scenario.state());
-    let text = restore::full(&r.ruleset(), &Default::default(), &jumps());
+    let text = restore::full(&r, &Default::default(), &jumps());
     let mut kernel = FakeIptables::new();
     kernel.restore(scenario.family, &text).unwrap_or_else(|e| panic!("{}: the fake refused the restore: {e}\n{text}", scenario.name));
     kernel
@@ -53,7 +53,7 @@ fn partial_restores_from_empty_meet_every_scenario() {
         let empty = kproxy_core::ProxyState::new(scenario.family, kproxy_core::oracle::fixtures::NODE_NAME);
         r.refresh_all(&empty);
         r.take_journal();
-        kernel.restore(scenario.family, &restore::full(&r.ruleset(), &Default::default(), &jumps())).unwrap();
+        kernel.restore(scenario.family, &restore::full(&r, &Default::default(), &jumps())).unwrap();
         let state = scenario.state();
         for svc in state.services().iter().map(|(n, _)| n.service.clone()).collect::<std::collections::BTreeSet<_>>() {
             r.refresh(&state, [&svc]);

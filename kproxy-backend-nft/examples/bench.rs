@@ -13,50 +13,14 @@
 //! the rendered ruleset's size.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::fixtures as fx;
+use kproxy_testkit::bench::{bench_endpoints, bench_service, peak_rss_kib, rss_kib, summary};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
-
-fn cluster_ip(i: usize) -> String {
-    format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255)
-}
-
-fn endpoint_ip(i: usize, j: usize) -> String {
-    let n = i * 16 + j;
-    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
-}
-
-fn svc(i: usize) -> Service {
-    service("bench", &format!("svc-{i}"), &[&cluster_ip(i)]).port("http", 80, "TCP", 0).build()
-}
-
-fn endpoints(i: usize, count: usize) -> EndpointSlice {
-    let mut b = slice("bench", &format!("svc-{i}"), &format!("svc-{i}-1"), "IPv4").port("http", 8080, "TCP");
-    for j in 0..count {
-        b = b.endpoint(&endpoint_ip(i, j), fx::OTHER_NODE, EndpointState::Ready);
-    }
-    b.build()
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// With KPROXY_BENCH_STAGES=1, prints memory after each stage to stderr.
 fn stage(name: &str) {
@@ -65,22 +29,12 @@ fn stage(name: &str) {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and worst of a series, in milliseconds.
-fn summary(mut v: Vec<Duration>) -> String {
-    v.sort();
-    format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
-}
-
 async fn one_size(services: usize, eps: usize) {
     let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
     p.on_node_update(&fx::node());
     for i in 0..services {
-        p.on_service_update(None, Some(&svc(i)));
-        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+        p.on_service_update(None, Some(&bench_service(i)));
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
     }
     stage("objects handled");
     let start = Instant::now();
@@ -93,17 +47,17 @@ async fn one_size(services: usize, eps: usize) {
     for r in 0..rounds {
         let i = (r * 7919) % services;
         let t = Instant::now();
-        p.on_endpoint_slice_update(&endpoints(i, eps + 1), false);
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps + 1), false);
         p.sync(SyncRequest::default()).await.expect("sync");
         added.push(t.elapsed());
         let t = Instant::now();
-        p.on_endpoint_slice_update(&endpoints(i, eps), false);
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
         p.sync(SyncRequest::default()).await.expect("sync");
         removed.push(t.elapsed());
         let t = Instant::now();
         let n = services + r;
-        p.on_service_update(None, Some(&svc(n)));
-        p.on_endpoint_slice_update(&endpoints(n, eps), false);
+        p.on_service_update(None, Some(&bench_service(n)));
+        p.on_endpoint_slice_update(&bench_endpoints(n, eps), false);
         p.sync(SyncRequest::default()).await.expect("sync");
         new_service.push(t.elapsed());
     }

@@ -25,13 +25,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    proxier.on_node_update(&scenario.node);
-    for s in &scenario.services {
-        proxier.on_service_update(None, Some(s));
-    }
-    for s in &scenario.slices {
-        proxier.on_endpoint_slice_update(s, false);
-    }
+    scenario.feed(&mut proxier);
     if let Err(e) = proxier.sync(SyncRequest { full: true }).await {
         eprintln!("kproxy-nft-scenario: {e}");
         std::process::exit(1);

@@ -335,13 +335,7 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
         }
         match result {
             Ok(rebuilt) => {
-                let mut report = SyncReport::new(request.full || rebuilt, changes);
-                report.no_local_endpoints = self.renderer.no_local_endpoints();
-                report.health_checks = self.state.health_checks();
-                if report.full || report.changes.may_leave_stale_flows() {
-                    report.stale_flows = Some(self.state.stale_flow_filter(&report.changes));
-                }
-                Ok(report)
+                Ok(self.state.report(request.full || rebuilt, changes, self.renderer.no_local_endpoints()))
             }
             Err(e) => {
                 self.unreported = changes;

@@ -5,25 +5,12 @@
 
 use kproxy_backend_nft::{render, text};
 use kproxy_core::oracle::scenarios;
+use kproxy_testkit::check_golden;
 
 fn check(name: &str) {
     let scenario = scenarios::all().into_iter().find(|s| s.name == name).expect("scenario exists");
-    let rendered = text::table_block("kproxy-a", &render(&scenario.state(), &scenario.config).ruleset);
-    let path = format!("{}/tests/golden/{name}.nft", env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &rendered).expect("write golden file");
-        return;
-    }
-    let golden = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {path}; run with UPDATE_GOLDEN=1"));
-    if golden != rendered {
-        let first = golden.lines().zip(rendered.lines()).position(|(a, b)| a != b).unwrap_or(0);
-        panic!(
-            "{name}: rendered rules differ from {path} at line {}:\n  golden:   {:?}\n  rendered: {:?}",
-            first + 1,
-            golden.lines().nth(first),
-            rendered.lines().nth(first)
-        );
-    }
+    let text = text::table_block("kproxy-a", &render(&scenario.state(), &scenario.config).ruleset);
+    check_golden(name, &format!("{}/tests/golden/{name}.nft", env!("CARGO_MANIFEST_DIR")), &text);
 }
 
 #[test]

@@ -15,8 +15,7 @@ use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 
-mod common;
-use common::{event, step, World};
+use kproxy_testkit::events::{event, step, World};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]

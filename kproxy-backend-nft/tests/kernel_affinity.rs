@@ -30,13 +30,7 @@ async fn affinity_follows_endpoint_removal() {
     let topo = Topology::build(&scenario).unwrap();
     let kernel = NftKernel::in_netns(topo.node.name()).unwrap();
     let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
-    p.on_node_update(&scenario.node);
-    for s in &scenario.services {
-        p.on_service_update(None, Some(s));
-    }
-    for s in &scenario.slices {
-        p.on_endpoint_slice_update(s, false);
-    }
+    scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap();
 
     let packet = Packet::tcp(Origin::LocalPod, fx::LOCAL_CLIENT_POD.parse().unwrap(), "172.30.0.50".parse().unwrap(), 80);

@@ -2,13 +2,13 @@
 //! scenarios (both families), and states with hostile names. Runs
 //! `nft --check` inside a private network namespace. Needs root.
 
-use k8s_openapi::api::core::v1::Service;
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_backend_nft::render;
 use kproxy_backend_nft::transaction::Transaction;
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::oracle::scenarios;
 use kproxy_core::{IpFamily, ProxyState};
+use kproxy_testkit::hostile::hostile_state;
 use kproxy_testkit::{kernel_tests_enabled, Netns};
 use proptest::prelude::*;
 
@@ -32,43 +32,12 @@ fn nft_accepts_every_scenario() {
     }
 }
 
-/// Names as hostile as Kubernetes-shaped objects can carry, up to 253
-/// characters: quotes, braces, semicolons, newlines, comment markers.
-fn hostile_name() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop::sample::select(vec!["a", "\"", "'", "{", "}", ";", "\n", "#", "@", "$", " ", "\\", "/", ":", "*", "é", "-"]),
-        1..60,
-    )
-    .prop_map(|parts| {
-        let mut s = parts.concat();
-        if s.len() > 253 {
-            let cut = (0..=253).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-            s.truncate(cut);
-        }
-        s
-    })
-}
+/// What names are made of: quotes, braces, semicolons, newlines, comment
+/// markers, up to 253 characters.
+const PIECES: &[&str] = &["a", "\"", "'", "{", "}", ";", "\n", "#", "@", "$", " ", "\\", "/", ":", "*", "é", "-"];
 
-fn hostile_state(names: &[(String, String, String)]) -> ProxyState {
-    let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
-    state.on_node(&fx::node());
-    for (i, (ns, name, port)) in names.iter().enumerate() {
-        let i = i as u8;
-        let svc: Service = service(ns, name, &[&format!("172.30.5.{i}")])
-            .port(port, 80, "TCP", 30_100 + i32::from(i))
-            .load_balancer(&[&format!("1.2.5.{i}")])
-            .source_ranges(&[fx::SOURCE_RANGE])
-            .affinity(60)
-            .build();
-        state.on_service(None, Some(&svc));
-        let sl = slice(ns, name, &format!("{name}-x"), "IPv4")
-            .port(port, 8080, "TCP")
-            .endpoint(&format!("10.180.5.{i}"), fx::NODE_NAME, EndpointState::Ready)
-            .build();
-        state.on_endpoint_slice(&sl, false);
-    }
-    state.apply();
-    state
+fn hostile_name() -> impl Strategy<Value = String> {
+    kproxy_testkit::hostile::hostile_name(PIECES)
 }
 
 proptest! {

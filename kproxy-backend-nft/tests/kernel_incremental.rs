@@ -11,8 +11,7 @@ use kproxy_core::{IpFamily, ProxyState};
 use kproxy_testkit::{kernel_tests_enabled, Netns};
 use proptest::prelude::*;
 
-mod common;
-use common::{event, step, World};
+use kproxy_testkit::events::{event, step, World};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]

@@ -12,13 +12,7 @@ use kproxy_testkit::{check_scenario, kernel_tests_enabled, Topology};
 async fn install(scenario: &Scenario, topo: &Topology) -> NftProxier<NftKernel> {
     let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftKernel::in_netns(topo.node.name()).expect("netlink socket in the node namespace"), NftOptions::default())
         .expect("valid config");
-    p.on_node_update(&scenario.node);
-    for s in &scenario.services {
-        p.on_service_update(None, Some(s));
-    }
-    for s in &scenario.slices {
-        p.on_endpoint_slice_update(s, false);
-    }
+    scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap_or_else(|e| panic!("{}: sync failed: {e}", scenario.name));
     p
 }

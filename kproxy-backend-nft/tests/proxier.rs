@@ -214,13 +214,7 @@ fn hostile_interface_names_are_refused() {
 async fn affinity_to_a_removed_endpoint_is_forgotten() {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
     let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), FakeKernel::new(), options(1000)).unwrap();
-    p.on_node_update(&scenario.node);
-    for s in &scenario.services {
-        p.on_service_update(None, Some(s));
-    }
-    for s in &scenario.slices {
-        p.on_endpoint_slice_update(s, false);
-    }
+    scenario.feed(&mut p);
     p.sync(SyncRequest::default()).await.unwrap();
     let vip: IpAddr = "172.30.0.50".parse().unwrap();
     let (a, b): (IpAddr, IpAddr) = ("10.180.0.10".parse().unwrap(), "10.180.1.10".parse().unwrap());

@@ -115,18 +115,12 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
             let text = match settings.mode {
                 Mode::Iptables => {
                     let mut p = iptables_proxier(settings, family, &node, FakeIptables::new())?;
-                    for u in standalone::diff(&Manifests::default(), &state) {
-                        deliver(&mut p, u);
-                    }
-                    p.sync(SyncRequest { full: true }).await?;
+                    first_sync(&mut p, &state).await?;
                     kproxy_backend_iptables::Table::ALL.iter().map(|t| p.kernel().save(family, *t)).collect::<Vec<_>>().join("")
                 }
                 _ => {
                     let mut p = nft_proxier(settings, family, &node, FakeKernel::new())?;
-                    for u in standalone::diff(&Manifests::default(), &state) {
-                        deliver(&mut p, u);
-                    }
-                    p.sync(SyncRequest { full: true }).await?;
+                    first_sync(&mut p, &state).await?;
                     p.kernel().dump()
                 }
             };
@@ -174,6 +168,16 @@ async fn until_stopped(source: impl std::future::Future<Output = ()>) -> Result<
             Ok(())
         }
     }
+}
+
+/// Hands everything in `state` to `p` and runs its first (full) sync, as
+/// the dry run does without a runner.
+async fn first_sync<P: Proxier>(p: &mut P, state: &Manifests) -> Result<()> {
+    for u in standalone::diff(&Manifests::default(), state) {
+        deliver(p, u);
+    }
+    p.sync(SyncRequest { full: true }).await?;
+    Ok(())
 }
 
 /// Hands one update to a proxier directly (the dry run has no runner).

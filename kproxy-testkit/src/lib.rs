@@ -10,11 +10,20 @@
 //!
 //! Kernel tests call [`kernel_tests_enabled`] first: without root they skip
 //! with a message, but under `CI=true` they must run.
+//!
+//! It also holds what the backends' other tests and benchmarks share:
+//! random cluster [`events`], [`hostile`] names, golden files
+//! ([`check_golden`]) and the benchmarks' synthetic cluster ([`bench`]).
 
+pub mod bench;
 mod check;
+pub mod events;
+mod golden;
+pub mod hostile;
 mod netns;
 mod topology;
 
+pub use golden::check_golden;
 pub use check::{check_case, check_scenario, check_scenario_for, probe, Seen};
 pub use netns::{kernel_tests_enabled, run, Netns};
 pub use topology::{Topology, KPT};

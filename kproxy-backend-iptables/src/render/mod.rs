@@ -112,6 +112,15 @@ pub struct Renderer {
 }
 
 impl Renderer {
+    /// A renderer that has rendered the applied state of `state`, with
+    /// nothing journaled.
+    pub fn of(state: &ProxyState, config: &ProxierConfig) -> Self {
+        let mut r = Renderer::new(config.clone());
+        r.refresh_all(state);
+        r.journal = Journal::default();
+        r
+    }
+
     /// A renderer with no services.
     pub fn new(config: ProxierConfig) -> Self {
         let fixed = fixed_chains(&config, false);
@@ -199,29 +208,8 @@ impl Renderer {
     /// The whole desired ruleset: the fixed chains with every port's
     /// shared-chain rules in place, and every port's own chains.
     pub fn ruleset(&self) -> Ruleset {
-        let mut rs = Ruleset::default();
-        let (nat_fixed, filter_fixed) = self.fixed.clone();
-        rs.nat = nat_fixed;
-        rs.filter = filter_fixed;
-        for shared in Shared::ALL {
-            let (table, chain) = shared.chain();
-            let rules: Vec<Rule> = self.ports.values().flat_map(|r| shared.rules(r).iter().cloned()).collect();
-            let chains = match table {
-                Table::Nat => &mut rs.nat,
-                Table::Filter => &mut rs.filter,
-            };
-            let target = chains.get_mut(chain).expect("shared chains are fixed chains");
-            // Port rules go before the fixed tail (the NodePort jump).
-            let tail = std::mem::take(target);
-            target.extend(rules);
-            target.extend(tail);
-        }
-        for r in self.ports.values() {
-            for (name, rules) in &r.chains {
-                rs.nat.insert(name.clone(), rules.clone());
-            }
-        }
-        rs
+        let owned = |table| self.chains_of(table).into_iter().map(|(n, rules)| (n.to_string(), rules.into_iter().cloned().collect())).collect();
+        Ruleset { nat: owned(Table::Nat), filter: owned(Table::Filter) }
     }
 }
 
@@ -279,7 +267,5 @@ impl Renderer {
 /// Renders the applied state of `state` for `config` (pure: the same input
 /// always gives the same ruleset).
 pub fn render(state: &ProxyState, config: &ProxierConfig) -> Ruleset {
-    let mut r = Renderer::new(config.clone());
-    r.refresh_all(state);
-    r.ruleset()
+    Renderer::of(state, config).ruleset()
 }

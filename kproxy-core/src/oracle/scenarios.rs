@@ -11,6 +11,7 @@ use super::evaluate::Dataplane;
 use super::packet::{Origin, Packet, Verdict};
 use crate::config::{LocalDetector, ProxierConfig};
 use crate::model::{IpFamily, Protocol};
+use crate::proxier::Proxier;
 use crate::state::ProxyState;
 
 /// One packet and what must happen to it.
@@ -84,6 +85,18 @@ impl Scenario {
     fn case_modes(mut self, name: &'static str, packet: Packet, nftables: Verdict, iptables: Verdict) -> Self {
         self.cases.push(Case { name, packet, expected: nftables, iptables: Some(iptables) });
         self
+    }
+
+    /// Hands the scenario's Node, then its Services and EndpointSlices, to
+    /// `proxier` as additions (what a proxier sees at start-up).
+    pub fn feed<P: Proxier + ?Sized>(&self, proxier: &mut P) {
+        proxier.on_node_update(&self.node);
+        for s in &self.services {
+            proxier.on_service_update(None, Some(s));
+        }
+        for s in &self.slices {
+            proxier.on_endpoint_slice_update(s, false);
+        }
     }
 
     /// The applied proxier state this scenario describes.

@@ -1,7 +1,6 @@
-//! Random cluster events shared by the incremental property tests (fake
-//! kernel) and the incremental kernel test (real nft).
-
-#![allow(dead_code)]
+//! Random cluster events for property tests: small numbers that build
+//! Services and EndpointSlices of every shape (the incremental tests of the
+//! nftables and iptables backends, on fakes and on the real kernel).
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,23 +11,36 @@ use proptest::prelude::*;
 /// A service's shape, from a few small numbers.
 #[derive(Debug, Clone)]
 pub struct SvcSpec {
+    /// 0 ClusterIP, 1 NodePort, 2 LoadBalancer.
     pub kind: u8,
+    /// A second, UDP port.
     pub udp: bool,
+    /// `externalTrafficPolicy: Local` (NodePort and LoadBalancer only).
     pub etp_local: bool,
+    /// `internalTrafficPolicy: Local`.
     pub itp_local: bool,
+    /// ClientIP affinity timeout.
     pub affinity: Option<i32>,
+    /// An externalIP.
     pub external_ip: bool,
+    /// 0 no source ranges, 1 one range, 2 a range and a bogus entry.
     pub ranges: u8,
 }
 
+/// One cluster event.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// Service `svcN` created or changed.
     Service(u8, SvcSpec),
+    /// Service `svcN` deleted.
     DeleteService(u8),
+    /// Slice `svcN-M` written with endpoints (IP suffix, local, state).
     Slice(u8, u8, Vec<(u8, bool, u8)>),
+    /// Slice `svcN-M` deleted.
     DeleteSlice(u8, u8),
 }
 
+/// A random Service shape.
 pub fn spec() -> impl Strategy<Value = SvcSpec> {
     (0u8..3, any::<bool>(), any::<bool>(), any::<bool>(), prop::option::of(prop::sample::select(vec![60, 3600])), any::<bool>(), 0u8..3)
         .prop_map(|(kind, udp, etp_local, itp_local, affinity, external_ip, ranges)| SvcSpec {
@@ -42,6 +54,7 @@ pub fn spec() -> impl Strategy<Value = SvcSpec> {
         })
 }
 
+/// A random cluster event.
 pub fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         3 => (0u8..6, spec()).prop_map(|(i, s)| Event::Service(i, s)),
@@ -51,6 +64,7 @@ pub fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// The Service `ns/svcI` of shape `s`.
 pub fn build_service(i: u8, s: &SvcSpec) -> Service {
     let name = format!("svc{i}");
     let node_port = if s.kind > 0 { 30000 + i32::from(i) } else { 0 };
@@ -83,6 +97,7 @@ pub fn build_service(i: u8, s: &SvcSpec) -> Service {
     b.build()
 }
 
+/// The slice `svcI-J` with endpoints (IP suffix, local, state index).
 pub fn build_slice(i: u8, j: u8, eps: &[(u8, bool, u8)]) -> EndpointSlice {
     let mut b = slice("ns", &format!("svc{i}"), &format!("svc{i}-{j}"), "IPv4").port("p80", 8080, "TCP").port("dns", 53, "UDP");
     for (ip, local, state) in eps {
@@ -93,11 +108,16 @@ pub fn build_slice(i: u8, j: u8, eps: &[(u8, bool, u8)]) -> EndpointSlice {
     b.build()
 }
 
+/// The objects the events have made so far.
+#[derive(Debug, Default)]
 pub struct World {
+    /// The Services, by index.
     pub services: [Option<Service>; 6],
+    /// The slices, by (service, slice).
     pub slices: std::collections::BTreeMap<(u8, u8), EndpointSlice>,
 }
 
+/// Applies `e` to the world and hands the change to `state`.
 pub fn step(world: &mut World, state: &mut ProxyState, e: &Event) {
     match e {
         Event::Service(i, s) => {

@@ -1,0 +1,61 @@
+//! What the backends' benchmarks share: the synthetic cluster (N ClusterIP
+//! Services with endpoints on another node) and the reporting helpers.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+
+/// The ClusterIP of benchmark Service `i` (172.16.0.0/12, unique below 2^20).
+pub fn cluster_ip(i: usize) -> String {
+    format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255)
+}
+
+/// The IP of endpoint `j` (< 16) of Service `i`.
+pub fn endpoint_ip(i: usize, j: usize) -> String {
+    let n = i * 16 + j;
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+/// Benchmark Service `i`: one TCP port, `http` 80.
+pub fn bench_service(i: usize) -> Service {
+    service("bench", &format!("svc-{i}"), &[&cluster_ip(i)]).port("http", 80, "TCP", 0).build()
+}
+
+/// Service `i`'s slice with `count` ready endpoints on another node.
+pub fn bench_endpoints(i: usize, count: usize) -> EndpointSlice {
+    let mut b = slice("bench", &format!("svc-{i}"), &format!("svc-{i}-1"), "IPv4").port("http", 8080, "TCP");
+    for j in 0..count {
+        b = b.endpoint(&endpoint_ip(i, j), fx::OTHER_NODE, EndpointState::Ready);
+    }
+    b.build()
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// This process's peak RSS (VmHWM), KiB.
+pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// This process's RSS now (VmRSS), KiB.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and worst of a series, in milliseconds ("median / worst").
+pub fn summary(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
