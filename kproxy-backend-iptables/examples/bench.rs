@@ -23,40 +23,18 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::render::jumps;
 use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{bench_endpoints, bench_service, peak_rss_kib, summary};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 async fn one_size(flavour: Flavour, services: usize, eps: usize) {
     let kernel = IptablesCli::new(flavour, None);
     let mut p = IptablesProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IptablesOptions::default()).expect("config");
-    p.on_node_update(&fx::node());
-    for i in 0..services {
-        p.on_service_update(None, Some(&bench_service(i)));
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
-    }
+    load(&mut p, services, eps);
     let start = Instant::now();
     p.sync(SyncRequest { full: true }).await.expect("cold sync");
     let cold = start.elapsed();
 
-    let rounds = 20;
-    let (mut added, mut removed, mut new_service) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let i = (r * 7919) % services;
-        let t = Instant::now();
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps + 1), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        added.push(t.elapsed());
-        let t = Instant::now();
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        removed.push(t.elapsed());
-        let t = Instant::now();
-        let n = services + r;
-        p.on_service_update(None, Some(&bench_service(n)));
-        p.on_endpoint_slice_update(&bench_endpoints(n, eps), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        new_service.push(t.elapsed());
-    }
+    let Changes { added, removed, new_service } = change_rounds(&mut p, services, eps, 20).await;
     let peak = peak_rss_kib();
     // Rules kproxy wrote (its own chains and the jumps into them); a
     // save of the table would take minutes with iptables-nft at 10k.

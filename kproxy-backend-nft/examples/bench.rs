@@ -19,7 +19,7 @@ use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{bench_endpoints, bench_service, peak_rss_kib, rss_kib, summary};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 /// With KPROXY_BENCH_STAGES=1, prints memory after each stage to stderr.
@@ -31,36 +31,14 @@ fn stage(name: &str) {
 
 async fn one_size(services: usize, eps: usize) {
     let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
-    p.on_node_update(&fx::node());
-    for i in 0..services {
-        p.on_service_update(None, Some(&bench_service(i)));
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
-    }
+    load(&mut p, services, eps);
     stage("objects handled");
     let start = Instant::now();
     p.sync(SyncRequest { full: true }).await.expect("cold sync");
     let cold = start.elapsed();
     stage("cold sync done");
 
-    let rounds = 20;
-    let (mut added, mut removed, mut new_service) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let i = (r * 7919) % services;
-        let t = Instant::now();
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps + 1), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        added.push(t.elapsed());
-        let t = Instant::now();
-        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        removed.push(t.elapsed());
-        let t = Instant::now();
-        let n = services + r;
-        p.on_service_update(None, Some(&bench_service(n)));
-        p.on_endpoint_slice_update(&bench_endpoints(n, eps), false);
-        p.sync(SyncRequest::default()).await.expect("sync");
-        new_service.push(t.elapsed());
-    }
+    let Changes { added, removed, new_service } = change_rounds(&mut p, services, eps, 20).await;
     // Read the peak before rendering the text below, which only the
     // benchmark needs.
     let peak = peak_rss_kib();

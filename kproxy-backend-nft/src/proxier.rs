@@ -72,33 +72,14 @@ pub struct NftProxier<K: Kernel> {
     unreported: StateChanges,
 }
 
-/// A configuration the backend cannot program.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// An interface name nft would not accept, or that could smuggle text.
-    #[error("invalid interface name {0:?} for the local detector (1-15 characters of [A-Za-z0-9_.-])")]
-    InterfaceName(String),
-    /// The masquerade bit is out of range.
-    #[error("masqueradeBit {0} is out of range 0-31")]
-    MasqueradeBit(u8),
-}
+/// A configuration the backend cannot program (the same for every backend).
+pub use kproxy_core::InvalidConfig as ConfigError;
 
 impl<K: Kernel> NftProxier<K> {
     /// A proxier for `config.family` on node `node_name`, programming
     /// `kernel`.
     pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: NftOptions) -> Result<Self, ConfigError> {
-        use kproxy_core::LocalDetector::{BridgeInterface, InterfaceNamePrefix};
-        if let BridgeInterface(name) | InterfaceNamePrefix(name) = &config.local_detector {
-            let ok = (1..=15).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !ok {
-                return Err(ConfigError::InterfaceName(name.clone()));
-            }
-        }
-        if config.masquerade_bit > 31 {
-            return Err(ConfigError::MasqueradeBit(config.masquerade_bit));
-        }
+        config.validate()?;
         Ok(NftProxier {
             state: ProxyState::new(config.family, node_name),
             renderer: Renderer::new(config.clone()),

@@ -91,6 +91,36 @@ impl ProxierConfig {
     }
 }
 
+/// A configuration no backend can program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidConfig {
+    /// An interface name the kernel would not accept, or that could
+    /// smuggle text into rules.
+    #[error("invalid interface name {0:?} for the local detector (1-15 characters of [A-Za-z0-9_.-])")]
+    InterfaceName(String),
+    /// The masquerade bit is out of range.
+    #[error("masqueradeBit {0} is out of range 0-31")]
+    MasqueradeBit(u8),
+}
+
+impl ProxierConfig {
+    /// Checks what every backend needs before it writes a rule: an
+    /// interface name safe in rule text, and a masquerade bit in range.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if let LocalDetector::BridgeInterface(name) | LocalDetector::InterfaceNamePrefix(name) = &self.local_detector {
+            let ok = (1..=15).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                return Err(InvalidConfig::InterfaceName(name.clone()));
+            }
+        }
+        if self.masquerade_bit > 31 {
+            return Err(InvalidConfig::MasqueradeBit(self.masquerade_bit));
+        }
+        Ok(())
+    }
+}
+
 /// Which node addresses serve NodePorts (`nodePortAddresses`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NodePortAddresses {
@@ -123,6 +153,21 @@ impl NodePortAddresses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation_refuses_unsafe_interface_names_and_bits_out_of_range() {
+        let mut c = ProxierConfig::new(IpFamily::V4);
+        assert!(c.validate().is_ok());
+        c.local_detector = LocalDetector::BridgeInterface("cni0".into());
+        assert!(c.validate().is_ok());
+        for bad in ["", "a\"; drop", "sixteen-chars-xx", "br 0"] {
+            c.local_detector = LocalDetector::InterfaceNamePrefix(bad.into());
+            assert!(matches!(c.validate(), Err(InvalidConfig::InterfaceName(n)) if n == bad), "{bad:?}");
+        }
+        c.local_detector = LocalDetector::None;
+        c.masquerade_bit = 32;
+        assert_eq!(c.validate().unwrap_err().to_string(), "masqueradeBit 32 is out of range 0-31");
+    }
 
     #[test]
     fn detectors_match_upstream_modes() {

@@ -31,7 +31,7 @@ mod state;
 pub mod tracker;
 mod vec_map;
 
-pub use config::{LocalDetector, NodePortAddresses, ProxierConfig};
+pub use config::{InvalidConfig, LocalDetector, NodePortAddresses, ProxierConfig};
 pub use endpoints_map::EndpointsMap;
 pub use error::{Error, Result};
 pub use model::{

@@ -1,11 +1,12 @@
 //! What the backends' benchmarks share: the synthetic cluster (N ClusterIP
 //! Services with endpoints on another node) and the reporting helpers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_core::{Proxier, SyncRequest};
 
 /// The ClusterIP of benchmark Service `i` (172.16.0.0/12, unique below 2^20).
 pub fn cluster_ip(i: usize) -> String {
@@ -58,4 +59,50 @@ pub fn ms(d: Duration) -> f64 {
 pub fn summary(mut v: Vec<Duration>) -> String {
     v.sort();
     format!("{:.1} / {:.1}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+/// Hands `p` this node and `services` benchmark Services with `eps`
+/// endpoints each (no sync).
+pub fn load<P: Proxier + ?Sized>(p: &mut P, services: usize, eps: usize) {
+    p.on_node_update(&fx::node());
+    for i in 0..services {
+        p.on_service_update(None, Some(&bench_service(i)));
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
+    }
+}
+
+/// The one-service change times of `rounds` rounds, each synced on its
+/// own: an endpoint added to one Service, removed again, then one new
+/// Service with `eps` endpoints (handler call to sync returning).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Endpoint added.
+    pub added: Vec<Duration>,
+    /// Endpoint removed.
+    pub removed: Vec<Duration>,
+    /// Service added.
+    pub new_service: Vec<Duration>,
+}
+
+/// Runs [`Changes`]' rounds on `p`, loaded by [`load`] with `services`.
+pub async fn change_rounds<P: Proxier + ?Sized>(p: &mut P, services: usize, eps: usize, rounds: usize) -> Changes {
+    let mut c = Changes::default();
+    for r in 0..rounds {
+        let i = (r * 7919) % services;
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps + 1), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        c.added.push(t.elapsed());
+        let t = Instant::now();
+        p.on_endpoint_slice_update(&bench_endpoints(i, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        c.removed.push(t.elapsed());
+        let t = Instant::now();
+        let n = services + r;
+        p.on_service_update(None, Some(&bench_service(n)));
+        p.on_endpoint_slice_update(&bench_endpoints(n, eps), false);
+        p.sync(SyncRequest::default()).await.expect("sync");
+        c.new_service.push(t.elapsed());
+    }
+    c
 }
