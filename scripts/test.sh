@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property, scenario, doc, kernel
 # tests in private network namespaces (as root) and the e2e suite against a
-# real kube-apiserver (as root, with Go). Ends with one total line; tests
+# real kube-apiserver (as root, with Go), and the IPVS backend's kernel tests
+# in a VM with an IPVS kernel (scripts/test-ipvs-vm.sh). Ends with one total line; tests
 # that could not run here count as skipped and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ if command -v go >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "e2e binaries ready in $((SECONDS - start)) s"
 fi
 cargo test --workspace 2>&1 | tee "$log" || status=$?
+# The IPVS backend's kernel tests, in a VM with an IPVS kernel.
+bash scripts/test-ipvs-vm.sh 2>&1 | tr -d '\r' | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      /^SKIPPED / { s += 1 }
      END { printf "kproxy: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

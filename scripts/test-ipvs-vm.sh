@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the IPVS backend's kernel tests (the test targets that need the
+# `vm-tests` feature) inside a VM with a real IPVS kernel
+# (scripts/ipvs-vm.sh): the machines' own kernel has no IPVS. Needs root;
+# without it says SKIPPED and exits 0 (CI runs as root, so there it runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "SKIPPED IPVS kernel tests: they boot a VM, which needs root here"
+    exit 0
+fi
+# The test binaries, built on the host (the VM sees the host's files).
+mapfile -t bins < <(cargo test -p kproxy-backend-ipvs --features vm-tests --tests --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] and t.get("name", "").startswith("kernel_"):
+        print(m["executable"])')
+if [ ${#bins[@]} = 0 ]; then
+    echo "test-ipvs-vm: no kernel test binaries were built" >&2
+    exit 1
+fi
+echo "IPVS kernel tests in the VM: ${bins[*]##*/}"
+script='rc=0; for b in "$@"; do "$b" --test-threads=1 --color never || rc=1; done; exit $rc'
+exec bash scripts/ipvs-vm.sh bash -c "$script" vm-tests "${bins[@]}"
