@@ -72,6 +72,17 @@ pub enum Match {
         /// IPv6 (a /128 mask) or IPv4 (/32).
         v6: bool,
     },
+    /// `-m set [!] --match-set NAME FLAGS`: the packet's fields named by
+    /// FLAGS (`dst`, `dst,dst`, `dst,dst,src`) are in the ipset NAME (the
+    /// IPVS backend's rules; the iptables backend writes none).
+    Set {
+        /// The ipset's name.
+        name: String,
+        /// Which packet fields, in the set's dimension order.
+        flags: String,
+        /// `!`: not in the set.
+        negated: bool,
+    },
     /// `-m recent --name NAME --mask ALL-ONES --rsource --set`: remember
     /// the source for this endpoint.
     RecentSet {
@@ -193,6 +204,7 @@ impl Rule {
                     write!(s, "-m recent --name {name} --mask {} --rsource --rcheck --seconds {seconds} --reap", mask(*v6))
                 }
                 Match::RecentSet { name, v6 } => write!(s, "-m recent --name {name} --mask {} --rsource --set", mask(*v6)),
+                Match::Set { name, flags, negated } => write!(s, "-m set {}--match-set {name} {flags}", bang(*negated)),
             }
             .expect("writing to a String");
         }
@@ -280,6 +292,13 @@ impl Rule {
                         expect(&mut t, "random")?;
                         expect(&mut t, "--probability")?;
                         matches.push(Match::Probability(t.next().ok_or("probability: missing value")?.to_string()));
+                    }
+                    Some("set") => {
+                        let negated = t.next_if_eq(&"!").is_some();
+                        expect(&mut t, "--match-set")?;
+                        let name = t.next().ok_or("set: missing name")?.to_string();
+                        let flags = t.next().ok_or("set: missing flags")?.to_string();
+                        matches.push(Match::Set { name, flags, negated });
                     }
                     Some("recent") => {
                         expect(&mut t, "--name")?;

@@ -189,6 +189,9 @@ impl Tracer<'_> {
                     false
                 }
                 Match::RecentSet { .. } => true,
+                // The iptables backend writes no set matches; a ruleset
+                // with one is not this tracer's to judge.
+                Match::Set { .. } => false,
             };
             if !ok {
                 return (false, true);

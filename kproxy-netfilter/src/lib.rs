@@ -6,12 +6,15 @@
 //!   acknowledgements) over a [`wire::NfSocket`];
 //! - [`conntrack`]: dumping conntrack entries and deleting, in batches,
 //!   the ones a [`StaleFlowFilter`](kproxy_core::conntrack::StaleFlowFilter)
-//!   calls stale — upstream's UDP cleanup after each sync.
+//!   calls stale — upstream's UDP cleanup after each sync;
+//! - [`genl`]: generic netlink over a [`genl::GenlSocket`]: families by
+//!   name, batches of acknowledged requests, dumps (IPVS speaks it).
 //!
 //! Everything here talks to the kernel of the calling thread's network
 //! namespace, or of a named one (`/run/netns/NAME`) for tests.
 
 pub mod conntrack;
+pub mod genl;
 pub mod wire;
 
 pub use conntrack::{CleanReport, Conntrack};

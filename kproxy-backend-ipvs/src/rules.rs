@@ -1,0 +1,218 @@
+//! The ipsets and the small iptables ruleset of IPVS mode, in upstream's
+//! layout, with the iptables backend's typed rules
+//! (`kproxy_backend_iptables::rule`): masquerade marks for ClusterIP
+//! traffic from outside the pod network, for externalIPs and
+//! LoadBalancer VIPs and NodePorts with Cluster policy, and for hairpin
+//! connections; LoadBalancer source ranges; health-check NodePorts.
+//!
+//! IPVS itself does the load balancing (see [`crate::render`]); these rules
+//! only decide masquerade and filtering around it.
+
+use std::collections::BTreeMap;
+
+use kproxy_backend_iptables::render::{local_match, Chains};
+use kproxy_backend_iptables::rule::{CtState, Match, Rule, Target};
+use kproxy_core::{IpFamily, Protocol, ProxierConfig, ProxyState, SourceRanges};
+
+use crate::sets::{all_sets, Entry, SetName, Sets};
+
+/// nat `KUBE-SERVICES`, jumped to from PREROUTING and OUTPUT.
+pub const SERVICES: &str = "KUBE-SERVICES";
+/// nat `KUBE-POSTROUTING`.
+pub const POSTROUTING: &str = "KUBE-POSTROUTING";
+/// nat `KUBE-MARK-MASQ`.
+pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// nat `KUBE-LOAD-BALANCER`.
+pub const LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
+/// nat and filter `KUBE-NODE-PORT`.
+pub const NODE_PORT: &str = "KUBE-NODE-PORT";
+/// filter `KUBE-PROXY-FIREWALL`, jumped to from INPUT, FORWARD and OUTPUT.
+pub const PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+/// filter `KUBE-SOURCE-RANGES-FIREWALL`.
+pub const SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
+/// filter `KUBE-FORWARD`.
+pub const FORWARD: &str = "KUBE-FORWARD";
+
+/// The jumps from built-in chains: (table, built-in chain, target).
+pub const JUMPS: [(&str, &str, &str); 8] = [
+    ("nat", "PREROUTING", SERVICES),
+    ("nat", "OUTPUT", SERVICES),
+    ("nat", "POSTROUTING", POSTROUTING),
+    ("filter", "INPUT", PROXY_FIREWALL),
+    ("filter", "INPUT", NODE_PORT),
+    ("filter", "FORWARD", PROXY_FIREWALL),
+    ("filter", "FORWARD", FORWARD),
+    ("filter", "OUTPUT", PROXY_FIREWALL),
+];
+
+/// Every set's entries for the applied state.
+pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
+    let mut sets: Sets = all_sets().into_iter().map(|s| (s, Default::default())).collect();
+    let mut add = |set: SetName, e: Entry| {
+        sets.get_mut(&set).expect("every set is present").insert(e);
+    };
+    for (name, svc) in state.services().iter() {
+        let p = svc.protocol;
+        add(SetName::ClusterIp, Entry::IpPort(svc.cluster_ip, p, svc.port));
+        for e in state.endpoints().get(name) {
+            add(SetName::LoopBack, Entry::IpPortIp(e.ip, p, e.port, e.ip));
+        }
+        for &ip in &svc.external_ips {
+            let set = if svc.external_policy_local { SetName::ExternalIpLocal } else { SetName::ExternalIp };
+            add(set, Entry::IpPort(ip, p, svc.port));
+        }
+        for &ip in &svc.load_balancer_vips {
+            add(SetName::LoadBalancer, Entry::IpPort(ip, p, svc.port));
+            if svc.external_policy_local {
+                add(SetName::LoadBalancerLocal, Entry::IpPort(ip, p, svc.port));
+            }
+            if let SourceRanges::Only(nets) = &svc.source_ranges {
+                add(SetName::LoadBalancerFw, Entry::IpPort(ip, p, svc.port));
+                for net in nets {
+                    add(SetName::LoadBalancerSourceCidr, Entry::IpPortNet(ip, p, svc.port, *net));
+                }
+                // The node reaches its own VIPs when a range holds it.
+                for &node in config.node_ips.iter().filter(|n| nets.iter().any(|net| net.contains(*n))) {
+                    add(SetName::LoadBalancerSourceIp, Entry::IpPortIp(ip, p, svc.port, node));
+                }
+            }
+        }
+        if let Some(node_port) = svc.node_port {
+            let entry = |ip| if p == Protocol::Sctp { Entry::IpPort(ip, p, node_port) } else { Entry::Port(node_port) };
+            for &ip in &config.node_port_ips {
+                add(SetName::NodePort(p), entry(ip));
+                if svc.external_policy_local {
+                    add(SetName::NodePortLocal(p), entry(ip));
+                }
+            }
+        }
+        if let Some(hc) = svc.health_check_node_port {
+            add(SetName::HealthCheckNodePort, Entry::Port(hc));
+        }
+    }
+    sets
+}
+
+fn set(name: SetName, family: IpFamily) -> Match {
+    Match::Set { name: name.name(family), flags: name.match_flags().to_string(), negated: false }
+}
+
+fn comment(text: &str) -> Match {
+    Match::Comment(text.to_string())
+}
+
+/// The nat and filter chains for `config` (their contents do not depend
+/// on the Services: the sets carry those).
+pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
+    let f = config.family;
+    let mark = config.masquerade_mark();
+    let masq = || Target::Jump(MARK_MASQ.to_string());
+    let mut nat: Chains = BTreeMap::new();
+    let mut services = Vec::new();
+    let cluster = vec![comment("Kubernetes service cluster ip + port for masquerade purpose"), set(SetName::ClusterIp, f)];
+    if config.masquerade_all {
+        services.push(Rule::new(cluster, masq()));
+    } else if let Some(not_local) = local_match(&config.local_detector, false) {
+        services.push(Rule::new([cluster, vec![not_local]].concat(), masq()));
+    }
+    services.push(Rule::new(vec![comment("Kubernetes service external ip + port for masquerade and filter purpose"), set(SetName::ExternalIp, f)], masq()));
+    services.push(Rule::new(vec![comment("Kubernetes service lb portal"), set(SetName::LoadBalancer, f)], Target::Jump(LOAD_BALANCER.into())));
+    services.push(Rule::new(vec![Match::DestinationLocal(false)], Target::Jump(NODE_PORT.into())));
+    nat.insert(SERVICES.into(), services);
+    nat.insert(
+        LOAD_BALANCER.into(),
+        vec![Rule::new(vec![set(SetName::LoadBalancerLocal, f)], Target::Return), Rule::new(vec![], masq())],
+    );
+    let mut node_port = Vec::new();
+    for p in Protocol::ALL {
+        node_port.push(Rule::new(vec![Match::Protocol(p), set(SetName::NodePortLocal(p), f)], Target::Return));
+        node_port.push(Rule::new(vec![Match::Protocol(p), set(SetName::NodePort(p), f)], masq()));
+    }
+    nat.insert(NODE_PORT.into(), node_port);
+    nat.insert(
+        POSTROUTING.into(),
+        vec![
+            Rule::new(vec![comment("Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose"), set(SetName::LoopBack, f)], Target::Masquerade),
+            Rule::new(vec![Match::Mark(mark, true)], Target::Return),
+            Rule::new(vec![], Target::XorMark(mark)),
+            Rule::new(vec![comment("kubernetes service traffic requiring SNAT")], Target::Masquerade),
+        ],
+    );
+    nat.insert(MARK_MASQ.into(), vec![Rule::new(vec![], Target::OrMark(mark))]);
+
+    let mut filter: Chains = BTreeMap::new();
+    filter.insert(
+        PROXY_FIREWALL.into(),
+        vec![Rule::new(vec![comment("Kubernetes service load balancer source ranges"), set(SetName::LoadBalancerFw, f)], Target::Jump(SOURCE_RANGES_FIREWALL.into()))],
+    );
+    filter.insert(
+        SOURCE_RANGES_FIREWALL.into(),
+        vec![
+            Rule::new(vec![set(SetName::LoadBalancerSourceCidr, f)], Target::Return),
+            Rule::new(vec![set(SetName::LoadBalancerSourceIp, f)], Target::Return),
+            Rule::new(vec![], Target::Drop),
+        ],
+    );
+    filter.insert(
+        NODE_PORT.into(),
+        vec![Rule::new(vec![comment("Kubernetes health check node port"), set(SetName::HealthCheckNodePort, f)], Target::Accept)],
+    );
+    filter.insert(
+        FORWARD.into(),
+        vec![
+            Rule::new(vec![comment("kubernetes forwarding rules"), Match::Mark(mark, false)], Target::Accept),
+            Rule::new(vec![comment("kubernetes forwarding conntrack rule"), Match::CtState(vec![CtState::Related, CtState::Established], false)], Target::Accept),
+        ],
+    );
+    (nat, filter)
+}
+
+/// The `iptables-restore --noflush` input that writes `nat` and `filter`
+/// (each chain declared, hence emptied, then filled) and inserts the jumps
+/// from built-in chains that `present` (the built-in chains' `-A` lines,
+/// as saved) lacks.
+pub fn restore_text(nat: &Chains, filter: &Chains, present: &[String]) -> String {
+    let mut s = String::new();
+    for (table, chains) in [("nat", nat), ("filter", filter)] {
+        s.push_str(&format!("*{table}\n"));
+        for name in chains.keys() {
+            s.push_str(&format!(":{name} - [0:0]\n"));
+        }
+        for (t, builtin, target) in JUMPS {
+            let jump = format!("-j {target}");
+            if t == table && !present.iter().any(|l| l.starts_with(&format!("-A {builtin} ")) && l.ends_with(&jump)) {
+                s.push_str(&format!("-I {builtin} 1 -m comment --comment \"kproxy ipvs\" {jump}\n"));
+            }
+        }
+        for (name, rules) in chains {
+            for rule in rules {
+                s.push_str(&format!("-A {name} {}\n", rule.args()));
+            }
+        }
+        s.push_str("COMMIT\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kproxy_core::oracle::fixtures as fx;
+
+    #[test]
+    fn the_ruleset_reads_back_and_only_missing_jumps_are_inserted() {
+        let config = fx::config(IpFamily::V4);
+        let (nat, filter) = render_chains(&config);
+        let present = vec!["-A PREROUTING -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES".to_string()];
+        let text = restore_text(&nat, &filter, &present);
+        assert!(!text.contains("-I PREROUTING"), "{text}");
+        assert!(text.contains("-I OUTPUT 1 -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES\n"), "{text}");
+        assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"Kubernetes service lb portal\" -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER\n"), "{text}");
+        // Every rule parses back as the typed rule it came from.
+        for chains in [&nat, &filter] {
+            for rule in chains.values().flatten() {
+                assert_eq!(&Rule::parse(&rule.args(), IpFamily::V4).unwrap(), rule);
+            }
+        }
+    }
+}

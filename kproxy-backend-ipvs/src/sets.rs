@@ -1,0 +1,208 @@
+//! The ipsets of IPVS mode, as typed entries rendered to one
+//! `ipset restore` script per sync. Each set is filled under a temporary
+//! name and swapped in, so a packet never sees a half-written set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kproxy_core::{IpFamily, Protocol};
+
+/// One of upstream's sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetName {
+    /// Every ClusterIP:port.
+    ClusterIp,
+    /// Endpoint IP:port,endpoint IP: a pod reaching itself (hairpin).
+    LoopBack,
+    /// externalIP:port with Cluster traffic policy.
+    ExternalIp,
+    /// externalIP:port with Local traffic policy.
+    ExternalIpLocal,
+    /// Every LoadBalancer VIP:port.
+    LoadBalancer,
+    /// LoadBalancer VIP:port with Local traffic policy.
+    LoadBalancerLocal,
+    /// LoadBalancer VIP:port with source ranges.
+    LoadBalancerFw,
+    /// VIP:port,source IP allowed through the source ranges.
+    LoadBalancerSourceIp,
+    /// VIP:port,source CIDR allowed through the source ranges.
+    LoadBalancerSourceCidr,
+    /// NodePorts of a protocol (TCP, UDP: bitmap:port; SCTP: hash:ip,port).
+    NodePort(Protocol),
+    /// NodePorts of a protocol with Local traffic policy.
+    NodePortLocal(Protocol),
+    /// Health-check NodePorts.
+    HealthCheckNodePort,
+}
+
+impl SetName {
+    /// The set's name in the kernel (IPv6 sets carry a `6-` after `KUBE-`,
+    /// since one namespace holds both families' sets).
+    pub fn name(self, family: IpFamily) -> String {
+        let base = match self {
+            SetName::ClusterIp => "CLUSTER-IP",
+            SetName::LoopBack => "LOOP-BACK",
+            SetName::ExternalIp => "EXTERNAL-IP",
+            SetName::ExternalIpLocal => "EXTERNAL-IP-LOCAL",
+            SetName::LoadBalancer => "LOAD-BALANCER",
+            SetName::LoadBalancerLocal => "LOAD-BALANCER-LOCAL",
+            SetName::LoadBalancerFw => "LOAD-BALANCER-FW",
+            SetName::LoadBalancerSourceIp => "LOAD-BALANCER-SOURCE-IP",
+            SetName::LoadBalancerSourceCidr => "LOAD-BALANCER-SOURCE-CIDR",
+            SetName::NodePort(Protocol::Tcp) => "NODE-PORT-TCP",
+            SetName::NodePort(Protocol::Udp) => "NODE-PORT-UDP",
+            SetName::NodePort(Protocol::Sctp) => "NODE-PORT-SCTP-HASH",
+            SetName::NodePortLocal(Protocol::Tcp) => "NODE-PORT-LOCAL-TCP",
+            SetName::NodePortLocal(Protocol::Udp) => "NODE-PORT-LOCAL-UDP",
+            SetName::NodePortLocal(Protocol::Sctp) => "NODE-PORT-LOCAL-SCTP-HASH",
+            SetName::HealthCheckNodePort => "HEALTH-CHECK-NODE-PORT",
+        };
+        match family {
+            IpFamily::V4 => format!("KUBE-{base}"),
+            IpFamily::V6 => format!("KUBE-6-{base}"),
+        }
+    }
+
+    /// The ipset type.
+    pub fn kind(self) -> &'static str {
+        match self {
+            SetName::LoopBack | SetName::LoadBalancerSourceIp => "hash:ip,port,ip",
+            SetName::LoadBalancerSourceCidr => "hash:ip,port,net",
+            SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => "hash:ip,port",
+            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => "bitmap:port",
+            _ => "hash:ip,port",
+        }
+    }
+
+    /// What `-m set --match-set` compares, in the set's dimension order.
+    pub fn match_flags(self) -> &'static str {
+        match self {
+            SetName::LoopBack => "dst,dst,src",
+            SetName::LoadBalancerSourceIp | SetName::LoadBalancerSourceCidr => "dst,dst,src",
+            SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => "dst,dst",
+            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => "dst",
+            _ => "dst,dst",
+        }
+    }
+}
+
+/// One entry of a set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entry {
+    /// `IP,PROTO:PORT`.
+    IpPort(IpAddr, Protocol, u16),
+    /// `IP,PROTO:PORT,IP`.
+    IpPortIp(IpAddr, Protocol, u16, IpAddr),
+    /// `IP,PROTO:PORT,NET`.
+    IpPortNet(IpAddr, Protocol, u16, IpNet),
+    /// `PORT` (bitmap:port).
+    Port(u16),
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+impl Entry {
+    /// The entry as `ipset add` reads it.
+    pub fn text(&self) -> String {
+        match self {
+            Entry::IpPort(ip, p, port) => format!("{ip},{}:{port}", proto(*p)),
+            Entry::IpPortIp(ip, p, port, ip2) => format!("{ip},{}:{port},{ip2}", proto(*p)),
+            Entry::IpPortNet(ip, p, port, net) => format!("{ip},{}:{port},{net}", proto(*p)),
+            Entry::Port(port) => port.to_string(),
+        }
+    }
+}
+
+/// Every set's desired entries (every set is present, empty or not).
+pub type Sets = BTreeMap<SetName, BTreeSet<Entry>>;
+
+/// Every set kproxy keeps, for `family`'s NodePort protocols.
+pub fn all_sets() -> Vec<SetName> {
+    let mut out = vec![
+        SetName::ClusterIp,
+        SetName::LoopBack,
+        SetName::ExternalIp,
+        SetName::ExternalIpLocal,
+        SetName::LoadBalancer,
+        SetName::LoadBalancerLocal,
+        SetName::LoadBalancerFw,
+        SetName::LoadBalancerSourceIp,
+        SetName::LoadBalancerSourceCidr,
+        SetName::HealthCheckNodePort,
+    ];
+    for p in Protocol::ALL {
+        out.push(SetName::NodePort(p));
+        out.push(SetName::NodePortLocal(p));
+    }
+    out
+}
+
+/// The `ipset restore` script that makes the kernel's sets `sets`: each
+/// set is created if missing, filled under a temporary name, swapped in,
+/// and the temporary one destroyed.
+pub fn restore_script(sets: &Sets, family: IpFamily) -> String {
+    let inet = match family {
+        IpFamily::V4 => "inet",
+        IpFamily::V6 => "inet6",
+    };
+    let mut s = String::new();
+    for (set, entries) in sets {
+        let name = set.name(family);
+        let tmp = format!("{name}-T");
+        let options = match set.kind() {
+            "bitmap:port" => "range 0-65535".to_string(),
+            _ => format!("family {inet} hashsize 1024 maxelem 65536"),
+        };
+        let kind = set.kind();
+        writeln!(s, "create {name} {kind} {options} -exist").expect("String");
+        writeln!(s, "create {tmp} {kind} {options} -exist").expect("String");
+        writeln!(s, "flush {tmp}").expect("String");
+        for e in entries {
+            writeln!(s, "add {tmp} {}", e.text()).expect("String");
+        }
+        writeln!(s, "swap {tmp} {name}").expect("String");
+        writeln!(s, "destroy {tmp}").expect("String");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_scripts_read_as_ipset_expects() {
+        let mut sets = Sets::new();
+        let ip: IpAddr = "172.30.0.1".parse().unwrap();
+        sets.insert(SetName::ClusterIp, [Entry::IpPort(ip, Protocol::Tcp, 80)].into());
+        sets.insert(SetName::NodePort(Protocol::Udp), [Entry::Port(30001)].into());
+        let text = restore_script(&sets, IpFamily::V4);
+        assert_eq!(
+            text,
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
+             create KUBE-CLUSTER-IP-T hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
+             flush KUBE-CLUSTER-IP-T\n\
+             add KUBE-CLUSTER-IP-T 172.30.0.1,tcp:80\n\
+             swap KUBE-CLUSTER-IP-T KUBE-CLUSTER-IP\n\
+             destroy KUBE-CLUSTER-IP-T\n\
+             create KUBE-NODE-PORT-UDP bitmap:port range 0-65535 -exist\n\
+             create KUBE-NODE-PORT-UDP-T bitmap:port range 0-65535 -exist\n\
+             flush KUBE-NODE-PORT-UDP-T\n\
+             add KUBE-NODE-PORT-UDP-T 30001\n\
+             swap KUBE-NODE-PORT-UDP-T KUBE-NODE-PORT-UDP\n\
+             destroy KUBE-NODE-PORT-UDP-T\n"
+        );
+        let e = Entry::IpPortNet("fd00::1".parse().unwrap(), Protocol::Sctp, 9, "fd00:1::/64".parse().unwrap());
+        assert_eq!(e.text(), "fd00::1,sctp:9,fd00:1::/64");
+        assert_eq!(SetName::LoopBack.name(IpFamily::V6), "KUBE-6-LOOP-BACK");
+    }
+}
