@@ -9,8 +9,9 @@
 # not usable on these machines) with a small busybox initramfs that loads
 # the modules and then chroots into the HOST'S ROOT FILESYSTEM, mounted
 # read-only over 9p: the command sees the same binaries, libraries, Python
-# and paths as on the host, with fresh tmpfs on /run, /tmp, /var/tmp and
-# /root. The VM has no network device at all, so nothing it does reaches
+# and paths as on the host, with fresh tmpfs on /run, /var/tmp and /root
+# (TMPDIR=/var/tmp; /tmp is the host's, read-only). The VM has no network
+# device at all, so nothing it does reaches
 # the host's network; tests make their own namespaces inside it.
 #
 # Nothing is installed on the host: Debian's kernel, busybox, kmod and qemu
@@ -98,7 +99,9 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in virtio_pci 9pnet_virtio 9p; do modprobe $m; done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro,cache=loose host /newroot || { echo "ipvs-vm: cannot mount the host's root"; poweroff -f; }
 N=/newroot
-for d in run tmp var/tmp root; do mount -t tmpfs -o mode=1777 tmpfs $N/$d; done
+# /tmp stays the host's (read-only): the command may live there. TMPDIR
+# points at a writable tmpfs instead.
+for d in run var/tmp root; do mount -t tmpfs -o mode=1777 tmpfs $N/$d; done
 chmod 700 $N/root
 mount -t proc proc $N/proc; mount -t sysfs sys $N/sys; mount -t devtmpfs dev $N/dev
 mkdir -p $N/dev/pts $N/dev/shm; mount -t devpts devpts $N/dev/pts; mount -t tmpfs tmpfs $N/dev/shm
@@ -132,7 +135,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 {
     echo "cd $(printf %q "$PWD")"
-    echo "export PATH=$(printf %q "$PATH") HOME=/root KPROXY_IN_VM=1"
+    echo "export PATH=$(printf %q "$PATH") HOME=/root TMPDIR=/var/tmp KPROXY_IN_VM=1"
     for v in $(compgen -e); do
         case "$v" in
         RUST_LOG | RUST_BACKTRACE | CI | KPROXY_*) ;;
