@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
 
-use crate::kernel::{Kernel, KernelError, Listing};
+use crate::kernel::{Kernel, KernelError};
 use crate::names;
 use crate::render::{jumps_for, Jump, Renderer, Table};
 use crate::restore::{self, Stale};
@@ -113,7 +113,7 @@ impl<K: Kernel> IptablesProxier<K> {
             names.extend(want.keys().map(String::as_str).filter(|c| !is_service_chain(c)));
             let listing = self.kernel.list(self.family(), table, &names).await?;
             let counts_differ = want.iter().filter(|(c, _)| !is_service_chain(c)).any(|(c, n)| listing.chains.get(c) != Some(n));
-            let jump_missing = jumps_for(self.renderer.localhost_node_ports()).iter().filter(|j| j.table == table).any(|j| !has_jump(&listing, j));
+            let jump_missing = jumps_for(self.renderer.localhost_node_ports()).iter().filter(|j| j.table == table).any(|j| !j.is_in(&listing));
             if counts_differ || jump_missing {
                 return Ok(true);
             }
@@ -135,7 +135,7 @@ impl<K: Kernel> IptablesProxier<K> {
                 }
             }
             let listing = self.kernel.list(self.family(), table, table.builtins()).await?;
-            missing.extend(all_jumps.iter().filter(|j| j.table == table && !has_jump(&listing, j)).cloned());
+            missing.extend(all_jumps.iter().filter(|j| j.table == table && !j.is_in(&listing)).cloned());
         }
         // Keep upstream's order: missing jumps are inserted in list order.
         missing.sort_by_key(|j| all_jumps.iter().position(|k| k == j));
@@ -175,25 +175,6 @@ impl<K: Kernel> IptablesProxier<K> {
 
 fn is_service_chain(chain: &str) -> bool {
     names::SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
-}
-
-/// Whether `listing` has `jump` in its built-in chain: matched on the
-/// chain, the comment and the target, as `iptables-save` may reorder and
-/// respell the rest.
-fn has_jump(listing: &Listing, jump: &Jump) -> bool {
-    let comment = jump.rule.matches.iter().find_map(|m| match m {
-        crate::rule::Match::Comment(c) => Some(c.as_str()),
-        _ => None,
-    });
-    let target = match &jump.rule.target {
-        crate::rule::Target::Jump(t) => t.as_str(),
-        _ => return false,
-    };
-    listing.builtin_rules.iter().any(|line| {
-        line.starts_with(&format!("-A {} ", jump.from))
-            && line.ends_with(&format!("-j {target}"))
-            && comment.is_none_or(|c| line.contains(&format!("--comment \"{c}\"")) || line.contains(&format!("--comment {c}")))
-    })
 }
 
 fn kernel_error(e: KernelError) -> Error {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::render::{Journal, Jump, Renderer, ServiceRules, Shared, Table};
+use crate::render::{Chains, Journal, Jump, Renderer, ServiceRules, Shared, Table};
 use crate::rule::Rule;
 
 /// Chains to delete per table (found stale by listing the kernel).
@@ -42,6 +42,24 @@ fn insert_jumps(body: &mut String, table: Table, missing: &[Jump]) {
     for j in missing.iter().rev().filter(|j| j.table == table) {
         writeln!(body, "-I {} 1 {}", j.from, j.rule.args()).expect("String");
     }
+}
+
+/// Other chains than the renderer's (another mode's ruleset, such as the
+/// IPVS backend's): every chain of each table declared (so flushed) and
+/// written, with the `missing` jumps inserted above everything else.
+pub fn chains(tables: &[(Table, &Chains)], missing: &[Jump]) -> String {
+    let mut out = String::new();
+    for (table, chains) in tables {
+        let mut body = String::new();
+        insert_jumps(&mut body, *table, missing);
+        for (chain, rules) in chains.iter() {
+            for rule in rules {
+                append(&mut body, chain, rule);
+            }
+        }
+        section(&mut out, *table, &chains.keys().cloned().collect(), &body, &BTreeSet::new());
+    }
+    out
 }
 
 /// Everything: every kproxy chain declared (so flushed) and written, the

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use kproxy_backend_iptables::render::{local_match, Chains};
+use kproxy_backend_iptables::kernel::Listing;
+use kproxy_backend_iptables::render::{local_match, Chains, Jump, Table};
+use kproxy_backend_iptables::restore;
 use kproxy_backend_iptables::rule::{CtState, Match, Rule, Target};
 use kproxy_core::{IpFamily, Protocol, ProxierConfig, ProxyState, SourceRanges};
 
@@ -33,17 +35,20 @@ pub const SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
 /// filter `KUBE-FORWARD`.
 pub const FORWARD: &str = "KUBE-FORWARD";
 
-/// The jumps from built-in chains: (table, built-in chain, target).
-pub const JUMPS: [(&str, &str, &str); 8] = [
-    ("nat", "PREROUTING", SERVICES),
-    ("nat", "OUTPUT", SERVICES),
-    ("nat", "POSTROUTING", POSTROUTING),
-    ("filter", "INPUT", PROXY_FIREWALL),
-    ("filter", "INPUT", NODE_PORT),
-    ("filter", "FORWARD", PROXY_FIREWALL),
-    ("filter", "FORWARD", FORWARD),
-    ("filter", "OUTPUT", PROXY_FIREWALL),
-];
+/// The jumps from built-in chains, in the order they end up.
+pub fn jumps() -> Vec<Jump> {
+    let j = |table, from, to| Jump::new(table, from, to, "kproxy ipvs");
+    vec![
+        j(Table::Nat, "PREROUTING", SERVICES),
+        j(Table::Nat, "OUTPUT", SERVICES),
+        j(Table::Nat, "POSTROUTING", POSTROUTING),
+        j(Table::Filter, "INPUT", PROXY_FIREWALL),
+        j(Table::Filter, "INPUT", NODE_PORT),
+        j(Table::Filter, "FORWARD", PROXY_FIREWALL),
+        j(Table::Filter, "FORWARD", FORWARD),
+        j(Table::Filter, "OUTPUT", PROXY_FIREWALL),
+    ]
+}
 
 /// Every set's entries for the applied state.
 pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
@@ -169,29 +174,10 @@ pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
 
 /// The `iptables-restore --noflush` input that writes `nat` and `filter`
 /// (each chain declared, hence emptied, then filled) and inserts the jumps
-/// from built-in chains that `present` (the built-in chains' `-A` lines,
-/// as saved) lacks.
-pub fn restore_text(nat: &Chains, filter: &Chains, present: &[String]) -> String {
-    let mut s = String::new();
-    for (table, chains) in [("nat", nat), ("filter", filter)] {
-        s.push_str(&format!("*{table}\n"));
-        for name in chains.keys() {
-            s.push_str(&format!(":{name} - [0:0]\n"));
-        }
-        for (t, builtin, target) in JUMPS {
-            let jump = format!("-j {target}");
-            if t == table && !present.iter().any(|l| l.starts_with(&format!("-A {builtin} ")) && l.ends_with(&jump)) {
-                s.push_str(&format!("-I {builtin} 1 -m comment --comment \"kproxy ipvs\" {jump}\n"));
-            }
-        }
-        for (name, rules) in chains {
-            for rule in rules {
-                s.push_str(&format!("-A {name} {}\n", rule.args()));
-            }
-        }
-        s.push_str("COMMIT\n");
-    }
-    s
+/// of [`jumps`] that `present` (the built-in chains as listed) lacks.
+pub fn restore_text(nat: &Chains, filter: &Chains, present: &Listing) -> String {
+    let missing: Vec<Jump> = jumps().into_iter().filter(|j| !j.is_in(present)).collect();
+    restore::chains(&[(Table::Nat, nat), (Table::Filter, filter)], &missing)
 }
 
 #[cfg(test)]
@@ -203,7 +189,7 @@ mod tests {
     fn the_ruleset_reads_back_and_only_missing_jumps_are_inserted() {
         let config = fx::config(IpFamily::V4);
         let (nat, filter) = render_chains(&config);
-        let present = vec!["-A PREROUTING -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES".to_string()];
+        let present = Listing { builtin_rules: vec!["-A PREROUTING -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES".to_string()], ..Listing::default() };
         let text = restore_text(&nat, &filter, &present);
         assert!(!text.contains("-I PREROUTING"), "{text}");
         assert!(text.contains("-I OUTPUT 1 -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES\n"), "{text}");

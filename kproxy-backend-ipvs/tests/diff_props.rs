@@ -90,7 +90,7 @@ fn a_drained_real_server_is_deleted_and_udp_ones_go_at_once() {
         kernel.apply(&[Op::AddService(VirtualServer { key: vs(p), scheduler: Scheduler::Rr, persistence: None }), Op::AddDest(vs(p), RealServer { key: rs, weight: 1 })]);
         kernel.set_connections(&vs(p), &rs, 2, 1);
     }
-    let mut desired = render_ipvs(&ProxyState::new(IpFamily::V4, "n"), &fx::config(IpFamily::V4), Scheduler::Rr).services;
+    let mut desired = BTreeMap::new();
     for p in [Protocol::Tcp, Protocol::Udp] {
         let server = VirtualServer { key: vs(p), scheduler: Scheduler::Rr, persistence: None };
         desired.insert(vs(p), kproxy_backend_ipvs::render::DesiredService { server, dests: BTreeMap::new(), owner: kproxy_core::ServicePortName::new("ns", "s", "p", p) });
