@@ -153,9 +153,15 @@ pub fn partial(renderer: &Renderer, journal: &Journal, missing: &[Jump]) -> Stri
 /// chains are deleted, then the owned chains are flushed and deleted.
 /// Chains kubelet owns (`KUBE-KUBELET-CANARY`, `KUBE-FIREWALL`, ...) stay.
 pub fn cleanup(saved: &[(Table, crate::kernel::Listing)]) -> String {
+    cleanup_chains(saved, is_ours)
+}
+
+/// [`cleanup`] for the chains `ours` claims (another mode's ruleset, such
+/// as the IPVS backend's).
+pub fn cleanup_chains(saved: &[(Table, crate::kernel::Listing)], ours: impl Fn(&str) -> bool) -> String {
     let mut out = String::new();
     for (table, listing) in saved {
-        let owned: BTreeSet<String> = listing.chains.keys().filter(|c| is_ours(c)).cloned().collect();
+        let owned: BTreeSet<String> = listing.chains.keys().filter(|c| ours(c)).cloned().collect();
         let mut body = String::new();
         for line in &listing.builtin_rules {
             let jumps_to_ours = line.rsplit_once("-j ").is_some_and(|(_, t)| owned.contains(t.split_whitespace().next().unwrap_or_default()));

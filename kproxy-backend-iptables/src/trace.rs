@@ -28,15 +28,80 @@ pub enum TraceError {
     Inconsistent(String),
 }
 
-#[derive(Debug, Clone)]
-struct State {
-    src: IpAddr,
-    dst: IpAddr,
-    dport: u16,
-    mark: u32,
-    dnat: bool,
-    masquerade: bool,
-    affinity: Option<u32>,
+/// A packet as it walks the chains: its addresses as rewritten so far and
+/// what the rules did to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address (after any DNAT).
+    pub dst: IpAddr,
+    /// Destination port (after any DNAT).
+    pub dport: u16,
+    /// The packet mark.
+    pub mark: u32,
+    /// Whether a DNAT rewrote the destination.
+    pub dnat: bool,
+    /// Whether a MASQUERADE rule took it.
+    pub masquerade: bool,
+    /// The affinity timeout a `recent` match checked, if any.
+    pub affinity: Option<u32>,
+}
+
+impl Hop {
+    /// The first packet of `packet`'s connection, untouched.
+    pub fn new(packet: &Packet) -> Hop {
+        Hop { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None }
+    }
+}
+
+type State = Hop;
+
+/// How a built-in chain ended for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted (explicitly, by a NAT target, or by the chain's policy).
+    Accept,
+    /// Dropped.
+    Drop,
+    /// Rejected.
+    Reject,
+}
+
+/// Answers `-m set` matches for [`walk`] (the iptables backend writes
+/// none; the IPVS backend's rules are mostly set matches).
+pub trait SetLookup {
+    /// Whether `hop`'s fields picked by `flags` (`dst,dst,src`, ...), with
+    /// `protocol`, are in the ipset `name`.
+    fn contains(&self, name: &str, flags: &str, protocol: kproxy_core::Protocol, hop: &Hop) -> bool;
+}
+
+/// No sets at all: every `-m set` match fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSets;
+
+impl SetLookup for NoSets {
+    fn contains(&self, _: &str, _: &str, _: kproxy_core::Protocol, _: &Hop) -> bool {
+        false
+    }
+}
+
+/// Walks `hop` of `packet` through the built-in `chain` of `table` (one
+/// result per `statistic` branch). `local` holds the node's addresses
+/// (`-m addrtype LOCAL`); `sets` answers `-m set` matches.
+pub fn walk(table: &FakeTable, chain: &str, packet: &Packet, local: &BTreeSet<IpAddr>, sets: &dyn SetLookup, hop: Hop) -> Result<Vec<(Hop, Outcome)>, TraceError> {
+    let t = Tracer { packet, local: local.clone(), sets };
+    Ok(t.builtin(table, chain, hop)?
+        .into_iter()
+        .map(|(h, e)| {
+            let outcome = match e {
+                End::Drop => Outcome::Drop,
+                End::Reject => Outcome::Reject,
+                _ => Outcome::Accept,
+            };
+            (h, outcome)
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +119,7 @@ enum End {
 struct Tracer<'a> {
     packet: &'a Packet,
     local: BTreeSet<IpAddr>,
+    sets: &'a dyn SetLookup,
 }
 
 /// Traces `packet` through `family`'s tables of `kernel`, on a node
@@ -63,10 +129,10 @@ pub fn trace(kernel: &FakeIptables, family: IpFamily, config: &ProxierConfig, pa
     if packet.origin == Origin::Node {
         local.insert(packet.src);
     }
-    let t = Tracer { packet, local };
+    let t = Tracer { packet, local, sets: &NoSets };
     let nat = kernel.table(family, Table::Nat);
     let filter = kernel.table(family, Table::Filter);
-    let start = State { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None };
+    let start = Hop::new(packet);
     let mut finals = Vec::new();
     let from_node = packet.origin == Origin::Node;
     for (s, end) in t.builtin(nat, if from_node { "OUTPUT" } else { "PREROUTING" }, start)? {
@@ -189,9 +255,7 @@ impl Tracer<'_> {
                     false
                 }
                 Match::RecentSet { .. } => true,
-                // The iptables backend writes no set matches; a ruleset
-                // with one is not this tracer's to judge.
-                Match::Set { .. } => false,
+                Match::Set { name, flags, negated } => self.sets.contains(name, flags, self.packet.protocol, s) != *negated,
             };
             if !ok {
                 return (false, true);

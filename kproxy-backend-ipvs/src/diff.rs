@@ -29,7 +29,7 @@ pub struct Plan {
     /// virtual servers last, real servers after their virtual server).
     pub ops: Vec<Op>,
     /// Real servers kept at weight 0 until their connections drain.
-    pub draining: usize,
+    pub draining: Vec<(VsKey, RsKey)>,
 }
 
 /// The operations that make `current` into `desired`. Virtual servers in
@@ -75,7 +75,7 @@ fn dests(key: &VsKey, have: &CurrentService, want: &DesiredService, plan: &mut P
             continue;
         }
         if graceful && d.connections() > 0 {
-            plan.draining += 1;
+            plan.draining.push((*key, rs));
             if d.server.weight != 0 {
                 plan.ops.push(Op::EditDest(*key, RealServer { key: rs, weight: 0 }));
             }

@@ -1,6 +1,10 @@
 //! # kproxy-backend-ipvs
 //!
-//! kproxy's IPVS dataplane (work in progress, issue 7).
+//! kproxy's IPVS dataplane, with upstream kube-proxy's IPVS layout: every
+//! ClusterIP, externalIP and LoadBalancer VIP bound to the dummy
+//! interface `kube-ipvs0`, one IPVS virtual server per address and port
+//! (and per node address for NodePorts), upstream's ipsets and the small
+//! iptables ruleset around them for masquerade and filtering.
 //!
 //! - [`model`]: virtual servers, real servers and the operations between
 //!   IPVS tables, as plain data.
@@ -8,16 +12,24 @@
 //!   addresses, from the applied state.
 //! - [`diff`]: the operations from the kernel's table to the desired one,
 //!   with graceful termination.
-//! - [`fake`]: an in-memory IPVS table applying those operations.
 //! - [`sets`] and [`rules`]: upstream's ipsets (one `ipset restore` per
-//!   sync) and the small iptables ruleset around IPVS, in the iptables
-//!   backend's typed rules.
-//! - [`netlink`]: the kernel step for IPVS, over generic netlink.
+//!   sync) and iptables ruleset, in the iptables backend's typed rules.
+//! - [`kernel`]: the kernel step behind one trait; [`netlink`] speaks
+//!   IPVS over generic netlink.
+//! - [`fake`] and [`host`]: an in-memory IPVS table and a whole fake
+//!   kernel; [`trace`] walks packets through it.
+//! - [`proxier`]: [`IpvsProxier`], the `Proxier`.
 
 pub mod diff;
 pub mod fake;
+pub mod host;
+pub mod kernel;
 pub mod model;
 pub mod netlink;
+pub mod proxier;
 pub mod render;
 pub mod rules;
 pub mod sets;
+pub mod trace;
+
+pub use proxier::{IpvsOptions, IpvsProxier};

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use kproxy_core::{select_endpoints, Endpoint, ProxierConfig, ProxyState, ServicePortName};
+use kproxy_core::{select_endpoints, Endpoint, NoLocalEndpoints, ProxierConfig, ProxyState, ServicePortName};
 
 use crate::model::{RsKey, Scheduler, VirtualServer, VsKey};
 
@@ -42,8 +42,11 @@ pub fn render_ipvs(state: &ProxyState, config: &ProxierConfig, scheduler: Schedu
     for (name, svc) in state.services().iter() {
         let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
         let dests = |eps: &[Endpoint]| -> BTreeMap<RsKey, u32> { eps.iter().map(|e| (RsKey { addr: e.ip, port: e.port }, 1)).collect() };
-        let internal = dests(if svc.internal_policy_local { &selected.local } else { &selected.cluster });
-        let external = dests(if svc.external_policy_local { &selected.local } else { &selected.cluster });
+        // As upstream's IPVS mode: a Local policy takes this node's
+        // endpoints when it has some, otherwise the Cluster ones.
+        let pick = |local_only: bool| if local_only && !selected.local.is_empty() { &selected.local } else { &selected.cluster };
+        let internal = dests(pick(svc.internal_policy_local));
+        let external = dests(pick(svc.external_policy_local));
         let mut add = |addr: IpAddr, port: u16, dests: &BTreeMap<RsKey, u32>| {
             let key = VsKey { protocol: svc.protocol, addr, port };
             let server = VirtualServer { key, scheduler, persistence: svc.affinity_timeout_seconds };
@@ -65,6 +68,19 @@ pub fn render_ipvs(state: &ProxyState, config: &ProxierConfig, scheduler: Schedu
     // node's own address), even when a Service names it as an externalIP.
     for ip in config.node_ips.iter().chain(&config.node_port_ips) {
         out.addresses.remove(ip);
+    }
+    out
+}
+
+/// Ports whose Local policy has endpoints, none on this node (for
+/// `kubeproxy_sync_proxy_rules_no_local_endpoints_total`).
+pub fn no_local_endpoints(state: &ProxyState) -> NoLocalEndpoints {
+    let mut out = NoLocalEndpoints::default();
+    for (name, svc) in state.services().iter() {
+        let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+        let none_local = selected.has_any && selected.local.is_empty();
+        out.internal += usize::from(svc.internal_policy_local && none_local);
+        out.external += usize::from(svc.externally_accessible() && svc.external_policy_local && none_local);
     }
     out
 }

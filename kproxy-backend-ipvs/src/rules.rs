@@ -8,7 +8,8 @@
 //! IPVS itself does the load balancing (see [`crate::render`]); these rules
 //! only decide masquerade and filtering around it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use kproxy_backend_iptables::kernel::Listing;
 use kproxy_backend_iptables::render::{local_match, Chains, Jump, Table};
@@ -28,26 +29,42 @@ pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
 pub const LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
 /// nat and filter `KUBE-NODE-PORT`.
 pub const NODE_PORT: &str = "KUBE-NODE-PORT";
-/// filter `KUBE-PROXY-FIREWALL`, jumped to from INPUT, FORWARD and OUTPUT.
+/// filter `KUBE-IPVS-FILTER`: other ports of bound addresses are rejected.
+pub const IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+/// filter `KUBE-PROXY-FIREWALL`, jumped to from INPUT and FORWARD.
 pub const PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 /// filter `KUBE-SOURCE-RANGES-FIREWALL`.
 pub const SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
 /// filter `KUBE-FORWARD`.
 pub const FORWARD: &str = "KUBE-FORWARD";
 
-/// The jumps from built-in chains, in the order they end up.
+/// The jumps from built-in chains, in the order they end up, with
+/// upstream's comments.
 pub fn jumps() -> Vec<Jump> {
-    let j = |table, from, to| Jump::new(table, from, to, "kproxy ipvs");
+    let j = Jump::new;
     vec![
-        j(Table::Nat, "PREROUTING", SERVICES),
-        j(Table::Nat, "OUTPUT", SERVICES),
-        j(Table::Nat, "POSTROUTING", POSTROUTING),
-        j(Table::Filter, "INPUT", PROXY_FIREWALL),
-        j(Table::Filter, "INPUT", NODE_PORT),
-        j(Table::Filter, "FORWARD", PROXY_FIREWALL),
-        j(Table::Filter, "FORWARD", FORWARD),
-        j(Table::Filter, "OUTPUT", PROXY_FIREWALL),
+        j(Table::Nat, "PREROUTING", SERVICES, "kubernetes service portals"),
+        j(Table::Nat, "OUTPUT", SERVICES, "kubernetes service portals"),
+        j(Table::Nat, "POSTROUTING", POSTROUTING, "kubernetes postrouting rules"),
+        j(Table::Filter, "INPUT", IPVS_FILTER, "kubernetes ipvs access filter"),
+        j(Table::Filter, "INPUT", PROXY_FIREWALL, "kube-proxy firewall rules"),
+        j(Table::Filter, "INPUT", NODE_PORT, "kubernetes health check rules"),
+        j(Table::Filter, "FORWARD", PROXY_FIREWALL, "kube-proxy firewall rules"),
+        j(Table::Filter, "FORWARD", FORWARD, "kubernetes forwarding rules"),
     ]
+}
+
+/// The addresses bound to the dummy interface: every ClusterIP,
+/// externalIP and LoadBalancer VIP that is not a node address.
+pub fn bound_addresses(state: &ProxyState, config: &ProxierConfig) -> BTreeSet<IpAddr> {
+    let node = |ip: &IpAddr| config.node_ips.contains(ip) || config.node_port_ips.contains(ip);
+    let mut out = BTreeSet::new();
+    for (_, svc) in state.services().iter() {
+        out.insert(svc.cluster_ip);
+        out.extend(svc.external_ips.iter().chain(&svc.load_balancer_vips).filter(|ip| !node(ip)));
+    }
+    out.retain(|ip| !node(ip));
+    out
 }
 
 /// Every set's entries for the applied state.
@@ -59,7 +76,8 @@ pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
     for (name, svc) in state.services().iter() {
         let p = svc.protocol;
         add(SetName::ClusterIp, Entry::IpPort(svc.cluster_ip, p, svc.port));
-        for e in state.endpoints().get(name) {
+        // A local pod reaching itself through the service (hairpin).
+        for e in state.endpoints().get(name).iter().filter(|e| e.is_local) {
             add(SetName::LoopBack, Entry::IpPortIp(e.ip, p, e.port, e.ip));
         }
         for &ip in &svc.external_ips {
@@ -76,57 +94,90 @@ pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
                 for net in nets {
                     add(SetName::LoadBalancerSourceCidr, Entry::IpPortNet(ip, p, svc.port, *net));
                 }
-                // The node reaches its own VIPs when a range holds it.
-                for &node in config.node_ips.iter().filter(|n| nets.iter().any(|net| net.contains(*n))) {
-                    add(SetName::LoadBalancerSourceIp, Entry::IpPortIp(ip, p, svc.port, node));
+                // When a range holds the node, the node reaching the VIP
+                // bound on its own dummy interface (sourced from the VIP)
+                // is allowed too.
+                if config.node_ips.iter().any(|n| nets.iter().any(|net| net.contains(n))) {
+                    add(SetName::LoadBalancerSourceIp, Entry::IpPortIp(ip, p, svc.port, ip));
                 }
             }
         }
         if let Some(node_port) = svc.node_port {
-            let entry = |ip| if p == Protocol::Sctp { Entry::IpPort(ip, p, node_port) } else { Entry::Port(node_port) };
-            for &ip in &config.node_port_ips {
-                add(SetName::NodePort(p), entry(ip));
+            let entries: Vec<Entry> = if p == Protocol::Sctp {
+                config.node_port_ips.iter().map(|&ip| Entry::IpPort(ip, p, node_port)).collect()
+            } else {
+                vec![Entry::Port(node_port)]
+            };
+            for e in entries {
                 if svc.external_policy_local {
-                    add(SetName::NodePortLocal(p), entry(ip));
+                    add(SetName::NodePortLocal(p), e.clone());
                 }
+                add(SetName::NodePort(p), e);
             }
         }
         if let Some(hc) = svc.health_check_node_port {
             add(SetName::HealthCheckNodePort, Entry::Port(hc));
         }
     }
+    for ip in bound_addresses(state, config) {
+        add(SetName::IpvsIps, Entry::Ip(ip));
+    }
     sets
 }
 
 fn set(name: SetName, family: IpFamily) -> Match {
-    Match::Set { name: name.name(family), flags: name.match_flags().to_string(), negated: false }
+    set_with(name, family, name.match_flags())
+}
+
+fn set_with(name: SetName, family: IpFamily, flags: &str) -> Match {
+    Match::Set { name: name.name(family), flags: flags.to_string(), negated: false }
 }
 
 fn comment(text: &str) -> Match {
     Match::Comment(text.to_string())
 }
 
-/// The nat and filter chains for `config` (their contents do not depend
-/// on the Services: the sets carry those).
+/// The nat and filter chains for `config`, in upstream's layout (their
+/// contents do not depend on the Services: the sets carry those).
 pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
     let f = config.family;
     let mark = config.masquerade_mark();
     let masq = || Target::Jump(MARK_MASQ.to_string());
+    let loopback: ipnet::IpNet = match f {
+        IpFamily::V4 => "127.0.0.0/8".parse().expect("literal"),
+        IpFamily::V6 => "::1/128".parse().expect("literal"),
+    };
     let mut nat: Chains = BTreeMap::new();
-    let mut services = Vec::new();
-    let cluster = vec![comment("Kubernetes service cluster ip + port for masquerade purpose"), set(SetName::ClusterIp, f)];
+    let cluster = || vec![comment("Kubernetes service cluster ip + port for masquerade purpose"), set(SetName::ClusterIp, f)];
+    let external = || vec![comment("Kubernetes service external ip + port for masquerade and filter purpose"), set(SetName::ExternalIp, f)];
+    let external_local = || vec![comment("Kubernetes service external ip + port with externalTrafficPolicy=local"), set(SetName::ExternalIpLocal, f)];
+    let mut services = vec![
+        Rule::new(vec![Match::Source(loopback, false)], Target::Return),
+        Rule::new(vec![comment("Kubernetes service lb portal"), set(SetName::LoadBalancer, f)], Target::Jump(LOAD_BALANCER.into())),
+    ];
     if config.masquerade_all {
-        services.push(Rule::new(cluster, masq()));
+        services.push(Rule::new(cluster(), masq()));
     } else if let Some(not_local) = local_match(&config.local_detector, false) {
-        services.push(Rule::new([cluster, vec![not_local]].concat(), masq()));
+        services.push(Rule::new([cluster(), vec![not_local]].concat(), masq()));
+    } else {
+        // Without a detector: node traffic sourced from a VIP (the dummy
+        // interface makes it the preferred source) to that VIP's port.
+        let m = vec![comment("Kubernetes service cluster ip + port for masquerade purpose"), set_with(SetName::ClusterIp, f, "src,dst")];
+        services.push(Rule::new(m, masq()));
     }
-    services.push(Rule::new(vec![comment("Kubernetes service external ip + port for masquerade and filter purpose"), set(SetName::ExternalIp, f)], masq()));
-    services.push(Rule::new(vec![comment("Kubernetes service lb portal"), set(SetName::LoadBalancer, f)], Target::Jump(LOAD_BALANCER.into())));
+    services.push(Rule::new(external(), masq()));
+    services.push(Rule::new([external(), vec![Match::DestinationLocal(false)]].concat(), Target::Accept));
+    services.push(Rule::new([external_local(), vec![Match::DestinationLocal(false)]].concat(), Target::Accept));
     services.push(Rule::new(vec![Match::DestinationLocal(false)], Target::Jump(NODE_PORT.into())));
+    services.push(Rule::new(vec![set(SetName::ClusterIp, f)], Target::Accept));
+    services.push(Rule::new(vec![set(SetName::LoadBalancer, f)], Target::Accept));
     nat.insert(SERVICES.into(), services);
     nat.insert(
         LOAD_BALANCER.into(),
-        vec![Rule::new(vec![set(SetName::LoadBalancerLocal, f)], Target::Return), Rule::new(vec![], masq())],
+        vec![
+            Rule::new(vec![comment("Kubernetes service load balancer ip + port with externalTrafficPolicy=local"), set(SetName::LoadBalancerLocal, f)], Target::Return),
+            Rule::new(vec![], masq()),
+        ],
     );
     let mut node_port = Vec::new();
     for p in Protocol::ALL {
@@ -146,9 +197,15 @@ pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
     nat.insert(MARK_MASQ.into(), vec![Rule::new(vec![], Target::OrMark(mark))]);
 
     let mut filter: Chains = BTreeMap::new();
+    let mut ipvs_filter: Vec<Rule> = [SetName::LoadBalancer, SetName::ClusterIp, SetName::ExternalIp, SetName::ExternalIpLocal, SetName::HealthCheckNodePort]
+        .into_iter()
+        .map(|s| Rule::new(vec![set(s, f)], Target::Return))
+        .collect();
+    ipvs_filter.push(Rule::new(vec![Match::CtState(vec![CtState::New], false), set(SetName::IpvsIps, f)], Target::Reject));
+    filter.insert(IPVS_FILTER.into(), ipvs_filter);
     filter.insert(
         PROXY_FIREWALL.into(),
-        vec![Rule::new(vec![comment("Kubernetes service load balancer source ranges"), set(SetName::LoadBalancerFw, f)], Target::Jump(SOURCE_RANGES_FIREWALL.into()))],
+        vec![Rule::new(vec![comment("Kubernetes service load balancer ip + port for load balancer with sourceRange"), set(SetName::LoadBalancerFw, f)], Target::Jump(SOURCE_RANGES_FIREWALL.into()))],
     );
     filter.insert(
         SOURCE_RANGES_FIREWALL.into(),
@@ -180,6 +237,14 @@ pub fn restore_text(nat: &Chains, filter: &Chains, present: &Listing) -> String 
     restore::chains(&[(Table::Nat, nat), (Table::Filter, filter)], &missing)
 }
 
+/// The `iptables-restore --noflush` input that removes this ruleset from
+/// tables listed as `saved`: the jumps to its chains, then the chains.
+pub fn cleanup_text(saved: &[(Table, Listing)]) -> String {
+    let (nat, filter) = render_chains(&ProxierConfig::new(IpFamily::V4));
+    let ours: BTreeSet<String> = nat.into_keys().chain(filter.into_keys()).collect();
+    restore::cleanup_chains(saved, |c| ours.contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,10 +254,10 @@ mod tests {
     fn the_ruleset_reads_back_and_only_missing_jumps_are_inserted() {
         let config = fx::config(IpFamily::V4);
         let (nat, filter) = render_chains(&config);
-        let present = Listing { builtin_rules: vec!["-A PREROUTING -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES".to_string()], ..Listing::default() };
+        let present = Listing { builtin_rules: vec!["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".to_string()], ..Listing::default() };
         let text = restore_text(&nat, &filter, &present);
         assert!(!text.contains("-I PREROUTING"), "{text}");
-        assert!(text.contains("-I OUTPUT 1 -m comment --comment \"kproxy ipvs\" -j KUBE-SERVICES\n"), "{text}");
+        assert!(text.contains("-I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"), "{text}");
         assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"Kubernetes service lb portal\" -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER\n"), "{text}");
         // Every rule parses back as the typed rule it came from.
         for chains in [&nat, &filter] {

@@ -36,6 +36,8 @@ pub enum SetName {
     NodePortLocal(Protocol),
     /// Health-check NodePorts.
     HealthCheckNodePort,
+    /// Every address bound to the dummy interface (`KUBE-IPVS-IPS`).
+    IpvsIps,
 }
 
 impl SetName {
@@ -59,6 +61,7 @@ impl SetName {
             SetName::NodePortLocal(Protocol::Udp) => "NODE-PORT-LOCAL-UDP",
             SetName::NodePortLocal(Protocol::Sctp) => "NODE-PORT-LOCAL-SCTP-HASH",
             SetName::HealthCheckNodePort => "HEALTH-CHECK-NODE-PORT",
+            SetName::IpvsIps => "IPVS-IPS",
         };
         match family {
             IpFamily::V4 => format!("KUBE-{base}"),
@@ -73,6 +76,7 @@ impl SetName {
             SetName::LoadBalancerSourceCidr => "hash:ip,port,net",
             SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => "hash:ip,port",
             SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => "bitmap:port",
+            SetName::IpvsIps => "hash:ip",
             _ => "hash:ip,port",
         }
     }
@@ -83,9 +87,14 @@ impl SetName {
             SetName::LoopBack => "dst,dst,src",
             SetName::LoadBalancerSourceIp | SetName::LoadBalancerSourceCidr => "dst,dst,src",
             SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => "dst,dst",
-            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => "dst",
+            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort | SetName::IpvsIps => "dst",
             _ => "dst,dst",
         }
+    }
+
+    /// The set named `name` in the kernel, if it is one of these.
+    pub fn parse(name: &str, family: IpFamily) -> Option<SetName> {
+        all_sets().into_iter().find(|s| s.name(family) == name)
     }
 }
 
@@ -100,6 +109,8 @@ pub enum Entry {
     IpPortNet(IpAddr, Protocol, u16, IpNet),
     /// `PORT` (bitmap:port).
     Port(u16),
+    /// `IP` (hash:ip).
+    Ip(IpAddr),
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -118,6 +129,59 @@ impl Entry {
             Entry::IpPortIp(ip, p, port, ip2) => format!("{ip},{}:{port},{ip2}", proto(*p)),
             Entry::IpPortNet(ip, p, port, net) => format!("{ip},{}:{port},{net}", proto(*p)),
             Entry::Port(port) => port.to_string(),
+            Entry::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// Reads an entry of a set of type `kind` as `ipset` prints it.
+    pub fn parse(kind: &str, text: &str) -> Option<Entry> {
+        let ip_port = |a: &str, b: &str| -> Option<(IpAddr, Protocol, u16)> {
+            let (p, port) = b.split_once(':')?;
+            let p = match p {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
+                _ => return None,
+            };
+            Some((a.parse().ok()?, p, port.parse().ok()?))
+        };
+        let parts: Vec<&str> = text.split(',').collect();
+        match (kind, parts.as_slice()) {
+            ("bitmap:port", [port]) => port.parse().ok().map(Entry::Port),
+            ("hash:ip", [ip]) => ip.parse().ok().map(Entry::Ip),
+            ("hash:ip,port", [a, b]) => ip_port(a, b).map(|(ip, p, port)| Entry::IpPort(ip, p, port)),
+            ("hash:ip,port,ip", [a, b, c]) => {
+                let (ip, p, port) = ip_port(a, b)?;
+                Some(Entry::IpPortIp(ip, p, port, c.parse().ok()?))
+            }
+            ("hash:ip,port,net", [a, b, c]) => {
+                let (ip, p, port) = ip_port(a, b)?;
+                Some(Entry::IpPortNet(ip, p, port, c.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a packet's fields, picked by `flags` as `-m set` picks them
+    /// (`dst,dst,src`: the destination address, the destination port with
+    /// the protocol, the source address), are this entry. Source ports
+    /// never appear in kproxy's rules and never match.
+    pub fn contains(&self, flags: &str, protocol: Protocol, src: IpAddr, dst: IpAddr, dport: u16) -> bool {
+        let f: Vec<&str> = flags.split(',').collect();
+        let addr = |i: usize| match f.get(i) {
+            Some(&"src") => Some(src),
+            Some(&"dst") => Some(dst),
+            _ => None,
+        };
+        let port_is = |i: usize, p: Protocol, port: u16| f.get(i) == Some(&"dst") && p == protocol && port == dport;
+        match self {
+            Entry::IpPort(ip, p, port) => f.len() == 2 && addr(0) == Some(*ip) && port_is(1, *p, *port),
+            Entry::IpPortIp(ip, p, port, ip2) => f.len() == 3 && addr(0) == Some(*ip) && port_is(1, *p, *port) && addr(2) == Some(*ip2),
+            Entry::IpPortNet(ip, p, port, net) => {
+                f.len() == 3 && addr(0) == Some(*ip) && port_is(1, *p, *port) && addr(2).is_some_and(|a| net.contains(&a))
+            }
+            Entry::Port(port) => f == ["dst"] && *port == dport,
+            Entry::Ip(ip) => f.len() == 1 && addr(0) == Some(*ip),
         }
     }
 }
@@ -138,6 +202,7 @@ pub fn all_sets() -> Vec<SetName> {
         SetName::LoadBalancerSourceIp,
         SetName::LoadBalancerSourceCidr,
         SetName::HealthCheckNodePort,
+        SetName::IpvsIps,
     ];
     for p in Protocol::ALL {
         out.push(SetName::NodePort(p));
@@ -173,6 +238,23 @@ pub fn restore_script(sets: &Sets, family: IpFamily) -> String {
         writeln!(s, "destroy {tmp}").expect("String");
     }
     s
+}
+
+/// The `ipset restore` script that destroys every set of both families
+/// (`-exist` is not accepted by destroy, so each is created first).
+pub fn destroy_script() -> String {
+    let mut sets = Sets::new();
+    for s in all_sets() {
+        sets.insert(s, BTreeSet::new());
+    }
+    let mut out = String::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        out.push_str(&restore_script(&sets, family));
+        for s in all_sets() {
+            writeln!(out, "destroy {}", s.name(family)).expect("String");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn oracle_meets_every_scenario() {
 fn oracle_meets_every_scenario_in_every_mode() {
     let mut failures = Vec::new();
     let mut differing = 0;
+    let mut ipvs_differing = 0;
     for scenario in scenarios::all() {
         let state = scenario.state();
         for case in &scenario.cases {
@@ -39,10 +40,12 @@ fn oracle_meets_every_scenario_in_every_mode() {
                 }
             }
             differing += usize::from(case.iptables.is_some());
+            ipvs_differing += usize::from(case.ipvs.is_some());
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(differing, 2, "only the unknown-port and unknown-protocol ClusterIP cases differ by mode");
+    assert_eq!(ipvs_differing, 10, "IPVS mode differs where upstream's IPVS layout does (see oracle::evaluate_for)");
 }
 
 #[test]

@@ -51,10 +51,16 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
     evaluate_for(Dataplane::Nftables, state, config, packet)
 }
 
-/// [`evaluate`] for `dataplane`. The one difference: only nftables mode
-/// rejects traffic to another port (or protocol) of a known ClusterIP;
-/// iptables and IPVS modes leave it alone.
+/// [`evaluate`] for `dataplane`. Iptables mode differs from nftables mode
+/// in one place: only nftables mode rejects traffic to another port (or
+/// protocol) of a known ClusterIP. IPVS mode follows upstream's IPVS
+/// layout, which differs more (no ETP=Local short-circuit, Local policies
+/// falling back to Cluster endpoints, REJECT where no real server is left,
+/// other ports of every bound address rejected); its module documents each.
 pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
+    if dataplane == Dataplane::Ipvs {
+        return super::ipvs::evaluate_ipvs(state, config, packet);
+    }
     let services = state.services();
     let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
         services

@@ -20,6 +20,7 @@
 
 mod evaluate;
 pub mod fixtures;
+mod ipvs;
 mod packet;
 pub mod scenarios;
 

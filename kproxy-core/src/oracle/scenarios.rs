@@ -26,13 +26,17 @@ pub struct Case {
     /// The verdict in upstream's iptables and IPVS modes, where it differs
     /// from nftables mode.
     pub iptables: Option<Verdict>,
+    /// The verdict in upstream's IPVS mode, where its layout makes it
+    /// differ from iptables mode (see [`evaluate_for`](super::evaluate_for)).
+    pub ipvs: Option<Verdict>,
 }
 
 impl Case {
     /// The verdict `dataplane` must give.
     pub fn expected_for(&self, dataplane: Dataplane) -> &Verdict {
-        match (dataplane, &self.iptables) {
-            (Dataplane::Iptables | Dataplane::Ipvs, Some(v)) => v,
+        match (dataplane, &self.iptables, &self.ipvs) {
+            (Dataplane::Ipvs, _, Some(v)) => v,
+            (Dataplane::Iptables | Dataplane::Ipvs, Some(v), _) => v,
             _ => &self.expected,
         }
     }
@@ -77,13 +81,19 @@ impl Scenario {
     }
 
     fn case(mut self, name: &'static str, packet: Packet, expected: Verdict) -> Self {
-        self.cases.push(Case { name, packet, expected, iptables: None });
+        self.cases.push(Case { name, packet, expected, iptables: None, ipvs: None });
         self
     }
 
     /// A case whose verdict in iptables and IPVS modes differs.
     fn case_modes(mut self, name: &'static str, packet: Packet, nftables: Verdict, iptables: Verdict) -> Self {
-        self.cases.push(Case { name, packet, expected: nftables, iptables: Some(iptables) });
+        self.cases.push(Case { name, packet, expected: nftables, iptables: Some(iptables), ipvs: None });
+        self
+    }
+
+    /// Gives the last case its own verdict in IPVS mode.
+    fn ipvs(mut self, verdict: Verdict) -> Self {
+        self.cases.last_mut().expect("a case to amend").ipvs = Some(verdict);
         self
     }
 
@@ -175,13 +185,16 @@ fn cluster_ip() -> Scenario {
         .case("node to ClusterIP is masqueraded", node("172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
         .case("off-cluster source is masqueraded", outside(fx::ALLOWED_CLIENT, "172.30.0.41", 80), fwd(&["10.180.0.1:8080", "10.180.1.1:8080"], true))
         .case("UDP is load balanced too", pod("172.30.0.41", 53).with_protocol(Protocol::Udp), fwd(&["10.180.0.1:5353", "10.180.1.1:5353"], false))
-        .case_modes("unknown port on a ClusterIP is rejected (nftables mode only)", pod("172.30.0.41", 81), Verdict::Reject, Verdict::NotService)
+        .case_modes("unknown port on a ClusterIP is rejected (nftables and IPVS modes)", pod("172.30.0.41", 81), Verdict::Reject, Verdict::NotService)
+        // Upstream's KUBE-IPVS-FILTER rejects other ports of bound addresses.
+        .ipvs(Verdict::Reject)
         .case_modes(
-            "unknown protocol on a ClusterIP is rejected (nftables mode only)",
+            "unknown protocol on a ClusterIP is rejected (nftables and IPVS modes)",
             pod("172.30.0.41", 80).with_protocol(Protocol::Udp),
             Verdict::Reject,
             Verdict::NotService,
         )
+        .ipvs(Verdict::Reject)
         .case("an address that is no ClusterIP is left alone", pod("172.30.0.99", 80), Verdict::NotService)
 }
 
@@ -256,6 +269,7 @@ fn external_ips() -> Scenario {
         .case("outside to externalIP is masqueraded", outside(fx::ALLOWED_CLIENT, "192.168.99.11", 80), fwd(&["10.180.0.5:80"], true))
         .case("pod to externalIP is masqueraded (Cluster policy)", pod("192.168.99.11", 80), fwd(&["10.180.0.5:80"], true))
         .case("another port on the externalIP is left alone", outside(fx::ALLOWED_CLIENT, "192.168.99.11", 81), Verdict::NotService)
+        .ipvs(Verdict::Reject)
 }
 
 fn etp_local_service(name: &str, cluster_ip: &str, node_port: i32) -> Service {
@@ -279,12 +293,16 @@ fn external_policy_local_with_local_endpoints() -> Scenario {
         .case("outside to VIP keeps the source, local endpoint only", outside(fx::ALLOWED_CLIENT, fx::LB_IP, 80), fwd(&["10.180.0.6:80"], false))
         .case("outside to NodePort keeps the source, local endpoint only", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3006), fwd(&["10.180.0.6:80"], false))
         .case("pods short-circuit to all endpoints", pod(fx::LB_IP, 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], false))
+        // IPVS mode has no short-circuit: one virtual server, local endpoints.
+        .ipvs(fwd(&["10.180.0.6:80"], false))
         .case("the node short-circuits with masquerade", node(fx::LB_IP, 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], true))
+        .ipvs(fwd(&["10.180.0.6:80"], false))
         .case(
             "an endpoint on another node short-circuited back to itself is masqueraded (hairpin)",
             Packet::tcp(Origin::LocalPod, ip("10.180.1.6"), ip(fx::LB_IP), 80),
             fwd(&["10.180.0.6:80", "10.180.1.6:80"], false).with_hairpin("10.180.1.6:80"),
         )
+        .ipvs(fwd(&["10.180.0.6:80"], false))
         .case("ClusterIP uses every endpoint", pod("172.30.0.46", 80), fwd(&["10.180.0.6:80", "10.180.1.6:80"], false))
 }
 
@@ -298,9 +316,13 @@ fn external_policy_local_without_local_endpoints() -> Scenario {
                 .build()],
         )
         .case("outside to VIP is dropped", outside(fx::ALLOWED_CLIENT, fx::LB_IP, 80), Verdict::Drop)
+        // IPVS mode falls back to the Cluster endpoints, source kept.
+        .ipvs(fwd(&["10.180.1.7:80"], false))
         .case("outside to NodePort is dropped", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3007), Verdict::Drop)
+        .ipvs(fwd(&["10.180.1.7:80"], false))
         .case("pods still short-circuit", pod(fx::LB_IP, 80), fwd(&["10.180.1.7:80"], false))
         .case("the node still short-circuits", node(fx::NODE_IP, 3007), fwd(&["10.180.1.7:80"], true))
+        .ipvs(fwd(&["10.180.1.7:80"], false))
         .case("ClusterIP is unaffected", pod("172.30.0.47", 80), fwd(&["10.180.1.7:80"], false))
 }
 
@@ -325,6 +347,8 @@ fn internal_policy_local() -> Scenario {
         )
         .case("only the local endpoint serves ClusterIP traffic", pod("172.30.0.48", 80), fwd(&["10.180.0.8:80"], false))
         .case("no local endpoint: dropped, not rejected", pod("172.30.0.49", 80), Verdict::Drop)
+        // IPVS mode: an empty virtual server answers ICMP port unreachable.
+        .ipvs(Verdict::Reject)
 }
 
 fn session_affinity() -> Scenario {

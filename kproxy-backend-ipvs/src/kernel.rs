@@ -1,0 +1,244 @@
+//! The kernel step of IPVS mode, behind one trait so the proxier runs the
+//! same against the real kernel ([`IpvsHost`]) and an in-memory one
+//! ([`FakeHost`](crate::host::FakeHost)).
+//!
+//! Per sync, at most: one IPVS dump plus one real-server dump per virtual
+//! server it looks at, one batch of IPVS messages, one `ip -batch` for the
+//! dummy interface's addresses, one `ipset restore`, one
+//! `iptables-restore`. Never one process per rule or per address.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use kproxy_backend_iptables::kernel::{IptablesCli, Kernel as _, Listing};
+use kproxy_backend_iptables::Table;
+use kproxy_core::IpFamily;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::diff::{CurrentIpvs, CurrentService};
+use crate::model::{Op, Timeouts, VsKey};
+use crate::netlink::IpvsSocket;
+
+/// A kernel step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// IPVS over netlink failed (the socket, or the kernel lacks IPVS).
+    #[error("IPVS: {0}")]
+    Ipvs(String),
+    /// The kernel refused some IPVS operations (the others took effect).
+    #[error("IPVS refused {count} of {total} operations; first: {first}")]
+    Refused {
+        /// How many were refused.
+        count: usize,
+        /// How many were sent.
+        total: usize,
+        /// The first refusal, with the operation.
+        first: String,
+    },
+    /// A tool (`ip`, `ipset`, `sysctl`, `iptables-restore`) failed.
+    #[error("{0}")]
+    Tool(String),
+    /// The fake kernel refused.
+    #[error("fake: {0}")]
+    Fake(String),
+}
+
+/// What the IPVS proxier needs of a kernel (one network namespace).
+#[async_trait]
+pub trait IpvsKernel: Send + std::fmt::Debug {
+    /// The IPVS table: every virtual server of `family`, with the real
+    /// servers of those in `detail` (all of them when `None`); the others
+    /// are listed with no real servers.
+    async fn ipvs_table(&mut self, family: IpFamily, detail: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError>;
+    /// Carries out `ops` in order; returns how many messages were sent
+    /// and the refusals (the other ops took effect).
+    async fn ipvs_apply(&mut self, ops: &[Op]) -> Result<(usize, Vec<(Op, std::io::Error)>), KernelError>;
+    /// Sets the IPVS connection timeouts (0 leaves one unchanged).
+    async fn ipvs_timeouts(&mut self, timeouts: Timeouts) -> Result<(), KernelError>;
+    /// The addresses on `device` (a dummy interface, created here if
+    /// missing, and set up).
+    async fn bound_addresses(&mut self, device: &str) -> Result<BTreeSet<IpAddr>, KernelError>;
+    /// Adds and removes addresses on `device`.
+    async fn rebind(&mut self, device: &str, add: &[IpAddr], remove: &[IpAddr]) -> Result<(), KernelError>;
+    /// Deletes `device` (cleanup).
+    async fn delete_device(&mut self, device: &str) -> Result<(), KernelError>;
+    /// Applies an `ipset restore` script.
+    async fn ipset_restore(&mut self, script: &str) -> Result<(), KernelError>;
+    /// Applies `iptables-restore --noflush` input to `family`'s tables.
+    async fn iptables_restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError>;
+    /// Lists `table`'s chains (every one, rule counts not needed) and its
+    /// built-in chains' rules.
+    async fn iptables_list(&mut self, family: IpFamily, table: Table) -> Result<Listing, KernelError>;
+    /// Sets a sysctl (`net/ipv4/vs/conntrack` style path under
+    /// `/proc/sys`).
+    async fn sysctl(&mut self, key: &str, value: &str) -> Result<(), KernelError>;
+}
+
+/// The real kernel: IPVS over generic netlink, and the `ip`, `ipset`,
+/// `sysctl` and `iptables-restore` tools, in the caller's network
+/// namespace or in a named one (`/run/netns/NAME`).
+#[derive(Debug)]
+pub struct IpvsHost {
+    netns: Option<String>,
+    socket: Option<IpvsSocket>,
+    iptables: IptablesCli,
+}
+
+impl IpvsHost {
+    /// The kernel of `netns` (the caller's when `None`), with `iptables`
+    /// for the rules (built for the same namespace).
+    pub fn new(netns: Option<&str>, iptables: IptablesCli) -> Self {
+        IpvsHost { netns: netns.map(str::to_string), socket: None, iptables }
+    }
+
+    fn socket(&mut self) -> Result<&mut IpvsSocket, KernelError> {
+        if self.socket.is_none() {
+            let s = match &self.netns {
+                Some(ns) => IpvsSocket::open_in_netns(ns),
+                None => IpvsSocket::open(),
+            };
+            self.socket = Some(s.map_err(|e| KernelError::Ipvs(e.0))?);
+        }
+        Ok(self.socket.as_mut().expect("just opened"))
+    }
+
+    /// Runs `argv` (inside the namespace when one is set), feeding `stdin`.
+    async fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+        let mut full: Vec<&str> = Vec::new();
+        if let Some(ns) = &self.netns {
+            full.extend(["ip", "netns", "exec", ns.as_str()]);
+        }
+        full.extend_from_slice(argv);
+        let mut cmd = Command::new(full[0]);
+        cmd.args(&full[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let what = argv.join(" ");
+        let mut child = cmd.spawn().map_err(|e| KernelError::Tool(format!("cannot run {what}: {e}")))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A tool that stops reading says why in its status.
+            let _ = pipe.write_all(text.as_bytes()).await;
+        }
+        let out = child.wait_with_output().await.map_err(|e| KernelError::Tool(format!("{what}: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first: Vec<&str> = stderr.lines().take(3).collect();
+            return Err(KernelError::Tool(format!("{what} failed ({}): {}", out.status, first.join(" | "))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[async_trait]
+impl IpvsKernel for IpvsHost {
+    async fn ipvs_table(&mut self, family: IpFamily, detail: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError> {
+        let socket = self.socket()?;
+        let mut out = CurrentIpvs::new();
+        for server in socket.services().map_err(|e| KernelError::Ipvs(e.0))? {
+            if !family.contains(server.key.addr) {
+                continue;
+            }
+            let dests = if detail.is_none_or(|d| d.contains(&server.key)) {
+                socket.destinations(&server.key).map_err(|e| KernelError::Ipvs(e.0))?
+            } else {
+                Vec::new()
+            };
+            out.insert(server.key, CurrentService { server, dests });
+        }
+        Ok(out)
+    }
+
+    async fn ipvs_apply(&mut self, ops: &[Op]) -> Result<(usize, Vec<(Op, std::io::Error)>), KernelError> {
+        let applied = self.socket()?.apply(ops).map_err(|e| KernelError::Ipvs(e.0))?;
+        Ok((applied.messages, applied.failed))
+    }
+
+    async fn ipvs_timeouts(&mut self, timeouts: Timeouts) -> Result<(), KernelError> {
+        self.socket()?.set_timeouts(timeouts).map_err(|e| KernelError::Ipvs(e.0))
+    }
+
+    async fn bound_addresses(&mut self, device: &str) -> Result<BTreeSet<IpAddr>, KernelError> {
+        if self.run(&["ip", "link", "show", "dev", device], None).await.is_err() {
+            self.run(&["ip", "link", "add", device, "type", "dummy"], None).await?;
+        }
+        // Upstream leaves the device down: addresses on a down dummy are
+        // still local, and nothing is ever sent through it.
+        let out = self.run(&["ip", "-o", "addr", "show", "dev", device], None).await?;
+        Ok(parse_addresses(&out))
+    }
+
+    async fn rebind(&mut self, device: &str, add: &[IpAddr], remove: &[IpAddr]) -> Result<(), KernelError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let mut batch = String::new();
+        for (verb, ips) in [("del", remove), ("add", add)] {
+            for ip in ips {
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                // nodad: an IPv6 VIP is usable at once.
+                let extra = if ip.is_ipv6() && verb == "add" { " nodad" } else { "" };
+                batch.push_str(&format!("addr {verb} {ip}/{prefix} dev {device}{extra}\n"));
+            }
+        }
+        self.run(&["ip", "-batch", "-"], Some(&batch)).await.map(|_| ())
+    }
+
+    async fn delete_device(&mut self, device: &str) -> Result<(), KernelError> {
+        if self.run(&["ip", "link", "show", "dev", device], None).await.is_ok() {
+            self.run(&["ip", "link", "del", device], None).await?;
+        }
+        Ok(())
+    }
+
+    async fn ipset_restore(&mut self, script: &str) -> Result<(), KernelError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.run(&["ipset", "restore"], Some(script)).await.map(|_| ())
+    }
+
+    async fn iptables_restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {
+        self.iptables.restore(family, text).await.map_err(|e| KernelError::Tool(e.to_string()))
+    }
+
+    async fn iptables_list(&mut self, family: IpFamily, table: Table) -> Result<Listing, KernelError> {
+        let tool = |e: kproxy_backend_iptables::kernel::KernelError| KernelError::Tool(e.to_string());
+        let mut listing = self.iptables.list(family, table, table.builtins()).await.map_err(tool)?;
+        for chain in self.iptables.chain_names(family, table).await.map_err(tool)? {
+            listing.chains.entry(chain).or_insert(0);
+        }
+        Ok(listing)
+    }
+
+    async fn sysctl(&mut self, key: &str, value: &str) -> Result<(), KernelError> {
+        let setting = format!("{}={value}", key.replace('/', "."));
+        self.run(&["sysctl", "-q", "-w", &setting], None).await.map(|_| ())
+    }
+}
+
+/// The addresses in `ip -o addr show` output.
+fn parse_addresses(out: &str) -> BTreeSet<IpAddr> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_from_ip_output() {
+        let out = "5: kube-ipvs0    inet 172.30.0.1/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n\
+                   5: kube-ipvs0    inet6 fd00::1/128 scope global \\       valid_lft forever preferred_lft forever\n";
+        let got: Vec<String> = parse_addresses(out).iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["172.30.0.1", "fd00::1"]);
+    }
+}

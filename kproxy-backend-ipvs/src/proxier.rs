@@ -1,0 +1,319 @@
+//! [`IpvsProxier`]: the IPVS backend behind the `Proxier` contract.
+//!
+//! A sync renders the desired virtual servers, dummy-interface addresses
+//! and ipsets from the applied state, then brings the kernel there:
+//! addresses added, sets that changed rewritten (one `ipset restore`),
+//! the iptables ruleset written when it may be missing (it does not depend
+//! on the Services), the IPVS table diffed against what the kernel reports
+//! and the difference sent as one batch of netlink messages, and stale
+//! addresses removed. A partial sync looks only at the virtual servers of
+//! the Services that changed and those still draining; a full one (the
+//! first, after a node change or a failure, and the periodic ones) looks at
+//! everything and repairs drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_backend_iptables::render::Chains;
+use kproxy_backend_iptables::Table;
+use kproxy_core::{Error, IpFamily, NamespacedName, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+
+use crate::diff::diff;
+use crate::kernel::{IpvsKernel, KernelError};
+use crate::model::{Scheduler, Timeouts, VsKey};
+use crate::render::{no_local_endpoints, render_ipvs, DesiredIpvs};
+use crate::rules::{render_chains, render_sets, restore_text};
+use crate::sets::{restore_script, Sets};
+
+const BACKEND: &str = "ipvs";
+
+/// Tuning knobs of the IPVS backend (`ipvs.*` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsOptions {
+    /// The scheduler of every virtual server (`ipvs.scheduler`).
+    pub scheduler: Scheduler,
+    /// Set `arp_ignore=1` and `arp_announce=2` so the node does not answer
+    /// ARP for the addresses on the dummy interface (`ipvs.strictARP`).
+    pub strict_arp: bool,
+    /// IPVS connection timeouts; 0 leaves one unchanged.
+    pub timeouts: Timeouts,
+    /// Virtual servers inside these ranges are someone else's: never
+    /// deleted (`ipvs.excludeCIDRs`).
+    pub exclude_cidrs: Vec<IpNet>,
+    /// The dummy interface holding the service addresses.
+    pub device: String,
+}
+
+impl Default for IpvsOptions {
+    fn default() -> Self {
+        IpvsOptions { scheduler: Scheduler::Rr, strict_arp: false, timeouts: Timeouts::default(), exclude_cidrs: Vec::new(), device: DEVICE.to_string() }
+    }
+}
+
+/// Upstream's dummy interface.
+pub const DEVICE: &str = "kube-ipvs0";
+
+/// What the last sync sent to the kernel (for benchmarks and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// IPVS messages sent (one per operation).
+    pub ipvs_messages: usize,
+    /// Virtual servers whose real servers were listed.
+    pub dumped_services: usize,
+    /// Sets rewritten.
+    pub sets_written: usize,
+    /// Whether the iptables ruleset was written.
+    pub rules_written: bool,
+    /// Addresses added to and removed from the dummy interface.
+    pub addresses_changed: usize,
+    /// Real servers left draining.
+    pub draining: usize,
+}
+
+/// A configuration the backend cannot program (the same for every backend).
+pub use kproxy_core::InvalidConfig as ConfigError;
+
+/// The IPVS backend for one IP family.
+#[derive(Debug)]
+pub struct IpvsProxier<K: IpvsKernel> {
+    state: ProxyState,
+    config: ProxierConfig,
+    options: IpvsOptions,
+    kernel: K,
+    chains: (Chains, Chains),
+    /// Whether the kernel holds what the last sync wrote.
+    trusted: bool,
+    started: bool,
+    desired: DesiredIpvs,
+    written_sets: Option<Sets>,
+    addresses: Option<BTreeSet<IpAddr>>,
+    draining: BTreeSet<VsKey>,
+    unreported: StateChanges,
+    stats: SyncStats,
+}
+
+impl<K: IpvsKernel> IpvsProxier<K> {
+    /// A proxier for `config.family` on node `node_name`, programming `kernel`.
+    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: IpvsOptions) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(IpvsProxier {
+            state: ProxyState::new(config.family, node_name),
+            chains: render_chains(&config),
+            config,
+            options,
+            kernel,
+            trusted: false,
+            started: false,
+            desired: DesiredIpvs::default(),
+            written_sets: None,
+            addresses: None,
+            draining: BTreeSet::new(),
+            unreported: StateChanges::default(),
+            stats: SyncStats::default(),
+        })
+    }
+
+    /// The kernel this proxier programs (for tests and tools).
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// Mutable access to the kernel (for tests that simulate drift).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The proxy state (for tests and tools).
+    pub fn state(&self) -> &ProxyState {
+        &self.state
+    }
+
+    /// The desired IPVS side, as last rendered.
+    pub fn desired(&self) -> &DesiredIpvs {
+        &self.desired
+    }
+
+    /// What the last successful sync sent.
+    pub fn stats(&self) -> SyncStats {
+        self.stats
+    }
+
+    fn family(&self) -> IpFamily {
+        self.config.family
+    }
+
+    /// What only the first sync does: sysctls and timeouts.
+    async fn start(&mut self) -> Result<(), KernelError> {
+        let v = if self.family() == IpFamily::V4 { "ipv4" } else { "ipv6" };
+        // IPVS's connections must go through conntrack (masquerade and
+        // the conntrack cleanup need it); the other two make a removed
+        // real server's connections fail fast instead of hanging.
+        for key in ["net/ipv4/vs/conntrack", "net/ipv4/vs/expire_nodest_conn", "net/ipv4/vs/expire_quiescent_template"] {
+            self.kernel.sysctl(key, "1").await?;
+        }
+        if self.options.strict_arp {
+            self.kernel.sysctl("net/ipv4/conf/all/arp_ignore", "1").await?;
+            self.kernel.sysctl("net/ipv4/conf/all/arp_announce", "2").await?;
+        }
+        if self.options.timeouts != Timeouts::default() {
+            self.kernel.ipvs_timeouts(self.options.timeouts).await?;
+        }
+        tracing::debug!(family = v, scheduler = %self.options.scheduler, "IPVS proxier started");
+        Ok(())
+    }
+
+    /// Whether kproxy may delete this virtual server.
+    fn owned(&self, key: &VsKey) -> bool {
+        self.family().contains(key.addr) && !self.options.exclude_cidrs.iter().any(|n| n.contains(&key.addr))
+    }
+
+    async fn apply(&mut self, full: bool, changed: &BTreeSet<NamespacedName>) -> Result<SyncStats, KernelError> {
+        let mut stats = SyncStats::default();
+        if !self.started {
+            self.start().await?;
+            self.started = true;
+        }
+        let previous = std::mem::replace(&mut self.desired, render_ipvs(&self.state, &self.config, self.options.scheduler));
+        let device = self.options.device.clone();
+        let family = self.family();
+
+        // Addresses first, so a new virtual server works at once.
+        let bound = match (&self.addresses, full) {
+            (Some(known), false) => known.clone(),
+            _ => self.kernel.bound_addresses(&device).await?.into_iter().filter(|ip| family.contains(*ip)).collect(),
+        };
+        let add: Vec<IpAddr> = self.desired.addresses.difference(&bound).copied().collect();
+        let remove: Vec<IpAddr> = bound.difference(&self.desired.addresses).copied().collect();
+        self.kernel.rebind(&device, &add, &[]).await?;
+
+        // Sets before rules: a rule may name a set only once it exists.
+        let sets = render_sets(&self.state, &self.config);
+        let changed_sets: Sets = match (&self.written_sets, full) {
+            (Some(old), false) => sets.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect(),
+            _ => sets.clone(),
+        };
+        stats.sets_written = changed_sets.len();
+        self.kernel.ipset_restore(&restore_script(&changed_sets, family)).await?;
+        self.written_sets = Some(sets);
+
+        if full {
+            let nat = self.kernel.iptables_list(family, Table::Nat).await?;
+            let filter = self.kernel.iptables_list(family, Table::Filter).await?;
+            let mut present = nat;
+            present.builtin_rules.extend(filter.builtin_rules);
+            let text = restore_text(&self.chains.0, &self.chains.1, &present);
+            self.kernel.iptables_restore(family, &text).await?;
+            stats.rules_written = true;
+        }
+
+        // IPVS: the whole table on a full sync; otherwise the virtual
+        // servers of changed Services (before and after) and those with
+        // draining real servers.
+        let detail: Option<BTreeSet<VsKey>> = (!full).then(|| {
+            let of_changed = |d: &DesiredIpvs| d.services.iter().filter(|(_, s)| changed.contains(&s.owner.service)).map(|(k, _)| *k).collect::<Vec<_>>();
+            let mut keys: BTreeSet<VsKey> = of_changed(&previous).into_iter().chain(of_changed(&self.desired)).collect();
+            keys.extend(self.draining.iter().copied());
+            keys
+        });
+        let mut current = self.kernel.ipvs_table(family, detail.as_ref()).await?;
+        let in_scope = |k: &VsKey| detail.as_ref().is_none_or(|d| d.contains(k));
+        current.retain(|k, _| in_scope(k));
+        stats.dumped_services = current.len();
+        let wanted: BTreeMap<_, _> = self.desired.services.iter().filter(|(k, _)| in_scope(k)).map(|(k, v)| (*k, v.clone())).collect();
+        let plan = diff(&current, &wanted, |k| self.owned(k) && in_scope(k));
+        // A draining server's virtual server stays in scope until it is gone.
+        self.draining = plan.draining.iter().map(|(k, _)| *k).collect();
+        stats.draining = plan.draining.len();
+        let (sent, refused) = self.kernel.ipvs_apply(&plan.ops).await?;
+        stats.ipvs_messages = sent;
+        if let Some((op, e)) = refused.first() {
+            return Err(KernelError::Refused { count: refused.len(), total: sent, first: format!("{op:?}: {e}") });
+        }
+
+        self.kernel.rebind(&device, &[], &remove).await?;
+        stats.addresses_changed = add.len() + remove.len();
+        let mut now = bound;
+        now.extend(add);
+        now.retain(|ip| !remove.contains(ip));
+        self.addresses = Some(now);
+        Ok(stats)
+    }
+}
+
+fn kernel_error(e: KernelError) -> Error {
+    Error::sync(BACKEND, e.to_string(), Some(Box::new(e)))
+}
+
+#[async_trait]
+impl<K: IpvsKernel + 'static> Proxier for IpvsProxier<K> {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
+        self.state.on_service(previous, current)
+    }
+
+    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
+        self.state.on_endpoint_slice(slice, removed)
+    }
+
+    fn on_node_update(&mut self, node: &Node) -> bool {
+        self.state.on_node(node)
+    }
+
+    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
+        let mut changes = std::mem::take(&mut self.unreported);
+        changes.absorb(self.state.apply());
+        let full = request.full || !self.trusted || changes.node_changed;
+        let changed: BTreeSet<NamespacedName> = changes.updated_services().into_iter().cloned().collect();
+        // If a step fails, the kernel may hold part of this sync: the next
+        // one looks at everything.
+        self.trusted = false;
+        match self.apply(full, &changed).await {
+            Ok(stats) => {
+                self.trusted = true;
+                self.stats = stats;
+                let counts = no_local_endpoints(&self.state);
+                Ok(self.state.report(full, changes, counts))
+            }
+            Err(e) => {
+                self.addresses = None;
+                self.written_sets = None;
+                self.unreported = changes;
+                Err(kernel_error(e))
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<()> {
+        let fail = |e: KernelError| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) };
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let table = self.kernel.ipvs_table(family, Some(&BTreeSet::new())).await.map_err(fail)?;
+            let ops: Vec<_> = table.keys().filter(|k| !self.options.exclude_cidrs.iter().any(|n| n.contains(&k.addr))).map(|k| crate::model::Op::DelService(*k)).collect();
+            let (_, refused) = self.kernel.ipvs_apply(&ops).await.map_err(fail)?;
+            if let Some((op, e)) = refused.first() {
+                return Err(fail(KernelError::Refused { count: refused.len(), total: ops.len(), first: format!("{op:?}: {e}") }));
+            }
+            let mut listings = Vec::new();
+            for table in Table::ALL {
+                listings.push((table, self.kernel.iptables_list(family, table).await.map_err(fail)?));
+            }
+            let text = crate::rules::cleanup_text(&listings);
+            if !text.is_empty() {
+                self.kernel.iptables_restore(family, &text).await.map_err(fail)?;
+            }
+        }
+        self.kernel.delete_device(&self.options.device).await.map_err(fail)?;
+        self.kernel.ipset_restore(&crate::sets::destroy_script()).await.map_err(fail)?;
+        self.trusted = false;
+        self.started = false;
+        self.written_sets = None;
+        self.addresses = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! A packet tracer over the fake kernel ([`FakeHost`]): the first packet of
+//! a connection walks the iptables rules (with the ipsets the fake holds)
+//! and the IPVS table in netfilter's order, and the result is told in the
+//! kproxy-core oracle's [`Verdict`] vocabulary.
+//!
+//! The order, as in the kernel: nat PREROUTING (OUTPUT for the node's own
+//! packets) marks for masquerade; a packet for a local address then passes
+//! filter INPUT (priority 0) before IPVS takes it at LOCAL_IN (priority
+//! 99); the node's own packets meet IPVS at LOCAL_OUT (-99), before filter
+//! OUTPUT sees them rewritten. A virtual server without real servers
+//! answers ICMP port unreachable (a REJECT); one with real servers of
+//! weight above 0 forwards to each of them, masqueraded when nat
+//! POSTROUTING says so.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use kproxy_backend_iptables::trace::{walk, Hop, Outcome, SetLookup, TraceError};
+use kproxy_backend_iptables::Table;
+use kproxy_core::oracle::{Origin, Packet, Target, Verdict};
+use kproxy_core::{IpFamily, Protocol, ProxierConfig};
+
+use crate::host::{FakeHost, FakeIpsets};
+use crate::model::VsKey;
+
+impl SetLookup for FakeIpsets {
+    fn contains(&self, name: &str, flags: &str, protocol: Protocol, hop: &Hop) -> bool {
+        self.sets.get(name).is_some_and(|s| s.entries.iter().any(|e| e.contains(flags, protocol, hop.src, hop.dst, hop.dport)))
+    }
+}
+
+/// Traces `packet` through `host` (`family`'s tables), on a node
+/// configured as `config`.
+pub fn trace(host: &FakeHost, family: IpFamily, config: &ProxierConfig, packet: &Packet) -> Result<Verdict, TraceError> {
+    let mut local: BTreeSet<IpAddr> = config.node_ips.iter().chain(&config.node_port_ips).copied().collect();
+    local.extend(host.addresses());
+    if packet.origin == Origin::Node {
+        local.insert(packet.src);
+    }
+    let nat = host.iptables.table(family, Table::Nat);
+    let filter = host.iptables.table(family, Table::Filter);
+    let sets = &host.ipsets;
+    let from_node = packet.origin == Origin::Node;
+    let first = |table, chain, hop| -> Result<(Hop, Outcome), TraceError> {
+        let mut out = walk(table, chain, packet, &local, sets, hop)?;
+        // IPVS mode's rules have no random branches.
+        Ok(out.remove(0))
+    };
+    let (hop, outcome) = first(nat, if from_node { "OUTPUT" } else { "PREROUTING" }, Hop::new(packet))?;
+    if let Some(v) = stopped(outcome) {
+        return Ok(v);
+    }
+    let dst_local = hop.dst.is_loopback() || local.contains(&hop.dst);
+    if !dst_local {
+        // Forwarded past the node: IPVS never sees it.
+        return Ok(Verdict::NotService);
+    }
+    if !from_node {
+        let (_, outcome) = first(filter, "INPUT", hop.clone())?;
+        if let Some(v) = stopped(outcome) {
+            return Ok(v);
+        }
+    }
+    let key = VsKey { protocol: packet.protocol, addr: hop.dst, port: hop.dport };
+    let table = host.ipvs.current();
+    let Some(service) = table.get(&key) else {
+        // Delivered to the node's own stack: not a service.
+        return Ok(Verdict::NotService);
+    };
+    let dests: Vec<_> = service.dests.iter().filter(|d| d.server.weight > 0).collect();
+    if dests.is_empty() {
+        return Ok(Verdict::Reject);
+    }
+    let mut targets = Vec::new();
+    for d in dests {
+        let mut h = hop.clone();
+        h.dst = d.server.key.addr;
+        h.dport = d.server.key.port;
+        h.dnat = true;
+        if from_node {
+            let (_, outcome) = first(filter, "OUTPUT", h.clone())?;
+            if let Some(v) = stopped(outcome) {
+                return Ok(v);
+            }
+        }
+        let (h, _) = first(nat, "POSTROUTING", h)?;
+        targets.push(Target { endpoint: SocketAddr::new(d.server.key.addr, d.server.key.port), masquerade: h.masquerade });
+    }
+    targets.sort();
+    targets.dedup();
+    Ok(Verdict::Forward { targets, affinity_seconds: service.server.persistence })
+}
+
+fn stopped(outcome: Outcome) -> Option<Verdict> {
+    match outcome {
+        Outcome::Drop => Some(Verdict::Drop),
+        Outcome::Reject => Some(Verdict::Reject),
+        Outcome::Accept => None,
+    }
+}
