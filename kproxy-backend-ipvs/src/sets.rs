@@ -9,6 +9,18 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use kproxy_core::{IpFamily, Protocol};
 
+/// The longest ipset name the kernel takes.
+const MAX_NAME: usize = 31;
+
+/// The temporary set each set is filled under before the swap (one name
+/// per family, as each is destroyed before the next set's is created).
+fn swap_name(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "KPROXY-SWAP",
+        IpFamily::V6 => "KPROXY-6-SWAP",
+    }
+}
+
 /// One of upstream's sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SetName {
@@ -65,7 +77,8 @@ impl SetName {
         };
         match family {
             IpFamily::V4 => format!("KUBE-{base}"),
-            IpFamily::V6 => format!("KUBE-6-{base}"),
+            // ipset names have at most 31 characters; upstream truncates.
+            IpFamily::V6 => format!("KUBE-6-{base}").chars().take(MAX_NAME).collect(),
         }
     }
 
@@ -222,7 +235,7 @@ pub fn restore_script(sets: &Sets, family: IpFamily) -> String {
     let mut s = String::new();
     for (set, entries) in sets {
         let name = set.name(family);
-        let tmp = format!("{name}-T");
+        let tmp = swap_name(family);
         let options = match set.kind() {
             "bitmap:port" => "range 0-65535".to_string(),
             _ => format!("family {inet} hashsize 1024 maxelem 65536"),
@@ -271,20 +284,26 @@ mod tests {
         assert_eq!(
             text,
             "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
-             create KUBE-CLUSTER-IP-T hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
-             flush KUBE-CLUSTER-IP-T\n\
-             add KUBE-CLUSTER-IP-T 172.30.0.1,tcp:80\n\
-             swap KUBE-CLUSTER-IP-T KUBE-CLUSTER-IP\n\
-             destroy KUBE-CLUSTER-IP-T\n\
+             create KPROXY-SWAP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
+             flush KPROXY-SWAP\n\
+             add KPROXY-SWAP 172.30.0.1,tcp:80\n\
+             swap KPROXY-SWAP KUBE-CLUSTER-IP\n\
+             destroy KPROXY-SWAP\n\
              create KUBE-NODE-PORT-UDP bitmap:port range 0-65535 -exist\n\
-             create KUBE-NODE-PORT-UDP-T bitmap:port range 0-65535 -exist\n\
-             flush KUBE-NODE-PORT-UDP-T\n\
-             add KUBE-NODE-PORT-UDP-T 30001\n\
-             swap KUBE-NODE-PORT-UDP-T KUBE-NODE-PORT-UDP\n\
-             destroy KUBE-NODE-PORT-UDP-T\n"
+             create KPROXY-SWAP bitmap:port range 0-65535 -exist\n\
+             flush KPROXY-SWAP\n\
+             add KPROXY-SWAP 30001\n\
+             swap KPROXY-SWAP KUBE-NODE-PORT-UDP\n\
+             destroy KPROXY-SWAP\n"
         );
         let e = Entry::IpPortNet("fd00::1".parse().unwrap(), Protocol::Sctp, 9, "fd00:1::/64".parse().unwrap());
         assert_eq!(e.text(), "fd00::1,sctp:9,fd00:1::/64");
         assert_eq!(SetName::LoopBack.name(IpFamily::V6), "KUBE-6-LOOP-BACK");
+        for set in all_sets() {
+            for family in [IpFamily::V4, IpFamily::V6] {
+                assert!(set.name(family).len() <= MAX_NAME, "{}", set.name(family));
+            }
+        }
+        assert_eq!(SetName::LoadBalancerSourceCidr.name(IpFamily::V6), "KUBE-6-LOAD-BALANCER-SOURCE-CID", "truncated as upstream");
     }
 }
