@@ -124,6 +124,44 @@ impl FakeHost {
         self.device.as_ref().map(|(_, a)| a.clone()).unwrap_or_default()
     }
 
+    /// Everything `family`'s proxier wrote, as the tools print it: the
+    /// dummy interface's addresses, the ipsets (`ipset save`), the rules
+    /// (`iptables-save`) and the IPVS table (`ipvsadm-save -n`).
+    pub fn dump(&self, family: IpFamily) -> String {
+        let mut out = String::new();
+        let device = self.device.as_ref().map_or(crate::proxier::DEVICE, |(n, _)| n.as_str());
+        out.push_str(&format!("# addresses on {device}\n"));
+        for ip in self.addresses().iter().filter(|ip| family.contains(**ip)) {
+            out.push_str(&format!("{ip}\n"));
+        }
+        out.push_str("# ipset save\n");
+        for (name, set) in &self.ipsets.sets {
+            out.push_str(&format!("create {name} {}\n", set.kind));
+            for e in &set.entries {
+                out.push_str(&format!("add {name} {}\n", e.text()));
+            }
+        }
+        out.push_str("# iptables-save\n");
+        for table in Table::ALL {
+            out.push_str(&self.iptables.save(family, table));
+        }
+        out.push_str("# ipvsadm-save -n\n");
+        for (key, svc) in self.ipvs.current().iter().filter(|(k, _)| family.contains(k.addr)) {
+            let proto = match key.protocol {
+                kproxy_core::Protocol::Tcp => "-t",
+                kproxy_core::Protocol::Udp => "-u",
+                kproxy_core::Protocol::Sctp => "--sctp-service",
+            };
+            let vip = crate::model::RsKey { addr: key.addr, port: key.port };
+            let persistence = svc.server.persistence.map(|p| format!(" -p {p}")).unwrap_or_default();
+            out.push_str(&format!("-A {proto} {vip} -s {}{persistence}\n", svc.server.scheduler));
+            for d in &svc.dests {
+                out.push_str(&format!("-a {proto} {vip} -r {} -m -w {}\n", d.server.key, d.server.weight));
+            }
+        }
+        out
+    }
+
     fn count(&mut self, what: &'static str) {
         *self.calls.entry(what).or_default() += 1;
     }

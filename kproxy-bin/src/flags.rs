@@ -36,6 +36,24 @@ pub struct Flags {
     /// Serve NodePorts on 127.0.0.1 in iptables mode (IPv4); off by default.
     #[arg(long = "iptables-localhost-nodeports", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub iptables_localhost_nodeports: Option<bool>,
+    /// IPVS mode: the scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh).
+    #[arg(long = "ipvs-scheduler", value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+    /// IPVS mode: keep the node from answering ARP for service addresses.
+    #[arg(long = "ipvs-strict-arp", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ipvs_strict_arp: Option<bool>,
+    /// IPVS mode: virtual servers in these CIDRs are left alone (comma-separated).
+    #[arg(long = "ipvs-exclude-cidrs", value_name = "CIDRS")]
+    pub ipvs_exclude_cidrs: Option<String>,
+    /// IPVS mode: idle timeout of TCP connections (0 leaves it alone).
+    #[arg(long = "ipvs-tcp-timeout", value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+    /// IPVS mode: timeout of TCP connections after a FIN (0 leaves it alone).
+    #[arg(long = "ipvs-tcpfin-timeout", value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+    /// IPVS mode: timeout of UDP flows (0 leaves it alone).
+    #[arg(long = "ipvs-udp-timeout", value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
     /// Masquerade all traffic to ClusterIPs.
     #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub masquerade_all: Option<bool>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
+use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
 use kproxy_core::{IpFamily, NodeInfo, Proxier};
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::observer::SyncObserver;
-use crate::run::{iptables_proxier, nft_proxier};
+use crate::run::{iptables_proxier, ipvs_proxier, nft_proxier};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
 
@@ -51,7 +52,7 @@ impl Proxy {
         let mut senders = Vec::new();
         let mut runners = Vec::new();
         let flavour = match settings.mode {
-            Mode::Iptables => {
+            Mode::Iptables | Mode::Ipvs => {
                 let (flavour, why) = Flavour::detect(None).await;
                 tracing::info!("using iptables-{} ({why})", flavour.name());
                 Some(flavour)
@@ -62,7 +63,8 @@ impl Proxy {
             let proxier: Box<dyn Proxier> = match (settings.mode, flavour) {
                 (Mode::Nftables, _) => Box::new(nft_proxier(settings, family, node, NftKernel::new()?)?),
                 (Mode::Iptables, Some(flavour)) => Box::new(iptables_proxier(settings, family, node, IptablesCli::new(flavour, None))?),
-                (mode, _) => bail!("proxy mode {mode:?} is not implemented yet; kproxy supports --proxy-mode nftables and iptables"),
+                (Mode::Ipvs, Some(flavour)) => Box::new(ipvs_proxier(settings, family, node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?),
+                (mode, None) => bail!("proxy mode {mode:?}: no iptables flavour was picked"),
             };
             let runner = SyncRunner::new(runner_config)?;
             let (tx, rx) = mpsc::channel(1024);

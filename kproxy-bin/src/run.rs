@@ -8,6 +8,9 @@ use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel};
 use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
+use kproxy_backend_ipvs::host::FakeHost;
+use kproxy_backend_ipvs::kernel::{IpvsHost, IpvsKernel};
+use kproxy_backend_ipvs::IpvsProxier;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::runner::Update;
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
@@ -40,9 +43,6 @@ pub async fn run(flags: Flags) -> Result<()> {
     if flags.cleanup {
         return cleanup(&settings).await;
     }
-    if settings.mode == Mode::Ipvs {
-        bail!("proxy mode ipvs is not implemented yet; kproxy supports --proxy-mode nftables and iptables");
-    }
     apply_flags(&mut file, &flags);
     let configz = serde_json::to_string(&file).unwrap_or_default();
     match flags.manifests.as_deref() {
@@ -52,7 +52,9 @@ pub async fn run(flags: Flags) -> Result<()> {
 }
 
 /// `--cleanup`: removes what any mode installed, as upstream does: the
-/// nftables tables, then the iptables chains of each flavour present.
+/// nftables tables, then the iptables chains of each flavour present, then
+/// IPVS mode's virtual servers, sets, chains and dummy interface (when the
+/// kernel has IPVS).
 async fn cleanup(settings: &Settings) -> Result<()> {
     let node = NodeInfo::named(&settings.node_name);
     nft_proxier(settings, IpFamily::V4, &node, NftKernel::new()?)?.cleanup().await?;
@@ -61,6 +63,10 @@ async fn cleanup(settings: &Settings) -> Result<()> {
         if let Err(e) = p.cleanup().await {
             tracing::warn!("iptables-{}: {e}", flavour.name());
         }
+    }
+    if kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
+        let (flavour, _) = Flavour::detect(None).await;
+        ipvs_proxier(settings, IpFamily::V4, &node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?.cleanup().await?;
     }
     Ok(())
 }
@@ -79,6 +85,9 @@ fn families_of(node: &NodeInfo) -> Vec<IpFamily> {
 /// Fails with one line if this machine cannot run the mode's backend
 /// (the iptables mode's tools are checked when a flavour is picked).
 async fn check_kernel_support(mode: Mode) -> Result<()> {
+    if mode == Mode::Ipvs {
+        return kproxy_backend_ipvs::netlink::IpvsSocket::open().map(|_| ()).map_err(|e| anyhow::anyhow!("proxy mode ipvs: {}", e.0));
+    }
     if mode != Mode::Nftables {
         return Ok(());
     }
@@ -113,6 +122,11 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
     if flags.dry_run {
         for &family in &families {
             let text = match settings.mode {
+                Mode::Ipvs => {
+                    let mut p = ipvs_proxier(settings, family, &node, FakeHost::new())?;
+                    first_sync(&mut p, &state).await?;
+                    p.kernel().dump(family)
+                }
                 Mode::Iptables => {
                     let mut p = iptables_proxier(settings, family, &node, FakeIptables::new())?;
                     first_sync(&mut p, &state).await?;
@@ -257,6 +271,11 @@ fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) 
 pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IptablesProxier<K>> {
     let options = IptablesOptions { localhost_node_ports: settings.localhost_node_ports, ..IptablesOptions::default() };
     Ok(IptablesProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, options)?)
+}
+
+/// The IPVS proxier for `family`.
+pub(crate) fn ipvs_proxier<K: IpvsKernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IpvsProxier<K>> {
+    Ok(IpvsProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, settings.ipvs.clone())?)
 }
 
 pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<NftProxier<K>> {

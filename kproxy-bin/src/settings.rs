@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use ipnet::IpNet;
+use kproxy_backend_ipvs::model::{Scheduler, Timeouts};
+use kproxy_backend_ipvs::IpvsOptions;
 use kproxy_core::{IpFamily, LocalDetector, NodeInfo, NodePortAddresses, ProxierConfig};
 
 use crate::config::{parse_duration, ConfigError, KubeProxyConfiguration};
@@ -18,7 +20,8 @@ pub enum Mode {
     /// iptables (upstream's default), with `iptables-legacy` or
     /// `iptables-nft` as the host already uses.
     Iptables,
-    /// IPVS (not implemented yet).
+    /// IPVS (virtual servers over generic netlink, ipsets and a small
+    /// iptables ruleset, as upstream).
     Ipvs,
 }
 
@@ -77,6 +80,8 @@ pub struct Settings {
     /// `route_localnet`. Off unless configured (upstream defaults it on;
     /// it is what CVE-2020-8558 was about).
     pub localhost_node_ports: bool,
+    /// IPVS mode's options (`ipvs.*`).
+    pub ipvs: IpvsOptions,
 }
 
 fn bind_address(path: &str, field: &str, value: Option<&str>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
@@ -146,20 +151,31 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         other => return Err(invalid(path, "detectLocalMode", format!("unknown mode {other:?}"))),
     };
 
+    // IPVS mode takes its masquerade settings from `iptables`, as upstream.
     let (masquerade_all, bit, sync, min_sync) = match mode {
         Mode::Nftables => {
             let n = config.nftables.clone().unwrap_or_default();
             (n.masquerade_all, n.masquerade_bit, n.sync_period, n.min_sync_period)
         }
-        _ => {
+        Mode::Iptables => {
             let i = config.iptables.clone().unwrap_or_default();
             (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period)
         }
+        Mode::Ipvs => {
+            let i = config.iptables.clone().unwrap_or_default();
+            let v = config.ipvs.clone().unwrap_or_default();
+            (i.masquerade_all, i.masquerade_bit, v.sync_period, v.min_sync_period)
+        }
     };
-    let section = if mode == Mode::Nftables { "nftables" } else { "iptables" };
+    let section = match mode {
+        Mode::Nftables => "nftables",
+        Mode::Iptables => "iptables",
+        Mode::Ipvs => "ipvs",
+    };
+    let bit_section = if mode == Mode::Nftables { "nftables" } else { "iptables" };
     let masquerade_bit = match bit.unwrap_or(14) {
         b @ 0..=31 => b as u8,
-        b => return Err(invalid(path, &format!("{section}.masqueradeBit"), format!("{b} is out of range 0-31"))),
+        b => return Err(invalid(path, &format!("{bit_section}.masqueradeBit"), format!("{b} is out of range 0-31"))),
     };
     let sync_period = duration(path, &format!("{section}.syncPeriod"), sync.as_deref(), Duration::from_secs(30))?;
     let min_sync_period = duration(path, &format!("{section}.minSyncPeriod"), min_sync.as_deref(), Duration::from_secs(1))?;
@@ -187,7 +203,9 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
 
     let localhost_node_ports = mode == Mode::Iptables
         && flags.iptables_localhost_nodeports.or(config.iptables.as_ref().and_then(|i| i.localhost_node_ports)).unwrap_or(false);
+    let ipvs = ipvs_options(config, flags, path)?;
     Ok(Settings {
+        ipvs,
         localhost_node_ports,
         mode,
         conntrack,
@@ -200,6 +218,30 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         node_port_addresses,
         sync_period,
         min_sync_period,
+    })
+}
+
+/// The `ipvs` section and the `--ipvs-*` flags (flags win).
+fn ipvs_options(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Result<IpvsOptions, ConfigError> {
+    let v = config.ipvs.clone().unwrap_or_default();
+    let scheduler_text = flags.ipvs_scheduler.clone().or(v.scheduler).unwrap_or_default();
+    let scheduler = scheduler_text.parse::<Scheduler>().map_err(|e| invalid(path, "ipvs.scheduler", e.to_string()))?;
+    let exclude = flags.ipvs_exclude_cidrs.clone().or(v.exclude_cidrs.map(|l| l.join(","))).unwrap_or_default();
+    let seconds = |field: &str, flag: &Option<String>, value: Option<String>| -> Result<u32, ConfigError> {
+        let text = flag.clone().or(value);
+        let d = duration(path, &format!("ipvs.{field}"), text.as_deref(), Duration::ZERO)?;
+        u32::try_from(d.as_secs()).map_err(|_| invalid(path, &format!("ipvs.{field}"), "too long"))
+    };
+    Ok(IpvsOptions {
+        scheduler,
+        strict_arp: flags.ipvs_strict_arp.or(v.strict_arp).unwrap_or(false),
+        timeouts: Timeouts {
+            tcp: seconds("tcpTimeout", &flags.ipvs_tcp_timeout, v.tcp_timeout)?,
+            tcp_fin: seconds("tcpFinTimeout", &flags.ipvs_tcpfin_timeout, v.tcp_fin_timeout)?,
+            udp: seconds("udpTimeout", &flags.ipvs_udp_timeout, v.udp_timeout)?,
+        },
+        exclude_cidrs: cidrs(path, "ipvs.excludeCIDRs", &exclude)?,
+        ..IpvsOptions::default()
     })
 }
 

@@ -66,8 +66,33 @@ fn an_unknown_proxy_mode_is_an_error() {
 }
 
 #[test]
-fn unimplemented_modes_say_so() {
-    fails_with(&kproxy(&["--proxy-mode", "ipvs", "--manifests", "x"]), "not implemented yet");
+fn the_ipvs_dry_run_prints_virtual_servers_sets_and_rules() {
+    let cluster = example_cluster();
+    let out = kproxy(&["--proxy-mode", "ipvs", "--ipvs-scheduler", "wlc", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "# addresses on kube-ipvs0\n10.96.0.10\n",
+        "add KUBE-CLUSTER-IP 10.96.0.53,udp:53\n",
+        "-A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER\n",
+        "-A -u 10.96.0.53:53 -s wlc -p 10800\n",
+        "-a -u 10.96.0.53:53 -r 10.244.1.53:5353 -m -w 1\n",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_bad_ipvs_setting_is_one_line_naming_it() {
+    let cluster = example_cluster();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--proxy-mode", "ipvs", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"];
+        args.extend_from_slice(extra);
+        kproxy(&args)
+    };
+    fails_with(&run(&["--ipvs-scheduler", "fifo"]), "ipvs.scheduler");
+    fails_with(&run(&["--ipvs-tcp-timeout", "soon"]), "ipvs.tcpTimeout");
+    fails_with(&run(&["--ipvs-exclude-cidrs", "10.0.0.0/33"]), "ipvs.excludeCIDRs");
 }
 
 #[test]
