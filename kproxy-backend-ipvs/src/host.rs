@@ -36,7 +36,7 @@ pub struct FakeIpsets {
 
 impl FakeIpsets {
     /// Applies an `ipset restore` script (`create NAME TYPE ... [-exist]`,
-    /// `flush`, `add`, `swap`, `destroy`) line by line, with ipset's
+    /// `flush`, `add`, `del`, `swap`, `destroy`) line by line, with ipset's
     /// checks; a refused line stops the script, as `ipset restore` does.
     pub fn restore(&mut self, script: &str) -> Result<(), String> {
         for (n, line) in script.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -65,6 +65,13 @@ impl FakeIpsets {
                 let entry = Entry::parse(&set.kind, get(2)?).ok_or("entry does not fit the set's type")?;
                 if !set.entries.insert(entry) && !words.contains(&"-exist") {
                     return Err("element already added".into());
+                }
+            }
+            "del" => {
+                let set = self.set_mut(get(1)?)?;
+                let entry = Entry::parse(&set.kind, get(2)?).ok_or("entry does not fit the set's type")?;
+                if !set.entries.remove(&entry) && !words.contains(&"-exist") {
+                    return Err("element is missing from the set".into());
                 }
             }
             "swap" => {
@@ -169,15 +176,10 @@ impl FakeHost {
 
 #[async_trait]
 impl IpvsKernel for FakeHost {
-    async fn ipvs_table(&mut self, family: IpFamily, detail: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError> {
+    async fn ipvs_table(&mut self, family: IpFamily, only: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError> {
         self.count("ipvs");
         let mut table = self.ipvs.current();
-        table.retain(|k, _| family.contains(k.addr));
-        for (k, s) in table.iter_mut() {
-            if detail.is_some_and(|d| !d.contains(k)) {
-                s.dests.clear();
-            }
-        }
+        table.retain(|k, _| family.contains(k.addr) && only.is_none_or(|o| o.contains(k)));
         Ok(table)
     }
 

@@ -2,8 +2,9 @@
 //! same against the real kernel ([`IpvsHost`]) and an in-memory one
 //! ([`FakeHost`](crate::host::FakeHost)).
 //!
-//! Per sync, at most: one IPVS dump plus one real-server dump per virtual
-//! server it looks at, one batch of IPVS messages, one `ip -batch` for the
+//! Per sync, at most: one IPVS dump (on a partial sync, a lookup per
+//! virtual server it looks at instead) plus one real-server dump per
+//! virtual server it looks at, one batch of IPVS messages, one `ip -batch` for the
 //! dummy interface's addresses, one `ipset restore`, one
 //! `iptables-restore`. Never one process per rule or per address.
 
@@ -50,10 +51,9 @@ pub enum KernelError {
 /// What the IPVS proxier needs of a kernel (one network namespace).
 #[async_trait]
 pub trait IpvsKernel: Send + std::fmt::Debug {
-    /// The IPVS table: every virtual server of `family`, with the real
-    /// servers of those in `detail` (all of them when `None`); the others
-    /// are listed with no real servers.
-    async fn ipvs_table(&mut self, family: IpFamily, detail: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError>;
+    /// The IPVS table's virtual servers of `family`, with their real
+    /// servers: every one, or only those of `only` that exist.
+    async fn ipvs_table(&mut self, family: IpFamily, only: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError>;
     /// Carries out `ops` in order; returns how many messages were sent
     /// and the refusals (the other ops took effect).
     async fn ipvs_apply(&mut self, ops: &[Op]) -> Result<(usize, Vec<(Op, std::io::Error)>), KernelError>;
@@ -134,18 +134,23 @@ impl IpvsHost {
 
 #[async_trait]
 impl IpvsKernel for IpvsHost {
-    async fn ipvs_table(&mut self, family: IpFamily, detail: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError> {
+    async fn ipvs_table(&mut self, family: IpFamily, only: Option<&BTreeSet<VsKey>>) -> Result<CurrentIpvs, KernelError> {
         let socket = self.socket()?;
-        let mut out = CurrentIpvs::new();
-        for server in socket.services().map_err(|e| KernelError::Ipvs(e.0))? {
-            if !family.contains(server.key.addr) {
-                continue;
+        let ipvs = |e: kproxy_netfilter::NetlinkError| KernelError::Ipvs(e.0);
+        let servers = match only {
+            // A few lookups instead of a dump of every virtual server.
+            Some(keys) => {
+                let mut found = Vec::new();
+                for key in keys {
+                    found.extend(socket.service(key).map_err(ipvs)?);
+                }
+                found
             }
-            let dests = if detail.is_none_or(|d| d.contains(&server.key)) {
-                socket.destinations(&server.key).map_err(|e| KernelError::Ipvs(e.0))?
-            } else {
-                Vec::new()
-            };
+            None => socket.services().map_err(ipvs)?,
+        };
+        let mut out = CurrentIpvs::new();
+        for server in servers.into_iter().filter(|s| family.contains(s.key.addr)) {
+            let dests = socket.destinations(&server.key).map_err(ipvs)?;
             out.insert(server.key, CurrentService { server, dests });
         }
         Ok(out)

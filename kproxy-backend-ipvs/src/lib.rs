@@ -9,7 +9,8 @@
 //! - [`model`]: virtual servers, real servers and the operations between
 //!   IPVS tables, as plain data.
 //! - [`render`]: the desired virtual servers and dummy-interface
-//!   addresses, from the applied state.
+//!   addresses, from the applied state; [`incremental`] keeps them (and
+//!   the sets) up to date port by port.
 //! - [`diff`]: the operations from the kernel's table to the desired one,
 //!   with graceful termination.
 //! - [`sets`] and [`rules`]: upstream's ipsets (one `ipset restore` per
@@ -23,6 +24,7 @@
 pub mod diff;
 pub mod fake;
 pub mod host;
+pub mod incremental;
 pub mod kernel;
 pub mod model;
 pub mod netlink;

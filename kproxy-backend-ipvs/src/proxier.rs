@@ -25,9 +25,10 @@ use kproxy_core::{Error, IpFamily, NamespacedName, Proxier, ProxierConfig, Proxy
 use crate::diff::diff;
 use crate::kernel::{IpvsKernel, KernelError};
 use crate::model::{Scheduler, Timeouts, VsKey};
-use crate::render::{no_local_endpoints, render_ipvs, DesiredIpvs};
-use crate::rules::{render_chains, render_sets, restore_text};
-use crate::sets::{restore_script, Sets};
+use crate::incremental::{Journal, Renderer};
+use crate::render::{DesiredIpvs, DesiredService};
+use crate::rules::{render_chains, restore_text};
+use crate::sets::{all_sets, entries_script, restore_script};
 
 const BACKEND: &str = "ipvs";
 
@@ -85,12 +86,11 @@ pub struct IpvsProxier<K: IpvsKernel> {
     options: IpvsOptions,
     kernel: K,
     chains: (Chains, Chains),
+    renderer: Renderer,
+    rendered_once: bool,
     /// Whether the kernel holds what the last sync wrote.
     trusted: bool,
     started: bool,
-    desired: DesiredIpvs,
-    written_sets: Option<Sets>,
-    addresses: Option<BTreeSet<IpAddr>>,
     draining: BTreeSet<VsKey>,
     unreported: StateChanges,
     stats: SyncStats,
@@ -103,14 +103,13 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         Ok(IpvsProxier {
             state: ProxyState::new(config.family, node_name),
             chains: render_chains(&config),
+            renderer: Renderer::new(config.clone(), options.scheduler),
+            rendered_once: false,
             config,
             options,
             kernel,
             trusted: false,
             started: false,
-            desired: DesiredIpvs::default(),
-            written_sets: None,
-            addresses: None,
             draining: BTreeSet::new(),
             unreported: StateChanges::default(),
             stats: SyncStats::default(),
@@ -133,8 +132,13 @@ impl<K: IpvsKernel> IpvsProxier<K> {
     }
 
     /// The desired IPVS side, as last rendered.
-    pub fn desired(&self) -> &DesiredIpvs {
-        &self.desired
+    pub fn desired(&self) -> DesiredIpvs {
+        self.renderer.desired()
+    }
+
+    /// The renderer (for tests and tools).
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
     }
 
     /// What the last successful sync sent.
@@ -171,34 +175,38 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         self.family().contains(key.addr) && !self.options.exclude_cidrs.iter().any(|n| n.contains(&key.addr))
     }
 
-    async fn apply(&mut self, full: bool, changed: &BTreeSet<NamespacedName>) -> Result<SyncStats, KernelError> {
+    async fn apply(&mut self, full: bool, journal: Journal) -> Result<SyncStats, KernelError> {
         let mut stats = SyncStats::default();
         if !self.started {
             self.start().await?;
             self.started = true;
         }
-        let previous = std::mem::replace(&mut self.desired, render_ipvs(&self.state, &self.config, self.options.scheduler));
         let device = self.options.device.clone();
         let family = self.family();
 
-        // Addresses first, so a new virtual server works at once.
-        let bound = match (&self.addresses, full) {
-            (Some(known), false) => known.clone(),
-            _ => self.kernel.bound_addresses(&device).await?.into_iter().filter(|ip| family.contains(*ip)).collect(),
+        // Addresses first, so a new virtual server works at once; stale
+        // ones go last.
+        let (add, remove): (Vec<IpAddr>, Vec<IpAddr>) = if full {
+            let bound: BTreeSet<IpAddr> = self.kernel.bound_addresses(&device).await?.into_iter().filter(|ip| family.contains(*ip)).collect();
+            let desired = self.renderer.addresses();
+            (desired.difference(&bound).copied().collect(), bound.difference(&desired).copied().collect())
+        } else {
+            let pick = |want: bool| journal.addresses.iter().filter(|(_, a)| **a == want).map(|(ip, _)| *ip).collect();
+            (pick(true), pick(false))
         };
-        let add: Vec<IpAddr> = self.desired.addresses.difference(&bound).copied().collect();
-        let remove: Vec<IpAddr> = bound.difference(&self.desired.addresses).copied().collect();
         self.kernel.rebind(&device, &add, &[]).await?;
 
-        // Sets before rules: a rule may name a set only once it exists.
-        let sets = render_sets(&self.state, &self.config);
-        let changed_sets: Sets = match (&self.written_sets, full) {
-            (Some(old), false) => sets.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect(),
-            _ => sets.clone(),
+        // Sets before rules: a rule may name a set only once it exists. A
+        // full sync rewrites every set (each swapped in whole); a partial
+        // one adds and deletes entries in place.
+        let script = if full {
+            stats.sets_written = all_sets().len();
+            restore_script(&self.renderer.sets(), family)
+        } else {
+            stats.sets_written = journal.entries.keys().map(|(set, _)| *set).collect::<BTreeSet<_>>().len();
+            entries_script(&journal.entries, family)
         };
-        stats.sets_written = changed_sets.len();
-        self.kernel.ipset_restore(&restore_script(&changed_sets, family)).await?;
-        self.written_sets = Some(sets);
+        self.kernel.ipset_restore(&script).await?;
 
         if full {
             let nat = self.kernel.iptables_list(family, Table::Nat).await?;
@@ -211,21 +219,19 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         }
 
         // IPVS: the whole table on a full sync; otherwise the virtual
-        // servers of changed Services (before and after) and those with
-        // draining real servers.
-        let detail: Option<BTreeSet<VsKey>> = (!full).then(|| {
-            let of_changed = |d: &DesiredIpvs| d.services.iter().filter(|(_, s)| changed.contains(&s.owner.service)).map(|(k, _)| *k).collect::<Vec<_>>();
-            let mut keys: BTreeSet<VsKey> = of_changed(&previous).into_iter().chain(of_changed(&self.desired)).collect();
-            keys.extend(self.draining.iter().copied());
-            keys
-        });
-        let mut current = self.kernel.ipvs_table(family, detail.as_ref()).await?;
-        let in_scope = |k: &VsKey| detail.as_ref().is_none_or(|d| d.contains(k));
-        current.retain(|k, _| in_scope(k));
+        // servers that changed and those with draining real servers.
+        let (current, wanted) = if full {
+            (self.kernel.ipvs_table(family, None).await?, self.renderer.services())
+        } else {
+            let keys: BTreeSet<VsKey> = journal.services.iter().chain(&self.draining).copied().collect();
+            let current = self.kernel.ipvs_table(family, Some(&keys)).await?;
+            let wanted: BTreeMap<VsKey, DesiredService> = keys.iter().filter_map(|k| Some((*k, self.renderer.service(k)?.clone()))).collect();
+            let current = current.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+            (current, wanted)
+        };
         stats.dumped_services = current.len();
-        let wanted: BTreeMap<_, _> = self.desired.services.iter().filter(|(k, _)| in_scope(k)).map(|(k, v)| (*k, v.clone())).collect();
-        let plan = diff(&current, &wanted, |k| self.owned(k) && in_scope(k));
-        // A draining server's virtual server stays in scope until it is gone.
+        let plan = diff(&current, &wanted, |k| self.owned(k));
+        // A draining server's virtual server is looked at until it is gone.
         self.draining = plan.draining.iter().map(|(k, _)| *k).collect();
         stats.draining = plan.draining.len();
         let (sent, refused) = self.kernel.ipvs_apply(&plan.ops).await?;
@@ -236,10 +242,6 @@ impl<K: IpvsKernel> IpvsProxier<K> {
 
         self.kernel.rebind(&device, &[], &remove).await?;
         stats.addresses_changed = add.len() + remove.len();
-        let mut now = bound;
-        now.extend(add);
-        now.retain(|ip| !remove.contains(ip));
-        self.addresses = Some(now);
         Ok(stats)
     }
 }
@@ -269,21 +271,25 @@ impl<K: IpvsKernel + 'static> Proxier for IpvsProxier<K> {
     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
         let mut changes = std::mem::take(&mut self.unreported);
         changes.absorb(self.state.apply());
+        if changes.node_changed || !self.rendered_once {
+            self.renderer.refresh_all(&self.state);
+            self.rendered_once = true;
+        } else {
+            let changed: BTreeSet<NamespacedName> = changes.updated_services().into_iter().cloned().collect();
+            self.renderer.refresh(&self.state, &changed);
+        }
+        let journal = self.renderer.take_journal();
         let full = request.full || !self.trusted || changes.node_changed;
-        let changed: BTreeSet<NamespacedName> = changes.updated_services().into_iter().cloned().collect();
         // If a step fails, the kernel may hold part of this sync: the next
         // one looks at everything.
         self.trusted = false;
-        match self.apply(full, &changed).await {
+        match self.apply(full, journal).await {
             Ok(stats) => {
                 self.trusted = true;
                 self.stats = stats;
-                let counts = no_local_endpoints(&self.state);
-                Ok(self.state.report(full, changes, counts))
+                Ok(self.state.report(full, changes, self.renderer.no_local_endpoints()))
             }
             Err(e) => {
-                self.addresses = None;
-                self.written_sets = None;
                 self.unreported = changes;
                 Err(kernel_error(e))
             }
@@ -293,7 +299,7 @@ impl<K: IpvsKernel + 'static> Proxier for IpvsProxier<K> {
     async fn cleanup(&mut self) -> Result<()> {
         let fail = |e: KernelError| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) };
         for family in [IpFamily::V4, IpFamily::V6] {
-            let table = self.kernel.ipvs_table(family, Some(&BTreeSet::new())).await.map_err(fail)?;
+            let table = self.kernel.ipvs_table(family, None).await.map_err(fail)?;
             let ops: Vec<_> = table.keys().filter(|k| !self.options.exclude_cidrs.iter().any(|n| n.contains(&k.addr))).map(|k| crate::model::Op::DelService(*k)).collect();
             let (_, refused) = self.kernel.ipvs_apply(&ops).await.map_err(fail)?;
             if let Some((op, e)) = refused.first() {
@@ -312,8 +318,6 @@ impl<K: IpvsKernel + 'static> Proxier for IpvsProxier<K> {
         self.kernel.ipset_restore(&crate::sets::destroy_script()).await.map_err(fail)?;
         self.trusted = false;
         self.started = false;
-        self.written_sets = None;
-        self.addresses = None;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use kproxy_core::{select_endpoints, Endpoint, NoLocalEndpoints, ProxierConfig, ProxyState, ServicePortName};
+use kproxy_core::{select_endpoints, Endpoint, NoLocalEndpoints, ProxierConfig, ProxyState, ServicePortInfo, ServicePortName};
 
 use crate::model::{RsKey, Scheduler, VirtualServer, VsKey};
 
@@ -40,36 +40,45 @@ pub struct DesiredIpvs {
 pub fn render_ipvs(state: &ProxyState, config: &ProxierConfig, scheduler: Scheduler) -> DesiredIpvs {
     let mut out = DesiredIpvs::default();
     for (name, svc) in state.services().iter() {
-        let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
-        let dests = |eps: &[Endpoint]| -> BTreeMap<RsKey, u32> { eps.iter().map(|e| (RsKey { addr: e.ip, port: e.port }, 1)).collect() };
-        // As upstream's IPVS mode: a Local policy takes this node's
-        // endpoints when it has some, otherwise the Cluster ones.
-        let pick = |local_only: bool| if local_only && !selected.local.is_empty() { &selected.local } else { &selected.cluster };
-        let internal = dests(pick(svc.internal_policy_local));
-        let external = dests(pick(svc.external_policy_local));
-        let mut add = |addr: IpAddr, port: u16, dests: &BTreeMap<RsKey, u32>| {
-            let key = VsKey { protocol: svc.protocol, addr, port };
-            let server = VirtualServer { key, scheduler, persistence: svc.affinity_timeout_seconds };
-            out.services.insert(key, DesiredService { server, dests: dests.clone(), owner: name.clone() });
-        };
-        add(svc.cluster_ip, svc.port, &internal);
-        out.addresses.insert(svc.cluster_ip);
-        for &ip in svc.external_ips.iter().chain(&svc.load_balancer_vips) {
-            add(ip, svc.port, &external);
-            out.addresses.insert(ip);
-        }
-        if let Some(node_port) = svc.node_port {
-            for &ip in &config.node_port_ips {
-                add(ip, node_port, &external);
-            }
-        }
-    }
-    // A node address never goes on the dummy interface (it would move the
-    // node's own address), even when a Service names it as an externalIP.
-    for ip in config.node_ips.iter().chain(&config.node_port_ips) {
-        out.addresses.remove(ip);
+        out.services.extend(render_port(state, config, scheduler, name, svc));
+        out.addresses.extend(port_addresses(svc, config));
     }
     out
+}
+
+/// One service port's virtual servers.
+pub fn render_port(state: &ProxyState, config: &ProxierConfig, scheduler: Scheduler, name: &ServicePortName, svc: &ServicePortInfo) -> Vec<(VsKey, DesiredService)> {
+    let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+    let dests = |eps: &[Endpoint]| -> BTreeMap<RsKey, u32> { eps.iter().map(|e| (RsKey { addr: e.ip, port: e.port }, 1)).collect() };
+    // As upstream's IPVS mode: a Local policy takes this node's endpoints
+    // when it has some, otherwise the Cluster ones.
+    let pick = |local_only: bool| if local_only && !selected.local.is_empty() { &selected.local } else { &selected.cluster };
+    let internal = dests(pick(svc.internal_policy_local));
+    let external = dests(pick(svc.external_policy_local));
+    let mut out = Vec::new();
+    let mut add = |addr: IpAddr, port: u16, dests: &BTreeMap<RsKey, u32>| {
+        let key = VsKey { protocol: svc.protocol, addr, port };
+        let server = VirtualServer { key, scheduler, persistence: svc.affinity_timeout_seconds };
+        out.push((key, DesiredService { server, dests: dests.clone(), owner: name.clone() }));
+    };
+    add(svc.cluster_ip, svc.port, &internal);
+    for &ip in svc.external_ips.iter().chain(&svc.load_balancer_vips) {
+        add(ip, svc.port, &external);
+    }
+    if let Some(node_port) = svc.node_port {
+        for &ip in &config.node_port_ips {
+            add(ip, node_port, &external);
+        }
+    }
+    out
+}
+
+/// The addresses one service port needs on the dummy interface: its
+/// ClusterIP, externalIPs and LoadBalancer VIPs, never a node address
+/// (binding one would move the node's own address).
+pub fn port_addresses(svc: &ServicePortInfo, config: &ProxierConfig) -> Vec<IpAddr> {
+    let node = |ip: &IpAddr| config.node_ips.contains(ip) || config.node_port_ips.contains(ip);
+    std::iter::once(&svc.cluster_ip).chain(&svc.external_ips).chain(&svc.load_balancer_vips).filter(|ip| !node(ip)).copied().collect()
 }
 
 /// Ports whose Local policy has endpoints, none on this node (for
@@ -77,10 +86,17 @@ pub fn render_ipvs(state: &ProxyState, config: &ProxierConfig, scheduler: Schedu
 pub fn no_local_endpoints(state: &ProxyState) -> NoLocalEndpoints {
     let mut out = NoLocalEndpoints::default();
     for (name, svc) in state.services().iter() {
-        let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
-        let none_local = selected.has_any && selected.local.is_empty();
-        out.internal += usize::from(svc.internal_policy_local && none_local);
-        out.external += usize::from(svc.externally_accessible() && svc.external_policy_local && none_local);
+        let (internal, external) = port_no_local(state, name, svc);
+        out.internal += usize::from(internal);
+        out.external += usize::from(external);
     }
     out
+}
+
+/// Whether one port's internal and external Local policies have endpoints,
+/// none on this node.
+pub fn port_no_local(state: &ProxyState, name: &ServicePortName, svc: &ServicePortInfo) -> (bool, bool) {
+    let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+    let none_local = selected.has_any && selected.local.is_empty();
+    (svc.internal_policy_local && none_local, svc.externally_accessible() && svc.external_policy_local && none_local)
 }

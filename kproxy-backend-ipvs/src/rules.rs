@@ -9,13 +9,14 @@
 //! only decide masquerade and filtering around it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use kproxy_backend_iptables::kernel::Listing;
 use kproxy_backend_iptables::render::{local_match, Chains, Jump, Table};
 use kproxy_backend_iptables::restore;
 use kproxy_backend_iptables::rule::{CtState, Match, Rule, Target};
-use kproxy_core::{IpFamily, Protocol, ProxierConfig, ProxyState, SourceRanges};
+use kproxy_core::{Endpoint, IpFamily, Protocol, ProxierConfig, ProxyState, ServicePortInfo, SourceRanges};
+
+use crate::render::port_addresses;
 
 use crate::sets::{all_sets, Entry, SetName, Sets};
 
@@ -54,75 +55,68 @@ pub fn jumps() -> Vec<Jump> {
     ]
 }
 
-/// The addresses bound to the dummy interface: every ClusterIP,
-/// externalIP and LoadBalancer VIP that is not a node address.
-pub fn bound_addresses(state: &ProxyState, config: &ProxierConfig) -> BTreeSet<IpAddr> {
-    let node = |ip: &IpAddr| config.node_ips.contains(ip) || config.node_port_ips.contains(ip);
-    let mut out = BTreeSet::new();
-    for (_, svc) in state.services().iter() {
-        out.insert(svc.cluster_ip);
-        out.extend(svc.external_ips.iter().chain(&svc.load_balancer_vips).filter(|ip| !node(ip)));
-    }
-    out.retain(|ip| !node(ip));
-    out
-}
-
 /// Every set's entries for the applied state.
 pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
     let mut sets: Sets = all_sets().into_iter().map(|s| (s, Default::default())).collect();
-    let mut add = |set: SetName, e: Entry| {
-        sets.get_mut(&set).expect("every set is present").insert(e);
-    };
     for (name, svc) in state.services().iter() {
-        let p = svc.protocol;
-        add(SetName::ClusterIp, Entry::IpPort(svc.cluster_ip, p, svc.port));
-        // A local pod reaching itself through the service (hairpin).
-        for e in state.endpoints().get(name).iter().filter(|e| e.is_local) {
-            add(SetName::LoopBack, Entry::IpPortIp(e.ip, p, e.port, e.ip));
+        for (set, e) in port_entries(svc, state.endpoints().get(name), config) {
+            sets.get_mut(&set).expect("every set is present").insert(e);
         }
-        for &ip in &svc.external_ips {
-            let set = if svc.external_policy_local { SetName::ExternalIpLocal } else { SetName::ExternalIp };
-            add(set, Entry::IpPort(ip, p, svc.port));
-        }
-        for &ip in &svc.load_balancer_vips {
-            add(SetName::LoadBalancer, Entry::IpPort(ip, p, svc.port));
-            if svc.external_policy_local {
-                add(SetName::LoadBalancerLocal, Entry::IpPort(ip, p, svc.port));
-            }
-            if let SourceRanges::Only(nets) = &svc.source_ranges {
-                add(SetName::LoadBalancerFw, Entry::IpPort(ip, p, svc.port));
-                for net in nets {
-                    add(SetName::LoadBalancerSourceCidr, Entry::IpPortNet(ip, p, svc.port, *net));
-                }
-                // When a range holds the node, the node reaching the VIP
-                // bound on its own dummy interface (sourced from the VIP)
-                // is allowed too.
-                if config.node_ips.iter().any(|n| nets.iter().any(|net| net.contains(n))) {
-                    add(SetName::LoadBalancerSourceIp, Entry::IpPortIp(ip, p, svc.port, ip));
-                }
-            }
-        }
-        if let Some(node_port) = svc.node_port {
-            let entries: Vec<Entry> = if p == Protocol::Sctp {
-                config.node_port_ips.iter().map(|&ip| Entry::IpPort(ip, p, node_port)).collect()
-            } else {
-                vec![Entry::Port(node_port)]
-            };
-            for e in entries {
-                if svc.external_policy_local {
-                    add(SetName::NodePortLocal(p), e.clone());
-                }
-                add(SetName::NodePort(p), e);
-            }
-        }
-        if let Some(hc) = svc.health_check_node_port {
-            add(SetName::HealthCheckNodePort, Entry::Port(hc));
-        }
-    }
-    for ip in bound_addresses(state, config) {
-        add(SetName::IpvsIps, Entry::Ip(ip));
     }
     sets
+}
+
+/// One service port's set entries (`endpoints` are its endpoints).
+pub fn port_entries(svc: &ServicePortInfo, endpoints: &[Endpoint], config: &ProxierConfig) -> Vec<(SetName, Entry)> {
+    let mut out = Vec::new();
+    let mut add = |set: SetName, e: Entry| out.push((set, e));
+    let p = svc.protocol;
+    add(SetName::ClusterIp, Entry::IpPort(svc.cluster_ip, p, svc.port));
+    // A local pod reaching itself through the service (hairpin).
+    for e in endpoints.iter().filter(|e| e.is_local) {
+        add(SetName::LoopBack, Entry::IpPortIp(e.ip, p, e.port, e.ip));
+    }
+    for &ip in &svc.external_ips {
+        let set = if svc.external_policy_local { SetName::ExternalIpLocal } else { SetName::ExternalIp };
+        add(set, Entry::IpPort(ip, p, svc.port));
+    }
+    for &ip in &svc.load_balancer_vips {
+        add(SetName::LoadBalancer, Entry::IpPort(ip, p, svc.port));
+        if svc.external_policy_local {
+            add(SetName::LoadBalancerLocal, Entry::IpPort(ip, p, svc.port));
+        }
+        if let SourceRanges::Only(nets) = &svc.source_ranges {
+            add(SetName::LoadBalancerFw, Entry::IpPort(ip, p, svc.port));
+            for net in nets {
+                add(SetName::LoadBalancerSourceCidr, Entry::IpPortNet(ip, p, svc.port, *net));
+            }
+            // When a range holds the node, the node reaching the VIP bound
+            // on its own dummy interface (sourced from the VIP) is allowed.
+            if config.node_ips.iter().any(|n| nets.iter().any(|net| net.contains(n))) {
+                add(SetName::LoadBalancerSourceIp, Entry::IpPortIp(ip, p, svc.port, ip));
+            }
+        }
+    }
+    if let Some(node_port) = svc.node_port {
+        let entries: Vec<Entry> = if p == Protocol::Sctp {
+            config.node_port_ips.iter().map(|&ip| Entry::IpPort(ip, p, node_port)).collect()
+        } else {
+            vec![Entry::Port(node_port)]
+        };
+        for e in entries {
+            if svc.external_policy_local {
+                add(SetName::NodePortLocal(p), e.clone());
+            }
+            add(SetName::NodePort(p), e);
+        }
+    }
+    if let Some(hc) = svc.health_check_node_port {
+        add(SetName::HealthCheckNodePort, Entry::Port(hc));
+    }
+    for ip in port_addresses(svc, config) {
+        add(SetName::IpvsIps, Entry::Ip(ip));
+    }
+    out
 }
 
 fn set(name: SetName, family: IpFamily) -> Match {

@@ -253,6 +253,18 @@ pub fn restore_script(sets: &Sets, family: IpFamily) -> String {
     s
 }
 
+/// The `ipset restore` script that adds (`true`) and deletes (`false`)
+/// single entries in place (`-exist`, so a set someone else touched does
+/// not fail the sync).
+pub fn entries_script(changes: &BTreeMap<(SetName, Entry), bool>, family: IpFamily) -> String {
+    let mut out = String::new();
+    for ((set, e), added) in changes {
+        let verb = if *added { "add" } else { "del" };
+        writeln!(out, "{verb} {} {} -exist", set.name(family), e.text()).expect("String");
+    }
+    out
+}
+
 /// The `ipset restore` script that destroys every set of both families
 /// (`-exist` is not accepted by destroy, so each is created first).
 pub fn destroy_script() -> String {
@@ -299,6 +311,8 @@ mod tests {
         let e = Entry::IpPortNet("fd00::1".parse().unwrap(), Protocol::Sctp, 9, "fd00:1::/64".parse().unwrap());
         assert_eq!(e.text(), "fd00::1,sctp:9,fd00:1::/64");
         assert_eq!(SetName::LoopBack.name(IpFamily::V6), "KUBE-6-LOOP-BACK");
+        let changes = [((SetName::ClusterIp, Entry::IpPort(ip, Protocol::Tcp, 80)), false), ((SetName::IpvsIps, Entry::Ip(ip)), true)].into();
+        assert_eq!(entries_script(&changes, IpFamily::V4), "del KUBE-CLUSTER-IP 172.30.0.1,tcp:80 -exist\nadd KUBE-IPVS-IPS 172.30.0.1 -exist\n");
         for set in all_sets() {
             for family in [IpFamily::V4, IpFamily::V6] {
                 assert!(set.name(family).len() <= MAX_NAME, "{}", set.name(family));

@@ -187,6 +187,13 @@ impl GenlSocket {
         self.transact(family, version, cmd, attrs)?.map_err(|e| io_err(&format!("generic netlink command {cmd} refused"), e))
     }
 
+    /// Sends one request and returns the attributes of its reply, or the
+    /// kernel's refusal as an `io::Error` (for requests where a refusal is
+    /// an answer, such as looking up something that may not exist).
+    pub fn lookup(&mut self, family: u16, version: u8, cmd: u8, attrs: &[u8]) -> Result<Result<OwnedAttrs, io::Error>, NetlinkError> {
+        self.transact(family, version, cmd, attrs)
+    }
+
     /// One request, one reply: Ok(attributes) or the kernel's error.
     fn transact(&mut self, family: u16, version: u8, cmd: u8, attrs: &[u8]) -> Result<Result<OwnedAttrs, io::Error>, NetlinkError> {
         let seq = self.take_seqs(1);

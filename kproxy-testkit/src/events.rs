@@ -143,3 +143,40 @@ pub fn step(world: &mut World, state: &mut ProxyState, e: &Event) {
     }
 }
 
+
+/// [`step`] for a proxier: applies `e` to the world and hands the change
+/// to `p`'s handlers.
+pub fn step_proxier<P: kproxy_core::Proxier + ?Sized>(world: &mut World, p: &mut P, e: &Event) {
+    match e {
+        Event::Service(i, s) => {
+            let new = build_service(*i, s);
+            p.on_service_update(world.services[*i as usize].as_ref(), Some(&new));
+            world.services[*i as usize] = Some(new);
+        }
+        Event::DeleteService(i) => {
+            if let Some(old) = world.services[*i as usize].take() {
+                p.on_service_update(Some(&old), None);
+            }
+        }
+        Event::Slice(i, j, eps) => {
+            let s = build_slice(*i, *j, eps);
+            p.on_endpoint_slice_update(&s, false);
+            world.slices.insert((*i, *j), s);
+        }
+        Event::DeleteSlice(i, j) => {
+            if let Some(s) = world.slices.remove(&(*i, *j)) {
+                p.on_endpoint_slice_update(&s, true);
+            }
+        }
+    }
+}
+
+/// Hands everything in `world` to `p` as additions.
+pub fn replay<P: kproxy_core::Proxier + ?Sized>(world: &World, p: &mut P) {
+    for s in world.services.iter().flatten() {
+        p.on_service_update(None, Some(s));
+    }
+    for s in world.slices.values() {
+        p.on_endpoint_slice_update(s, false);
+    }
+}

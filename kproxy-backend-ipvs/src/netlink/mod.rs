@@ -14,6 +14,9 @@ use kproxy_netfilter::NetlinkError;
 use crate::model::{Op, RealServerStatus, Timeouts, VirtualServer, VsKey};
 use message::{IPVS_GENL_NAME, IPVS_GENL_VERSION};
 
+/// "No such service".
+const ESRCH: i32 = 3;
+
 /// What [`IpvsSocket::apply`] did.
 #[derive(Debug)]
 pub struct Applied {
@@ -72,6 +75,20 @@ impl IpvsSocket {
             .map_err(context("listing IPVS services"))?;
         out.sort();
         Ok(out)
+    }
+
+    /// The virtual server `key`, if the kernel has it (one request, no
+    /// dump).
+    pub fn service(&mut self, key: &VsKey) -> Result<Option<VirtualServer>, NetlinkError> {
+        let attrs = message::dests_dump_attrs(key);
+        match self.genl.lookup(self.family, IPVS_GENL_VERSION, message::CMD_GET_SERVICE, &attrs).map_err(context(&format!("looking up {key}")))? {
+            Ok(reply) => {
+                let attrs: Vec<(u16, &[u8])> = reply.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                message::parse_service(&attrs).map(Some).map_err(|why| NetlinkError(format!("looking up {key}: {why}")))
+            }
+            Err(e) if e.raw_os_error() == Some(ESRCH) => Ok(None),
+            Err(e) => Err(NetlinkError(format!("looking up {key}: {e}"))),
+        }
     }
 
     /// The real servers of `vs`, sorted, with their connection counts.
