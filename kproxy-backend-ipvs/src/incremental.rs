@@ -43,6 +43,7 @@ pub struct Renderer {
     config: ProxierConfig,
     scheduler: Scheduler,
     ports: BTreeMap<ServicePortName, Port>,
+    by_service: BTreeMap<NamespacedName, Vec<ServicePortName>>,
     /// Each virtual server with the ports claiming it (normally one).
     services: BTreeMap<VsKey, BTreeMap<ServicePortName, DesiredService>>,
     entries: BTreeMap<(SetName, Entry), usize>,
@@ -57,6 +58,7 @@ impl Renderer {
             config,
             scheduler,
             ports: BTreeMap::new(),
+            by_service: BTreeMap::new(),
             services: BTreeMap::new(),
             entries: BTreeMap::new(),
             addresses: BTreeMap::new(),
@@ -71,24 +73,27 @@ impl Renderer {
         self.refresh(state, &names);
     }
 
-    /// Re-renders the ports of `services` (gone ones are removed).
+    /// Re-renders the ports of `services` (gone ones are removed); costs
+    /// what those Services have, not what the node has.
     pub fn refresh(&mut self, state: &ProxyState, services: &BTreeSet<NamespacedName>) {
-        let old: Vec<ServicePortName> = self.ports.keys().filter(|n| services.contains(&n.service)).cloned().collect();
-        for name in old {
-            let port = self.ports.remove(&name).expect("listed");
-            self.withdraw(&name, port);
-        }
-        let current: Vec<(ServicePortName, kproxy_core::ServicePortInfo)> =
-            state.services().iter().filter(|(n, _)| services.contains(&n.service)).map(|(n, s)| (n.clone(), s.clone())).collect();
-        for (name, svc) in current {
-            let port = Port {
-                services: render_port(state, &self.config, self.scheduler, &name, &svc),
-                entries: port_entries(&svc, state.endpoints().get(&name), &self.config),
-                addresses: port_addresses(&svc, &self.config),
-                no_local: port_no_local(state, &name, &svc),
-            };
-            self.contribute(&name, &port);
-            self.ports.insert(name, port);
+        for service in services {
+            for name in self.by_service.remove(service).unwrap_or_default() {
+                let port = self.ports.remove(&name).expect("indexed");
+                self.withdraw(&name, port);
+            }
+            let current: Vec<(ServicePortName, kproxy_core::ServicePortInfo)> =
+                state.services().ports_of(service).map(|(n, s)| (n.clone(), s.clone())).collect();
+            for (name, svc) in current {
+                let port = Port {
+                    services: render_port(state, &self.config, self.scheduler, &name, &svc),
+                    entries: port_entries(&svc, state.endpoints().get(&name), &self.config),
+                    addresses: port_addresses(&svc, &self.config),
+                    no_local: port_no_local(state, &name, &svc),
+                };
+                self.contribute(&name, &port);
+                self.by_service.entry(service.clone()).or_default().push(name.clone());
+                self.ports.insert(name, port);
+            }
         }
     }
 

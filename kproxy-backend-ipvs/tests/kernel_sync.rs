@@ -1,0 +1,124 @@
+//! The IPVS proxier's syncs on a real IPVS kernel (inside the VM of
+//! scripts/ipvs-vm.sh, in private namespaces): Services arriving one
+//! partial sync at a time carry real traffic; a removed real server with
+//! an open connection stays at weight 0, the connection keeps working and
+//! new ones go elsewhere; a virtual server deleted from outside comes back
+//! on the next full sync. Built only with the `vm-tests` feature.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
+use kproxy_backend_ipvs::kernel::IpvsHost;
+use kproxy_backend_ipvs::model::{Op, RsKey, VsKey};
+use kproxy_backend_ipvs::netlink::IpvsSocket;
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState::Ready};
+use kproxy_core::oracle::{scenarios, Dataplane, Scenario, Verdict};
+use kproxy_core::{Protocol, Proxier, SyncRequest};
+use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology, KPT};
+
+const PARTIAL: SyncRequest = SyncRequest { full: false };
+
+fn proxier(topo: &Topology, s: &Scenario) -> IpvsProxier<IpvsHost> {
+    let ns = topo.node.name();
+    let kernel = IpvsHost::new(Some(ns), IptablesCli::new(Flavour::Legacy, Some(ns)));
+    IpvsProxier::new(fx::NODE_NAME, s.config.clone(), kernel, IpvsOptions::default()).expect("valid config")
+}
+
+fn scenario(name: &str) -> Scenario {
+    scenarios::all().into_iter().find(|s| s.name == name).expect("a scenario")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_arriving_one_partial_sync_at_a_time_carry_traffic() {
+    if !kernel_tests_enabled("services_arriving_one_partial_sync_at_a_time_carry_traffic") {
+        return;
+    }
+    let mut failures = Vec::new();
+    for name in ["cluster_ip", "node_port", "load_balancer_source_ranges", "external_policy_local_with_local_endpoints", "dual_stack_v6"] {
+        let s = scenario(name);
+        let topo = Topology::build(&s).unwrap();
+        let mut p = proxier(&topo, &s);
+        p.on_node_update(&s.node);
+        p.sync(SyncRequest { full: true }).await.unwrap();
+        for slice in &s.slices {
+            p.on_endpoint_slice_update(slice, false);
+        }
+        for svc in &s.services {
+            p.on_service_update(None, Some(svc));
+            let report = p.sync(PARTIAL).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!report.full && !p.stats().rules_written, "{name}: not a partial sync");
+        }
+        failures.extend(tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs)));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_real_server_drains_its_open_connection() {
+    if !kernel_tests_enabled("a_removed_real_server_drains_its_open_connection") {
+        return;
+    }
+    let s = scenario("cluster_ip");
+    let mut topo = Topology::build(&s).unwrap();
+    let mut p = proxier(&topo, &s);
+    s.feed(&mut p);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let vip = VsKey { protocol: Protocol::Tcp, addr: "172.30.0.41".parse().unwrap(), port: 80 };
+
+    // One long-lived connection through the ClusterIP.
+    let client: IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
+    let args = ["python3", KPT, "hold", "--src", fx::LOCAL_CLIENT_POD, "--dst", "172.30.0.41", "--port", "80", "--seconds", "6"];
+    let held = topo.pods.get_mut(&client).unwrap().spawn(&args).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut socket = IpvsSocket::open_in_netns(topo.node.name()).unwrap();
+    let dests = socket.destinations(&vip).unwrap();
+    let busy = dests.iter().find(|d| d.active > 0).unwrap_or_else(|| panic!("no real server has the connection: {dests:?}")).server.key;
+    let other = dests.iter().map(|d| d.server.key).find(|k| *k != busy).unwrap();
+
+    // The endpoint behind the connection goes away.
+    let on_node = |k: &RsKey| if k.addr.to_string().starts_with("10.180.0.") { fx::NODE_NAME } else { fx::OTHER_NODE };
+    let remaining = slice("ns1", "svc1", "svc1-a", "IPv4")
+        .port("p80", 8080, "TCP")
+        .port("dns", 5353, "UDP")
+        .endpoint(&other.addr.to_string(), on_node(&other), Ready)
+        .build();
+    p.on_endpoint_slice_update(&remaining, false);
+    p.sync(PARTIAL).await.unwrap();
+    let dests = socket.destinations(&vip).unwrap();
+    let weights: Vec<(RsKey, u32)> = dests.iter().map(|d| (d.server.key, d.server.weight)).collect();
+    assert!(weights.contains(&(busy, 0)) && weights.contains(&(other, 1)), "expected {busy} draining at weight 0: {weights:?}");
+    assert_eq!(p.stats().draining, 1);
+
+    // New connections go to the other endpoint only; the held one lives on.
+    let packet = s.cases[0].packet.clone();
+    let only_other = Verdict::forward(&[&format!("{other}")], false);
+    tokio::task::block_in_place(|| check_case(&topo, &packet, &only_other)).unwrap();
+    let out = tokio::task::block_in_place(|| topo.pods.get_mut(&client).unwrap().wait_output(held)).unwrap();
+    assert!(out.starts_with("held"), "the draining connection broke: {out}");
+    // UDP real servers are not drained: the DNS port's went at once.
+    let dns = VsKey { protocol: Protocol::Udp, addr: vip.addr, port: 53 };
+    assert_eq!(socket.destinations(&dns).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_server_deleted_from_outside_comes_back_on_a_full_sync() {
+    if !kernel_tests_enabled("a_virtual_server_deleted_from_outside_comes_back_on_a_full_sync") {
+        return;
+    }
+    let s = scenario("node_port");
+    let topo = Topology::build(&s).unwrap();
+    let mut p = proxier(&topo, &s);
+    s.feed(&mut p);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let mut socket = IpvsSocket::open_in_netns(topo.node.name()).unwrap();
+    let node_port = VsKey { protocol: Protocol::Tcp, addr: fx::NODE_IP.parse().unwrap(), port: 3001 };
+    let applied = socket.apply(&[Op::DelService(node_port)]).unwrap();
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+    let outside = s.cases[0].packet.clone();
+    assert!(tokio::task::block_in_place(|| check_case(&topo, &outside, &s.cases[0].expected)).is_err(), "deleting it changed nothing");
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
+    assert!(failures.is_empty(), "not repaired: {}", failures.join("\n"));
+}
