@@ -48,6 +48,7 @@ pub struct Renderer {
     services: BTreeMap<VsKey, BTreeMap<ServicePortName, DesiredService>>,
     entries: BTreeMap<(SetName, Entry), usize>,
     addresses: BTreeMap<IpAddr, usize>,
+    no_local: NoLocalEndpoints,
     journal: Journal,
 }
 
@@ -62,6 +63,7 @@ impl Renderer {
             services: BTreeMap::new(),
             entries: BTreeMap::new(),
             addresses: BTreeMap::new(),
+            no_local: NoLocalEndpoints::default(),
             journal: Journal::default(),
         }
     }
@@ -98,6 +100,8 @@ impl Renderer {
     }
 
     fn contribute(&mut self, name: &ServicePortName, port: &Port) {
+        self.no_local.internal += usize::from(port.no_local.0);
+        self.no_local.external += usize::from(port.no_local.1);
         for (key, svc) in &port.services {
             self.services.entry(*key).or_default().insert(name.clone(), svc.clone());
             self.journal.services.insert(*key);
@@ -111,6 +115,8 @@ impl Renderer {
     }
 
     fn withdraw(&mut self, name: &ServicePortName, port: Port) {
+        self.no_local.internal -= usize::from(port.no_local.0);
+        self.no_local.external -= usize::from(port.no_local.1);
         for (key, _) in &port.services {
             if let Some(claims) = self.services.get_mut(key) {
                 claims.remove(name);
@@ -160,12 +166,7 @@ impl Renderer {
 
     /// Ports whose Local policy has endpoints, none on this node.
     pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
-        let mut out = NoLocalEndpoints::default();
-        for p in self.ports.values() {
-            out.internal += usize::from(p.no_local.0);
-            out.external += usize::from(p.no_local.1);
-        }
-        out
+        self.no_local
     }
 
     /// What changed since the last call.

@@ -1,13 +1,14 @@
 //! Partial syncs are exact: after any sequence of Service and
 //! EndpointSlice events synced in batches, the incremental renderer equals
-//! the whole-state rendering, and the fake kernel (IPVS table, ipsets,
+//! the whole-state rendering (and so do its no-local-endpoint counts), and
+//! the fake kernel (IPVS table, ipsets,
 //! dummy addresses) equals what one full sync of the final state writes
 //! into an empty one. No partial sync rewrites the iptables rules.
 //!
 //! 64 cases of up to 24 events, applied in batches of 1 to 3.
 
 use kproxy_backend_ipvs::host::FakeHost;
-use kproxy_backend_ipvs::render::render_ipvs;
+use kproxy_backend_ipvs::render::{no_local_endpoints, render_ipvs};
 use kproxy_backend_ipvs::rules::render_sets;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
 use kproxy_core::oracle::fixtures as fx;
@@ -34,6 +35,7 @@ async fn run(events: Vec<kproxy_testkit::events::Event>, batch: usize) -> Result
         prop_assert!(!p.stats().rules_written, "a partial sync rewrote the rules");
         prop_assert_eq!(p.desired(), render_ipvs(p.state(), &config, Default::default()), "the renderer drifted");
         prop_assert_eq!(p.renderer().sets(), render_sets(p.state(), &config), "the sets drifted");
+        prop_assert_eq!(p.renderer().no_local_endpoints(), no_local_endpoints(p.state()), "the no-local counts drifted");
 
         let mut fresh = proxier();
         replay(&world, &mut fresh);

@@ -59,6 +59,9 @@ const DEST_ATTR_ADDR_FAMILY: u16 = 11;
 
 /// `IP_VS_SVC_F_PERSISTENT`.
 const SVC_F_PERSISTENT: u32 = 0x1;
+/// `IP_VS_SVC_F_SCHED2`: for `mh`, hash the source port too
+/// (`mh-port`); upstream sets it on every `mh` service.
+const SVC_F_SCHED2: u32 = 0x10;
 /// `IP_VS_CONN_F_MASQ`: forwarding by NAT.
 const CONN_F_MASQ: u32 = 0;
 
@@ -107,7 +110,10 @@ pub fn service_key_attrs(buf: &mut Vec<u8>, key: &VsKey) {
 pub fn service_attrs(buf: &mut Vec<u8>, vs: &VirtualServer) {
     service_key_attrs(buf, &vs.key);
     attr(buf, SVC_ATTR_SCHED_NAME, &cstr(vs.scheduler.name()));
-    let flags = if vs.persistence.is_some() { SVC_F_PERSISTENT } else { 0 };
+    let mut flags = if vs.persistence.is_some() { SVC_F_PERSISTENT } else { 0 };
+    if vs.scheduler == Scheduler::Mh {
+        flags |= SVC_F_SCHED2;
+    }
     attr(buf, SVC_ATTR_FLAGS, &[flags.to_ne_bytes(), u32::MAX.to_ne_bytes()].concat());
     attr(buf, SVC_ATTR_TIMEOUT, &vs.persistence.unwrap_or(0).to_ne_bytes());
     let netmask: u32 = if vs.key.addr.is_ipv4() { u32::MAX } else { 128 };

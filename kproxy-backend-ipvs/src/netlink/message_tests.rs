@@ -56,7 +56,7 @@ fn an_ipv6_service_edit_sends_the_prefix_length_and_clears_persistence() {
     assert_eq!(get(SVC_ATTR_AF), 10u16.to_ne_bytes());
     assert_eq!(get(SVC_ATTR_PROTOCOL), 132u16.to_ne_bytes());
     assert_eq!(get(SVC_ATTR_ADDR), "fd00::a".parse::<Ipv6Addr>().unwrap().octets());
-    assert_eq!(get(SVC_ATTR_FLAGS), [ne32(0), ne32(u32::MAX)].concat(), "persistence off, under a full mask");
+    assert_eq!(get(SVC_ATTR_FLAGS), [ne32(0x10), ne32(u32::MAX)].concat(), "persistence off, mh hashing ports (as upstream), under a full mask");
     assert_eq!(get(SVC_ATTR_TIMEOUT), ne32(0));
     assert_eq!(get(SVC_ATTR_NETMASK), ne32(128));
 }
