@@ -23,7 +23,7 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::render::jumps;
 use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, summary, Changes};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, run_isolated, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 async fn one_size(flavour: Flavour, services: usize, eps: usize) {
@@ -84,21 +84,9 @@ fn main() {
     println!("{}; kernel: {}", version.unwrap_or_else(|_| "iptables not found".into()), kernel.trim());
     println!("| flavour | services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | rules | restore text |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let me = std::env::current_exe().expect("own path");
     for f in &flavours {
         for &services in &sizes {
-            let ns = format!("kpbench-{}-{f}-{services}", std::process::id());
-            let ok = Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
-            if !ok {
-                eprintln!("kproxy-iptables-bench: cannot create network namespace {ns} (run as root)");
-                std::process::exit(1);
-            }
-            let status = Command::new("ip").args(["netns", "exec", &ns]).arg(&me).args(["--one", f, &services.to_string(), &eps.to_string()]).status();
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            if !status.map(|s| s.success()).unwrap_or(false) {
-                eprintln!("kproxy-iptables-bench: the run at {services} services ({f}) failed");
-                std::process::exit(1);
-            }
+            run_isolated("kproxy-iptables-bench", &format!("{f}-{services}"), &["--one".into(), f.clone(), services.to_string(), eps.to_string()]);
         }
     }
 }

@@ -16,7 +16,6 @@
 //! its own sync), with, for IPVS, the netlink messages each sync sent and
 //! the virtual servers whose real servers it listed.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
@@ -26,7 +25,7 @@ use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
-use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, summary};
+use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, run_isolated, summary};
 
 /// One timed sync, and what the proxier sent in it.
 async fn timed<P: Proxier>(p: &mut P, stats: &impl Fn(&P) -> (usize, usize)) -> (Duration, usize, usize) {
@@ -116,21 +115,9 @@ fn main() {
     println!("kernel: {}; {} CPUs", kernel.trim(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!("| backend | services | endpoints each | cold sync | cold messages | endpoint added (median / worst ms; messages) | endpoint removed | service added | real-server lists per change | peak RSS |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let me = std::env::current_exe().expect("own path");
     for &services in &sizes {
         for b in &backends {
-            let ns = format!("kpbench-{}-{b}-{services}", std::process::id());
-            let ok = Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
-            if !ok {
-                eprintln!("kproxy-ipvs-bench: cannot create network namespace {ns} (run as root)");
-                std::process::exit(1);
-            }
-            let status = Command::new("ip").args(["netns", "exec", &ns]).arg(&me).args(["--one", b, &services.to_string(), &eps.to_string()]).status();
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            if !status.map(|s| s.success()).unwrap_or(false) {
-                eprintln!("kproxy-ipvs-bench: the run at {services} services ({b}) failed");
-                std::process::exit(1);
-            }
+            run_isolated("kproxy-ipvs-bench", &format!("{b}-{services}"), &["--one".into(), b.clone(), services.to_string(), eps.to_string()]);
         }
     }
 }

@@ -19,7 +19,7 @@ use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, summary, Changes};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, run_isolated, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 /// With KPROXY_BENCH_STAGES=1, prints memory after each stage to stderr.
@@ -78,23 +78,7 @@ fn main() {
     println!("nft: {}; kernel: {}", nft.unwrap_or_else(|_| "nft not found".into()), kernel.trim());
     println!("| services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | elements | rules | nft text |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let me = std::env::current_exe().expect("own path");
     for services in sizes {
-        let ns = format!("kpbench-{}-{services}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
-        if !ok {
-            eprintln!("kproxy-nft-bench: cannot create network namespace {ns} (run as root)");
-            std::process::exit(1);
-        }
-        let status = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(&me)
-            .args(["--one", &services.to_string(), &eps.to_string()])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        if !status.map(|s| s.success()).unwrap_or(false) {
-            eprintln!("kproxy-nft-bench: the run at {services} services failed");
-            std::process::exit(1);
-        }
+        run_isolated("kproxy-nft-bench", &services.to_string(), &["--one".into(), services.to_string(), eps.to_string()]);
     }
 }

@@ -106,3 +106,23 @@ pub async fn change_rounds<P: Proxier + ?Sized>(p: &mut P, services: usize, eps:
     }
     c
 }
+
+/// Runs this benchmark's own executable with `args` inside a fresh network
+/// namespace named after `label`, and deletes the namespace afterwards.
+/// Exits the process with a one-line message naming `tool` when the
+/// namespace cannot be made (not root) or the run fails.
+pub fn run_isolated(tool: &str, label: &str, args: &[String]) {
+    let me = std::env::current_exe().expect("own path");
+    let ns = format!("kpbench-{}-{label}", std::process::id());
+    let ok = std::process::Command::new("ip").args(["netns", "add", &ns]).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("{tool}: cannot create network namespace {ns} (run as root)");
+        std::process::exit(1);
+    }
+    let status = std::process::Command::new("ip").args(["netns", "exec", &ns]).arg(&me).args(args).status();
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+    if !status.map(|s| s.success()).unwrap_or(false) {
+        eprintln!("{tool}: the run {label} failed");
+        std::process::exit(1);
+    }
+}

@@ -119,53 +119,38 @@ pub struct World {
 
 /// Applies `e` to the world and hands the change to `state`.
 pub fn step(world: &mut World, state: &mut ProxyState, e: &Event) {
-    match e {
-        Event::Service(i, s) => {
-            let new = build_service(*i, s);
-            state.on_service(world.services[*i as usize].as_ref(), Some(&new));
-            world.services[*i as usize] = Some(new);
-        }
-        Event::DeleteService(i) => {
-            if let Some(old) = world.services[*i as usize].take() {
-                state.on_service(Some(&old), None);
-            }
-        }
-        Event::Slice(i, j, eps) => {
-            let s = build_slice(*i, *j, eps);
-            state.on_endpoint_slice(&s, false);
-            world.slices.insert((*i, *j), s);
-        }
-        Event::DeleteSlice(i, j) => {
-            if let Some(s) = world.slices.remove(&(*i, *j)) {
-                state.on_endpoint_slice(&s, true);
-            }
-        }
-    }
+    let state = std::cell::RefCell::new(state);
+    apply(world, e, |old, new| state.borrow_mut().on_service(old, new), |s, removed| state.borrow_mut().on_endpoint_slice(s, removed));
 }
-
 
 /// [`step`] for a proxier: applies `e` to the world and hands the change
 /// to `p`'s handlers.
 pub fn step_proxier<P: kproxy_core::Proxier + ?Sized>(world: &mut World, p: &mut P, e: &Event) {
+    let p = std::cell::RefCell::new(p);
+    apply(world, e, |old, new| p.borrow_mut().on_service_update(old, new), |s, removed| p.borrow_mut().on_endpoint_slice_update(s, removed));
+}
+
+/// Applies `e` to the world and reports the change to the handlers.
+fn apply<R1, R2>(world: &mut World, e: &Event, mut on_service: impl FnMut(Option<&Service>, Option<&Service>) -> R1, mut on_slice: impl FnMut(&EndpointSlice, bool) -> R2) {
     match e {
         Event::Service(i, s) => {
             let new = build_service(*i, s);
-            p.on_service_update(world.services[*i as usize].as_ref(), Some(&new));
+            on_service(world.services[*i as usize].as_ref(), Some(&new));
             world.services[*i as usize] = Some(new);
         }
         Event::DeleteService(i) => {
             if let Some(old) = world.services[*i as usize].take() {
-                p.on_service_update(Some(&old), None);
+                on_service(Some(&old), None);
             }
         }
         Event::Slice(i, j, eps) => {
             let s = build_slice(*i, *j, eps);
-            p.on_endpoint_slice_update(&s, false);
+            on_slice(&s, false);
             world.slices.insert((*i, *j), s);
         }
         Event::DeleteSlice(i, j) => {
             if let Some(s) = world.slices.remove(&(*i, *j)) {
-                p.on_endpoint_slice_update(&s, true);
+                on_slice(&s, true);
             }
         }
     }
