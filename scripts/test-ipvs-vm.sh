@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the IPVS backend's kernel tests (the test targets that need the
-# `vm-tests` feature) inside a VM with a real IPVS kernel
+# Runs the IPVS kernel tests (the `kernel_*` test targets of
+# kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature)
+# inside a VM with a real IPVS kernel
 # (scripts/ipvs-vm.sh): the machines' own kernel has no IPVS. Needs root;
 # without it says SKIPPED and exits 0 (CI runs as root, so there it runs).
 set -euo pipefail
@@ -10,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 0
 fi
 # The test binaries, built on the host (the VM sees the host's files).
-mapfile -t bins < <(cargo test -p kproxy-backend-ipvs --features vm-tests --tests --no-run --message-format=json 2>/dev/null |
+mapfile -t bins < <(cargo test -p kproxy-backend-ipvs -p kproxy-bin --features kproxy-backend-ipvs/vm-tests,kproxy-bin/vm-tests --tests --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
 for line in sys.stdin:

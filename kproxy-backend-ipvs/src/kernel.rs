@@ -167,7 +167,12 @@ impl IpvsKernel for IpvsHost {
 
     async fn bound_addresses(&mut self, device: &str) -> Result<BTreeSet<IpAddr>, KernelError> {
         if self.run(&["ip", "link", "show", "dev", device], None).await.is_err() {
-            self.run(&["ip", "link", "add", device, "type", "dummy"], None).await?;
+            // The other family's proxier may have made it meanwhile.
+            if let Err(e) = self.run(&["ip", "link", "add", device, "type", "dummy"], None).await {
+                if self.run(&["ip", "link", "show", "dev", device], None).await.is_err() {
+                    return Err(e);
+                }
+            }
         }
         // Upstream leaves the device down: addresses on a down dummy are
         // still local, and nothing is ever sent through it.

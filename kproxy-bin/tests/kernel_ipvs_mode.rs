@@ -1,0 +1,108 @@
+//! The binary in IPVS mode, for real, on a kernel with IPVS (inside the VM
+//! of scripts/ipvs-vm.sh, in private namespaces): `kproxy --proxy-mode
+//! ipvs --manifests DIR` serves shared scenarios with real traffic,
+//! follows a manifest change, reports its mode, keeps its rules after
+//! SIGTERM, and `--cleanup` removes everything IPVS mode installed.
+//! Built only with the `vm-tests` feature.
+
+use std::time::{Duration, Instant};
+
+use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane, Scenario, Verdict};
+use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+fn write_manifests(dir: &std::path::Path, scenario: &Scenario) {
+    // JSON is YAML: one object per file.
+    let objects = std::iter::once(serde_json::to_string(&scenario.node).unwrap())
+        .chain(scenario.services.iter().map(|s| serde_json::to_string(s).unwrap()))
+        .chain(scenario.slices.iter().map(|s| serde_json::to_string(s).unwrap()));
+    for (n, text) in objects.enumerate() {
+        std::fs::write(dir.join(format!("{n:03}.yaml")), text).unwrap();
+    }
+}
+
+/// Starts kproxy in IPVS mode for `scenario` and waits for `vip` in the
+/// IPVS table; returns the manifests directory and the process handle.
+fn start(topo: &mut Topology, scenario: &Scenario, vip: &str) -> (std::path::PathBuf, usize) {
+    let dir = std::env::temp_dir().join(format!("kproxy-ipvs-{}-{}", std::process::id(), scenario.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, scenario);
+    let args = [BIN, "--proxy-mode", "ipvs", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
+    let handle = topo.node.spawn(&args).unwrap();
+    let start = Instant::now();
+    while !topo.node.exec(&["ipvsadm", "-Ln"]).unwrap_or_default().contains(vip) {
+        assert!(start.elapsed() < Duration::from_secs(20), "kproxy never programmed {vip}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (dir, handle)
+}
+
+fn stop(topo: &mut Topology, handle: usize) {
+    let pid = topo.node.pid(handle).unwrap().to_string();
+    kproxy_testkit::run(&["kill", "-TERM", &pid]).unwrap();
+    let status = topo.node.wait_exit(handle, Duration::from_secs(10)).expect("kproxy ignored SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn ipvs_mode_serves_scenarios_follows_changes_and_cleans_up() {
+    if !kernel_tests_enabled("ipvs_mode_serves_scenarios_follows_changes_and_cleans_up") {
+        return;
+    }
+    // A NodePort scenario: every case with real traffic.
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "node_port").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let (dir, handle) = start(&mut topo, &scenario, "192.168.0.2:3001");
+    let failures = check_scenario_for(&topo, &scenario, Dataplane::Ipvs);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    stop(&mut topo, handle);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The ClusterIP scenario, then a manifest change.
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let (dir, handle) = start(&mut topo, &scenario, "172.30.0.41:80");
+    let failures = check_scenario_for(&topo, &scenario, Dataplane::Ipvs);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let mode = topo.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/proxyMode"]).unwrap();
+    assert_eq!(mode.trim(), "ipvs");
+    let metrics = topo.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/metrics"]).unwrap();
+    assert!(metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"), "{metrics}");
+
+    let mut slice = scenario.slices[0].clone();
+    slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
+    let last = std::fs::read_dir(&dir).unwrap().count() - 1;
+    std::fs::write(dir.join(format!("{last:03}.yaml")), serde_json::to_string(&slice).unwrap()).unwrap();
+    let packet = scenario.cases[0].packet.clone();
+    let only_remote = Verdict::forward(&["10.180.1.1:8080"], false);
+    let start = Instant::now();
+    while let Err(e) = check_case(&topo, &packet, &only_remote) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the change never reached the kernel: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SIGTERM leaves everything in place; --cleanup removes it (twice: idempotent).
+    stop(&mut topo, handle);
+    still_served(&topo, &packet, &only_remote);
+    for _ in 0..2 {
+        topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
+        let table = topo.node.exec(&["ipvsadm", "-Ln"]).unwrap();
+        let servers: Vec<&str> = table.lines().filter(|l| ["TCP", "UDP", "SCTP"].iter().any(|p| l.starts_with(p))).collect();
+        assert!(servers.is_empty(), "virtual servers left:\n{table}");
+        let sets = topo.node.exec(&["ipset", "list", "-n"]).unwrap();
+        assert!(!sets.contains("KUBE-"), "sets left:\n{sets}");
+        for save in ["iptables-legacy-save", "iptables-nft-save"] {
+            let rules = topo.node.exec(&[save]).unwrap();
+            assert!(!rules.contains("KUBE-IPVS-FILTER") && !rules.contains("KUBE-SERVICES"), "{save}: rules left:\n{rules}");
+        }
+        assert!(topo.node.exec(&["ip", "link", "show", "kube-ipvs0"]).is_err(), "the dummy interface is left");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Traffic still flows with kproxy stopped.
+fn still_served(topo: &Topology, packet: &kproxy_core::oracle::Packet, expected: &Verdict) {
+    check_case(topo, packet, expected).unwrap_or_else(|e| panic!("traffic stopped with kproxy: {e}"));
+}
