@@ -259,3 +259,24 @@ fn cleanup_removes_kproxys_tables_and_nothing_else() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a kernel without IPVS, `--proxy-mode ipvs` stops at once with one
+/// line saying so (run in a private namespace all the same: on a kernel
+/// with IPVS it would start, and the VM's tests cover that).
+#[test]
+fn ipvs_mode_without_an_ipvs_kernel_is_one_line() {
+    if !kernel_tests_enabled("ipvs_mode_without_an_ipvs_kernel_is_one_line") {
+        return;
+    }
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("SKIPPED ipvs_mode_without_an_ipvs_kernel_is_one_line: this kernel has IPVS (kernel_ipvs_mode covers it)");
+        return;
+    }
+    let ns = kproxy_testkit::Netns::new("noipvs").unwrap();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster");
+    let err = ns.exec(&[BIN, "--proxy-mode", "ipvs", "--hostname-override", "node-a", "--manifests", cluster]).unwrap_err();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("IPVS")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("the kernel has no IPVS (modprobe ip_vs)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
