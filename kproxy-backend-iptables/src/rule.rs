@@ -83,6 +83,17 @@ pub enum Match {
         /// `!`: not in the set.
         negated: bool,
     },
+    /// `-m ipvs --vaddr ADDR --vproto PROTO --vport PORT`: IPVS took the
+    /// packet at this virtual server (the IPVS backend's node-access
+    /// filter; the original destination is gone by filter OUTPUT).
+    IpvsVirtual {
+        /// The virtual address.
+        addr: IpAddr,
+        /// The virtual server's protocol.
+        protocol: Protocol,
+        /// The virtual port.
+        port: u16,
+    },
     /// `-m recent --name NAME --mask ALL-ONES --rsource --set`: remember
     /// the source for this endpoint.
     RecentSet {
@@ -205,6 +216,10 @@ impl Rule {
                 }
                 Match::RecentSet { name, v6 } => write!(s, "-m recent --name {name} --mask {} --rsource --set", mask(*v6)),
                 Match::Set { name, flags, negated } => write!(s, "-m set {}--match-set {name} {flags}", bang(*negated)),
+                Match::IpvsVirtual { addr, protocol, port } => {
+                    let plen = if addr.is_ipv4() { 32 } else { 128 };
+                    write!(s, "-m ipvs --vaddr {addr}/{plen} --vproto {} --vport {port}", crate::names::protocol(*protocol))
+                }
             }
             .expect("writing to a String");
         }
@@ -299,6 +314,20 @@ impl Rule {
                         let name = t.next().ok_or("set: missing name")?.to_string();
                         let flags = t.next().ok_or("set: missing flags")?.to_string();
                         matches.push(Match::Set { name, flags, negated });
+                    }
+                    Some("ipvs") => {
+                        expect(&mut t, "--vaddr")?;
+                        let addr = ipnet(t.next())?.addr();
+                        expect(&mut t, "--vproto")?;
+                        let protocol = match t.next() {
+                            Some("tcp") => Protocol::Tcp,
+                            Some("udp") => Protocol::Udp,
+                            Some("sctp") => Protocol::Sctp,
+                            other => return Err(format!("ipvs: unknown protocol {other:?}")),
+                        };
+                        expect(&mut t, "--vport")?;
+                        let port = u16::try_from(num(t.next(), "vport")?).map_err(|_| "vport: out of range")?;
+                        matches.push(Match::IpvsVirtual { addr, protocol, port });
                     }
                     Some("recent") => {
                         expect(&mut t, "--name")?;

@@ -46,12 +46,15 @@ pub struct Hop {
     pub masquerade: bool,
     /// The affinity timeout a `recent` match checked, if any.
     pub affinity: Option<u32>,
+    /// The IPVS virtual server that took the packet, if one did (address,
+    /// port; set by the IPVS backend's tracer).
+    pub ipvs: Option<(IpAddr, u16)>,
 }
 
 impl Hop {
     /// The first packet of `packet`'s connection, untouched.
     pub fn new(packet: &Packet) -> Hop {
-        Hop { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None }
+        Hop { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None, ipvs: None }
     }
 }
 
@@ -256,6 +259,7 @@ impl Tracer<'_> {
                 }
                 Match::RecentSet { .. } => true,
                 Match::Set { name, flags, negated } => self.sets.contains(name, flags, self.packet.protocol, s) != *negated,
+                Match::IpvsVirtual { addr, protocol, port } => *protocol == self.packet.protocol && s.ipvs == Some((*addr, *port)),
             };
             if !ok {
                 return (false, true);

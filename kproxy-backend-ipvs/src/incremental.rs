@@ -14,7 +14,7 @@ use kproxy_core::{NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, S
 
 use crate::model::{Scheduler, VsKey};
 use crate::render::{port_addresses, port_no_local, render_port, DesiredIpvs, DesiredService};
-use crate::rules::port_entries;
+use crate::rules::{port_entries, port_node_blocks, NodeBlock};
 use crate::sets::{all_sets, Entry, SetName, Sets};
 
 /// What one port contributes.
@@ -24,6 +24,7 @@ struct Port {
     entries: Vec<(SetName, Entry)>,
     addresses: Vec<IpAddr>,
     no_local: (bool, bool),
+    blocks: Vec<NodeBlock>,
 }
 
 /// What changed since the journal was last taken.
@@ -35,6 +36,8 @@ pub struct Journal {
     pub entries: BTreeMap<(SetName, Entry), bool>,
     /// Addresses that appeared (`true`) or vanished (`false`).
     pub addresses: BTreeMap<IpAddr, bool>,
+    /// Node blocks that appeared (`true`) or vanished (`false`).
+    pub blocks: BTreeMap<NodeBlock, bool>,
 }
 
 /// The desired IPVS state, rendered port by port.
@@ -48,6 +51,7 @@ pub struct Renderer {
     services: BTreeMap<VsKey, BTreeMap<ServicePortName, DesiredService>>,
     entries: BTreeMap<(SetName, Entry), usize>,
     addresses: BTreeMap<IpAddr, usize>,
+    blocks: BTreeMap<NodeBlock, usize>,
     no_local: NoLocalEndpoints,
     journal: Journal,
 }
@@ -63,6 +67,7 @@ impl Renderer {
             services: BTreeMap::new(),
             entries: BTreeMap::new(),
             addresses: BTreeMap::new(),
+            blocks: BTreeMap::new(),
             no_local: NoLocalEndpoints::default(),
             journal: Journal::default(),
         }
@@ -91,6 +96,7 @@ impl Renderer {
                     entries: port_entries(&svc, state.endpoints().get(&name), &self.config),
                     addresses: port_addresses(&svc, &self.config),
                     no_local: port_no_local(state, &name, &svc),
+                    blocks: port_node_blocks(&svc, &self.config),
                 };
                 self.contribute(&name, &port);
                 self.by_service.entry(service.clone()).or_default().push(name.clone());
@@ -112,6 +118,9 @@ impl Renderer {
         for ip in &port.addresses {
             count_up(&mut self.addresses, *ip, &mut self.journal.addresses);
         }
+        for b in &port.blocks {
+            count_up(&mut self.blocks, *b, &mut self.journal.blocks);
+        }
     }
 
     fn withdraw(&mut self, name: &ServicePortName, port: Port) {
@@ -132,6 +141,9 @@ impl Renderer {
         for ip in port.addresses {
             count_down(&mut self.addresses, ip, &mut self.journal.addresses);
         }
+        for b in port.blocks {
+            count_down(&mut self.blocks, b, &mut self.journal.blocks);
+        }
     }
 
     /// The desired virtual server `key` (the first claiming port's, when
@@ -143,6 +155,11 @@ impl Renderer {
     /// Every desired virtual server.
     pub fn services(&self) -> BTreeMap<VsKey, DesiredService> {
         self.services.keys().filter_map(|k| Some((*k, self.service(k)?.clone()))).collect()
+    }
+
+    /// Every VIP:port the node may not reach (`KUBE-IPVS-OUT-FILTER`).
+    pub fn node_blocks(&self) -> BTreeSet<NodeBlock> {
+        self.blocks.keys().copied().collect()
     }
 
     /// Every desired address on the dummy interface.

@@ -27,7 +27,7 @@ use crate::kernel::{IpvsKernel, KernelError};
 use crate::model::{Scheduler, Timeouts, VsKey};
 use crate::incremental::{Journal, Renderer};
 use crate::render::{DesiredIpvs, DesiredService};
-use crate::rules::{render_chains, restore_text};
+use crate::rules::{out_filter_rules, render_chains, restore_text, IPVS_OUT_FILTER};
 use crate::sets::{all_sets, entries_script, restore_script};
 
 const BACKEND: &str = "ipvs";
@@ -208,14 +208,23 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         };
         self.kernel.ipset_restore(&script).await?;
 
+        // The rules: all of them on a full sync (the fixed chains, with
+        // KUBE-IPVS-OUT-FILTER filled); otherwise only that chain, when
+        // the VIPs the node may not reach changed.
+        let out_filter = out_filter_rules(&self.renderer.node_blocks());
         if full {
             let nat = self.kernel.iptables_list(family, Table::Nat).await?;
             let filter = self.kernel.iptables_list(family, Table::Filter).await?;
             let mut present = nat;
             present.builtin_rules.extend(filter.builtin_rules);
-            let text = restore_text(&self.chains.0, &self.chains.1, &present);
+            let mut filter_chains = self.chains.1.clone();
+            filter_chains.insert(IPVS_OUT_FILTER.into(), out_filter);
+            let text = restore_text(&self.chains.0, &filter_chains, &present);
             self.kernel.iptables_restore(family, &text).await?;
             stats.rules_written = true;
+        } else if !journal.blocks.is_empty() {
+            let chain: Chains = [(IPVS_OUT_FILTER.to_string(), out_filter)].into();
+            self.kernel.iptables_restore(family, &kproxy_backend_iptables::restore::chains(&[(Table::Filter, &chain)], &[])).await?;
         }
 
         // IPVS: the whole table on a full sync; otherwise the virtual

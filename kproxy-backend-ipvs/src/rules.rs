@@ -9,6 +9,7 @@
 //! only decide masquerade and filtering around it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use kproxy_backend_iptables::kernel::Listing;
 use kproxy_backend_iptables::render::{local_match, Chains, Jump, Table};
@@ -32,6 +33,9 @@ pub const LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
 pub const NODE_PORT: &str = "KUBE-NODE-PORT";
 /// filter `KUBE-IPVS-FILTER`: other ports of bound addresses are rejected.
 pub const IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+/// filter `KUBE-IPVS-OUT-FILTER`: the node's own connections to
+/// LoadBalancer VIPs whose source ranges leave the node out.
+pub const IPVS_OUT_FILTER: &str = "KUBE-IPVS-OUT-FILTER";
 /// filter `KUBE-PROXY-FIREWALL`, jumped to from INPUT and FORWARD.
 pub const PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 /// filter `KUBE-SOURCE-RANGES-FIREWALL`.
@@ -52,6 +56,7 @@ pub fn jumps() -> Vec<Jump> {
         j(Table::Filter, "INPUT", NODE_PORT, "kubernetes health check rules"),
         j(Table::Filter, "FORWARD", PROXY_FIREWALL, "kube-proxy firewall rules"),
         j(Table::Filter, "FORWARD", FORWARD, "kubernetes forwarding rules"),
+        j(Table::Filter, "OUTPUT", IPVS_OUT_FILTER, "kubernetes ipvs access filter"),
     ]
 }
 
@@ -64,6 +69,33 @@ pub fn render_sets(state: &ProxyState, config: &ProxierConfig) -> Sets {
         }
     }
     sets
+}
+
+/// A LoadBalancer VIP:port the node itself may not reach: its source
+/// ranges hold no node address.
+pub type NodeBlock = (IpAddr, Protocol, u16);
+
+/// One port's [`NodeBlock`]s (VIPs bound on the dummy interface only).
+pub fn port_node_blocks(svc: &ServicePortInfo, config: &ProxierConfig) -> Vec<NodeBlock> {
+    let SourceRanges::Only(nets) = &svc.source_ranges else {
+        return Vec::new();
+    };
+    if config.node_ips.iter().any(|n| nets.iter().any(|net| net.contains(n))) {
+        return Vec::new();
+    }
+    let bound = port_addresses(svc, config);
+    svc.load_balancer_vips.iter().filter(|ip| bound.contains(ip)).map(|ip| (*ip, svc.protocol, svc.port)).collect()
+}
+
+/// `KUBE-IPVS-OUT-FILTER`'s rules, as upstream writes them: IPVS takes the
+/// node's connections at LOCAL_OUT, before filter OUTPUT, so the original
+/// destination is matched with `-m ipvs`; the node reaches a local VIP
+/// from the VIP itself.
+pub fn out_filter_rules<'a>(blocks: impl IntoIterator<Item = &'a NodeBlock>) -> Vec<Rule> {
+    blocks
+        .into_iter()
+        .map(|&(addr, protocol, port)| Rule::new(vec![Match::Source(ipnet::IpNet::from(addr), false), Match::IpvsVirtual { addr, protocol, port }], Target::Drop))
+        .collect()
 }
 
 /// One service port's set entries (`endpoints` are its endpoints).
@@ -197,6 +229,8 @@ pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
         .collect();
     ipvs_filter.push(Rule::new(vec![Match::CtState(vec![CtState::New], false), set(SetName::IpvsIps, f)], Target::Reject));
     filter.insert(IPVS_FILTER.into(), ipvs_filter);
+    // Filled per sync from the Services (see `out_filter_rules`).
+    filter.insert(IPVS_OUT_FILTER.into(), Vec::new());
     filter.insert(
         PROXY_FIREWALL.into(),
         vec![Rule::new(vec![comment("Kubernetes service load balancer ip + port for load balancer with sourceRange"), set(SetName::LoadBalancerFw, f)], Target::Jump(SOURCE_RANGES_FIREWALL.into()))],
@@ -254,6 +288,10 @@ mod tests {
         assert!(text.contains("-I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"), "{text}");
         assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"Kubernetes service lb portal\" -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER\n"), "{text}");
         // Every rule parses back as the typed rule it came from.
+        let blocks = [("1.2.3.4".parse().unwrap(), Protocol::Tcp, 80), ("fd00::5".parse().unwrap(), Protocol::Sctp, 9)];
+        let out = out_filter_rules(&blocks);
+        assert_eq!(out[0].args(), "-s 1.2.3.4 -m ipvs --vaddr 1.2.3.4/32 --vproto tcp --vport 80 -j DROP");
+        assert_eq!(&Rule::parse(&out[1].args(), IpFamily::V6).unwrap(), &out[1]);
         for chains in [&nat, &filter] {
             for rule in chains.values().flatten() {
                 assert_eq!(&Rule::parse(&rule.args(), IpFamily::V4).unwrap(), rule);

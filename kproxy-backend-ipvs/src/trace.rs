@@ -77,6 +77,7 @@ pub fn trace(host: &FakeHost, family: IpFamily, config: &ProxierConfig, packet: 
         h.dst = d.server.key.addr;
         h.dport = d.server.key.port;
         h.dnat = true;
+        h.ipvs = Some((key.addr, key.port));
         if from_node {
             let (_, outcome) = first(filter, "OUTPUT", h.clone())?;
             if let Some(v) = stopped(outcome) {

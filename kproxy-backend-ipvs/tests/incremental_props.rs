@@ -44,6 +44,8 @@ async fn run(events: Vec<kproxy_testkit::events::Event>, batch: usize) -> Result
         prop_assert_eq!(got.ipvs.current(), want.ipvs.current(), "IPVS tables differ");
         prop_assert_eq!(&got.ipsets, &want.ipsets, "ipsets differ");
         prop_assert_eq!(got.addresses(), want.addresses(), "dummy addresses differ");
+        let filter = |h: &FakeHost| h.iptables.save(IpFamily::V4, kproxy_backend_iptables::Table::Filter);
+        prop_assert_eq!(filter(got), filter(want), "filter rules differ");
     }
     Ok(())
 }

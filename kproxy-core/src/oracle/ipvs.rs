@@ -12,6 +12,9 @@
 //! - `KUBE-IPVS-FILTER` rejects new connections to an address bound on the
 //!   dummy interface (a ClusterIP, externalIP or LoadBalancer VIP that is
 //!   not a node address) on a port no Service uses there;
+//! - LoadBalancer source ranges apply to the node's own connections only
+//!   when they are sourced from the VIP (`KUBE-IPVS-OUT-FILTER`): IPVS
+//!   takes them before filter OUTPUT;
 //! - masquerade comes from the ipset rules: ClusterIP per `masqueradeAll`
 //!   and the local detector, externalIPs and LoadBalancer VIPs and
 //!   NodePorts unless their policy is Local, and hairpin for local
@@ -20,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::packet::{Packet, Target, Verdict};
+use super::packet::{Origin, Packet, Target, Verdict};
 use crate::config::ProxierConfig;
 use crate::model::{ServicePortInfo, ServicePortName};
 use crate::selection::select_endpoints;
@@ -44,7 +47,10 @@ pub(super) fn evaluate_ipvs(state: &ProxyState, config: &ProxierConfig, packet: 
         return decide(state, config, packet, name, svc, Path::External { masquerade: !svc.external_policy_local });
     }
     if let Some((name, svc)) = find(&|s| s.load_balancer_vips.contains(&dst) && s.port == dport) {
-        if !svc.source_allowed(packet.src, &config.node_ips) {
+        // IPVS takes the node's own connections before filter OUTPUT; only
+        // those sourced from the VIP meet KUBE-IPVS-OUT-FILTER.
+        let filtered = packet.origin != Origin::Node || packet.src == dst;
+        if filtered && !svc.source_allowed(packet.src, &config.node_ips) {
             return Verdict::Drop;
         }
         return decide(state, config, packet, name, svc, Path::External { masquerade: !svc.external_policy_local });

@@ -233,6 +233,11 @@ fn load_balancer_source_ranges() -> Scenario {
         .case("a pod outside the ranges is dropped too", pod(fx::LB_IP, 80), Verdict::Drop)
         .case("source ranges never apply to the NodePort", outside(fx::BLOCKED_CLIENT, fx::NODE_IP, 3003), fwd(&["10.180.1.3:80"], true))
         .case("source ranges never apply to the ClusterIP", pod("172.30.0.43", 80), fwd(&["10.180.1.3:80"], false))
+        .case(
+            "the node reaching the VIP, sourced from the VIP, is dropped when no range holds the node",
+            Packet::tcp(Origin::Node, ip(fx::LB_IP), ip(fx::LB_IP), 80),
+            Verdict::Drop,
+        )
 }
 
 fn load_balancer_range_holds_node() -> Scenario {
