@@ -224,8 +224,18 @@ impl IpvsKernel for IpvsHost {
     }
 
     async fn sysctl(&mut self, key: &str, value: &str) -> Result<(), KernelError> {
-        let setting = format!("{}={value}", key.replace('/', "."));
-        self.run(&["sysctl", "-q", "-w", &setting], None).await.map(|_| ())
+        match &self.netns {
+            // Our own namespace: write the file (a slim image has no
+            // `sysctl` tool).
+            None => {
+                let path = format!("/proc/sys/{key}");
+                tokio::fs::write(&path, value).await.map_err(|e| KernelError::Tool(format!("cannot set {path} to {value}: {e}")))
+            }
+            Some(_) => {
+                let setting = format!("{}={value}", key.replace('/', "."));
+                self.run(&["sysctl", "-q", "-w", &setting], None).await.map(|_| ())
+            }
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The binary in IPVS mode, for real, on a kernel with IPVS (inside the VM
 //! of scripts/ipvs-vm.sh, in private namespaces): `kproxy --proxy-mode
 //! ipvs --manifests DIR` serves shared scenarios with real traffic,
-//! follows a manifest change, reports its mode, keeps its rules after
-//! SIGTERM, and `--cleanup` removes everything IPVS mode installed.
+//! sets IPVS's sysctls, follows a manifest change, reports its mode, keeps
+//! its rules after SIGTERM, and `--cleanup` removes everything IPVS mode
+//! installed.
 //! Built only with the `vm-tests` feature.
 
 use std::time::{Duration, Instant};
@@ -66,6 +67,11 @@ fn ipvs_mode_serves_scenarios_follows_changes_and_cleans_up() {
     let (dir, handle) = start(&mut topo, &scenario, "172.30.0.41:80");
     let failures = check_scenario_for(&topo, &scenario, Dataplane::Ipvs);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // IPVS's sysctls, set in kproxy's own namespace (no `sysctl` tool needed).
+    for key in ["conntrack", "expire_nodest_conn", "expire_quiescent_template"] {
+        let value = topo.node.exec(&["cat", &format!("/proc/sys/net/ipv4/vs/{key}")]).unwrap();
+        assert_eq!(value.trim(), "1", "net.ipv4.vs.{key}");
+    }
     let mode = topo.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/proxyMode"]).unwrap();
     assert_eq!(mode.trim(), "ipvs");
     let metrics = topo.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/metrics"]).unwrap();
