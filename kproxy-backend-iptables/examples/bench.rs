@@ -23,7 +23,7 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::render::jumps;
 use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, run_isolated, summary, Changes};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 async fn one_size(flavour: Flavour, services: usize, eps: usize) {
@@ -73,11 +73,7 @@ fn main() {
         rt.block_on(one_size(flavour(&args[1]), services, eps));
         return;
     }
-    let sizes: Vec<usize> = args
-        .first()
-        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
-        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
-    let eps: usize = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    let (sizes, eps) = sizes_and_endpoints(&args, &[1_000, 10_000, 50_000]);
     let flavours: Vec<String> = args.get(2).map(|f| f.split(',').map(str::to_string).collect()).unwrap_or_else(|| vec!["legacy".into(), "nft".into()]);
     let version = Command::new("iptables-legacy").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -319,12 +319,7 @@ impl Rule {
                         expect(&mut t, "--vaddr")?;
                         let addr = ipnet(t.next())?.addr();
                         expect(&mut t, "--vproto")?;
-                        let protocol = match t.next() {
-                            Some("tcp") => Protocol::Tcp,
-                            Some("udp") => Protocol::Udp,
-                            Some("sctp") => Protocol::Sctp,
-                            other => return Err(format!("ipvs: unknown protocol {other:?}")),
-                        };
+                        let protocol = protocol(t.next())?;
                         expect(&mut t, "--vport")?;
                         let port = u16::try_from(num(t.next(), "vport")?).map_err(|_| "vport: out of range")?;
                         matches.push(Match::IpvsVirtual { addr, protocol, port });
@@ -351,12 +346,7 @@ impl Rule {
                     other => return Err(format!("unknown match module {other:?}")),
                 },
                 "-p" => {
-                    let p = match t.next() {
-                        Some("tcp") => Protocol::Tcp,
-                        Some("udp") => Protocol::Udp,
-                        Some("sctp") => Protocol::Sctp,
-                        other => return Err(format!("unknown protocol {other:?}")),
-                    };
+                    let p = protocol(t.next())?;
                     matches.push(Match::Protocol(p));
                 }
                 "-s" => matches.push(Match::Source(ipnet(t.next())?, neg)),
@@ -461,3 +451,13 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
     }
     Ok(out)
 }
+/// `tcp`, `udp` or `sctp`, as `-p` and `--vproto` spell them.
+fn protocol(token: Option<&str>) -> Result<Protocol, String> {
+    match token {
+        Some("tcp") => Ok(Protocol::Tcp),
+        Some("udp") => Ok(Protocol::Udp),
+        Some("sctp") => Ok(Protocol::Sctp),
+        other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+

@@ -25,7 +25,7 @@ use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
-use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, run_isolated, summary};
+use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary};
 
 /// One timed sync, and what the proxier sent in it.
 async fn timed<P: Proxier>(p: &mut P, stats: &impl Fn(&P) -> (usize, usize)) -> (Duration, usize, usize) {
@@ -105,11 +105,7 @@ fn main() {
         rt.block_on(one_size(&args[1], services, eps));
         return;
     }
-    let sizes: Vec<usize> = args
-        .first()
-        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
-        .unwrap_or_else(|| vec![1_000, 10_000]);
-    let eps: usize = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    let (sizes, eps) = sizes_and_endpoints(&args, &[1_000, 10_000]);
     let backends: Vec<String> = args.get(2).map(|f| f.split(',').map(str::to_string).collect()).unwrap_or_else(|| vec!["ipvs".into(), "nftables".into()]);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel: {}; {} CPUs", kernel.trim(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

@@ -17,8 +17,6 @@ const ENOENT: i32 = 2;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeIpvs {
     services: BTreeMap<VsKey, (VirtualServer, BTreeMap<RsKey, RealServerStatus>)>,
-    /// Operations applied so far (one netlink message each).
-    pub messages: usize,
 }
 
 impl FakeIpvs {
@@ -32,7 +30,6 @@ impl FakeIpvs {
     pub fn apply(&mut self, ops: &[Op]) -> Vec<(Op, io::Error)> {
         let mut failed = Vec::new();
         for op in ops {
-            self.messages += 1;
             if let Err(code) = self.apply_one(op) {
                 failed.push((*op, io::Error::from_raw_os_error(code)));
             }

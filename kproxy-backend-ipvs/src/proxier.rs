@@ -211,19 +211,18 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         // The rules: all of them on a full sync (the fixed chains, with
         // KUBE-IPVS-OUT-FILTER filled); otherwise only that chain, when
         // the VIPs the node may not reach changed.
-        let out_filter = out_filter_rules(&self.renderer.node_blocks());
         if full {
             let nat = self.kernel.iptables_list(family, Table::Nat).await?;
             let filter = self.kernel.iptables_list(family, Table::Filter).await?;
             let mut present = nat;
             present.builtin_rules.extend(filter.builtin_rules);
             let mut filter_chains = self.chains.1.clone();
-            filter_chains.insert(IPVS_OUT_FILTER.into(), out_filter);
+            filter_chains.insert(IPVS_OUT_FILTER.into(), out_filter_rules(&self.renderer.node_blocks()));
             let text = restore_text(&self.chains.0, &filter_chains, &present);
             self.kernel.iptables_restore(family, &text).await?;
             stats.rules_written = true;
         } else if !journal.blocks.is_empty() {
-            let chain: Chains = [(IPVS_OUT_FILTER.to_string(), out_filter)].into();
+            let chain: Chains = [(IPVS_OUT_FILTER.to_string(), out_filter_rules(&self.renderer.node_blocks()))].into();
             self.kernel.iptables_restore(family, &kproxy_backend_iptables::restore::chains(&[(Table::Filter, &chain)], &[])).await?;
         }
 

@@ -105,10 +105,6 @@ impl SetName {
         }
     }
 
-    /// The set named `name` in the kernel, if it is one of these.
-    pub fn parse(name: &str, family: IpFamily) -> Option<SetName> {
-        all_sets().into_iter().find(|s| s.name(family) == name)
-    }
 }
 
 /// One entry of a set.

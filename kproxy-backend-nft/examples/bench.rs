@@ -19,7 +19,7 @@ use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
 use kproxy_core::oracle::fixtures as fx;
-use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, run_isolated, summary, Changes};
+use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 /// With KPROXY_BENCH_STAGES=1, prints memory after each stage to stderr.
@@ -68,11 +68,7 @@ fn main() {
         rt.block_on(one_size(services, eps));
         return;
     }
-    let sizes: Vec<usize> = args
-        .first()
-        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
-        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
-    let eps: usize = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    let (sizes, eps) = sizes_and_endpoints(&args, &[1_000, 10_000, 50_000]);
     let nft = Command::new("nft").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("nft: {}; kernel: {}", nft.unwrap_or_else(|_| "nft not found".into()), kernel.trim());

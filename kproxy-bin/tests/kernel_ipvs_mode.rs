@@ -11,17 +11,10 @@ use std::time::{Duration, Instant};
 use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane, Scenario, Verdict};
 use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+mod common;
+use common::write_manifests;
 
-fn write_manifests(dir: &std::path::Path, scenario: &Scenario) {
-    // JSON is YAML: one object per file.
-    let objects = std::iter::once(serde_json::to_string(&scenario.node).unwrap())
-        .chain(scenario.services.iter().map(|s| serde_json::to_string(s).unwrap()))
-        .chain(scenario.slices.iter().map(|s| serde_json::to_string(s).unwrap()));
-    for (n, text) in objects.enumerate() {
-        std::fs::write(dir.join(format!("{n:03}.yaml")), text).unwrap();
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
 /// Starts kproxy in IPVS mode for `scenario` and waits for `vip` in the
 /// IPVS table; returns the manifests directory and the process handle.

@@ -10,23 +10,11 @@ use kproxy_core::IpFamily;
 use kproxy_netfilter::Conntrack;
 use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology, KPT};
 
+mod common;
+use common::write_manifests;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
-fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Scenario) {
-    // JSON is YAML: one object per file.
-    let mut n = 0;
-    let mut put = |text: String| {
-        std::fs::write(dir.join(format!("{n:03}.yaml")), text).unwrap();
-        n += 1;
-    };
-    put(serde_json::to_string(&scenario.node).unwrap());
-    for s in &scenario.services {
-        put(serde_json::to_string(s).unwrap());
-    }
-    for s in &scenario.slices {
-        put(serde_json::to_string(s).unwrap());
-    }
-}
 
 /// Starts `kproxy --manifests` for `scenario` in its topology's node and
 /// waits for the table; returns the manifests directory.

@@ -194,12 +194,18 @@ impl GenlSocket {
         self.transact(family, version, cmd, attrs)
     }
 
-    /// One request, one reply: Ok(attributes) or the kernel's error.
-    fn transact(&mut self, family: u16, version: u8, cmd: u8, attrs: &[u8]) -> Result<Result<OwnedAttrs, io::Error>, NetlinkError> {
+    /// Sends one request with `flags`; returns its sequence number.
+    fn request(&mut self, family: u16, version: u8, cmd: u8, flags: u16, attrs: &[u8]) -> Result<u32, NetlinkError> {
         let seq = self.take_seqs(1);
         let mut buf = Vec::new();
-        genl_message(&mut buf, family, NLM_F_REQUEST, seq, cmd, version, |b| b.extend_from_slice(attrs));
+        genl_message(&mut buf, family, flags, seq, cmd, version, |b| b.extend_from_slice(attrs));
         self.send(&buf)?;
+        Ok(seq)
+    }
+
+    /// One request, one reply: Ok(attributes) or the kernel's error.
+    fn transact(&mut self, family: u16, version: u8, cmd: u8, attrs: &[u8]) -> Result<Result<OwnedAttrs, io::Error>, NetlinkError> {
+        let seq = self.request(family, version, cmd, NLM_F_REQUEST, attrs)?;
         loop {
             let data = self.recv()?;
             for (kind, msg) in messages(&data) {
@@ -271,10 +277,7 @@ impl GenlSocket {
         attrs: &[u8],
         mut each: impl FnMut(u8, Attrs<'_>),
     ) -> Result<(), NetlinkError> {
-        let seq = self.take_seqs(1);
-        let mut buf = Vec::new();
-        genl_message(&mut buf, family, NLM_F_REQUEST | NLM_F_DUMP, seq, cmd, version, |b| b.extend_from_slice(attrs));
-        self.send(&buf)?;
+        let seq = self.request(family, version, cmd, NLM_F_REQUEST | NLM_F_DUMP, attrs)?;
         loop {
             let data = self.recv()?;
             for (kind, msg) in messages(&data) {

@@ -107,6 +107,17 @@ pub async fn change_rounds<P: Proxier + ?Sized>(p: &mut P, services: usize, eps:
     c
 }
 
+/// A benchmark's `[SERVICES,...] [ENDPOINTS]` arguments (the first two of
+/// `args`), with `default_sizes` and 10 endpoints when absent.
+pub fn sizes_and_endpoints(args: &[String], default_sizes: &[usize]) -> (Vec<usize>, usize) {
+    let sizes = args
+        .first()
+        .map(|s| s.split(',').map(|n| n.parse().expect("a number of services")).collect())
+        .unwrap_or_else(|| default_sizes.to_vec());
+    let eps = args.get(1).map(|n| n.parse().expect("a number of endpoints")).unwrap_or(10);
+    (sizes, eps)
+}
+
 /// Runs this benchmark's own executable with `args` inside a fresh network
 /// namespace named after `label`, and deletes the namespace afterwards.
 /// Exits the process with a one-line message naming `tool` when the

@@ -119,40 +119,54 @@ pub struct World {
 
 /// Applies `e` to the world and hands the change to `state`.
 pub fn step(world: &mut World, state: &mut ProxyState, e: &Event) {
-    let state = std::cell::RefCell::new(state);
-    apply(world, e, |old, new| state.borrow_mut().on_service(old, new), |s, removed| state.borrow_mut().on_endpoint_slice(s, removed));
+    match apply(world, e) {
+        Some(Change::Service(old, new)) => {
+            state.on_service(old.as_deref(), new.as_deref());
+        }
+        Some(Change::Slice(slice, removed)) => {
+            state.on_endpoint_slice(&slice, removed);
+        }
+        None => {}
+    }
 }
 
 /// [`step`] for a proxier: applies `e` to the world and hands the change
 /// to `p`'s handlers.
 pub fn step_proxier<P: kproxy_core::Proxier + ?Sized>(world: &mut World, p: &mut P, e: &Event) {
-    let p = std::cell::RefCell::new(p);
-    apply(world, e, |old, new| p.borrow_mut().on_service_update(old, new), |s, removed| p.borrow_mut().on_endpoint_slice_update(s, removed));
+    match apply(world, e) {
+        Some(Change::Service(old, new)) => {
+            p.on_service_update(old.as_deref(), new.as_deref());
+        }
+        Some(Change::Slice(slice, removed)) => {
+            p.on_endpoint_slice_update(&slice, removed);
+        }
+        None => {}
+    }
 }
 
-/// Applies `e` to the world and reports the change to the handlers.
-fn apply<R1, R2>(world: &mut World, e: &Event, mut on_service: impl FnMut(Option<&Service>, Option<&Service>) -> R1, mut on_slice: impl FnMut(&EndpointSlice, bool) -> R2) {
+/// What an event changed: a Service (previous, current) or a slice
+/// (the slice, whether it was removed).
+enum Change {
+    Service(Option<Box<Service>>, Option<Box<Service>>),
+    Slice(Box<EndpointSlice>, bool),
+}
+
+/// Applies `e` to the world; None when it changed nothing (deleting what
+/// does not exist).
+fn apply(world: &mut World, e: &Event) -> Option<Change> {
     match e {
         Event::Service(i, s) => {
             let new = build_service(*i, s);
-            on_service(world.services[*i as usize].as_ref(), Some(&new));
-            world.services[*i as usize] = Some(new);
+            let old = world.services[*i as usize].replace(new.clone());
+            Some(Change::Service(old.map(Box::new), Some(Box::new(new))))
         }
-        Event::DeleteService(i) => {
-            if let Some(old) = world.services[*i as usize].take() {
-                on_service(Some(&old), None);
-            }
-        }
+        Event::DeleteService(i) => world.services[*i as usize].take().map(|old| Change::Service(Some(Box::new(old)), None)),
         Event::Slice(i, j, eps) => {
             let s = build_slice(*i, *j, eps);
-            on_slice(&s, false);
-            world.slices.insert((*i, *j), s);
+            world.slices.insert((*i, *j), s.clone());
+            Some(Change::Slice(Box::new(s), false))
         }
-        Event::DeleteSlice(i, j) => {
-            if let Some(s) = world.slices.remove(&(*i, *j)) {
-                on_slice(&s, true);
-            }
-        }
+        Event::DeleteSlice(i, j) => world.slices.remove(&(*i, *j)).map(|s| Change::Slice(Box::new(s), true)),
     }
 }
 

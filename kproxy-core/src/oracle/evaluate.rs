@@ -126,7 +126,7 @@ fn decide(
     }
 }
 
-fn targets(endpoints: &[Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
+pub(super) fn targets(endpoints: &[Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
     let mut out: Vec<Target> = endpoints
         .iter()
         .map(|e| Target {

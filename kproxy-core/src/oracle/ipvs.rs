@@ -21,9 +21,10 @@
 //!   endpoints only (`KUBE-LOOP-BACK`).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use super::packet::{Origin, Packet, Target, Verdict};
+use super::evaluate::targets;
+use super::packet::{Origin, Packet, Verdict};
 use crate::config::ProxierConfig;
 use crate::model::{ServicePortInfo, ServicePortName};
 use crate::selection::select_endpoints;
@@ -92,11 +93,6 @@ fn decide(state: &ProxyState, config: &ProxierConfig, packet: &Packet, name: &Se
         Path::ClusterIp => config.masquerade_all || (detector.is_implemented() && !detector.is_local(packet.src, packet.iif())),
         Path::External { masquerade } => masquerade,
     };
-    let mut targets: Vec<Target> = endpoints
-        .iter()
-        .map(|e| Target { endpoint: SocketAddr::new(e.ip, e.port), masquerade: masquerade || (e.is_local && e.ip == packet.src) })
-        .collect();
-    targets.sort();
-    targets.dedup();
-    Verdict::Forward { targets, affinity_seconds: svc.affinity_timeout_seconds }
+    // No short-circuit in IPVS mode: hairpin is for local endpoints only.
+    Verdict::Forward { targets: targets(endpoints, masquerade, false, packet), affinity_seconds: svc.affinity_timeout_seconds }
 }
