@@ -263,7 +263,9 @@ fn ipvs_mode_without_an_ipvs_kernel_is_one_line() {
     let ns = kproxy_testkit::Netns::new("noipvs").unwrap();
     let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster");
     let err = ns.exec(&[BIN, "--proxy-mode", "ipvs", "--hostname-override", "node-a", "--manifests", cluster]).unwrap_err();
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains("IPVS")).collect();
+    // `ip netns exec ... failed: STDERR`: kproxy's stderr is one line.
+    let stderr = err.split_once(" failed: ").map_or(err.as_str(), |(_, e)| e);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("the kernel has no IPVS (modprobe ip_vs)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
