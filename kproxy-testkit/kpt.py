@@ -22,8 +22,9 @@ reach --src IP --targets IP:PORT,... --seconds S
     answered once; prints "WALLTIME all N" then, or "timeout K of N".
 udpstream --src IP --sport N --dst IP --port N --seconds S
     Sends a datagram every 50 ms for S seconds from one socket (one source
-    port, so one conntrack entry); prints "T NAME" per answer or
-    "T timeout", T being seconds since the start.
+    port, so one conntrack entry); prints "T NAME" per answer, "T refused"
+    when an ICMP port unreachable came back, or "T timeout", T being
+    seconds since the start.
 """
 import time
 import argparse
@@ -197,8 +198,10 @@ def udpstream(args):
         try:
             s.send(b"hello")
             name = s.recv(2048).decode().split()[0]
-        except (socket.timeout, ConnectionRefusedError):
+        except socket.timeout:
             name = "timeout"
+        except ConnectionRefusedError:
+            name = "refused"
         print("%.2f %s" % (t, name), flush=True)
         time.sleep(0.05)
 

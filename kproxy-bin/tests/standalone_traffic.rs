@@ -167,6 +167,72 @@ fn udp_flows_move_off_an_endpoint_that_leaves_the_service() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts `kproxy --manifests` in `mode` for `scenario` and waits until
+/// its first case is served; returns the manifests directory.
+fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, mode: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}-{mode}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, scenario);
+    let args = [BIN, "--proxy-mode", mode, "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
+    topo.node.spawn(&args).unwrap();
+    let case = &scenario.cases[0];
+    let start = Instant::now();
+    while let Err(e) = check_case(topo, &case.packet, &case.expected) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{mode}: kproxy never served {}: {e}", case.name);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    dir
+}
+
+/// kubernetes/kubernetes#139628: a UDP client streaming from one source
+/// port to a ClusterIP keeps its conntrack entry to the old pod after the
+/// Service drops to zero endpoints, unless the proxy deletes it. kproxy
+/// deletes it, so the next datagram meets the no-endpoint REJECT (ICMP
+/// port unreachable) and no later one reaches the old pod. Both modes the
+/// host kernel has.
+#[test]
+fn udp_flows_are_refused_once_the_service_has_no_endpoints() {
+    if !kernel_tests_enabled("udp_flows_are_refused_once_the_service_has_no_endpoints") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    for mode in ["nftables", "iptables"] {
+        let mut topo = Topology::build(&scenario).unwrap();
+        let dir = start_kproxy_in(&mut topo, &scenario, "udp-zero", mode);
+        let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
+        let stream = topo.pods.get_mut(&client).unwrap();
+        let handle = stream
+            .spawn(&["python3", KPT, "udpstream", "--src", fx::LOCAL_CLIENT_POD, "--sport", "40054", "--dst", "172.30.0.41", "--port", "53", "--seconds", "12"])
+            .unwrap();
+        let mut conntrack = Conntrack::open_in_netns(topo.node.name()).unwrap();
+        let start = Instant::now();
+        while !conntrack.flows(IpFamily::V4).unwrap().iter().any(|f| f.original_source.port() == 40054) {
+            assert!(start.elapsed() < Duration::from_secs(10), "{mode}: the stream never made a conntrack entry");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+
+        // Scale to zero: the slice keeps its ports and loses every
+        // endpoint; the pods keep answering anything that reaches them.
+        let mut slice = scenario.slices[0].clone();
+        slice.endpoints.clear();
+        let last = std::fs::read_dir(&dir).unwrap().count() - 1;
+        std::fs::write(dir.join(format!("{last:03}.yaml")), serde_json::to_string(&slice).unwrap()).unwrap();
+
+        let out = topo.pods.get_mut(&client).unwrap().wait_output(handle).unwrap();
+        let answers: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+        // The pods answer with their own address.
+        let is_pod = |a: &str| a.parse::<std::net::IpAddr>().is_ok();
+        assert!(answers.first().is_some_and(|a| is_pod(a)), "{mode}: the stream never reached a pod:\n{out}");
+        let refused = answers.iter().position(|a| *a == "refused").unwrap_or_else(|| panic!("{mode}: never refused after the scale to zero:\n{out}"));
+        let after = &answers[refused..];
+        assert!(after.iter().all(|a| !is_pod(a)), "{mode}: a pod answered after the first refusal:\n{out}");
+        assert!(after.iter().filter(|a| **a == "refused").count() >= 10, "{mode}: too few refusals after the change:\n{out}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// The conntrack sysctls are set in kproxy's own network namespace, from
 /// the flags; the host's stay as they were.
 #[test]

@@ -15,8 +15,11 @@
 //! As upstream:
 //! - only UDP and SCTP entries are considered (TCP connections reset
 //!   themselves);
-//! - services with no serving endpoints are left alone (there is nothing
-//!   better to send their flows to);
+//! - a service with no serving endpoint left has every flow to its
+//!   frontends deleted, so the client's next packet meets the
+//!   no-endpoint REJECT instead of following the entry to the old pod for
+//!   as long as it keeps sending (kubernetes/kubernetes#139628, fixed
+//!   upstream the same way);
 //! - terminating-but-serving endpoints still count as serving, and traffic
 //!   policies and topology are ignored, so existing flows behave as TCP
 //!   connections do.
@@ -24,7 +27,12 @@
 //! Beyond upstream:
 //! - a flow to a known frontend is never judged by the NodePort rule, so
 //!   a healthy flow to a ClusterIP whose port happens to equal another
-//!   service's NodePort is not deleted on every sync;
+//!   service's NodePort is not deleted on every sync; nor is a flow that
+//!   was not DNATed (the node talking to another host's port that equals
+//!   a NodePort);
+//! - NodePort flows of a service without endpoints are deleted too
+//!   (upstream's fix leaves them, as it cannot tell them apart from
+//!   unrelated traffic by port alone; the DNAT condition above does);
 //! - flows to a ClusterIP whose UDP/SCTP service was deleted are deleted
 //!   (upstream's older behaviour), unless the address serves again.
 
@@ -65,7 +73,8 @@ pub struct StaleFlowFilter {
     /// Every frontend IP, of every protocol (so a deleted ClusterIP that
     /// is in use again is left alone).
     frontend_ips: HashSet<IpAddr>,
-    /// The serving endpoint IPs of each service port with any.
+    /// The serving endpoint IPs of each UDP/SCTP service port (empty for
+    /// a port with none: every flow to it is stale).
     serving: Vec<HashSet<IpAddr>>,
     /// ClusterIPs of deleted UDP/SCTP service ports.
     deleted: HashSet<IpAddr>,
@@ -84,9 +93,6 @@ impl StaleFlowFilter {
                 continue;
             }
             let serving: HashSet<IpAddr> = endpoints.get(name).iter().filter(|e| e.serving).map(|e| e.ip).collect();
-            if serving.is_empty() {
-                continue;
-            }
             let index = filter.serving.len();
             filter.serving.push(serving);
             for ip in ips {
@@ -112,7 +118,9 @@ impl StaleFlowFilter {
             return !self.serving[i].contains(&reply);
         }
         if let Some(&i) = self.node_ports.get(&(flow.protocol, dst.port())) {
-            if !self.frontend_ips.contains(&dst.ip()) {
+            // Only DNATed flows can be a NodePort's: a flow the node sent
+            // to some host's port equal to a NodePort is none of ours.
+            if !self.frontend_ips.contains(&dst.ip()) && flow.reply_source != dst {
                 return !self.serving[i].contains(&reply);
             }
         }

@@ -82,12 +82,30 @@ fn a_flow_that_was_never_dnated_is_stale_once_the_service_has_endpoints() {
 }
 
 #[test]
-fn services_without_serving_endpoints_and_tcp_are_left_alone() {
+fn every_flow_to_a_service_without_serving_endpoints_is_stale() {
+    // kubernetes/kubernetes#139628: a client streaming from one source port
+    // kept reaching the old pod after the Service dropped to zero
+    // endpoints; its entry must go so the next packet meets the REJECT.
     let f = filter(&[]);
-    assert!(!f.is_stale(&flow(Protocol::Udp, "172.30.0.30:53", "172.30.0.30:53")), "no endpoints");
+    assert!(f.is_stale(&flow(Protocol::Udp, "172.30.0.30:53", "10.1.0.3:53")), "DNATed to the pod that went");
+    assert!(f.is_stale(&flow(Protocol::Udp, "172.30.0.30:53", "172.30.0.30:53")), "never DNATed");
+    let (services, mut endpoints) = cluster();
+    let dns = ServicePortName::new("kube-system", "dns", "dns", Protocol::Udp);
+    endpoints.insert(dns, Vec::new());
+    let f = StaleFlowFilter::new(&services, &endpoints, []);
+    assert!(f.is_stale(&flow(Protocol::Udp, "172.30.0.10:53", "10.1.0.1:5353")), "ClusterIP, after the last endpoint went");
+    assert!(f.is_stale(&flow(Protocol::Udp, "192.0.2.10:53", "10.1.0.1:5353")), "externalIP");
+    assert!(f.is_stale(&flow(Protocol::Udp, "192.168.50.2:30053", "10.1.0.1:5353")), "NodePort");
+    assert!(!f.is_stale(&flow(Protocol::Udp, "172.30.0.40:30053", "10.1.0.7:9000")), "other services keep theirs");
+}
+
+#[test]
+fn tcp_and_strangers_are_left_alone() {
+    let f = filter(&[]);
     assert!(!f.is_stale(&flow(Protocol::Tcp, "172.30.0.20:80", "10.9.9.9:8080")), "TCP");
     assert!(!f.is_stale(&flow(Protocol::Udp, "172.30.0.20:80", "10.9.9.9:8080")), "UDP to a TCP-only port");
     assert!(!f.is_stale(&flow(Protocol::Udp, "203.0.113.1:53", "203.0.113.1:53")), "not a service");
+    assert!(!f.is_stale(&flow(Protocol::Udp, "203.0.113.1:30053", "203.0.113.1:30053")), "another host's port that equals a NodePort");
 }
 
 #[test]
@@ -103,7 +121,8 @@ fn flows_to_a_deleted_clusterip_are_stale_unless_it_is_in_use_again() {
     assert!(f.is_stale(&flow(Protocol::Udp, "172.30.0.99:53", "10.1.0.3:53")));
     assert!(f.is_stale(&flow(Protocol::Sctp, "172.30.0.99:7", "10.1.0.3:7")));
     assert!(!f.is_stale(&flow(Protocol::Tcp, "172.30.0.99:53", "10.1.0.3:53")), "TCP");
-    assert!(!f.is_stale(&flow(Protocol::Udp, "172.30.0.30:53", "10.1.0.3:53")), "re-used by `empty`");
+    assert!(f.is_stale(&flow(Protocol::Udp, "172.30.0.30:53", "10.1.0.3:53")), "re-used by `empty`, which has no endpoint");
+    assert!(!f.deleted.contains(&ip("172.30.0.30")), "judged as `empty`'s, not as deleted");
 }
 
 #[test]
@@ -111,7 +130,9 @@ fn an_empty_filter_says_so() {
     assert!(StaleFlowFilter::new(&ServiceMap::new(), &EndpointsMap::new(), []).is_empty());
     assert!(!filter(&[]).is_empty());
     let (services, _) = cluster();
-    assert!(StaleFlowFilter::new(&services, &EndpointsMap::new(), []).is_empty(), "no endpoints anywhere");
+    assert!(!StaleFlowFilter::new(&services, &EndpointsMap::new(), []).is_empty(), "UDP services without endpoints still have flows to end");
+    let tcp_only: ServiceMap = services.iter().filter(|(n, _)| n.protocol == Protocol::Tcp).map(|(n, i)| (n.clone(), i.clone())).collect();
+    assert!(StaleFlowFilter::new(&tcp_only, &EndpointsMap::new(), []).is_empty(), "TCP only");
 }
 
 fn arb_protocol() -> impl Strategy<Value = Protocol> {
