@@ -16,7 +16,7 @@ use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 
-use kproxy_testkit::events::{event, step, World};
+use kproxy_testkit::events::{sharing_event, step, World};
 
 /// Each chain's rules as sorted text: equal when the same rules are there.
 fn canonical(kernel: &FakeIptables) -> BTreeMap<(Table, String), Vec<String>> {
@@ -41,7 +41,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn partial_restores_reach_the_full_state(events in prop::collection::vec(event(), 1..24), batch in 1usize..4) {
+    fn partial_restores_reach_the_full_state(events in prop::collection::vec(sharing_event(), 1..24), batch in 1usize..4) {
         let config = fx::config(IpFamily::V4);
         let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
         state.on_node(&fx::node());

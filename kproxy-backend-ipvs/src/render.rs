@@ -40,7 +40,19 @@ pub struct DesiredIpvs {
 pub fn render_ipvs(state: &ProxyState, config: &ProxierConfig, scheduler: Scheduler) -> DesiredIpvs {
     let mut out = DesiredIpvs::default();
     for (name, svc) in state.services().iter() {
-        out.services.extend(render_port(state, config, scheduler, name, svc));
+        for (key, desired) in render_port(state, config, scheduler, name, svc) {
+            // Two ports on one address and port: the first by name owns
+            // the virtual server, as in the incremental renderer.
+            match out.services.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut e) if desired.owner < e.get().owner => {
+                    e.insert(desired);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(desired);
+                }
+            }
+        }
         out.addresses.extend(port_addresses(svc, config));
     }
     out

@@ -13,7 +13,7 @@ use kproxy_backend_ipvs::rules::render_sets;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
 use kproxy_core::oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
-use kproxy_testkit::events::{event, replay, step_proxier, World};
+use kproxy_testkit::events::{sharing_event, replay, step_proxier, World};
 use proptest::prelude::*;
 
 fn proxier() -> IpvsProxier<FakeHost> {
@@ -54,7 +54,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn partial_syncs_reach_what_a_full_sync_writes(events in prop::collection::vec(event(), 1..24), batch in 1usize..4) {
+    fn partial_syncs_reach_what_a_full_sync_writes(events in prop::collection::vec(sharing_event(), 1..24), batch in 1usize..4) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run(events, batch))?;
     }

@@ -25,7 +25,19 @@ pub struct SvcSpec {
     pub external_ip: bool,
     /// 0 no source ranges, 1 one range, 2 a range and a bogus entry.
     pub ranges: u8,
+    /// 0 its own addresses; 1 also the externalIP every such Service
+    /// shares ([`SHARED_EXTERNAL_IP`]); 2 the ClusterIP every such Service
+    /// shares ([`SHARED_CLUSTER_IP`]). Only [`sharing_event`] makes these.
+    pub shared: u8,
 }
+
+/// The externalIP of Services with `shared: 1` (the API server allows one
+/// externalIP in many Services).
+pub const SHARED_EXTERNAL_IP: &str = "192.168.99.200";
+
+/// The ClusterIP of Services with `shared: 2` (the API server never gives
+/// one ClusterIP twice, but a proxy must not depend on it).
+pub const SHARED_CLUSTER_IP: &str = "172.30.0.250";
 
 /// One cluster event.
 #[derive(Debug, Clone)]
@@ -51,13 +63,25 @@ pub fn spec() -> impl Strategy<Value = SvcSpec> {
             affinity,
             external_ip,
             ranges,
+            shared: 0,
         })
 }
 
 /// A random cluster event.
 pub fn event() -> impl Strategy<Value = Event> {
+    events_of(spec().boxed())
+}
+
+/// A random cluster event where Services often share an externalIP or a
+/// ClusterIP and port, so that claims on one destination are taken,
+/// contested and released in every order.
+pub fn sharing_event() -> impl Strategy<Value = Event> {
+    events_of((spec(), 0u8..3).prop_map(|(s, shared)| SvcSpec { shared, ..s }).boxed())
+}
+
+fn events_of(spec: BoxedStrategy<SvcSpec>) -> impl Strategy<Value = Event> {
     prop_oneof![
-        3 => (0u8..6, spec()).prop_map(|(i, s)| Event::Service(i, s)),
+        3 => (0u8..6, spec).prop_map(|(i, s)| Event::Service(i, s)),
         1 => (0u8..6).prop_map(Event::DeleteService),
         4 => (0u8..6, 0u8..2, prop::collection::vec((0u8..12, any::<bool>(), 0u8..4), 0..5)).prop_map(|(i, j, e)| Event::Slice(i, j, e)),
         1 => (0u8..6, 0u8..2).prop_map(|(i, j)| Event::DeleteSlice(i, j)),
@@ -68,7 +92,8 @@ pub fn event() -> impl Strategy<Value = Event> {
 pub fn build_service(i: u8, s: &SvcSpec) -> Service {
     let name = format!("svc{i}");
     let node_port = if s.kind > 0 { 30000 + i32::from(i) } else { 0 };
-    let mut b = service("ns", &name, &[&format!("172.30.0.{}", 10 + i)]).port("p80", 80, "TCP", node_port);
+    let cluster_ip = if s.shared == 2 { SHARED_CLUSTER_IP.to_string() } else { format!("172.30.0.{}", 10 + i) };
+    let mut b = service("ns", &name, &[&cluster_ip]).port("p80", 80, "TCP", node_port);
     if s.udp {
         b = b.port("dns", 53, "UDP", 0);
     }
@@ -77,8 +102,11 @@ pub fn build_service(i: u8, s: &SvcSpec) -> Service {
         2 => b = b.load_balancer(&[&format!("1.2.3.{}", 10 + i)]),
         _ => {}
     }
-    if s.external_ip {
-        b = b.external_ips(&[&format!("192.168.99.{}", 10 + i)]);
+    match (s.external_ip, s.shared == 1) {
+        (true, true) => b = b.external_ips(&[&format!("192.168.99.{}", 10 + i), SHARED_EXTERNAL_IP]),
+        (false, true) => b = b.external_ips(&[SHARED_EXTERNAL_IP]),
+        (true, false) => b = b.external_ips(&[&format!("192.168.99.{}", 10 + i)]),
+        (false, false) => {}
     }
     if s.etp_local && s.kind > 0 {
         b = b.external_policy_local(31000 + i32::from(i));

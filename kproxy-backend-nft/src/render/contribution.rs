@@ -155,6 +155,12 @@ pub(crate) struct Contribution {
     pub elements: Vec<Element>,
     /// Destinations this port owns.
     pub claims: Vec<Key>,
+    /// Destinations this port wanted but another port owns: it is
+    /// re-rendered when they are released.
+    pub lost: Vec<Key>,
+    /// Destinations this port took from their previous owner (its
+    /// fingerprint), which must be re-rendered without them.
+    pub taken: Vec<(Key, u64)>,
     /// Local internal policy with endpoints, none local.
     pub no_local_internal: bool,
     /// Local external policy with endpoints, none local.
@@ -170,6 +176,7 @@ pub(crate) struct Stored {
     pub keys: Vec<(SetId, Key)>,
     pub slot_runs: Vec<(SetId, Key)>,
     pub claims: Vec<Key>,
+    pub lost: Vec<Key>,
     pub no_local_internal: bool,
     pub no_local_external: bool,
 }
@@ -179,6 +186,7 @@ impl Contribution {
     pub fn stored(&self) -> Stored {
         let mut out = Stored {
             claims: self.claims.clone(),
+            lost: self.lost.clone(),
             no_local_internal: self.no_local_internal,
             no_local_external: self.no_local_external,
             ..Stored::default()
@@ -218,9 +226,13 @@ fn with_slot(key: Key, i: u32) -> Key {
     }
 }
 
-/// Who owns which destination: the first service port to claim it, by a
-/// fingerprint of its name (a copy of every name would cost more memory
-/// than the rest of the bookkeeping).
+/// Who owns which destination (a ClusterIP, externalIP or VIP with a port,
+/// or a NodePort), by a fingerprint of the owner's name (a copy of every
+/// name would cost more memory than the rest of the bookkeeping). When
+/// several service ports claim one destination, the one with the smallest
+/// fingerprint owns it, whatever the order they came in: the incremental
+/// renderer then always agrees with a whole-state rendering, and a
+/// released destination goes to the next claimant.
 pub(crate) type Claims = HashMap<Key, u64>;
 
 /// A stable fingerprint of a service port's name.
@@ -233,12 +245,16 @@ pub(crate) fn fingerprint(name: &ServicePortName) -> u64 {
 
 fn claim(claims: &mut Claims, key: Key, name: &ServicePortName, out: &mut Contribution) -> bool {
     let me = fingerprint(name);
-    match claims.get(&key) {
-        Some(owner) if *owner != me => {
+    match claims.get(&key).copied() {
+        Some(owner) if owner < me => {
             tracing::warn!(service = %name, destination = ?key, "destination already used by another service; skipping it");
+            out.lost.push(key);
             false
         }
-        _ => {
+        previous => {
+            if let Some(owner) = previous.filter(|o| *o != me) {
+                out.taken.push((key, owner));
+            }
             claims.insert(key, me);
             out.claims.push(key);
             true

@@ -52,6 +52,9 @@ pub struct Renderer {
     /// Running totals behind [`Renderer::no_local_endpoints`].
     no_local: NoLocalEndpoints,
     claims: Claims,
+    /// Service ports that lost a claim, by destination: re-rendered when
+    /// its owner lets it go. (Rare: a copy of these names costs little.)
+    waiting: HashMap<Key, BTreeMap<u64, ServicePortName>>,
     /// Elements per slot map, to know which `numgen` rules are needed.
     slot_maps: BTreeMap<(SlotKind, Protocol, usize), usize>,
     /// Slot maps in the order they first appeared: rules for new sizes are
@@ -80,6 +83,7 @@ impl Renderer {
             contributions: BTreeMap::new(),
             no_local: NoLocalEndpoints::default(),
             claims: Claims::new(),
+            waiting: HashMap::new(),
             slot_maps: BTreeMap::new(),
             slot_order: Vec::new(),
             affinity: BTreeMap::new(),
@@ -110,34 +114,79 @@ impl Renderer {
     }
 
     /// Re-renders the given services: takes back what their ports
-    /// contributed and adds what they contribute now.
+    /// contributed and adds what they contribute now. Services whose
+    /// claim on a shared destination changed hands on the way (released
+    /// by, or taken by, one of these) are re-rendered too.
     pub fn refresh<'a>(&mut self, state: &ProxyState, services: impl IntoIterator<Item = &'a NamespacedName>) {
-        let services: BTreeSet<&NamespacedName> = services.into_iter().collect();
-        for &service in &services {
-            let first = ServicePortName { service: service.clone(), port: String::new(), protocol: Protocol::Tcp };
-            let stale: Vec<ServicePortName> = self
-                .contributions
-                .range((Bound::Included(first), Bound::Unbounded))
-                .take_while(|(n, _)| &n.service == service)
-                .map(|(n, _)| n.clone())
-                .collect();
-            for name in stale {
-                self.withdraw(&name);
+        let mut pending: BTreeSet<NamespacedName> = services.into_iter().cloned().collect();
+        // Each round moves a destination to a claimant with a smaller
+        // fingerprint or hands a released one on, so rounds end; the bound
+        // is a guard, not a limit ever met.
+        for _ in 0..=self.contributions.len() + pending.len() {
+            if pending.is_empty() {
+                break;
             }
-        }
-        for service in services {
-            for (name, svc) in state.services().ports_of(service) {
-                let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
-                let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
-                for (set, key, value) in &c.elements {
-                    self.insert(*set, *key, *value);
+            let mut next = BTreeSet::new();
+            let mut released = Vec::new();
+            for service in &pending {
+                for name in self.ports_of(service) {
+                    self.withdraw(&name, &mut released);
                 }
-                self.no_local.internal += usize::from(c.no_local_internal);
-                self.no_local.external += usize::from(c.no_local_external);
-                self.contributions.insert(name.clone(), c.stored());
             }
+            for service in &pending {
+                for (name, svc) in state.services().ports_of(service) {
+                    let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+                    let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
+                    for &(key, owner) in &c.taken {
+                        // The previous owner goes before this port's
+                        // elements land on the same keys.
+                        if let Some(loser) = self.owner_port(key, owner) {
+                            self.withdraw(&loser, &mut released);
+                            next.insert(loser.service);
+                        }
+                    }
+                    for (set, key, value) in &c.elements {
+                        self.insert(*set, *key, *value);
+                    }
+                    let me = contribution::fingerprint(name);
+                    for key in &c.lost {
+                        self.waiting.entry(*key).or_default().insert(me, name.clone());
+                    }
+                    self.no_local.internal += usize::from(c.no_local_internal);
+                    self.no_local.external += usize::from(c.no_local_external);
+                    self.contributions.insert(name.clone(), c.stored());
+                }
+            }
+            // A released destination goes to its best waiting claimant,
+            // unless a better one took it again in this round.
+            for key in released {
+                let Some((&best, name)) = self.waiting.get(&key).and_then(|w| w.first_key_value()) else { continue };
+                if self.claims.get(&key).is_none_or(|&owner| best < owner) {
+                    next.insert(name.service.clone());
+                }
+            }
+            pending = next;
         }
         self.rebuild_chains();
+    }
+
+    /// The ports this renderer holds for `service`.
+    fn ports_of(&self, service: &NamespacedName) -> Vec<ServicePortName> {
+        let first = ServicePortName { service: service.clone(), port: String::new(), protocol: Protocol::Tcp };
+        self.contributions
+            .range((Bound::Included(first), Bound::Unbounded))
+            .take_while(|(n, _)| &n.service == service)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The port with fingerprint `owner` that holds `key` (a rare search:
+    /// only when a claim changes hands).
+    fn owner_port(&self, key: Key, owner: u64) -> Option<ServicePortName> {
+        self.contributions
+            .iter()
+            .find(|(n, c)| c.claims.contains(&key) && contribution::fingerprint(n) == owner)
+            .map(|(n, _)| n.clone())
     }
 
     /// Takes the element and structure changes made since the last call.
@@ -145,7 +194,9 @@ impl Renderer {
         std::mem::take(&mut self.journal)
     }
 
-    fn withdraw(&mut self, name: &ServicePortName) {
+    /// Takes back what `name` contributed; the destinations it owned are
+    /// added to `released`.
+    fn withdraw(&mut self, name: &ServicePortName, released: &mut Vec<Key>) {
         let Some(c) = self.contributions.remove(name) else { return };
         self.no_local.internal -= usize::from(c.no_local_internal);
         self.no_local.external -= usize::from(c.no_local_external);
@@ -153,9 +204,18 @@ impl Renderer {
             self.remove(set, &key);
         }
         let me = contribution::fingerprint(name);
+        for key in &c.lost {
+            if let Some(waiting) = self.waiting.get_mut(key) {
+                waiting.remove(&me);
+                if waiting.is_empty() {
+                    self.waiting.remove(key);
+                }
+            }
+        }
         for key in &c.claims {
             if self.claims.get(key) == Some(&me) {
                 self.claims.remove(key);
+                released.push(*key);
             }
         }
     }
