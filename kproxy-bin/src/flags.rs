@@ -33,7 +33,8 @@ pub struct Flags {
     /// The metrics server's address.
     #[arg(long = "metrics-bind-address", value_name = "ADDR")]
     pub metrics_bind_address: Option<String>,
-    /// Serve NodePorts on 127.0.0.1 in iptables mode (IPv4); off by default.
+    /// Serve NodePorts on 127.0.0.1 in iptables mode (IPv4), when
+    /// nodePortAddresses holds loopback (as when unset) [default: true].
     #[arg(long = "iptables-localhost-nodeports", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub iptables_localhost_nodeports: Option<bool>,
     /// IPVS mode: the scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh).

@@ -4,6 +4,7 @@
 
 mod config;
 mod flags;
+mod interfaces;
 mod manifests;
 mod metrics;
 mod observer;

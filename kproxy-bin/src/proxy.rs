@@ -10,12 +10,12 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
-use kproxy_core::{IpFamily, NodeInfo, Proxier};
+use kproxy_core::{IpFamily, Proxier};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::observer::SyncObserver;
-use crate::run::{iptables_proxier, ipvs_proxier, nft_proxier};
+use crate::run::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
 
@@ -36,6 +36,20 @@ pub fn is_proxied(labels: Option<&std::collections::BTreeMap<String, String>>) -
     labels.is_none_or(|l| IGNORED_LABELS.iter().all(|k| !l.contains_key(*k)))
 }
 
+/// Where the health-check NodePorts listen: on the NodePort addresses,
+/// or on every address when a family serves NodePorts on all of them (as
+/// upstream; a list that matches no address opens no listener).
+fn health_check_addresses(settings: &Settings, node: &Host, families: &[IpFamily]) -> Option<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    for &family in families {
+        if settings.node_port_addresses.matches_all(family, &node.node.ips) {
+            return None;
+        }
+        out.extend(settings.node_port_addresses.resolve(family, &node.node.ips, &node.local_ips));
+    }
+    Some(out)
+}
+
 /// The running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -46,7 +60,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxier per family with the mode's backend, and the
     /// servers. Nothing syncs before both initial lists are delivered.
-    pub async fn start(settings: &Settings, node: &NodeInfo, families: &[IpFamily], configz: String) -> Result<Proxy> {
+    pub async fn start(settings: &Settings, node: &Host, families: &[IpFamily], configz: String) -> Result<Proxy> {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
         let metrics = Arc::new(Metrics::new());
         let mut senders = Vec::new();
@@ -80,7 +94,10 @@ impl Proxy {
         });
         servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
         servers::serve(Kind::Metrics, settings.metrics_bind_address, Arc::clone(&shared)).await?;
-        let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared)));
+        for warning in settings.node_port_warnings(families) {
+            tracing::warn!("{warning}");
+        }
+        let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared), health_check_addresses(settings, node, families)));
         for (family, mut proxier, runner, rx) in runners {
             let mut observer = SyncObserver::new(family, Arc::clone(&metrics), Arc::clone(&health_checks));
             tokio::spawn(async move {

@@ -56,7 +56,7 @@ pub async fn run(flags: Flags) -> Result<()> {
 /// IPVS mode's virtual servers, sets, chains and dummy interface (when the
 /// kernel has IPVS).
 async fn cleanup(settings: &Settings) -> Result<()> {
-    let node = NodeInfo::named(&settings.node_name);
+    let node = Host::pictured(NodeInfo::named(&settings.node_name));
     nft_proxier(settings, IpFamily::V4, &node, NftKernel::new()?)?.cleanup().await?;
     for flavour in [Flavour::Nft, Flavour::Legacy] {
         let mut p = iptables_proxier(settings, IpFamily::V4, &node, IptablesCli::new(flavour, None))?;
@@ -97,9 +97,10 @@ async fn check_kernel_support(mode: Mode) -> Result<()> {
 
 /// Sets the conntrack sysctls (and `route_localnet` for localhost
 /// NodePorts), logging what changed.
-fn set_sysctls(settings: &Settings) -> Result<()> {
+fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
     let mut applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
-    if settings.localhost_node_ports {
+    if settings.localhost_node_ports(node) {
+        tracing::info!("setting route_localnet=1 to allow NodePorts on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses");
         applied.changed.extend(sysctls::route_localnet(Path::new("/")).map_err(anyhow::Error::msg)?);
     }
     for change in &applied.changed {
@@ -120,6 +121,7 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
     let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
     let families = families_of(&node);
     if flags.dry_run {
+        let node = Host::pictured(node);
         for &family in &families {
             let text = match settings.mode {
                 Mode::Ipvs => {
@@ -143,8 +145,8 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
         return Ok(());
     }
     check_kernel_support(settings.mode).await?;
-    set_sysctls(settings)?;
-    let proxy = Proxy::start(settings, &node, &families, configz).await?;
+    set_sysctls(settings, &node)?;
+    let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
     until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state)).await
 }
 
@@ -166,8 +168,8 @@ async fn cluster(settings: &Settings, flags: &Flags, file_kubeconfig: Option<Str
         }
     };
     let families = families_of(&node);
-    set_sysctls(settings)?;
-    let proxy = Proxy::start(settings, &node, &families, configz).await?;
+    set_sysctls(settings, &node)?;
+    let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
     until_stopped(watch::follow(&proxy, client, &settings.node_name)).await
 }
 
@@ -268,17 +270,46 @@ fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) 
 }
 
 /// The iptables proxier for `family`.
-pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IptablesProxier<K>> {
-    let options = IptablesOptions { localhost_node_ports: settings.localhost_node_ports, ..IptablesOptions::default() };
-    Ok(IptablesProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, options)?)
+pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<IptablesProxier<K>> {
+    let options = IptablesOptions { localhost_node_ports: settings.localhost_node_ports(&host.node), ..IptablesOptions::default() };
+    Ok(IptablesProxier::new(&settings.node_name, host.config(settings, family), kernel, options)?)
 }
 
 /// The IPVS proxier for `family`.
-pub(crate) fn ipvs_proxier<K: IpvsKernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<IpvsProxier<K>> {
-    Ok(IpvsProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, settings.ipvs.clone())?)
+pub(crate) fn ipvs_proxier<K: IpvsKernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<IpvsProxier<K>> {
+    Ok(IpvsProxier::new(&settings.node_name, host.config(settings, family), kernel, settings.ipvs.clone())?)
 }
 
-pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, node: &NodeInfo, kernel: K) -> Result<NftProxier<K>> {
-    Ok(NftProxier::new(&settings.node_name, settings.proxier_config(family, node), kernel, NftOptions::default())?)
+/// The nftables proxier for `family`.
+pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<NftProxier<K>> {
+    Ok(NftProxier::new(&settings.node_name, host.config(settings, family), kernel, NftOptions::default())?)
+}
+
+/// The node a proxier runs on: its Node object and its interfaces'
+/// addresses.
+#[derive(Debug, Clone)]
+pub(crate) struct Host {
+    /// What the Node object says.
+    pub node: NodeInfo,
+    /// The addresses of this namespace's interfaces.
+    pub local_ips: Vec<std::net::IpAddr>,
+}
+
+impl Host {
+    /// `node`, on this namespace's interfaces.
+    pub fn here(node: NodeInfo) -> Host {
+        Host { node, local_ips: crate::interfaces::local_addresses() }
+    }
+
+    /// `node` as the dry run pictures it: its own addresses are its
+    /// interfaces'.
+    pub fn pictured(node: NodeInfo) -> Host {
+        let local_ips = node.ips.clone();
+        Host { node, local_ips }
+    }
+
+    fn config(&self, settings: &Settings, family: IpFamily) -> kproxy_core::ProxierConfig {
+        settings.proxier_config(family, &self.node, &self.local_ips)
+    }
 }
 

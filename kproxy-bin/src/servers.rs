@@ -104,12 +104,16 @@ pub struct HealthChecks {
     per_family: std::sync::Mutex<BTreeMap<IpFamily, BTreeMap<NamespacedName, HealthCheck>>>,
     counts: Arc<std::sync::Mutex<BTreeMap<u16, (NamespacedName, usize)>>>,
     tasks: std::sync::Mutex<BTreeMap<u16, tokio::task::JoinHandle<()>>>,
+    /// The addresses to listen on (`None`: every address).
+    addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 impl HealthChecks {
-    /// No servers yet.
-    pub fn new(proxy: Arc<Shared>) -> Self {
-        HealthChecks { proxy, per_family: std::sync::Mutex::default(), counts: Arc::default(), tasks: std::sync::Mutex::default() }
+    /// No servers yet. They will listen on `addresses` (the NodePort
+    /// addresses; `None` for every address; none at all for an empty
+    /// list, as upstream).
+    pub fn new(proxy: Arc<Shared>, addresses: Option<Vec<std::net::IpAddr>>) -> Self {
+        HealthChecks { proxy, per_family: std::sync::Mutex::default(), counts: Arc::default(), tasks: std::sync::Mutex::default(), addresses }
     }
 
     /// Records `family`'s checks after its sync and makes the running
@@ -157,25 +161,40 @@ impl HealthChecks {
     }
 
     fn listen(&self, port: u16) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let std_listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
-        std_listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std_listener)?;
+        let ips = self.addresses.clone().unwrap_or_else(|| vec![std::net::Ipv4Addr::UNSPECIFIED.into()]);
+        let mut listeners = Vec::new();
+        for ip in ips {
+            let std_listener = std::net::TcpListener::bind((ip, port))?;
+            std_listener.set_nonblocking(true)?;
+            listeners.push(TcpListener::from_std(std_listener)?);
+        }
         let counts = Arc::clone(&self.counts);
         let proxy = Arc::clone(&self.proxy);
         Ok(tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (counts, proxy) = (Arc::clone(&counts), Arc::clone(&proxy));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                        let entry = counts.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
-                        let proxy_healthy = health(&proxy, true).0 == StatusCode::OK;
-                        async move { Ok::<_, Infallible>(health_check_reply(entry, proxy_healthy)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
+            // Dropping the set (when this task is aborted) stops every
+            // listener's loop.
+            let mut loops = tokio::task::JoinSet::new();
+            for listener in listeners {
+                loops.spawn(serve_health_check(listener, port, Arc::clone(&counts), Arc::clone(&proxy)));
             }
+            while loops.join_next().await.is_some() {}
         }))
+    }
+}
+
+/// Answers one health-check NodePort's listener forever.
+async fn serve_health_check(listener: TcpListener, port: u16, counts: Arc<std::sync::Mutex<BTreeMap<u16, (NamespacedName, usize)>>>, proxy: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (counts, proxy) = (Arc::clone(&counts), Arc::clone(&proxy));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let entry = counts.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+                let proxy_healthy = health(&proxy, true).0 == StatusCode::OK;
+                async move { Ok::<_, Infallible>(health_check_reply(entry, proxy_healthy)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
     }
 }
 

@@ -76,10 +76,11 @@ pub struct Settings {
     pub metrics_bind_address: std::net::SocketAddr,
     /// The conntrack sysctls to set at start.
     pub conntrack: ConntrackSysctls,
-    /// iptables mode: serve NodePorts on 127.0.0.1 (IPv4), which needs
-    /// `route_localnet`. Off unless configured (upstream defaults it on;
-    /// it is what CVE-2020-8558 was about).
-    pub localhost_node_ports: bool,
+    /// iptables mode: `iptables.localhostNodePorts` (default true, as
+    /// upstream). Whether NodePorts are really served on 127.0.0.1 also
+    /// depends on `nodePortAddresses`: see
+    /// [`Settings::localhost_node_ports`].
+    pub localhost_node_ports_wanted: bool,
     /// IPVS mode's options (`ipvs.*`).
     pub ipvs: IpvsOptions,
 }
@@ -201,12 +202,12 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let conntrack = ConntrackSysctls::resolve(&config.conntrack.clone().unwrap_or_default(), flags, path, cpus)?;
 
-    let localhost_node_ports = mode == Mode::Iptables
-        && flags.iptables_localhost_nodeports.or(config.iptables.as_ref().and_then(|i| i.localhost_node_ports)).unwrap_or(false);
+    let localhost_node_ports_wanted = mode == Mode::Iptables
+        && flags.iptables_localhost_nodeports.or(config.iptables.as_ref().and_then(|i| i.localhost_node_ports)).unwrap_or(true);
     let ipvs = ipvs_options(config, flags, path)?;
     Ok(Settings {
         ipvs,
-        localhost_node_ports,
+        localhost_node_ports_wanted,
         mode,
         conntrack,
         node_name,
@@ -245,26 +246,18 @@ fn ipvs_options(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> R
     })
 }
 
-/// Every address: iptables mode's default, served with `-m addrtype
-/// --dst-type LOCAL` rather than a list.
-fn all_addresses() -> Vec<IpNet> {
-    vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
-}
-
+/// `nodePortAddresses` as upstream reads it: unset means every local
+/// address, except in nftables mode, where it means `primary`; `primary`
+/// stands alone; everything else is a CIDR.
 fn node_ports(path: &str, list: &[String], mode: Mode) -> Result<NodePortAddresses, ConfigError> {
     let list: Vec<&str> = list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
-    if list.is_empty() && mode != Mode::Nftables {
-        return Ok(NodePortAddresses::Cidrs(all_addresses()));
-    }
-    if list.is_empty() || list == ["primary"] {
+    if list.is_empty() && mode == Mode::Nftables || list == ["primary"] {
         return Ok(NodePortAddresses::Primary);
     }
     let mut nets = Vec::new();
     for item in list {
         match item {
-            "all" => nets.extend(all_addresses()),
-            "primary" => return Err(invalid(path, "nodePortAddresses", "`primary` cannot be combined with CIDRs")),
-            "localhost" => return Err(invalid(path, "nodePortAddresses", "localhost NodePorts are not supported")),
+            "primary" => return Err(invalid(path, "nodePortAddresses", "can't use both 'primary' and CIDRs")),
             cidr => nets.extend(cidrs(path, "nodePortAddresses", cidr)?),
         }
     }
@@ -272,20 +265,26 @@ fn node_ports(path: &str, list: &[String], mode: Mode) -> Result<NodePortAddress
 }
 
 impl Settings {
-    /// The addresses NodePorts are served on. In iptables mode, a range
-    /// that covers every address of the family means every local address,
-    /// which the backend matches by address type (empty list).
-    fn node_port_ips(&self, family: IpFamily, node_ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
-        if let (Mode::Iptables, NodePortAddresses::Cidrs(nets)) = (self.mode, &self.node_port_addresses) {
-            if nets.iter().any(|n| IpFamily::of_net(n) == family && n.prefix_len() == 0) {
-                return Vec::new();
-            }
-        }
-        self.node_port_addresses.resolve(family, node_ips, node_ips)
+    /// Whether iptables mode serves NodePorts on 127.0.0.1 on `node`:
+    /// `localhostNodePorts` is on and the IPv4 NodePort ranges hold a
+    /// loopback address (true when they are unset), as upstream decides.
+    pub fn localhost_node_ports(&self, node: &NodeInfo) -> bool {
+        self.localhost_node_ports_wanted && self.node_port_addresses.contains_ipv4_loopback(&node.ips)
     }
 
-    /// The proxier configuration for `family` on `node`.
-    pub fn proxier_config(&self, family: IpFamily, node: &NodeInfo) -> ProxierConfig {
+    /// Upstream's warnings about `nodePortAddresses` for these families,
+    /// to log once at start.
+    pub fn node_port_warnings(&self, families: &[IpFamily]) -> Vec<String> {
+        if self.node_port_addresses == NodePortAddresses::Cidrs(Vec::new()) {
+            return vec!["nodePortAddresses is unset; NodePort connections will be accepted on all local IPs. Consider using `--nodeport-addresses primary`".into()];
+        }
+        families.iter().filter_map(|f| self.node_port_addresses.warning(*f)).collect()
+    }
+
+    /// The proxier configuration for `family` on `node`, whose interfaces
+    /// have `local_ips` (`nodePortAddresses` is matched against them, as
+    /// upstream does).
+    pub fn proxier_config(&self, family: IpFamily, node: &NodeInfo, local_ips: &[std::net::IpAddr]) -> ProxierConfig {
         let node_ips: Vec<_> = node.ips.iter().copied().filter(|ip| family.contains(*ip)).collect();
         let of_family = |nets: &[IpNet]| nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect::<Vec<_>>();
         let local_detector = match &self.detect_local {
@@ -300,7 +299,8 @@ impl Settings {
             masquerade_all: self.masquerade_all,
             masquerade_bit: self.masquerade_bit,
             local_detector,
-            node_port_ips: self.node_port_ips(family, &node_ips),
+            node_port_ips: self.node_port_addresses.resolve(family, &node.ips, local_ips),
+            node_ports_on_every_address: self.node_port_addresses.matches_all(family, &node.ips),
             node_ips,
         }
     }

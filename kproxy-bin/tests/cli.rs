@@ -105,14 +105,45 @@ fn the_iptables_dry_run_prints_upstreams_chains() {
     assert!(stdout.contains("-d 10.96.0.10 --dport 80 -j KUBE-SVC-"), "the ClusterIP dispatches to its service chain: {stdout}");
     assert!(stdout.contains("-j DNAT --to-destination 10.244.1.10:8080"), "{stdout}");
     assert!(stdout.contains("-d 10.96.0.40 --dport 80 -j REJECT"), "the service without endpoints is rejected: {stdout}");
-    assert!(stdout.contains("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"), "NodePorts on every local address but loopback by default: {stdout}");
-    assert!(!stdout.contains("KUBE-FIREWALL"), "no localnet safeguard without localhost NodePorts");
+    // As upstream: localhost NodePorts are on by default in iptables mode,
+    // with the localnet safeguard.
+    assert!(stdout.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "NodePorts on every local address by default: {stdout}");
+    assert!(stdout.contains("-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"), "{stdout}");
 
-    let out = kproxy(&["--proxy-mode", "iptables", "--iptables-localhost-nodeports", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    let out = kproxy(&["--proxy-mode", "iptables", "--iptables-localhost-nodeports=false", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "{stdout}");
-    assert!(stdout.contains("-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"), "{stdout}");
+    assert!(stdout.contains("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"), "every local address but loopback: {stdout}");
+    assert!(!stdout.contains("KUBE-FIREWALL"), "no localnet safeguard without localhost NodePorts");
+}
+
+/// nodePortAddresses, as upstream reads it, in every mode: a range that
+/// holds no node address serves no NodePort at all (iptables mode once
+/// served them on every local address); a range that holds the node IP
+/// serves it alone, without localhost NodePorts.
+#[test]
+fn nodeport_addresses_limit_nodeports_in_every_mode() {
+    let cluster = example_cluster();
+    let dry_run = |mode: &str, addresses: &str| {
+        let out = kproxy(&["--proxy-mode", mode, "--nodeport-addresses", addresses, "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The example node's address is 192.168.50.2; `api` has NodePort 30080.
+    let jump = "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    let none = dry_run("iptables", "203.0.113.0/24");
+    assert!(!none.contains(jump), "no jump to the NodePorts: {none}");
+    assert!(!none.contains("KUBE-FIREWALL"), "no localhost NodePorts either: {none}");
+    let some = dry_run("iptables", "192.168.50.0/24");
+    assert!(some.contains(&format!("{jump} -d 192.168.50.2 -j KUBE-NODEPORTS")), "{some}");
+    assert_eq!(some.matches(jump).count(), 1, "{some}");
+    assert!(!some.contains("KUBE-FIREWALL"), "{some}");
+    let nft_none = dry_run("nftables", "203.0.113.0/24");
+    let nodeport_ips = nft_none.split("set nodeport-ips").nth(1).and_then(|rest| rest.split('}').next()).unwrap_or_default().to_string();
+    assert!(!nodeport_ips.contains("elements"), "nftables: no NodePort address: {nft_none}");
+    let ipvs_none = dry_run("ipvs", "203.0.113.0/24");
+    assert!(!ipvs_none.contains("192.168.50.2:30080"), "ipvs: no virtual server on the node IP: {ipvs_none}");
+    assert!(dry_run("ipvs", "192.168.50.0/24").contains("192.168.50.2:30080"), "ipvs: the node IP's virtual server");
 }
 
 #[test]

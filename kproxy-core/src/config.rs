@@ -67,13 +67,20 @@ pub struct ProxierConfig {
     /// The node's IPs of this family, primary first.
     pub node_ips: Vec<IpAddr>,
     /// The addresses NodePorts are served on (already resolved from
-    /// `nodePortAddresses`; never loopback).
+    /// `nodePortAddresses` against the node's interfaces; never loopback).
+    /// Empty with `node_ports_on_every_address` false: no NodePort is
+    /// served at all.
     pub node_port_ips: Vec<IpAddr>,
+    /// NodePorts are served on every local address of the family
+    /// (`nodePortAddresses` unset or a `/0` range). Backends that can
+    /// match "any local address" do (iptables' `addrtype LOCAL`); the
+    /// others serve `node_port_ips`, which then lists every address.
+    pub node_ports_on_every_address: bool,
 }
 
 impl ProxierConfig {
     /// Upstream's defaults for `family`: mark bit 14, no masqueradeAll, no
-    /// detector, no node IPs.
+    /// detector, no node IPs, no NodePort addresses.
     pub fn new(family: IpFamily) -> Self {
         ProxierConfig {
             family,
@@ -82,6 +89,7 @@ impl ProxierConfig {
             local_detector: LocalDetector::None,
             node_ips: Vec::new(),
             node_port_ips: Vec::new(),
+            node_ports_on_every_address: false,
         }
     }
 
@@ -121,32 +129,94 @@ impl ProxierConfig {
     }
 }
 
-/// Which node addresses serve NodePorts (`nodePortAddresses`).
+/// Which node addresses serve NodePorts (`nodePortAddresses`), with
+/// upstream's per-family reading:
+/// - an empty list (unset) serves NodePorts on every local address;
+/// - `primary` means the node's first IP of each family, as a host range;
+/// - each family keeps only its own ranges; a family with none, or with a
+///   `/0` range, serves every local address of that family;
+/// - otherwise only the local addresses inside a range serve NodePorts,
+///   and a list that matches none of them serves none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NodePortAddresses {
-    /// The node's primary IP of each family (upstream's default for nftables).
+    /// The node's primary IP of each family (upstream's default for
+    /// nftables mode).
     #[default]
     Primary,
-    /// Every local address inside one of these CIDRs.
+    /// Local addresses inside one of these ranges; every local address
+    /// when the list is empty.
     Cidrs(Vec<IpNet>),
 }
 
 impl NodePortAddresses {
-    /// The NodePort addresses of `family` among the node's `local_ips`
-    /// (`primary` is `node_ips[0]` of that family). Loopback is never used.
-    pub fn resolve(&self, family: IpFamily, node_ips: &[IpAddr], local_ips: &[IpAddr]) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = match self {
-            NodePortAddresses::Primary => node_ips.iter().copied().filter(|ip| family.contains(*ip)).take(1).collect(),
-            NodePortAddresses::Cidrs(nets) => local_ips
+    /// The ranges that apply to `family`, or `None` for every local
+    /// address of that family. `node_ips` are the Node's IPs, primary
+    /// first; a loopback node IP does not count.
+    pub fn ranges(&self, family: IpFamily, node_ips: &[IpAddr]) -> Option<Vec<IpNet>> {
+        let nets: Vec<IpNet> = match self {
+            NodePortAddresses::Primary => node_ips
                 .iter()
                 .copied()
-                .filter(|ip| family.contains(*ip) && nets.iter().any(|n| n.contains(ip)))
+                .filter(|ip| family.contains(*ip) && !ip.is_loopback())
+                .take(1)
+                .map(IpNet::from)
                 .collect(),
+            NodePortAddresses::Cidrs(nets) => nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect(),
         };
-        out.retain(|ip| !ip.is_loopback());
+        if nets.is_empty() || nets.iter().any(|n| n.prefix_len() == 0) {
+            return None;
+        }
+        Some(nets)
+    }
+
+    /// Whether every local address of `family` serves NodePorts
+    /// (upstream's `MatchAll`).
+    pub fn matches_all(&self, family: IpFamily, node_ips: &[IpAddr]) -> bool {
+        self.ranges(family, node_ips).is_none()
+    }
+
+    /// Whether the IPv4 ranges hold a loopback address (upstream's
+    /// condition for localhost NodePorts; true when every address
+    /// serves).
+    pub fn contains_ipv4_loopback(&self, node_ips: &[IpAddr]) -> bool {
+        let loopback = IpAddr::from([127, 0, 0, 0]);
+        match self.ranges(IpFamily::V4, node_ips) {
+            None => true,
+            Some(nets) => nets.iter().any(|n| n.addr().is_loopback() || n.contains(&loopback)),
+        }
+    }
+
+    /// The addresses of `family` among the node's `local_ips` (its
+    /// interfaces' addresses) that serve NodePorts, sorted. Loopback
+    /// addresses are left out (the iptables backend adds 127.0.0.1 itself
+    /// when localhost NodePorts are on), and so are IPv6 link-local ones
+    /// when every address serves.
+    pub fn resolve(&self, family: IpFamily, node_ips: &[IpAddr], local_ips: &[IpAddr]) -> Vec<IpAddr> {
+        let ranges = self.ranges(family, node_ips);
+        let mut out: Vec<IpAddr> = local_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.contains(*ip) && !ip.is_loopback())
+            .filter(|ip| match &ranges {
+                Some(nets) => nets.iter().any(|n| n.contains(ip)),
+                // Every address, but IPv6 link-local ones (as upstream's
+                // IPVS mode, which lists them too).
+                None => !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()),
+            })
+            .collect();
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Upstream's warning when a non-empty list has no range of `family`,
+    /// so that family serves NodePorts on every address.
+    pub fn warning(&self, family: IpFamily) -> Option<String> {
+        let NodePortAddresses::Cidrs(nets) = self else { return None };
+        if nets.is_empty() || nets.iter().any(|n| IpFamily::of_net(n) == family) {
+            return None;
+        }
+        Some(format!("nodePortAddresses contains no {family} range; NodePort connections will be accepted on all local {family} IPs"))
     }
 }
 
@@ -183,14 +253,75 @@ mod tests {
         assert!(!LocalDetector::ClusterCidr(vec![]).is_implemented());
     }
 
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn cidrs(list: &[&str]) -> NodePortAddresses {
+        NodePortAddresses::Cidrs(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
     #[test]
     fn nodeport_addresses_never_include_loopback() {
-        let node = ["192.168.0.2".parse().unwrap(), "10.1.0.1".parse().unwrap()];
+        let node = ips(&["192.168.0.2", "10.1.0.1"]);
         let local = [node[0], node[1], "127.0.0.1".parse().unwrap()];
         assert_eq!(NodePortAddresses::Primary.resolve(IpFamily::V4, &node, &local), vec![node[0]]);
-        let all = NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().unwrap()]);
+        let all = cidrs(&["0.0.0.0/0"]);
         assert_eq!(all.resolve(IpFamily::V4, &node, &local), vec![node[1], node[0]]);
-        assert!(all.resolve(IpFamily::V6, &node, &local).is_empty());
+        assert!(all.matches_all(IpFamily::V4, &node));
+    }
+
+    #[test]
+    fn nodeport_addresses_are_matched_against_the_interfaces() {
+        // The Node object lists one address; the interfaces have more.
+        let node = ips(&["192.168.0.2"]);
+        let local = ips(&["192.168.0.2", "192.168.1.7", "10.9.0.1", "fd00::2", "127.0.0.1", "::1"]);
+        let some = cidrs(&["192.168.0.0/16"]);
+        assert_eq!(some.resolve(IpFamily::V4, &node, &local), ips(&["192.168.0.2", "192.168.1.7"]));
+        assert!(!some.matches_all(IpFamily::V4, &node));
+    }
+
+    #[test]
+    fn a_list_that_matches_no_address_serves_no_nodeport() {
+        let node = ips(&["192.168.0.2"]);
+        let local = ips(&["192.168.0.2", "127.0.0.1"]);
+        let none = cidrs(&["203.0.113.0/24"]);
+        assert!(none.resolve(IpFamily::V4, &node, &local).is_empty());
+        assert!(!none.matches_all(IpFamily::V4, &node), "an empty match is not 'every address'");
+        assert!(!none.contains_ipv4_loopback(&node));
+    }
+
+    #[test]
+    fn a_family_without_a_range_serves_every_address_with_a_warning() {
+        let node = ips(&["192.168.0.2", "fd00::2"]);
+        let local = ips(&["192.168.0.2", "fd00::2", "fd00::9", "::1", "fe80::1"]);
+        let v4_only = cidrs(&["192.168.0.0/24"]);
+        assert!(v4_only.matches_all(IpFamily::V6, &node));
+        assert_eq!(v4_only.resolve(IpFamily::V6, &node, &local), ips(&["fd00::2", "fd00::9"]));
+        assert!(v4_only.warning(IpFamily::V6).unwrap().contains("all local IPv6 IPs"));
+        assert_eq!(v4_only.warning(IpFamily::V4), None);
+        assert_eq!(cidrs(&[]).warning(IpFamily::V6), None, "unset is the documented default");
+    }
+
+    #[test]
+    fn primary_is_the_first_node_ip_of_each_family() {
+        let node = ips(&["192.168.0.2", "192.168.0.3"]);
+        let local = ips(&["192.168.0.2", "192.168.0.3", "fd00::2"]);
+        let p = NodePortAddresses::Primary;
+        assert_eq!(p.resolve(IpFamily::V4, &node, &local), ips(&["192.168.0.2"]));
+        // No IPv6 node IP: upstream's `primary` has no IPv6 range, so every
+        // IPv6 address serves.
+        assert!(p.matches_all(IpFamily::V6, &node));
+        assert!(!p.contains_ipv4_loopback(&node));
+    }
+
+    #[test]
+    fn localhost_nodeports_need_loopback_in_the_ipv4_ranges() {
+        let node = ips(&["192.168.0.2"]);
+        assert!(cidrs(&[]).contains_ipv4_loopback(&node), "unset");
+        assert!(cidrs(&["127.0.0.0/8", "192.168.0.0/24"]).contains_ipv4_loopback(&node));
+        assert!(cidrs(&["fd00::/64"]).contains_ipv4_loopback(&node), "no IPv4 range: every IPv4 address");
+        assert!(!cidrs(&["192.168.0.0/24"]).contains_ipv4_loopback(&node));
     }
 
     #[test]

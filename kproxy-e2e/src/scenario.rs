@@ -77,10 +77,22 @@ pub fn config(scenario: &Scenario, kubeconfig: &Path) -> Value {
     config_in(scenario, kubeconfig, Dataplane::Nftables)
 }
 
-/// [`config`] in `mode` (nftables or iptables). NodePorts are served on
-/// the node's primary IP in both, as the scenarios assume.
+/// A range that holds no address of a scenario's node.
+pub const NO_NODE_ADDRESS_RANGE: &str = "198.51.100.0/24";
+
+/// [`config`] in `mode` (nftables or iptables). NodePorts are served as
+/// the scenario's configuration says: on the node's primary IP, on every
+/// address, or (no NodePort address) nowhere, through a range that holds
+/// none of the node's addresses.
 pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Value {
     let c = &scenario.config;
+    let node_ports = if c.node_ports_on_every_address {
+        json!(["0.0.0.0/0", "::/0"])
+    } else if c.node_port_ips.is_empty() {
+        json!([NO_NODE_ADDRESS_RANGE])
+    } else {
+        json!(["primary"])
+    };
     let section = match mode {
         Dataplane::Nftables => "nftables",
         Dataplane::Iptables => "iptables",
@@ -90,7 +102,7 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "mode": section,
-        "nodePortAddresses": ["primary"],
+        "nodePortAddresses": node_ports,
         "hostnameOverride": kproxy_core::oracle::fixtures::NODE_NAME,
         "clientConnection": {"kubeconfig": kubeconfig.to_string_lossy()},
         // The table size is global: tests leave it alone.

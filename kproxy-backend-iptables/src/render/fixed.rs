@@ -132,7 +132,13 @@ pub fn fixed_chains(config: &ProxierConfig, localhost_node_ports: bool) -> (Chai
     let mark = config.masquerade_mark();
     let localhost = localhost_node_ports && config.family == IpFamily::V4;
     let mut nat = Chains::new();
-    let nodeports_jump = node_port_destinations(config)
+    let mut destinations = node_port_destinations(config);
+    if localhost && !config.node_ports_on_every_address {
+        // The ranges hold 127.0.0.0/8 (localhost NodePorts are on only
+        // then): upstream serves the loopback address they match.
+        destinations.push(Match::Destination(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST).into(), false));
+    }
+    let nodeports_jump = destinations
         .into_iter()
         .map(|dst| {
             let mut m = vec![Match::Comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain".into())];

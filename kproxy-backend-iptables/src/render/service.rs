@@ -240,10 +240,11 @@ fn masquerade_rule(name: &ServicePortName, info: &ServicePortInfo, config: &Prox
     Some(Rule::new(with(head, [not_local]), Target::Jump(names::MARK_MASQ.into())))
 }
 
-/// The destinations NodePorts are served on: each configured NodePort
-/// address, or every local address.
+/// The destinations NodePorts are served on: every local address (by
+/// address type), or each NodePort address, or none at all when
+/// `nodePortAddresses` matched no address.
 pub fn node_port_destinations(config: &ProxierConfig) -> Vec<Match> {
-    if config.node_port_ips.is_empty() {
+    if config.node_ports_on_every_address {
         vec![Match::DestinationLocal(false)]
     } else {
         config.node_port_ips.iter().map(|ip| Match::Destination(host(*ip), false)).collect()

@@ -149,6 +149,7 @@ pub fn all() -> Vec<Scenario> {
     vec![
         cluster_ip(),
         node_port(),
+        node_port_addresses_matching_no_address(),
         load_balancer_source_ranges(),
         load_balancer_range_holds_node(),
         external_ips(),
@@ -213,6 +214,28 @@ fn node_port() -> Scenario {
         .case("ClusterIP still works", pod("172.30.0.42", 80), fwd(&["10.180.0.2:80", "10.180.1.2:80"], false))
         .case("another port on the node is left alone", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3002), Verdict::NotService)
         .case("a non-NodePort address is left alone", outside(fx::ALLOWED_CLIENT, "192.168.0.3", 3001), Verdict::NotService)
+}
+
+/// `nodePortAddresses` set to ranges that hold no address of the node
+/// (say `203.0.113.0/24`): no NodePort is served anywhere, as upstream.
+/// (iptables mode once served them on every local address instead.)
+fn node_port_addresses_matching_no_address() -> Scenario {
+    let mut s = Scenario::new("node_port_addresses_matching_no_address", IpFamily::V4)
+        .with(
+            vec![service("ns1", "svc2", &["172.30.0.42"]).type_("NodePort").port("p80", 80, "TCP", 3001).build()],
+            vec![slice("ns1", "svc2", "svc2-a", "IPv4")
+                .port("p80", 80, "TCP")
+                .endpoint("10.180.0.2", fx::NODE_NAME, Ready)
+                .endpoint("10.180.1.2", fx::OTHER_NODE, Ready)
+                .build()],
+        )
+        .case("outside to the node IP's NodePort is not served", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3001), Verdict::NotService)
+        .case("pod to the node IP's NodePort is not served", pod(fx::NODE_IP, 3001), Verdict::NotService)
+        .case("the node to its own NodePort is not served", node(fx::NODE_IP, 3001), Verdict::NotService)
+        .case("ClusterIP still works", pod("172.30.0.42", 80), fwd(&["10.180.0.2:80", "10.180.1.2:80"], false));
+    s.config.node_port_ips = Vec::new();
+    s.config.node_ports_on_every_address = false;
+    s
 }
 
 fn load_balancer_source_ranges() -> Scenario {
