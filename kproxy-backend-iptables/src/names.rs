@@ -22,11 +22,14 @@ pub const POSTROUTING: &str = "KUBE-POSTROUTING";
 /// nat: sets the masquerade mark.
 pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
 /// filter: the localnet safeguard of localhost NodePorts (a chain kubelet
-/// also used, so cleanup leaves it).
+/// also writes, so cleanup removes it only where no kubelet manages
+/// iptables).
 pub const FIREWALL: &str = "KUBE-FIREWALL";
 /// An empty chain in every table kproxy uses; if it is gone, someone
 /// flushed the tables and everything is rewritten.
 pub const CANARY: &str = "KUBE-PROXY-CANARY";
+/// The chain kubelet keeps in its tables while it manages iptables.
+pub const KUBELET_CANARY: &str = "KUBE-KUBELET-CANARY";
 
 /// The prefixes of the chains that belong to one service port or endpoint.
 pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];

@@ -28,16 +28,21 @@ pub struct IptablesOptions {
     /// even without detected drift. 0 never forces one.
     pub full_restore_every: u32,
     /// Serve NodePorts on 127.0.0.1 (IPv4 only; `localhostNodePorts`),
-    /// with upstream's localnet safeguard rule. The caller sets
-    /// `net.ipv4.conf.all.route_localnet=1`. Off by default: upstream
-    /// turns it on, but it is what CVE-2020-8558 was about.
+    /// with upstream's localnet safeguard rule. The caller decides it
+    /// (upstream: on, when the IPv4 NodePort ranges hold loopback) and
+    /// sets `net.ipv4.conf.all.route_localnet=1`. Off in the library's
+    /// default, which serves no NodePort on loopback unless asked.
     pub localhost_node_ports: bool,
+    /// conntrack is liberal with out-of-window TCP packets
+    /// (`nf_conntrack_tcp_be_liberal` reads 1): no INVALID drop rule in
+    /// `KUBE-FORWARD`, as upstream.
+    pub tcp_be_liberal: bool,
 }
 
 impl Default for IptablesOptions {
     fn default() -> Self {
         // With the default syncPeriod (30 s): hourly, as upstream.
-        IptablesOptions { full_restore_every: 120, localhost_node_ports: false }
+        IptablesOptions { full_restore_every: 120, localhost_node_ports: false, tcp_be_liberal: false }
     }
 }
 
@@ -57,6 +62,7 @@ pub struct IptablesProxier<K: Kernel> {
     rendered_once: bool,
     periodic: u32,
     unreported: StateChanges,
+    localnet_safeguard_removed: bool,
 }
 
 impl<K: Kernel> IptablesProxier<K> {
@@ -65,7 +71,10 @@ impl<K: Kernel> IptablesProxier<K> {
         config.validate()?;
         Ok(IptablesProxier {
             state: ProxyState::new(config.family, node_name),
-            renderer: Renderer::new(config.clone()).with_localhost_node_ports(options.localhost_node_ports),
+            renderer: Renderer::new(config.clone()).with_options(crate::render::FixedOptions {
+                localhost_node_ports: options.localhost_node_ports,
+                tcp_be_liberal: options.tcp_be_liberal,
+            }),
             config,
             kernel,
             options,
@@ -73,7 +82,14 @@ impl<K: Kernel> IptablesProxier<K> {
             rendered_once: false,
             periodic: 0,
             unreported: StateChanges::default(),
+            localnet_safeguard_removed: false,
         })
+    }
+
+    /// Whether [`Proxier::cleanup`] removed the localnet safeguard
+    /// (`KUBE-FIREWALL`): the caller then sets `route_localnet` back to 0.
+    pub fn localnet_safeguard_removed(&self) -> bool {
+        self.localnet_safeguard_removed
     }
 
     /// The kernel this proxier programs (for tests and tools).
@@ -223,13 +239,19 @@ impl<K: Kernel + 'static> Proxier for IptablesProxier<K> {
     async fn cleanup(&mut self) -> Result<()> {
         for family in [IpFamily::V4, IpFamily::V6] {
             let mut listings = Vec::new();
+            let mut localnet = false;
             for table in Table::ALL {
                 let names = self.kernel.chain_names(family, table).await.map_err(kernel_error)?;
-                let mut listing = self.kernel.list(family, table, table.builtins()).await.map_err(kernel_error)?;
-                listing.chains.extend(names.into_iter().map(|n| (n, 0)));
+                let listed: Vec<&str> = table.builtins().iter().copied().chain([crate::names::FIREWALL]).collect();
+                let mut listing = self.kernel.list(family, table, &listed).await.map_err(kernel_error)?;
+                for name in names {
+                    listing.chains.entry(name).or_insert(0);
+                }
+                localnet |= family == IpFamily::V4 && table == Table::Filter && restore::localnet_safeguard_is_ours(&listing);
                 listings.push((table, listing));
             }
-            let text = restore::cleanup(&listings);
+            self.localnet_safeguard_removed |= localnet;
+            let text = restore::cleanup(&listings, localnet);
             self.kernel.restore(family, &text).await.map_err(|e| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) })?;
         }
         self.trusted = false;

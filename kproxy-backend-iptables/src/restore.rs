@@ -151,9 +151,20 @@ pub fn partial(renderer: &Renderer, journal: &Journal, missing: &[Jump]) -> Stri
 /// Removes everything kproxy (or kube-proxy) installed, given each
 /// table's `iptables-save` text: the jumps from built-in chains to owned
 /// chains are deleted, then the owned chains are flushed and deleted.
-/// Chains kubelet owns (`KUBE-KUBELET-CANARY`, `KUBE-FIREWALL`, ...) stay.
-pub fn cleanup(saved: &[(Table, crate::kernel::Listing)]) -> String {
-    cleanup_chains(saved, is_ours)
+/// Chains kubelet owns (`KUBE-KUBELET-CANARY`, `KUBE-MARK-DROP`, ...) stay,
+/// and so does `KUBE-FIREWALL` unless `localnet_safeguard` (see
+/// [`localnet_safeguard_is_ours`]).
+pub fn cleanup(saved: &[(Table, crate::kernel::Listing)], localnet_safeguard: bool) -> String {
+    cleanup_chains(saved, |c| is_ours(c) || (localnet_safeguard && c == crate::names::FIREWALL))
+}
+
+/// Whether the filter table's `KUBE-FIREWALL` is only the localnet
+/// safeguard kproxy writes for localhost NodePorts (one rule) on a node
+/// where no kubelet manages iptables (kubelet writes the same chain, and
+/// marks its tables with `KUBE-KUBELET-CANARY`): then `--cleanup` removes
+/// it with the rest.
+pub fn localnet_safeguard_is_ours(filter: &crate::kernel::Listing) -> bool {
+    filter.chains.get(crate::names::FIREWALL) == Some(&1) && !filter.chains.contains_key(crate::names::KUBELET_CANARY)
 }
 
 /// [`cleanup`] for the chains `ours` claims (another mode's ruleset, such
@@ -179,6 +190,6 @@ pub fn cleanup_chains(saved: &[(Table, crate::kernel::Listing)], ours: impl Fn(&
 /// The chains kproxy writes, fixed or per service.
 fn is_ours(chain: &str) -> bool {
     use crate::names::*;
-    [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, FORWARD, POSTROUTING, MARK_MASQ, CANARY, "KUBE-MARK-DROP"].contains(&chain)
+    [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, FORWARD, POSTROUTING, MARK_MASQ, CANARY].contains(&chain)
         || SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
 }

@@ -63,6 +63,13 @@ async fn cleanup(settings: &Settings) -> Result<()> {
         if let Err(e) = p.cleanup().await {
             tracing::warn!("iptables-{}: {e}", flavour.name());
         }
+        if p.localnet_safeguard_removed() {
+            // The localhost NodePorts and their safeguard are gone: nothing
+            // may route 127.0.0.0/8 from outside any more.
+            if let Some(change) = sysctls::route_localnet_off(Path::new("/")).map_err(anyhow::Error::msg)? {
+                tracing::info!("set {change}");
+            }
+        }
     }
     if kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
         let (flavour, _) = Flavour::detect(None).await;
@@ -271,7 +278,11 @@ fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) 
 
 /// The iptables proxier for `family`.
 pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<IptablesProxier<K>> {
-    let options = IptablesOptions { localhost_node_ports: settings.localhost_node_ports(&host.node), ..IptablesOptions::default() };
+    let options = IptablesOptions {
+        localhost_node_ports: settings.localhost_node_ports(&host.node),
+        tcp_be_liberal: settings.conntrack.tcp_be_liberal || host.tcp_be_liberal,
+        ..IptablesOptions::default()
+    };
     Ok(IptablesProxier::new(&settings.node_name, host.config(settings, family), kernel, options)?)
 }
 
@@ -293,19 +304,21 @@ pub(crate) struct Host {
     pub node: NodeInfo,
     /// The addresses of this namespace's interfaces.
     pub local_ips: Vec<std::net::IpAddr>,
+    /// `nf_conntrack_tcp_be_liberal` is on here.
+    pub tcp_be_liberal: bool,
 }
 
 impl Host {
     /// `node`, on this namespace's interfaces.
     pub fn here(node: NodeInfo) -> Host {
-        Host { node, local_ips: crate::interfaces::local_addresses() }
+        Host { node, local_ips: crate::interfaces::local_addresses(), tcp_be_liberal: sysctls::tcp_be_liberal(Path::new("/")) }
     }
 
     /// `node` as the dry run pictures it: its own addresses are its
     /// interfaces'.
     pub fn pictured(node: NodeInfo) -> Host {
         let local_ips = node.ips.clone();
-        Host { node, local_ips }
+        Host { node, local_ips, tcp_be_liberal: false }
     }
 
     fn config(&self, settings: &Settings, family: IpFamily) -> kproxy_core::ProxierConfig {

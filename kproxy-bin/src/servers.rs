@@ -295,6 +295,34 @@ mod tests {
         assert_eq!(health_check_reply(None, true).status(), StatusCode::NOT_FOUND);
     }
 
+    /// Health-check NodePorts listen on the NodePort addresses only, and
+    /// nowhere when `nodePortAddresses` matched none (as upstream).
+    #[tokio::test]
+    async fn health_check_ports_listen_on_the_nodeport_addresses() {
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let shared = Arc::new(shared(Duration::from_secs(60)));
+        let checks = |addresses: Option<Vec<std::net::IpAddr>>, port: u16| {
+            let hc = HealthChecks::new(Arc::clone(&shared), addresses);
+            let check = HealthCheck { port, local_endpoints: 1 };
+            hc.update(IpFamily::V4, &BTreeMap::from([(NamespacedName::new("ns", "lb"), check)]));
+            hc
+        };
+        let connects = |ip: &str, port: u16| std::net::TcpStream::connect((ip.parse::<std::net::IpAddr>().unwrap(), port)).is_ok();
+
+        let port = free_port();
+        let _only_loopback = checks(Some(vec!["127.0.0.1".parse().unwrap()]), port);
+        assert!(connects("127.0.0.1", port), "listens on its NodePort address");
+        assert!(!connects("127.0.0.2", port), "and on no other");
+
+        let port = free_port();
+        let _nowhere = checks(Some(Vec::new()), port);
+        assert!(!connects("127.0.0.1", port), "no NodePort address: no listener");
+
+        let port = free_port();
+        let _everywhere = checks(None, port);
+        assert!(connects("127.0.0.2", port), "every address");
+    }
+
     #[test]
     fn times_look_like_go_s() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);

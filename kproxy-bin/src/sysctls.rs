@@ -98,6 +98,13 @@ fn read(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Whether conntrack here is liberal with out-of-window TCP packets
+/// (`nf_conntrack_tcp_be_liberal` reads non-zero under `root`), set by
+/// kproxy or by anyone else: upstream reads it back the same way.
+pub fn tcp_be_liberal(root: &Path) -> bool {
+    read(&root.join(NETFILTER).join("nf_conntrack_tcp_be_liberal")).is_some_and(|v| v != 0)
+}
+
 /// Writes `value` to `path` unless it already holds it; says what changed.
 fn set(path: &Path, value: u64) -> Result<Option<String>, String> {
     if read(path) == Some(value) {
@@ -138,16 +145,37 @@ pub fn apply(root: &Path, s: &ConntrackSysctls) -> Result<Applied, String> {
     Ok(done)
 }
 
+const ROUTE_LOCALNET: &str = "proc/sys/net/ipv4/conf/all/route_localnet";
+
 /// Sets `net.ipv4.conf.all.route_localnet` to 1 under `root`, which
 /// localhost NodePorts need (the backend adds the safeguard rule).
 pub fn route_localnet(root: &Path) -> Result<Option<String>, String> {
-    set(&root.join("proc/sys/net/ipv4/conf/all/route_localnet"), 1)
+    set(&root.join(ROUTE_LOCALNET), 1)
+}
+
+/// Sets `route_localnet` back to 0 under `root` (`--cleanup`, once the
+/// NodePort rules and their safeguard are gone).
+pub fn route_localnet_off(root: &Path) -> Result<Option<String>, String> {
+    set(&root.join(ROUTE_LOCALNET), 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn tcp_be_liberal_is_read_back_from_the_sysctl() {
+        let root = std::env::temp_dir().join(format!("kproxy-sysctl-liberal-{}", std::process::id()));
+        let dir = root.join(NETFILTER);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!tcp_be_liberal(&root), "absent");
+        std::fs::write(dir.join("nf_conntrack_tcp_be_liberal"), "0\n").unwrap();
+        assert!(!tcp_be_liberal(&root));
+        std::fs::write(dir.join("nf_conntrack_tcp_be_liberal"), "1\n").unwrap();
+        assert!(tcp_be_liberal(&root));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     fn flags(args: &[&str]) -> Flags {
         Flags::parse_from(std::iter::once("kproxy").chain(args.iter().copied()))

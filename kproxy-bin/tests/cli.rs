@@ -117,6 +117,25 @@ fn the_iptables_dry_run_prints_upstreams_chains() {
     assert!(!stdout.contains("KUBE-FIREWALL"), "no localnet safeguard without localhost NodePorts");
 }
 
+/// With `conntrack.tcpBeLiberal`, iptables mode leaves out the INVALID
+/// drop in `KUBE-FORWARD`, as upstream.
+#[test]
+fn tcp_be_liberal_leaves_out_the_invalid_drop() {
+    let cluster = example_cluster();
+    let invalid = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--proxy-mode", "iptables", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"];
+        args.extend(extra);
+        let out = kproxy(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&[]).contains(invalid), "the drop by default");
+    let liberal = run(&["--conntrack-tcp-be-liberal"]);
+    assert!(!liberal.contains("INVALID"), "{liberal}");
+    assert!(liberal.contains("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\""), "{liberal}");
+}
+
 /// nodePortAddresses, as upstream reads it, in every mode: a range that
 /// holds no node address serves no NodePort at all (iptables mode once
 /// served them on every local address); a range that holds the node IP

@@ -58,7 +58,9 @@ fn health_check_node_ports_answer_for_local_policy_services() {
         let dir = start_kproxy(&mut topo, &scenario, name);
         let start = Instant::now();
         let answer = loop {
-            let out = topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", "http://127.0.0.1:30000/"]).unwrap_or_else(|e| e);
+            // On the NodePort address (the node IP: nftables mode's
+            // `primary`), as upstream listens.
+            let out = topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", &format!("http://{}:30000/", fx::NODE_IP)]).unwrap_or_else(|e| e);
             if out.starts_with("HTTP/") || start.elapsed() > Duration::from_secs(5) {
                 break out;
             }
@@ -67,6 +69,8 @@ fn health_check_node_ports_answer_for_local_policy_services() {
         assert!(answer.starts_with(status), "{name}: {answer}");
         assert!(answer.to_lowercase().contains(&format!("x-load-balancing-endpoint-weight: {weight}")), "{name}: {answer}");
         assert!(answer.contains("\"name\": \"svc"), "{name}: {answer}");
+        let loopback = topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", "http://127.0.0.1:30000/"]);
+        assert!(loopback.is_err(), "{name}: not a NodePort address, yet it answered: {loopback:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -168,21 +172,22 @@ fn udp_flows_move_off_an_endpoint_that_leaves_the_service() {
 }
 
 /// Starts `kproxy --manifests` in `mode` for `scenario` and waits until
-/// its first case is served; returns the manifests directory.
-fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, mode: &str) -> std::path::PathBuf {
+/// its first case is served; returns the manifests directory and the
+/// process's handle in the node.
+fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, mode: &str) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     write_manifests(&dir, scenario);
     let args = [BIN, "--proxy-mode", mode, "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
-    topo.node.spawn(&args).unwrap();
+    let handle = topo.node.spawn(&args).unwrap();
     let case = &scenario.cases[0];
     let start = Instant::now();
     while let Err(e) = check_case(topo, &case.packet, &case.expected) {
         assert!(start.elapsed() < Duration::from_secs(30), "{mode}: kproxy never served {}: {e}", case.name);
         std::thread::sleep(Duration::from_millis(200));
     }
-    dir
+    (dir, handle)
 }
 
 /// kubernetes/kubernetes#139628: a UDP client streaming from one source
@@ -199,7 +204,7 @@ fn udp_flows_are_refused_once_the_service_has_no_endpoints() {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
     for mode in ["nftables", "iptables"] {
         let mut topo = Topology::build(&scenario).unwrap();
-        let dir = start_kproxy_in(&mut topo, &scenario, "udp-zero", mode);
+        let (dir, _) = start_kproxy_in(&mut topo, &scenario, "udp-zero", mode);
         let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
         let stream = topo.pods.get_mut(&client).unwrap();
         let handle = stream
@@ -312,6 +317,55 @@ fn cleanup_removes_kproxys_tables_and_nothing_else() {
         assert!(tables.contains("table inet someone-else"), "{tables}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--cleanup` after iptables mode removes exactly what kproxy wrote: its
+/// chains and jumps, and (with no kubelet managing iptables here) the
+/// localhost NodePorts' `KUBE-FIREWALL` safeguard, with `route_localnet`
+/// back to 0. Someone else's `KUBE-MARK-DROP` and its jump stay. With
+/// kubelet's canary present, `KUBE-FIREWALL` and `route_localnet` stay.
+#[test]
+fn iptables_cleanup_removes_what_kproxy_wrote_and_nothing_else() {
+    if !kernel_tests_enabled("iptables_cleanup_removes_what_kproxy_wrote_and_nothing_else") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    for kubelet in [false, true] {
+        let mut topo = Topology::build(&scenario).unwrap();
+        let ipt = |args: &[&str]| topo.node.exec(&[&["iptables", "-w", "5"][..], args].concat()).unwrap();
+        ipt(&["-t", "nat", "-N", "KUBE-MARK-DROP"]);
+        ipt(&["-t", "nat", "-A", "KUBE-MARK-DROP", "-j", "MARK", "--set-xmark", "0x8000/0x8000"]);
+        ipt(&["-t", "nat", "-A", "PREROUTING", "-s", "192.0.2.9", "-j", "KUBE-MARK-DROP"]);
+        if kubelet {
+            ipt(&["-t", "filter", "-N", "KUBE-KUBELET-CANARY"]);
+        }
+        let (dir, handle) = start_kproxy_in(&mut topo, &scenario, &format!("ipt-cleanup-{kubelet}"), "iptables");
+        let route_localnet = |topo: &Topology| topo.node.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).unwrap().trim().to_string();
+        let save = |topo: &Topology| topo.node.exec(&["iptables-save"]).unwrap();
+        assert_eq!(route_localnet(&topo), "1", "localhost NodePorts are on by default");
+        assert!(save(&topo).contains("block incoming localnet connections"), "{}", save(&topo));
+        let pid = topo.node.pid(handle).unwrap().to_string();
+        kproxy_testkit::run(&["kill", "-TERM", &pid]).unwrap();
+        topo.node.wait_exit(handle, Duration::from_secs(10)).expect("kproxy ignored SIGTERM");
+
+        for _ in 0..2 {
+            topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
+            let after = save(&topo);
+            for gone in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-FORWARD", "KUBE-SVC-", "KUBE-SEP-", "KUBE-PROXY-CANARY"] {
+                assert!(!after.contains(gone), "kubelet={kubelet}: {gone} left behind:\n{after}");
+            }
+            assert!(after.contains(":KUBE-MARK-DROP"), "kubelet={kubelet}: someone else's chain went:\n{after}");
+            assert!(after.contains("-A PREROUTING -s 192.0.2.9/32 -j KUBE-MARK-DROP"), "kubelet={kubelet}: someone else's jump went:\n{after}");
+            if kubelet {
+                assert!(after.contains("block incoming localnet connections"), "kubelet's safeguard went:\n{after}");
+                assert_eq!(route_localnet(&topo), "1");
+            } else {
+                assert!(!after.contains("KUBE-FIREWALL"), "the safeguard stayed:\n{after}");
+                assert_eq!(route_localnet(&topo), "0");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// On a kernel without IPVS, `--proxy-mode ipvs` stops at once with one

@@ -124,13 +124,24 @@ fn loopback(config: &ProxierConfig) -> ipnet::IpNet {
     }
 }
 
+/// The node settings, beyond [`ProxierConfig`], that shape the fixed
+/// chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FixedOptions {
+    /// Serve NodePorts on 127.0.0.1 too (IPv4 only), with upstream's
+    /// localnet safeguard; otherwise loopback is excluded.
+    pub localhost_node_ports: bool,
+    /// conntrack accepts out-of-window TCP packets
+    /// (`nf_conntrack_tcp_be_liberal`): then, as upstream, forwarded
+    /// packets conntrack calls INVALID are not dropped.
+    pub tcp_be_liberal: bool,
+}
+
 /// The fixed chains of the nat and filter tables with their fixed rules.
 /// The shared chains' port rules are inserted before these rules.
-/// `localhost_node_ports` (IPv4 only) serves NodePorts on 127.0.0.1 too,
-/// with upstream's localnet safeguard; otherwise loopback is excluded.
-pub fn fixed_chains(config: &ProxierConfig, localhost_node_ports: bool) -> (Chains, Chains) {
+pub fn fixed_chains(config: &ProxierConfig, options: FixedOptions) -> (Chains, Chains) {
     let mark = config.masquerade_mark();
-    let localhost = localhost_node_ports && config.family == IpFamily::V4;
+    let localhost = options.localhost_node_ports && config.family == IpFamily::V4;
     let mut nat = Chains::new();
     let mut destinations = node_port_destinations(config);
     if localhost && !config.node_ports_on_every_address {
@@ -184,16 +195,19 @@ pub fn fixed_chains(config: &ProxierConfig, localhost_node_ports: bool) -> (Chai
             )],
         );
     }
-    filter.insert(
-        FORWARD.into(),
-        vec![
-            Rule::new(vec![Match::CtState(vec![CtState::Invalid], false)], Target::Drop),
-            Rule::new(vec![Match::Comment("kubernetes forwarding rules".into()), Match::Mark(mark, false)], Target::Accept),
-            Rule::new(
-                vec![Match::Comment("kubernetes forwarding conntrack rule".into()), Match::CtState(vec![CtState::Related, CtState::Established], false)],
-                Target::Accept,
-            ),
-        ],
-    );
+    let mut forward = Vec::new();
+    if !options.tcp_be_liberal {
+        // An out-of-window packet would otherwise reset a connection
+        // (kubernetes/kubernetes#74839).
+        forward.push(Rule::new(vec![Match::CtState(vec![CtState::Invalid], false)], Target::Drop));
+    }
+    forward.extend([
+        Rule::new(vec![Match::Comment("kubernetes forwarding rules".into()), Match::Mark(mark, false)], Target::Accept),
+        Rule::new(
+            vec![Match::Comment("kubernetes forwarding conntrack rule".into()), Match::CtState(vec![CtState::Related, CtState::Established], false)],
+            Target::Accept,
+        ),
+    ]);
+    filter.insert(FORWARD.into(), forward);
     (nat, filter)
 }

@@ -16,7 +16,7 @@ use std::ops::Bound;
 use kproxy_core::{NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
 use crate::rule::Rule;
-pub use fixed::{fixed_chains, jumps, jumps_for, Jump, Table};
+pub use fixed::{fixed_chains, jumps, jumps_for, FixedOptions, Jump, Table};
 pub use service::{local_match, node_port_destinations, render_port, ServiceRules};
 
 /// Every chain of one table, in name order, with its rules.
@@ -104,7 +104,7 @@ pub struct Journal {
 #[derive(Debug)]
 pub struct Renderer {
     config: ProxierConfig,
-    localhost_node_ports: bool,
+    options: FixedOptions,
     /// The fixed chains (nat, filter) for this configuration.
     fixed: (Chains, Chains),
     ports: BTreeMap<ServicePortName, ServiceRules>,
@@ -123,21 +123,23 @@ impl Renderer {
 
     /// A renderer with no services.
     pub fn new(config: ProxierConfig) -> Self {
-        let fixed = fixed_chains(&config, false);
-        Renderer { config, localhost_node_ports: false, fixed, ports: BTreeMap::new(), journal: Journal::default() }
+        let options = FixedOptions::default();
+        let fixed = fixed_chains(&config, options);
+        Renderer { config, options, fixed, ports: BTreeMap::new(), journal: Journal::default() }
     }
 
-    /// Serves NodePorts on 127.0.0.1 too (IPv4; iptables
-    /// `localhostNodePorts`), with upstream's localnet safeguard.
-    pub fn with_localhost_node_ports(mut self, on: bool) -> Self {
-        self.localhost_node_ports = on && self.config.family == kproxy_core::IpFamily::V4;
-        self.fixed = fixed_chains(&self.config, self.localhost_node_ports);
+    /// Renders the fixed chains with `options` (localhost NodePorts only
+    /// ever for IPv4).
+    pub fn with_options(mut self, mut options: FixedOptions) -> Self {
+        options.localhost_node_ports &= self.config.family == kproxy_core::IpFamily::V4;
+        self.options = options;
+        self.fixed = fixed_chains(&self.config, options);
         self
     }
 
     /// Whether localhost NodePorts are on.
     pub fn localhost_node_ports(&self) -> bool {
-        self.localhost_node_ports
+        self.options.localhost_node_ports
     }
 
     /// The configuration rules are rendered for.
