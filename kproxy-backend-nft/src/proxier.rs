@@ -70,6 +70,9 @@ pub struct NftProxier<K: Kernel> {
     /// Changes applied by syncs that failed, handed out with the next
     /// successful sync so conntrack cleanup is not lost.
     unreported: StateChanges,
+    /// The affinity map may hold entries (some Service had affinity, or
+    /// the table predates this process).
+    affinity_entries_may_exist: bool,
 }
 
 /// A configuration the backend cannot program (the same for every backend).
@@ -90,6 +93,7 @@ impl<K: Kernel> NftProxier<K> {
             full_syncs: 0,
             rendered_once: false,
             unreported: StateChanges::default(),
+            affinity_entries_may_exist: true,
         })
     }
 
@@ -205,18 +209,33 @@ impl<K: Kernel> NftProxier<K> {
 
     /// Deletes affinity entries whose remembered endpoint no longer serves
     /// their destination, so a client stuck to a removed pod is balanced
-    /// again at once (upstream drops the endpoint's affinity set with it).
+    /// again at once (upstream drops the endpoint's affinity set with it),
+    /// and entries of destinations that no longer have affinity (switched
+    /// off), which the load-balancing chains would otherwise still follow
+    /// while any other Service has affinity.
     async fn forget_stale_affinity(&mut self) -> Result<(), KernelError> {
         let Some(table) = self.table().map(str::to_string) else { return Ok(()) };
         let rs = self.renderer.ruleset();
-        if !rs.sets.iter().any(|(n, s)| n.starts_with("affinity-services-") && !s.elements.is_empty()) {
+        let with_affinity: std::collections::HashSet<(IpAddr, Protocol, u16)> = rs
+            .sets
+            .iter()
+            .filter(|(n, _)| n.starts_with("affinity-services-"))
+            .flat_map(|(_, s)| s.elements.keys())
+            .filter_map(|k| match *k {
+                Key::Service(d, p, port) => Some((d, p, port)),
+                _ => None,
+            })
+            .collect();
+        // With no affinity left, entries can only linger from before: look
+        // once, so a Service given affinity later never meets them.
+        if with_affinity.is_empty() && !std::mem::take(&mut self.affinity_entries_may_exist) {
             return Ok(());
         }
+        self.affinity_entries_may_exist = !with_affinity.is_empty();
         let entries = self.kernel.affinity_entries(self.family(), &table).await?;
         if entries.is_empty() {
             return Ok(());
         }
-        let rs = self.renderer.ruleset();
         let node_port_ips = &self.config.node_port_ips;
         let mut valid: std::collections::HashSet<(IpAddr, Protocol, u16, IpAddr, u16)> = std::collections::HashSet::new();
         for set in rs.sets.iter().filter(|(n, _)| n.contains("-slots-")).map(|(_, s)| s) {
@@ -238,7 +257,7 @@ impl<K: Kernel> NftProxier<K> {
         let stale: Vec<Key> = entries
             .into_iter()
             .filter(|(k, ip, port)| match *k {
-                Key::Affinity(_, d, p, dport) => !valid.contains(&(d, p, dport, *ip, *port)),
+                Key::Affinity(_, d, p, dport) => !with_affinity.contains(&(d, p, dport)) || !valid.contains(&(d, p, dport, *ip, *port)),
                 _ => false,
             })
             .map(|(k, _, _)| k)
