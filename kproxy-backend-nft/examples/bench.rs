@@ -9,8 +9,10 @@
 //! reports: the cold full sync (wall time from the first sync call to the
 //! kernel commit returning), one-service changes (an endpoint added, an
 //! endpoint removed, a service added; median and worst of 20, from the
-//! handler call to the kernel commit returning), the process's peak RSS, and
-//! the rendered ruleset's size.
+//! handler call to the kernel commit returning), the periodic full sync with
+//! nothing changed (median and worst of 5: the drift check that compares
+//! every chain, set declaration and element with what kproxy wrote), the
+//! process's peak RSS, and the rendered ruleset's size.
 
 use std::process::Command;
 use std::time::Instant;
@@ -39,6 +41,14 @@ async fn one_size(services: usize, eps: usize) {
     stage("cold sync done");
 
     let Changes { added, removed, new_service } = change_rounds(&mut p, services, eps, 20).await;
+    let mut periodic = Vec::new();
+    for _ in 0..5 {
+        let table = p.table().map(str::to_string);
+        let start = Instant::now();
+        p.sync(SyncRequest { full: true }).await.expect("periodic sync");
+        periodic.push(start.elapsed());
+        assert_eq!(p.table().map(str::to_string), table, "a periodic sync with no drift rebuilt the table");
+    }
     // Read the peak before rendering the text below, which only the
     // benchmark needs.
     let peak = peak_rss_kib();
@@ -47,11 +57,12 @@ async fn one_size(services: usize, eps: usize) {
     tx.create("kproxy-a", rs, true);
     let text = tx.to_nft();
     println!(
-        "| {services} | {eps} | {:.2} s | {} | {} | {} | {:.1} MiB | {} | {} | {:.1} MiB |",
+        "| {services} | {eps} | {:.2} s | {} | {} | {} | {} | {:.1} MiB | {} | {} | {:.1} MiB |",
         cold.as_secs_f64(),
         summary(added),
         summary(removed),
         summary(new_service),
+        summary(periodic),
         peak as f64 / 1024.0,
         rs.element_count(),
         rs.rule_count(),
@@ -72,8 +83,8 @@ fn main() {
     let nft = Command::new("nft").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("nft: {}; kernel: {}", nft.unwrap_or_else(|_| "nft not found".into()), kernel.trim());
-    println!("| services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | elements | rules | nft text |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | periodic full sync (drift check) | peak RSS | elements | rules | nft text |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for services in sizes {
         run_isolated("kproxy-nft-bench", &services.to_string(), &["--one".into(), services.to_string(), eps.to_string()]);
     }

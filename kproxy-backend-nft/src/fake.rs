@@ -238,6 +238,20 @@ impl Kernel for FakeKernel {
         Ok(self.table(family, table).map(Outline::of))
     }
 
+    async fn element_digest(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Option<(usize, u64)>, KernelError> {
+        let Some(s) = self.table(family, table).and_then(|t| t.sets.get(set)) else {
+            return Err(KernelError::Refused(format!("no set {set} in {table}")));
+        };
+        Ok(Some(crate::kernel::elements_digest(s.elements.iter().map(|(k, v)| (k, v.as_ref())))))
+    }
+
+    async fn lookup_digest(&mut self, family: IpFamily, table: &str, set: &str, keys: &[Key]) -> Result<Option<(usize, u64)>, KernelError> {
+        let Some(s) = self.table(family, table).and_then(|t| t.sets.get(set)) else {
+            return Err(KernelError::Refused(format!("no set {set} in {table}")));
+        };
+        Ok(Some(crate::kernel::elements_digest(keys.iter().filter_map(|k| s.elements.get_key_value(k).map(|(k, v)| (k, v.as_ref()))))))
+    }
+
     async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError> {
         Ok(self
             .table(family, table)

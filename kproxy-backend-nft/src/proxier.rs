@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::{Error, IpFamily, Protocol, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::kernel::{Kernel, KernelError, Outline};
+use crate::kernel::{elements_digest, Kernel, KernelError, Outline};
 use crate::model::{Key, Value};
 use crate::names;
 use crate::render::{Renderer, Structure};
@@ -31,9 +32,10 @@ pub struct NftOptions {
     /// An incremental change with more elements than this becomes a
     /// chunked rebuild instead of one large atomic commit.
     pub max_incremental_elements: usize,
-    /// Every this many full syncs, rebuild even without detected drift
-    /// (repairs edits the outline check cannot see, such as a deleted map
-    /// element). 0 never forces one.
+    /// Every this many full syncs, rebuild even without detected drift (a
+    /// backstop: every full sync already compares each chain's rules, each
+    /// set's declaration and every element with what kproxy wrote). 0
+    /// never forces one.
     pub rebuild_every_full_syncs: u32,
 }
 
@@ -53,6 +55,17 @@ impl Default for NftOptions {
 struct Committed {
     table: String,
     structure: Structure,
+    /// The kernel's own outline (with digests) right after kproxy last
+    /// changed the table's structure: later outlines must equal it.
+    baseline: Option<Outline>,
+}
+
+/// Keys looked up at a time when a full sync checks a slot map.
+const LOOKUP_CHUNK: usize = 4096;
+
+/// Which half of a slot map `key` is checked with (0 or 1).
+fn key_half(key: &Key) -> u32 {
+    (crate::kernel::elements_digest([(key, None)]).1 & 1) as u32
 }
 
 /// The nftables backend for one IP family.
@@ -127,8 +140,8 @@ impl<K: Kernel> NftProxier<K> {
     }
 
     /// Whether this sync must rebuild: no trusted table, the periodic
-    /// forced rebuild, or (on a full sync) a kernel outline that differs
-    /// from what was committed.
+    /// forced rebuild, or (on a full sync) a kernel table that differs from
+    /// what was committed ([`NftProxier::drift`]).
     async fn needs_rebuild(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let Some(committed) = &self.committed else { return Ok(true) };
         if !request.full {
@@ -139,17 +152,100 @@ impl<K: Kernel> NftProxier<K> {
         if every > 0 && self.full_syncs % every == 0 {
             return Ok(true);
         }
-        let expected = Outline {
-            chains: committed.structure.chains.iter().map(|(n, c)| (n.clone(), c.rules.len())).collect(),
-            sets: committed.structure.sets.keys().cloned().collect(),
-        };
         let table = committed.table.clone();
-        let actual = self.kernel.outline(self.family(), &table).await?;
-        if actual.as_ref() != Some(&expected) {
-            tracing::warn!(table = %table, "nftables table changed behind kproxy's back; rebuilding it");
-            return Ok(true);
+        let drift = self.structure_drift(&table).await?;
+        Ok(self.report_drift(&table, drift))
+    }
+
+    /// Logs `drift` (when there is some) and says whether there was.
+    fn report_drift(&self, table: &str, drift: Option<String>) -> bool {
+        if let Some(why) = &drift {
+            tracing::warn!(table = %table, "nftables table changed behind kproxy's back ({why}); rebuilding it");
         }
-        Ok(false)
+        drift.is_some()
+    }
+
+    /// What changed in `table`'s structure behind kproxy's back, if
+    /// anything: its chains, rule counts and sets; any rule, chain or set
+    /// declaration (against the digests the kernel gave right after
+    /// kproxy's own write).
+    async fn structure_drift(&mut self, table: &str) -> Result<Option<String>, KernelError> {
+        let family = self.family();
+        let Some(committed) = &self.committed else { return Ok(Some("nothing committed".into())) };
+        let Some(actual) = self.kernel.outline(family, table).await? else { return Ok(Some("the table is gone".into())) };
+        let chains: BTreeMap<String, usize> = committed.structure.chains.iter().map(|(n, c)| (n.clone(), c.rules.len())).collect();
+        let sets: BTreeSet<String> = committed.structure.sets.keys().cloned().collect();
+        if actual.shape() != (&chains, &sets) {
+            return Ok(Some("chains, rule counts or sets differ".into()));
+        }
+        if let Some(baseline) = &committed.baseline {
+            if let Some((what, _)) = baseline.digests.iter().find(|(k, d)| actual.digests.get(*k) != Some(d)) {
+                return Ok(Some(format!("{what} was edited")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Which set or map of `table` holds other elements than kproxy wrote,
+    /// if any (all but the dynamic affinity map; checked after a sync's
+    /// own changes are applied).
+    async fn element_drift(&mut self, table: &str) -> Result<Option<String>, KernelError> {
+        let family = self.family();
+        for (name, set) in self.renderer.ruleset().sets.iter().filter(|(n, _)| n.as_str() != names::AFFINITY) {
+            if name.contains("-slots-") {
+                // The DNAT slot maps, 10 or more elements per Service:
+                // each key kproxy wrote is looked up (a dump of a map this
+                // size is quadratic in the kernel), half of them (by a hash
+                // of the key) on each full sync, so damage is found within
+                // two. A foreign key needs no look: the dispatch sets,
+                // checked whole, decide which frontends reach a slot map,
+                // and numgen which slots.
+                let half = self.full_syncs % 2;
+                let mut elements = set.elements.iter();
+                let mut part = Vec::with_capacity(LOOKUP_CHUNK);
+                let mut want = (0usize, 0u64);
+                loop {
+                    let next = elements.next();
+                    if let Some((k, v)) = next {
+                        if key_half(k) != half {
+                            continue;
+                        }
+                        part.push(*k);
+                        let (n, sum) = elements_digest([(k, v.as_ref())]);
+                        want = (want.0 + n, want.1.wrapping_add(sum));
+                        if part.len() < LOOKUP_CHUNK {
+                            continue;
+                        }
+                    }
+                    if !part.is_empty() {
+                        let Some(got) = self.kernel.lookup_digest(family, table, name, &part).await? else { return Ok(None) };
+                        if got != want {
+                            return Ok(Some(format!("map {name} lost or changed elements")));
+                        }
+                        part.clear();
+                        want = (0, 0);
+                    }
+                    if next.is_none() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let Some((count, sum)) = self.kernel.element_digest(family, table, name).await? else { return Ok(None) };
+            let (want_count, want_sum) = elements_digest(set.elements.iter().map(|(k, v)| (k, v.as_ref())));
+            if count != want_count {
+                return Ok(Some(format!("set {name} holds {count} elements, not {want_count}")));
+            }
+            if sum != want_sum {
+                return Ok(Some(format!("set {name} holds elements kproxy did not write")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The kernel's outline of `table` as kproxy just wrote it.
+    async fn baseline(&mut self, table: &str) -> Result<Option<Outline>, KernelError> {
+        self.kernel.outline(self.family(), table).await
     }
 
     /// Builds the renderer's ruleset in a fresh table and swaps it in
@@ -203,7 +299,9 @@ impl<K: Kernel> NftProxier<K> {
             swap.push(old, Op::DeleteTable);
         }
         self.kernel.apply(&swap).await?;
-        self.committed = Some(Committed { table: target, structure: Structure::of(ruleset) });
+        let structure = Structure::of(ruleset);
+        let baseline = self.baseline(&target).await?;
+        self.committed = Some(Committed { table: target, structure, baseline });
         Ok(())
     }
 
@@ -287,10 +385,19 @@ impl<K: Kernel> NftProxier<K> {
         let committed = self.committed.take().expect("needs_rebuild covers a missing table");
         let tx = journal.transaction(&committed.table, &committed.structure, self.renderer.ruleset());
         self.kernel.apply(&tx).await?;
-        self.committed = Some(Committed {
-            table: committed.table,
-            structure: Structure::of(self.renderer.ruleset()),
-        });
+        let structure = Structure::of(self.renderer.ruleset());
+        let baseline = if structure == committed.structure { committed.baseline } else { self.baseline(&committed.table).await? };
+        let table = committed.table.clone();
+        self.committed = Some(Committed { table: committed.table, structure, baseline });
+        // A full sync also compares every element (an element deleted or
+        // changed from outside keeps the outline).
+        if request.full {
+            let drift = self.element_drift(&table).await?;
+            if self.report_drift(&table, drift) {
+                self.rebuild().await?;
+                return Ok(true);
+            }
+        }
         Ok(false)
     }
 }

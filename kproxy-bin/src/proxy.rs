@@ -55,6 +55,31 @@ fn health_check_addresses(settings: &Settings, node: &Host, families: &[IpFamily
 pub struct Proxy {
     senders: Vec<mpsc::Sender<Update>>,
     shared: Arc<Shared>,
+    /// What the configuration was built from.
+    started_on: StartedOn,
+    /// Set when the Node changed in a way the configuration depends on.
+    restart: tokio::sync::watch::Sender<Option<String>>,
+}
+
+/// The parts of the Node that the proxiers' configuration was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StartedOn {
+    ips: Vec<std::net::IpAddr>,
+    /// `Some` when the local detector is the node's pod CIDRs.
+    pod_cidrs: Option<Vec<ipnet::IpNet>>,
+}
+
+impl StartedOn {
+    /// Why a Node like `node` needs a new configuration, if it does.
+    fn change(&self, node: &kproxy_core::NodeInfo) -> Option<String> {
+        if node.ips != self.ips {
+            return Some(format!("the Node's IPs changed from {:?} to {:?}", self.ips, node.ips));
+        }
+        match &self.pod_cidrs {
+            Some(old) if *old != node.pod_cidrs => Some(format!("the Node's PodCIDRs changed from {old:?} to {:?}", node.pod_cidrs)),
+            _ => None,
+        }
+    }
 }
 
 impl Proxy {
@@ -106,7 +131,26 @@ impl Proxy {
                 }
             });
         }
-        Ok(Proxy { senders, shared })
+        let started_on = StartedOn {
+            ips: node.node.ips.clone(),
+            pod_cidrs: (settings.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),
+        };
+        Ok(Proxy { senders, shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
+    }
+
+    /// Waits until the Node changed in a way the configuration depends on
+    /// (its IPs; its PodCIDRs with `detectLocalMode: NodeCIDR`), and says
+    /// how. Never returns otherwise.
+    pub async fn restart_needed(&self) -> String {
+        let mut rx = self.restart.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Hands updates to every family's proxier, counting changes for the
@@ -116,6 +160,11 @@ impl Proxy {
             match u {
                 Update::Service { .. } => self.shared.metrics.service_change(),
                 Update::EndpointSlice { .. } => self.shared.metrics.endpoint_change(),
+                Update::Node(n) => {
+                    if let Some(why) = self.started_on.change(&kproxy_core::convert::node_info(n)) {
+                        self.restart.send_replace(Some(why));
+                    }
+                }
                 _ => {}
             }
         }
@@ -130,5 +179,30 @@ impl Proxy {
     /// deleted: `/healthz` then fails).
     pub fn set_node_eligible(&self, eligible: bool) {
         self.shared.node_eligible.store(eligible, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ips: &[&str], cidrs: &[&str]) -> kproxy_core::NodeInfo {
+        let mut n = kproxy_core::NodeInfo::named("n");
+        n.ips = ips.iter().map(|s| s.parse().unwrap()).collect();
+        n.pod_cidrs = cidrs.iter().map(|s| s.parse().unwrap()).collect();
+        n
+    }
+
+    #[test]
+    fn a_node_change_the_configuration_depends_on_asks_for_a_restart() {
+        let start = node(&["192.168.0.2"], &["10.0.1.0/24"]);
+        let by_ips = StartedOn { ips: start.ips.clone(), pod_cidrs: None };
+        assert_eq!(by_ips.change(&start), None);
+        assert_eq!(by_ips.change(&node(&["192.168.0.2"], &["10.0.9.0/24"])), None, "PodCIDRs only matter to the NodeCIDR detector");
+        let why = by_ips.change(&node(&["192.168.0.2", "fd00::2"], &[])).unwrap();
+        assert!(why.starts_with("the Node's IPs changed"), "{why}");
+        let by_cidrs = StartedOn { ips: start.ips.clone(), pod_cidrs: Some(start.pod_cidrs.clone()) };
+        let why = by_cidrs.change(&node(&["192.168.0.2"], &["10.0.9.0/24"])).unwrap();
+        assert!(why.starts_with("the Node's PodCIDRs changed"), "{why}");
     }
 }

@@ -78,8 +78,8 @@ async fn cleanup(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The families to proxy: those the node has addresses in (IPv4 when it
-/// has none).
+/// The families the dry run pictures: those the node has addresses in
+/// (IPv4 when it has none).
 fn families_of(node: &NodeInfo) -> Vec<IpFamily> {
     let families: Vec<IpFamily> = [IpFamily::V4, IpFamily::V6].into_iter().filter(|f| node.ips.iter().any(|ip| f.contains(*ip))).collect();
     if families.is_empty() {
@@ -87,6 +87,30 @@ fn families_of(node: &NodeInfo) -> Vec<IpFamily> {
     } else {
         families
     }
+}
+
+/// The families to proxy, as upstream: every family the kernel supports
+/// (IPv6 when `/proc/net/if_inet6` exists), whatever addresses the node
+/// has, the node's primary family first.
+fn families_to_proxy(node: &NodeInfo, root: &Path) -> Vec<IpFamily> {
+    let v6 = root.join("proc/net/if_inet6").exists();
+    let primary = node.ips.first().map_or(IpFamily::V4, |ip| IpFamily::of(*ip));
+    let mut out = vec![primary];
+    match (primary, v6) {
+        (IpFamily::V4, true) => out.push(IpFamily::V6),
+        (IpFamily::V6, _) => out.push(IpFamily::V4),
+        (IpFamily::V4, false) => {}
+    }
+    if primary == IpFamily::V6 && !v6 {
+        tracing::warn!("the node's primary family is IPv6, but the kernel has no IPv6 (no /proc/net/if_inet6)");
+    }
+    let names: Vec<String> = out.iter().map(|f| f.to_string()).collect();
+    if out.len() == 2 {
+        tracing::info!(primary = %primary, "running in dual-stack mode ({})", names.join(", "));
+    } else {
+        tracing::info!(family = %primary, "running in single-stack mode");
+    }
+    out
 }
 
 /// Fails with one line if this machine cannot run the mode's backend
@@ -153,8 +177,9 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
     }
     check_kernel_support(settings.mode).await?;
     set_sysctls(settings, &node)?;
+    let families = families_to_proxy(&node, Path::new("/"));
     let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
-    until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state)).await
+    until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state), proxy.restart_needed()).await
 }
 
 /// Cluster mode: the cluster state comes from the API server.
@@ -174,18 +199,21 @@ async fn cluster(settings: &Settings, flags: &Flags, file_kubeconfig: Option<Str
             NodeInfo::named(&settings.node_name)
         }
     };
-    let families = families_of(&node);
+    let families = families_to_proxy(&node, Path::new("/"));
     set_sysctls(settings, &node)?;
     let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
-    until_stopped(watch::follow(&proxy, client, &settings.node_name)).await
+    until_stopped(watch::follow(&proxy, client, &settings.node_name), proxy.restart_needed()).await
 }
 
-/// Runs `source` until SIGTERM or SIGINT. The rules stay in place, so
-/// traffic keeps flowing across a restart or an upgrade.
-async fn until_stopped(source: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs `source` until SIGTERM or SIGINT, or until the configuration
+/// must be read again (`restart` says why: kproxy then exits non-zero so
+/// that the DaemonSet restarts it, as upstream). The rules stay in place,
+/// so traffic keeps flowing across a restart or an upgrade.
+async fn until_stopped(source: impl std::future::Future<Output = ()>, restart: impl std::future::Future<Output = String>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     tokio::select! {
         _ = source => bail!("the update source stopped"),
+        why = restart => bail!("{why}; exiting so that kproxy restarts with it (the rules stay in place)"),
         signal = stop_signal(&mut terminate) => {
             tracing::info!("{signal}: stopping; the rules stay in place");
             Ok(())
@@ -326,3 +354,24 @@ impl Host {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_the_kernel_has_is_proxied_primary_first() {
+        let root = std::env::temp_dir().join(format!("kproxy-families-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/net")).unwrap();
+        let mut v4_node = NodeInfo::named("n");
+        v4_node.ips = vec!["192.168.0.2".parse().unwrap()];
+        assert_eq!(families_to_proxy(&v4_node, &root), [IpFamily::V4], "no IPv6 in the kernel");
+        std::fs::write(root.join("proc/net/if_inet6"), "").unwrap();
+        assert_eq!(families_to_proxy(&v4_node, &root), [IpFamily::V4, IpFamily::V6], "an IPv4-only Node still gets IPv6 rules");
+        let mut v6_node = NodeInfo::named("n");
+        v6_node.ips = vec!["fd00::2".parse().unwrap(), "192.168.0.2".parse().unwrap()];
+        assert_eq!(families_to_proxy(&v6_node, &root), [IpFamily::V6, IpFamily::V4]);
+        assert_eq!(families_to_proxy(&NodeInfo::named("n"), &root), [IpFamily::V4, IpFamily::V6], "no addresses: IPv4 primary");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

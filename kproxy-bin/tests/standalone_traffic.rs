@@ -368,6 +368,50 @@ fn iptables_cleanup_removes_what_kproxy_wrote_and_nothing_else() {
     }
 }
 
+/// As upstream, kproxy proxies every family the kernel has, not only the
+/// Node's: an IPv4-only Node still gets IPv6 rules (for dual-stack pods).
+/// When the Node's IPs change, kproxy exits non-zero with one line saying
+/// why, so that the DaemonSet restarts it with the new addresses.
+#[test]
+fn every_kernel_family_is_proxied_and_a_node_ip_change_restarts() {
+    if !kernel_tests_enabled("every_kernel_family_is_proxied_and_a_node_ip_change_restarts") {
+        return;
+    }
+    let mut scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let addresses = scenario.node.status.as_mut().unwrap().addresses.as_mut().unwrap();
+    addresses.retain(|a| !a.address.contains(':'));
+    let mut topo = Topology::build(&scenario).unwrap();
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-families", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, &scenario);
+    let log = dir.join("kproxy.log");
+    let args = [BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
+    let handle = topo.node.spawn_logged(&args, &log).unwrap();
+    let start = Instant::now();
+    loop {
+        let tables = topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default();
+        if tables.contains("table ip kproxy-") && tables.contains("table ip6 kproxy-") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not both families: {tables}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The Node object (file 000) gains its IPv6 address.
+    let mut node = scenario.node.clone();
+    node.status.as_mut().unwrap().addresses.as_mut().unwrap().push(k8s_openapi::api::core::v1::NodeAddress { address: fx::NODE_IP_V6.into(), type_: "InternalIP".into() });
+    std::fs::write(dir.join("000.yaml"), serde_json::to_string(&node).unwrap()).unwrap();
+    let status = topo.node.wait_exit(handle, Duration::from_secs(20)).expect("kproxy kept running after its Node's IPs changed");
+    assert!(!status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("the Node's IPs changed")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(errors[0].contains("exiting so that kproxy restarts"), "{text}");
+    assert!(topo.node.exec(&["nft", "list", "tables"]).unwrap().contains("table ip kproxy-"), "the rules stay in place");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// On a kernel without IPVS, `--proxy-mode ipvs` stops at once with one
 /// line saying so (run in a private namespace all the same: on a kernel
 /// with IPVS it would start, and the VM's tests cover that).

@@ -219,6 +219,43 @@ impl NfSocket {
         Ok(errors)
     }
 
+    /// Receives one datagram into a 64 KiB buffer. Reading with a large
+    /// buffer also tells the kernel to fill dump replies up to 32 KiB
+    /// (it sizes them by the largest read so far), instead of about a
+    /// page: a set dump restarts its walk for every reply, so fewer
+    /// replies make a large dump several times cheaper.
+    fn recv_large(&mut self) -> Result<Vec<u8>, NetlinkError> {
+        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+        self.socket.recv_from(&mut buf, 0).map_err(|e| io_err("netlink recv", e))?;
+        Ok(buf)
+    }
+
+    /// Runs one acknowledged request (a `get` of several objects, say),
+    /// hands each reply's attributes to `each`, and returns the error the
+    /// kernel ended it with, if any (a `get` stops at the first object it
+    /// does not have).
+    pub fn request(&mut self, kind: u16, family: u8, body: impl FnOnce(&mut Vec<u8>), mut each: impl FnMut(Attrs<'_>)) -> Result<Option<io::Error>, NetlinkError> {
+        let seq = self.next_seq();
+        let mut buf = Vec::new();
+        message(&mut buf, Header { kind, flags: NLM_F_REQUEST | NLM_F_ACK, seq, family, res_id: 0 }, body);
+        self.send(&buf)?;
+        loop {
+            let data = self.recv_large()?;
+            for (kind, msg) in messages(&data) {
+                let msg_seq = msg.get(8..12).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                match kind {
+                    NLMSG_ERROR if msg_seq == seq => {
+                        let code = error_code(msg);
+                        return Ok((code != 0).then(|| io::Error::from_raw_os_error(-code)));
+                    }
+                    NLMSG_ERROR | NLMSG_DONE => {}
+                    _ if msg.len() >= HEADER_LEN && msg_seq == seq => each(parse_attrs(&msg[HEADER_LEN..])),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Runs one dump request and hands each reply's attributes (after the
     /// nfgenmsg header) and nfgenmsg family to `each`.
     pub fn dump(
@@ -233,7 +270,7 @@ impl NfSocket {
         message(&mut buf, Header { kind, flags: NLM_F_REQUEST | NLM_F_DUMP, seq, family, res_id: 0 }, body);
         self.send(&buf)?;
         loop {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("netlink recv", e))?;
+            let data = self.recv_large()?;
             for (kind, msg) in messages(&data) {
                 match kind {
                     NLMSG_DONE => return Ok(()),

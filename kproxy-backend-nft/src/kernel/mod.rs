@@ -9,7 +9,7 @@
 //! [`NftCli`] does everything through `nft` and is kept for `--check` and
 //! as a reference.
 
-mod encode;
+pub(crate) mod encode;
 mod netlink;
 mod support;
 
@@ -67,16 +67,69 @@ pub struct Outline {
     pub chains: BTreeMap<String, usize>,
     /// Set and map names.
     pub sets: BTreeSet<String>,
+    /// A digest of each chain's rules (`chain NAME`) and of each set's
+    /// declaration (`set NAME`), as the kernel reports them: equal as
+    /// long as nobody edited them. Only compared with a digest taken from
+    /// the same kernel (empty where a kernel cannot say).
+    pub digests: BTreeMap<String, u64>,
 }
 
 impl Outline {
-    /// The outline a ruleset should have in the kernel.
+    /// The outline a ruleset should have in the kernel (what the fake
+    /// reports, digests included).
     pub fn of(ruleset: &Ruleset) -> Outline {
+        let mut digests = BTreeMap::new();
+        for (name, chain) in &ruleset.chains {
+            digests.insert(format!("chain {name}"), digest(format!("{chain:?}")));
+        }
+        for (name, set) in &ruleset.sets {
+            digests.insert(format!("set {name}"), digest(format!("{:?}", set.decl)));
+        }
         Outline {
             chains: ruleset.chains.iter().map(|(n, c)| (n.clone(), c.rules.len())).collect(),
             sets: ruleset.sets.keys().cloned().collect(),
+            digests,
         }
     }
+
+    /// The same outline without digests (what a ruleset alone predicts).
+    pub fn shape(&self) -> (&BTreeMap<String, usize>, &BTreeSet<String>) {
+        (&self.chains, &self.sets)
+    }
+}
+
+/// A stable digest of bytes (FNV-1a: no key, the same in every process).
+pub(crate) fn digest(bytes: impl AsRef<[u8]>) -> u64 {
+    bytes.as_ref().iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// One set element as the kernel holds it: key bytes, the end of an
+/// interval key, and a map's data bytes.
+pub type RawElement = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The digest of one element in the kernel's layout. A set's elements are
+/// summed (wrapping), so the sum does not depend on their order.
+pub fn element_digest(key: &[u8], key_end: Option<&[u8]>, data: Option<&[u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in (bytes.len() as u32).to_le_bytes().iter().chain(bytes) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    feed(key);
+    feed(key_end.unwrap_or(&[0xff]));
+    feed(data.unwrap_or(&[0xff]));
+    h
+}
+
+/// The element count and digest sum of `elements` (what
+/// [`Kernel::element_digest`] must report for a set holding them).
+pub fn elements_digest<'a>(elements: impl IntoIterator<Item = (&'a Key, Option<&'a crate::model::Value>)>) -> (usize, u64) {
+    elements.into_iter().fold((0, 0u64), |(n, sum), (k, v)| {
+        let (key, end) = encode::key(k);
+        let data = v.map(encode::data);
+        (n + 1, sum.wrapping_add(element_digest(&key, end.as_deref(), data.as_deref())))
+    })
 }
 
 /// Where rules go: the real kernel through `nft`, or a fake.
@@ -90,6 +143,19 @@ pub trait Kernel: Send {
     async fn outline(&mut self, family: IpFamily, table: &str) -> Result<Option<Outline>, KernelError>;
     /// The entries of the dynamic affinity map: key and remembered target.
     async fn affinity_entries(&mut self, family: IpFamily, table: &str) -> Result<Vec<(Key, IpAddr, u16)>, KernelError>;
+    /// The number of elements of one set or map and the sum of their
+    /// digests ([`elements_digest`]), to check that nobody changed them;
+    /// `None` when this kernel cannot read elements cheaply (then only
+    /// the outline is checked).
+    async fn element_digest(&mut self, _family: IpFamily, _table: &str, _set: &str) -> Result<Option<(usize, u64)>, KernelError> {
+        Ok(None)
+    }
+    /// How many of `keys` one set or map holds and the sum of their
+    /// digests as it holds them (data included): a check of a large map
+    /// that costs what the keys cost. `None` when this kernel cannot.
+    async fn lookup_digest(&mut self, _family: IpFamily, _table: &str, _set: &str, _keys: &[Key]) -> Result<Option<(usize, u64)>, KernelError> {
+        Ok(None)
+    }
 }
 
 /// The real kernel, through the `nft` binary, optionally inside a network
@@ -192,6 +258,10 @@ pub fn parse_outline(listing: &str) -> Outline {
         } else if line == "}" {
             current = None;
         } else if let Some(chain) = &current {
+            if !line.is_empty() {
+                let d = outline.digests.entry(format!("chain {chain}")).or_insert(0);
+                *d = digest(format!("{d}{line}"));
+            }
             if !line.is_empty() && !line.starts_with("type ") {
                 *outline.chains.get_mut(chain).expect("inserted above") += 1;
             }
@@ -276,7 +346,15 @@ impl Kernel for NftKernel {
             .netlink
             .set_elements(family, table, names::AFFINITY)?
             .into_iter()
-            .filter_map(|(key, data)| encode::decode_affinity(v6, &key, &data?))
+            .filter_map(|(key, _, data)| encode::decode_affinity(v6, &key, &data?))
             .collect())
+    }
+
+    async fn element_digest(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Option<(usize, u64)>, KernelError> {
+        Ok(Some(self.netlink.set_digest(family, table, set)?))
+    }
+
+    async fn lookup_digest(&mut self, family: IpFamily, table: &str, set: &str, keys: &[Key]) -> Result<Option<(usize, u64)>, KernelError> {
+        Ok(Some(self.netlink.lookup_digest(family, table, set, keys)?))
     }
 }

@@ -9,7 +9,7 @@ use kproxy_core::IpFamily;
 use kproxy_netfilter::wire::{self, attr, cstr, nested, Attrs, Header, NfSocket, OwnedAttrs, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 
 use super::encode;
-use super::{KernelError, Outline};
+use super::{digest, KernelError, Outline, RawElement};
 use crate::transaction::{Command, Op, Transaction};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -42,9 +42,6 @@ fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
-/// A set element as the kernel stores it: key bytes and, in maps, data
-/// bytes.
-pub type RawElement = (Vec<u8>, Option<Vec<u8>>);
 
 /// A netfilter netlink socket.
 #[derive(Debug)]
@@ -148,7 +145,8 @@ impl Netlink {
         }
     }
 
-    /// Every element of one set: key bytes and, for maps, data bytes.
+    /// Every element of one set: key bytes, an interval's end bytes and,
+    /// for maps, data bytes.
     pub fn set_elements(&mut self, family: IpFamily, table: &str, set: &str) -> Result<Vec<RawElement>, KernelError> {
         let mut out = Vec::new();
         for reply in self.dump_with(NFT_MSG_GETSETELEM, family, &[(1, table), (2, set)])? {
@@ -157,20 +155,77 @@ impl Netlink {
                     continue;
                 }
                 for (_, element) in wire::parse_attrs(list) {
-                    let attrs = wire::parse_attrs(element);
-                    let value_of = |k: u16| {
-                        attrs
-                            .iter()
-                            .find(|(kind, _)| *kind == k)
-                            .and_then(|(_, nested)| wire::parse_attrs(nested).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v.to_vec()))
-                    };
-                    if let Some(key) = value_of(1) {
-                        out.push((key, value_of(2)));
+                    if let Some((key, end, data)) = element_fields(element) {
+                        out.push((key.to_vec(), end.map(<[u8]>::to_vec), data.map(<[u8]>::to_vec)));
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The number of elements of one set and the sum of their digests
+    /// ([`element_digest`](super::element_digest)), read as the dump
+    /// streams in (nothing of the size of the set is kept).
+    pub fn set_digest(&mut self, family: IpFamily, table: &str, set: &str) -> Result<(usize, u64), KernelError> {
+        let (mut count, mut sum) = (0usize, 0u64);
+        let body = |b: &mut Vec<u8>| {
+            attr(b, 1, &cstr(table));
+            attr(b, 2, &cstr(set));
+        };
+        self.socket.dump(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |_, attrs| {
+            for (kind, list) in &attrs {
+                if *kind != 3 {
+                    continue;
+                }
+                for (_, element) in wire::parse_attrs(list) {
+                    if let Some((key, end, data)) = element_fields(element) {
+                        count += 1;
+                        sum = sum.wrapping_add(super::element_digest(key, end, data));
+                    }
+                }
+            }
+        })?;
+        Ok((count, sum))
+    }
+
+    /// Looks up `keys` in one set or map (the kernel's `get element`, 256
+    /// keys a request) and returns how many it holds and the sum of their
+    /// digests as it holds them (data included). Costs what the keys
+    /// cost, not what the set holds: a dump of a large set is quadratic.
+    pub fn lookup_digest(&mut self, family: IpFamily, table: &str, set: &str, keys: &[crate::model::Key]) -> Result<(usize, u64), KernelError> {
+        let (mut count, mut sum) = (0usize, 0u64);
+        for part in keys.chunks(ELEMENTS_PER_MESSAGE) {
+            let body = |b: &mut Vec<u8>| {
+                attr(b, 1, &cstr(table));
+                attr(b, 2, &cstr(set));
+                nested(b, 3, |b| {
+                    for k in part {
+                        nested(b, 1, |b| element(b, k, None));
+                    }
+                });
+            };
+            let ended = self.socket.request(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |attrs| {
+                for (kind, list) in &attrs {
+                    if *kind != 3 {
+                        continue;
+                    }
+                    for (_, element) in wire::parse_attrs(list) {
+                        if let Some((key, end, data)) = element_fields(element) {
+                            count += 1;
+                            sum = sum.wrapping_add(super::element_digest(key, end, data));
+                        }
+                    }
+                }
+            })?;
+            match ended {
+                None => {}
+                // A key it does not hold: the count says so.
+                Some(e) if e.raw_os_error() == Some(2) => {}
+                Some(e) => return Err(KernelError::Netlink(format!("get element: {e}"))),
+            }
+        }
+        Ok((count, sum))
     }
 
     /// Runs a dump request and returns the attributes of every reply.
@@ -202,12 +257,30 @@ impl Netlink {
         Ok(replies.iter().filter_map(|a| name_of(a, 1)).collect())
     }
 
-    /// Chains with rule counts, and set names, of one table (no elements).
+    /// Chains with rule counts, and set names, of one table (no
+    /// elements), with a digest of each chain (its hook, type and policy,
+    /// then every rule's expressions and comment, in order) and of each
+    /// set's declaration.
     pub fn outline(&mut self, family: IpFamily, table: &str) -> Result<Outline, KernelError> {
         let mut chains: BTreeMap<String, usize> = BTreeMap::new();
+        let mut digests: BTreeMap<String, u64> = BTreeMap::new();
+        // Folds attributes `kinds` of `attrs` into the digest `key`.
+        let mut fold = |key: String, attrs: &[(u16, Vec<u8>)], kinds: &[u16]| {
+            let d = digests.entry(key).or_insert(0);
+            for kind in kinds {
+                for (_, v) in attrs.iter().filter(|(k, _)| k == kind) {
+                    let mut bytes = d.to_le_bytes().to_vec();
+                    bytes.extend_from_slice(&kind.to_le_bytes());
+                    bytes.extend_from_slice(v);
+                    *d = digest(bytes);
+                }
+            }
+        };
         for a in self.dump(NFT_MSG_GETCHAIN, family, None)? {
             if name_of(&a, 1).as_deref() == Some(table) {
                 if let Some(name) = name_of(&a, 3) {
+                    // NFTA_CHAIN_HOOK, _POLICY, _TYPE.
+                    fold(format!("chain {name}"), &a, &[4, 5, 7]);
                     chains.insert(name, 0);
                 }
             }
@@ -215,18 +288,38 @@ impl Netlink {
         for a in self.dump(NFT_MSG_GETRULE, family, Some(table))? {
             if name_of(&a, 1).as_deref() == Some(table) {
                 if let Some(c) = name_of(&a, 2) {
+                    // NFTA_RULE_EXPRESSIONS, _USERDATA (the comment).
+                    fold(format!("chain {c}"), &a, &[4, 7]);
                     *chains.entry(c).or_insert(0) += 1;
                 }
             }
         }
-        let sets: BTreeSet<String> = self
-            .dump(NFT_MSG_GETSET, family, Some(table))?
-            .iter()
-            .filter(|a| name_of(a, 1).as_deref() == Some(table))
-            .filter_map(|a| name_of(a, 2))
-            .collect();
-        Ok(Outline { chains, sets })
+        let mut sets = BTreeSet::new();
+        for a in self.dump(NFT_MSG_GETSET, family, Some(table))? {
+            if name_of(&a, 1).as_deref() != Some(table) {
+                continue;
+            }
+            if let Some(name) = name_of(&a, 2) {
+                // NFTA_SET_FLAGS, _KEY_TYPE, _KEY_LEN, _DATA_TYPE, _DATA_LEN.
+                fold(format!("set {name}"), &a, &[3, 4, 5, 6, 7]);
+                sets.insert(name);
+            }
+        }
+        Ok(Outline { chains, sets, digests })
     }
+}
+
+/// An element's key, interval end and data, borrowed from a reply.
+type ElementFields<'a> = (&'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// An element's key, interval end and data (`NFTA_SET_ELEM_KEY`,
+/// `_KEY_END`, `_DATA`, each holding `NFTA_DATA_VALUE`).
+fn element_fields(element: &[u8]) -> Option<ElementFields<'_>> {
+    let attrs = wire::parse_attrs(element);
+    let value_of = |k: u16| {
+        attrs.iter().find(|(kind, _)| *kind == k).and_then(|(_, nested)| wire::parse_attrs(nested).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v))
+    };
+    Some((value_of(1)?, value_of(10), value_of(2)))
 }
 
 fn name_of(attrs: &[(u16, Vec<u8>)], kind: u16) -> Option<String> {
