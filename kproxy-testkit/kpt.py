@@ -10,9 +10,9 @@ probe --src IP --dst IP --port N --proto tcp|udp [--count N] [--timeout S]
 hold --src IP --dst IP --port N --seconds S
     Keeps one TCP connection open for S seconds, echoing a ping every 50 ms;
     prints "held N" or "broken after T: ERROR" (exit 1).
-watch --src IP --dst IP --port N --seconds S
-    Opens a new TCP connection every 50 ms for S seconds; prints
-    "ok N failed F" and the first failure, if any.
+watch --src IP --dst IP --port N --seconds S [--interval S]
+    Opens a new TCP connection every 50 ms (or INTERVAL) for S seconds;
+    prints "ok N failed F" and the first failure, if any.
 follow --src IP --dst IP --port N --seconds S
     Connects over TCP every 2 ms for S seconds and prints "WALLTIME NAME"
     whenever the answering pod changes (the first answer included), for
@@ -142,7 +142,7 @@ def watch(args):
         else:
             failed += 1
             first = first or ("%.2f %s" % (time.monotonic() - start, r))
-        time.sleep(0.05)
+        time.sleep(getattr(args, "interval", 0.05))
     print("ok %d failed %d %s" % (ok, failed, first), flush=True)
 
 
@@ -226,6 +226,7 @@ def main():
         h.add_argument("--dst", required=True)
         h.add_argument("--port", type=int, required=True)
         h.add_argument("--seconds", type=float, required=True)
+        h.add_argument("--interval", type=float, default=0.05)
     f = sub.add_parser("follow")
     f.add_argument("--src", required=True)
     f.add_argument("--dst", required=True)

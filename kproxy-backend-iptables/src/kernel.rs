@@ -137,6 +137,11 @@ impl IptablesCli {
         self.flavour
     }
 
+    /// Whether this flavour's tools run here (they read the nat table).
+    pub async fn available(&self) -> bool {
+        self.run(&self.tool(IpFamily::V4, "save"), &["-t", "nat"], None).await.is_ok()
+    }
+
     /// `iptables-FLAVOUR` or `ip6tables-FLAVOUR`.
     fn command(&self, family: IpFamily) -> String {
         let base = if family == IpFamily::V6 { "ip6tables" } else { "iptables" };

@@ -82,6 +82,12 @@ pub struct Flags {
     /// Remove every rule any kproxy backend installed, then exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Hand the node back to upstream kube-proxy: once it serves the node,
+    /// remove what only kproxy creates (its nftables tables) and exit.
+    /// Everything else kproxy wrote has upstream's names, and upstream
+    /// rewrites it.
+    #[arg(long = "hand-back")]
+    pub hand_back: bool,
     /// Write the effective configuration to FILE and exit.
     #[arg(long = "write-config-to", value_name = "FILE")]
     pub write_config_to: Option<String>,

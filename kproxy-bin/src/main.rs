@@ -14,6 +14,7 @@ mod servers;
 mod settings;
 mod standalone;
 mod sysctls;
+mod takeover;
 mod watch;
 
 use std::process::ExitCode;

@@ -131,6 +131,17 @@ impl Proxy {
                 }
             });
         }
+        // Make before break: the other proxies' leftovers go once every
+        // family has synced.
+        let (takeover_settings, takeover_host, takeover_shared) = (settings.clone(), node.clone(), Arc::clone(&shared));
+        tokio::spawn(async move {
+            while !takeover_shared.healths.iter().all(|h| h.snapshot(tokio::time::Instant::now()).last_updated.is_some()) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            for line in crate::takeover::remove_leftovers(&takeover_settings, &takeover_host, flavour).await {
+                tracing::info!("taking the node over: {line}");
+            }
+        });
         let started_on = StartedOn {
             ips: node.node.ips.clone(),
             pod_cidrs: (settings.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),

@@ -43,6 +43,9 @@ pub async fn run(flags: Flags) -> Result<()> {
     if flags.cleanup {
         return cleanup(&settings).await;
     }
+    if flags.hand_back {
+        return hand_back().await;
+    }
     apply_flags(&mut file, &flags);
     let configz = serde_json::to_string(&file).unwrap_or_default();
     match flags.manifests.as_deref() {
@@ -74,6 +77,20 @@ async fn cleanup(settings: &Settings) -> Result<()> {
     if kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
         let (flavour, _) = Flavour::detect(None).await;
         ipvs_proxier(settings, IpFamily::V4, &node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?.cleanup().await?;
+    }
+    Ok(())
+}
+
+/// `--hand-back`: removes kproxy's own nftables tables, the only objects
+/// of kproxy's that upstream kube-proxy cannot see, and says which.
+async fn hand_back() -> Result<()> {
+    let cli = NftCli::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for table in kproxy_backend_nft::names::TABLES {
+            if cli.delete_table_if_present(family, table).await? {
+                println!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" });
+            }
+        }
     }
     Ok(())
 }

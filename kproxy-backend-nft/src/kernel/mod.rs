@@ -184,6 +184,19 @@ impl NftCli {
         }
     }
 
+    /// Deletes the table `name` of `family` if it exists (another
+    /// program's, such as upstream kube-proxy's `kube-proxy`); says
+    /// whether it existed.
+    pub async fn delete_table_if_present(&self, family: IpFamily, name: &str) -> Result<bool, KernelError> {
+        let keyword = family_keyword(family);
+        let listed = self.run(&["list", "tables", keyword], None).await?;
+        if !listed.lines().any(|l| l.trim() == format!("table {keyword} {name}")) {
+            return Ok(false);
+        }
+        self.run(&["delete", "table", keyword, name], None).await?;
+        Ok(true)
+    }
+
     async fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
         let mut cmd = Command::new(&self.prefix[0]);
         cmd.args(&self.prefix[1..]).args(args);
