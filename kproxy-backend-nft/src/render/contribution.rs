@@ -176,7 +176,6 @@ pub(crate) struct Stored {
     pub keys: Vec<(SetId, Key)>,
     pub slot_runs: Vec<(SetId, Key)>,
     pub claims: Vec<Key>,
-    pub lost: Vec<Key>,
     pub no_local_internal: bool,
     pub no_local_external: bool,
 }
@@ -186,7 +185,6 @@ impl Contribution {
     pub fn stored(&self) -> Stored {
         let mut out = Stored {
             claims: self.claims.clone(),
-            lost: self.lost.clone(),
             no_local_internal: self.no_local_internal,
             no_local_external: self.no_local_external,
             ..Stored::default()

@@ -118,56 +118,64 @@ impl Renderer {
     /// claim on a shared destination changed hands on the way (released
     /// by, or taken by, one of these) are re-rendered too.
     pub fn refresh<'a>(&mut self, state: &ProxyState, services: impl IntoIterator<Item = &'a NamespacedName>) {
-        let mut pending: BTreeSet<NamespacedName> = services.into_iter().cloned().collect();
+        let first: BTreeSet<&NamespacedName> = services.into_iter().collect();
+        let mut next = self.round(state, &first);
         // Each round moves a destination to a claimant with a smaller
         // fingerprint or hands a released one on, so rounds end; the bound
         // is a guard, not a limit ever met.
-        for _ in 0..=self.contributions.len() + pending.len() {
-            if pending.is_empty() {
+        for _ in 0..=self.contributions.len() {
+            if next.is_empty() {
                 break;
             }
-            let mut next = BTreeSet::new();
-            let mut released = Vec::new();
-            for service in &pending {
-                for name in self.ports_of(service) {
-                    self.withdraw(&name, &mut released);
-                }
-            }
-            for service in &pending {
-                for (name, svc) in state.services().ports_of(service) {
-                    let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
-                    let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
-                    for &(key, owner) in &c.taken {
-                        // The previous owner goes before this port's
-                        // elements land on the same keys.
-                        if let Some(loser) = self.owner_port(key, owner) {
-                            self.withdraw(&loser, &mut released);
-                            next.insert(loser.service);
-                        }
-                    }
-                    for (set, key, value) in &c.elements {
-                        self.insert(*set, *key, *value);
-                    }
-                    let me = contribution::fingerprint(name);
-                    for key in &c.lost {
-                        self.waiting.entry(*key).or_default().insert(me, name.clone());
-                    }
-                    self.no_local.internal += usize::from(c.no_local_internal);
-                    self.no_local.external += usize::from(c.no_local_external);
-                    self.contributions.insert(name.clone(), c.stored());
-                }
-            }
-            // A released destination goes to its best waiting claimant,
-            // unless a better one took it again in this round.
-            for key in released {
-                let Some((&best, name)) = self.waiting.get(&key).and_then(|w| w.first_key_value()) else { continue };
-                if self.claims.get(&key).is_none_or(|&owner| best < owner) {
-                    next.insert(name.service.clone());
-                }
-            }
-            pending = next;
+            let pending = std::mem::take(&mut next);
+            next = self.round(state, &pending.iter().collect());
         }
         self.rebuild_chains();
+    }
+
+    /// Re-renders `pending` once; returns the services whose claims
+    /// changed hands on the way, to re-render next.
+    fn round(&mut self, state: &ProxyState, pending: &BTreeSet<&NamespacedName>) -> BTreeSet<NamespacedName> {
+        let mut next = BTreeSet::new();
+        let mut released = Vec::new();
+        for &service in pending {
+            for name in self.ports_of(service) {
+                self.withdraw(&name, &mut released);
+            }
+        }
+        for &service in pending {
+            for (name, svc) in state.services().ports_of(service) {
+                let selected = select_endpoints(state.endpoints().get(name), svc, state.node());
+                let c = contribute(name, svc, &selected, &self.config, &mut self.claims);
+                for &(key, owner) in &c.taken {
+                    // The previous owner goes before this port's elements
+                    // land on the same keys.
+                    if let Some(loser) = self.owner_port(key, owner) {
+                        self.withdraw(&loser, &mut released);
+                        next.insert(loser.service);
+                    }
+                }
+                for (set, key, value) in &c.elements {
+                    self.insert(*set, *key, *value);
+                }
+                let me = contribution::fingerprint(name);
+                for key in &c.lost {
+                    self.waiting.entry(*key).or_default().insert(me, name.clone());
+                }
+                self.no_local.internal += usize::from(c.no_local_internal);
+                self.no_local.external += usize::from(c.no_local_external);
+                self.contributions.insert(name.clone(), c.stored());
+            }
+        }
+        // A released destination goes to its best waiting claimant,
+        // unless a better one took it again in this round.
+        for key in released {
+            let Some((&best, name)) = self.waiting.get(&key).and_then(|w| w.first_key_value()) else { continue };
+            if self.claims.get(&key).is_none_or(|&owner| best < owner) {
+                next.insert(name.service.clone());
+            }
+        }
+        next
     }
 
     /// The ports this renderer holds for `service`.
@@ -204,13 +212,12 @@ impl Renderer {
             self.remove(set, &key);
         }
         let me = contribution::fingerprint(name);
-        for key in &c.lost {
-            if let Some(waiting) = self.waiting.get_mut(key) {
-                waiting.remove(&me);
-                if waiting.is_empty() {
-                    self.waiting.remove(key);
-                }
-            }
+        if !self.waiting.is_empty() {
+            // Rarely anything: only ports that lost a claim wait.
+            self.waiting.retain(|_, w| {
+                w.remove(&me);
+                !w.is_empty()
+            });
         }
         for key in &c.claims {
             if self.claims.get(key) == Some(&me) {
