@@ -16,6 +16,7 @@ mod standalone;
 mod sysctls;
 mod takeover;
 mod watch;
+mod watched;
 
 use std::process::ExitCode;
 

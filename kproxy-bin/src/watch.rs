@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
+
+use crate::watched::WatchedService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -150,6 +152,16 @@ pub fn service_update(c: Change<Service>) -> Update {
     }
 }
 
+/// [`service_update`] for the watch's [`WatchedService`]s.
+fn watched_service_update(c: Change<WatchedService>) -> Update {
+    let plain = |s: Arc<WatchedService>| Arc::new(s.0.clone());
+    service_update(match c {
+        Change::Upsert { previous, current } => Change::Upsert { previous: previous.map(plain), current: plain(current) },
+        Change::Delete(last) => Change::Delete(plain(last)),
+        Change::Synced => Change::Synced,
+    })
+}
+
 /// An EndpointSlice change as a runner update.
 pub fn slice_update(c: Change<EndpointSlice>) -> Update {
     match c {
@@ -242,8 +254,8 @@ where
 /// Feeds `proxy` from the API server until the task is dropped.
 pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
     let selector = label_selector();
-    let services = watch(Api::<Service>::all(client.clone()), watcher::Config::default().labels(&selector), "services", ObjectCache::default(), |changes| {
-        proxy.send(changes.into_iter().map(service_update).collect())
+    let services = watch(Api::<WatchedService>::all(client.clone()), watcher::Config::default().labels(&selector), "services", ObjectCache::default(), |changes| {
+        proxy.send(changes.into_iter().map(watched_service_update).collect())
     });
     // A slice's previous state is never used: the cache keeps skeletons.
     let slice_cache = ObjectCache::keeping(skeleton);
