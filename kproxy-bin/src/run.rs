@@ -88,11 +88,25 @@ async fn hand_back() -> Result<()> {
     for family in [IpFamily::V4, IpFamily::V6] {
         for table in kproxy_backend_nft::names::TABLES {
             if cli.delete_table_if_present(family, table).await? {
-                println!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" });
+                say(&format!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" }));
             }
         }
     }
     Ok(())
+}
+
+/// Prints `text` and a newline on stdout. A reader that went away (as
+/// `kproxy --dry-run | head` does) ends the process quietly, as command-line
+/// tools do, instead of a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::warn!(error = %e, "cannot write to stdout");
+    }
 }
 
 /// The families the dry run pictures: those the node has addresses in
@@ -188,7 +202,7 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
                     p.kernel().dump()
                 }
             };
-            println!("# {family}\n{text}");
+            say(&format!("# {family}\n{text}"));
         }
         return Ok(());
     }

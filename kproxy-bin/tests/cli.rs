@@ -117,6 +117,34 @@ fn the_iptables_dry_run_prints_upstreams_chains() {
     assert!(!stdout.contains("KUBE-FIREWALL"), "no localnet safeguard without localhost NodePorts");
 }
 
+/// `kproxy --dry-run | head`: a reader that goes away ends kproxy quietly,
+/// as command-line tools do (it once panicked with "Broken pipe").
+#[test]
+fn a_closed_stdout_ends_the_dry_run_quietly() {
+    // More output than a pipe holds (64 KiB), so kproxy is still writing
+    // when the reader goes away.
+    let dir = tempdir("broken-pipe");
+    let services: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s{i}","namespace":"ns"}},"spec":{{"clusterIP":"10.96.{}.{}","ports":[{{"port":80,"protocol":"TCP"}}]}}}}"#, i / 250, i % 250 + 1))
+        .collect();
+    std::fs::write(dir.join("services.yaml"), services.join("\n---\n")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--proxy-mode", "iptables", "--hostname-override", "node-a", "--manifests", dir.to_str().unwrap(), "--dry-run"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, as `head -1` would, then close the pipe.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with('#'), "{first}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
 /// With `conntrack.tcpBeLiberal`, iptables mode leaves out the INVALID
 /// drop in `KUBE-FORWARD`, as upstream.
 #[test]
