@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use kproxy_backend_nft::fake::FakeKernel;
-use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel};
+use kproxy_backend_nft::kernel::{Kernel, NftCli};
 use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
@@ -54,29 +54,44 @@ pub async fn run(flags: Flags) -> Result<()> {
     }
 }
 
-/// `--cleanup`: removes what any mode installed, as upstream does: the
-/// nftables tables, then the iptables chains of each flavour present, then
-/// IPVS mode's virtual servers, sets, chains and dummy interface (when the
-/// kernel has IPVS).
+/// `--cleanup`: removes what any mode of kproxy or upstream kube-proxy
+/// installed, as `kube-proxy --cleanup` does, and says what, one line per
+/// kind: the nftables tables, then the iptables chains of each flavour
+/// present, then IPVS mode's virtual servers, sets, chains and dummy
+/// interface (when the kernel has IPVS).
 async fn cleanup(settings: &Settings) -> Result<()> {
     let node = Host::pictured(NodeInfo::named(&settings.node_name));
-    nft_proxier(settings, IpFamily::V4, &node, NftKernel::new()?)?.cleanup().await?;
+    let cli = NftCli::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for table in kproxy_backend_nft::names::TABLES.iter().chain(&[crate::takeover::UPSTREAM_NFT_TABLE]) {
+            if cli.delete_table_if_present(family, table).await? {
+                say(&format!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" }));
+            }
+        }
+    }
     for flavour in [Flavour::Nft, Flavour::Legacy] {
-        let mut p = iptables_proxier(settings, IpFamily::V4, &node, IptablesCli::new(flavour, None))?;
-        if let Err(e) = p.cleanup().await {
-            tracing::warn!("iptables-{}: {e}", flavour.name());
+        let tools = IptablesCli::new(flavour, None);
+        if !tools.available().await {
+            continue;
+        }
+        let mut p = iptables_proxier(settings, IpFamily::V4, &node, tools)?;
+        match p.cleanup().await {
+            Ok(()) => say(&format!("removed the KUBE-* chains and their jumps of iptables-{}", flavour.name())),
+            Err(e) => tracing::warn!("iptables-{}: {e}", flavour.name()),
         }
         if p.localnet_safeguard_removed() {
+            say(&format!("removed the localnet safeguard (KUBE-FIREWALL) of iptables-{}", flavour.name()));
             // The localhost NodePorts and their safeguard are gone: nothing
             // may route 127.0.0.0/8 from outside any more.
             if let Some(change) = sysctls::route_localnet_off(Path::new("/")).map_err(anyhow::Error::msg)? {
-                tracing::info!("set {change}");
+                say(&format!("set {change}"));
             }
         }
     }
     if kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
         let (flavour, _) = Flavour::detect(None).await;
         ipvs_proxier(settings, IpFamily::V4, &node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?.cleanup().await?;
+        say(&format!("removed IPVS virtual servers, {}, the KUBE-* ipsets and IPVS mode's chains", settings.ipvs.device));
     }
     Ok(())
 }

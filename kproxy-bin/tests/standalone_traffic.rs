@@ -310,11 +310,15 @@ fn cleanup_removes_kproxys_tables_and_nothing_else() {
     kproxy_testkit::run(&["kill", "-TERM", &pid]).unwrap();
     topo.node.wait_exit(handle, Duration::from_secs(10)).expect("kproxy ignored SIGTERM");
     assert!(topo.node.exec(&["nft", "list", "tables"]).unwrap().contains("kproxy-"), "rules should outlive the process");
-    for _ in 0..2 {
-        topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
+    for round in 0..2 {
+        let said = topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
         let tables = topo.node.exec(&["nft", "list", "tables"]).unwrap();
         assert!(!tables.contains("kproxy-"), "{tables}");
         assert!(tables.contains("table inet someone-else"), "{tables}");
+        // It says what it removed, one line per kind: the tables the
+        // first time, none the second.
+        assert_eq!(said.contains("removed nftables table ip kproxy-"), round == 0, "{said}");
+        assert!(said.lines().all(|l| l.starts_with("removed ") || l.starts_with("set ")), "{said}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
