@@ -86,6 +86,11 @@ pub fn check_scenario_for(topo: &Topology, scenario: &Scenario, dataplane: Datap
     failures
 }
 
+/// How long a probe waits for an answer or a refusal that must come: long
+/// enough for software emulation with the other core busy (a refusal once
+/// took 2.35 s there).
+const GENEROUS: Duration = Duration::from_secs(5);
+
 /// Checks one packet against its verdict.
 pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Result<(), String> {
     match expected {
@@ -94,12 +99,14 @@ pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Resul
             (seen == [Seen::Timeout]).then_some(()).ok_or_else(|| format!("expected a timeout (DROP), saw {seen:?}"))
         }
         Verdict::Reject => {
+            // Judged by what happened, never by how fast: a refusal is a
+            // refusal (a DROP gives none within a timeout generous enough
+            // for software emulation on a loaded host).
             let start = Instant::now();
-            let seen = probe(topo, packet, 1, Duration::from_secs(2))?;
-            let fast = start.elapsed() < Duration::from_millis(1500);
-            (seen == [Seen::Refused] && fast)
+            let seen = probe(topo, packet, 1, GENEROUS)?;
+            (seen == [Seen::Refused])
                 .then_some(())
-                .ok_or_else(|| format!("expected an immediate refusal (REJECT), saw {seen:?} after {:?}", start.elapsed()))
+                .ok_or_else(|| format!("expected a refusal (REJECT), saw {seen:?} after {:?}", start.elapsed()))
         }
         Verdict::NotService => {
             let seen = probe(topo, packet, 1, Duration::from_millis(500))?;
@@ -111,7 +118,7 @@ pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Resul
         Verdict::Forward { targets, affinity_seconds } => {
             let wanted: BTreeSet<SocketAddr> = targets.iter().map(|t| t.endpoint).collect();
             let count = if affinity_seconds.is_some() { 8 } else { (16 * targets.len()).max(4) };
-            let seen = probe(topo, packet, count, Duration::from_secs(2))?;
+            let seen = probe(topo, packet, count, GENEROUS)?;
             let mut answered = BTreeSet::new();
             for s in &seen {
                 let Seen::Answered { pod, peer } = s else {
