@@ -121,4 +121,19 @@ fn kproxy_rides_out_api_and_dataplane_faults() {
     let healthz = topo.node.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:10256/healthz"]).unwrap();
     assert_eq!(healthz, "200", "kproxy unhealthy after odd objects");
     println!("odd objects accepted by the API: skipped, other services unaffected");
+
+    // A status condition without lastTransitionTime, as Kubernetes'
+    // conformance spec "should complete a service status lifecycle" writes
+    // one: the API server stores it, and the watch once failed on it (and
+    // relisted) for as long as the Service existed.
+    let log_path = scenario::log_path(ProxyKind::Kproxy, &topo.node, cp.dir());
+    let service_watch_failures = || std::fs::read_to_string(&log_path).unwrap_or_default().lines().filter(|l| l.contains("watch failed") && l.contains("services")).count();
+    let before = service_watch_failures();
+    let condition = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns1", "name": "svc1"},
+        "status": {"conditions": [{"type": "StatusUpdate", "status": "True", "reason": "E2E", "message": "Set from e2e test"}]}});
+    api.apply_status(&condition).unwrap();
+    api.apply(&scaled).unwrap();
+    within("after a status condition without a time, a change still arrives", Duration::from_secs(10), || check_case(&topo, &packet, &local_only));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(service_watch_failures(), before, "the Service watch failed on a condition without lastTransitionTime:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
 }
