@@ -173,19 +173,7 @@ impl Netlink {
             attr(b, 1, &cstr(table));
             attr(b, 2, &cstr(set));
         };
-        self.socket.dump(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |_, attrs| {
-            for (kind, list) in &attrs {
-                if *kind != 3 {
-                    continue;
-                }
-                for (_, element) in wire::parse_attrs(list) {
-                    if let Some((key, end, data)) = element_fields(element) {
-                        count += 1;
-                        sum = sum.wrapping_add(super::element_digest(key, end, data));
-                    }
-                }
-            }
-        })?;
+        self.socket.dump(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |_, attrs| add_digests(&attrs, &mut count, &mut sum))?;
         Ok((count, sum))
     }
 
@@ -205,19 +193,7 @@ impl Netlink {
                     }
                 });
             };
-            let ended = self.socket.request(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |attrs| {
-                for (kind, list) in &attrs {
-                    if *kind != 3 {
-                        continue;
-                    }
-                    for (_, element) in wire::parse_attrs(list) {
-                        if let Some((key, end, data)) = element_fields(element) {
-                            count += 1;
-                            sum = sum.wrapping_add(super::element_digest(key, end, data));
-                        }
-                    }
-                }
-            })?;
+            let ended = self.socket.request(nft_type(NFT_MSG_GETSETELEM), family_byte(family), body, |attrs| add_digests(&attrs, &mut count, &mut sum))?;
             match ended {
                 None => {}
                 // A key it does not hold: the count says so.
@@ -306,6 +282,19 @@ impl Netlink {
             }
         }
         Ok(Outline { chains, sets, digests })
+    }
+}
+
+/// Counts the elements of one element-list reply and adds their digests.
+fn add_digests(attrs: &[(u16, &[u8])], count: &mut usize, sum: &mut u64) {
+    // NFTA_SET_ELEM_LIST_ELEMENTS.
+    for (_, list) in attrs.iter().filter(|(kind, _)| *kind == 3) {
+        for (_, element) in wire::parse_attrs(list) {
+            if let Some((key, end, data)) = element_fields(element) {
+                *count += 1;
+                *sum = sum.wrapping_add(super::element_digest(key, end, data));
+            }
+        }
     }
 }
 

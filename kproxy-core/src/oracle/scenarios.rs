@@ -199,16 +199,23 @@ fn cluster_ip() -> Scenario {
         .case("an address that is no ClusterIP is left alone", pod("172.30.0.99", 80), Verdict::NotService)
 }
 
+/// A NodePort Service (ClusterIP 172.30.0.42:80, NodePort 3001) with one
+/// endpoint here and one on another node.
+fn node_port_objects() -> (Vec<Service>, Vec<EndpointSlice>) {
+    (
+        vec![service("ns1", "svc2", &["172.30.0.42"]).type_("NodePort").port("p80", 80, "TCP", 3001).build()],
+        vec![slice("ns1", "svc2", "svc2-a", "IPv4")
+            .port("p80", 80, "TCP")
+            .endpoint("10.180.0.2", fx::NODE_NAME, Ready)
+            .endpoint("10.180.1.2", fx::OTHER_NODE, Ready)
+            .build()],
+    )
+}
+
 fn node_port() -> Scenario {
+    let (services, slices) = node_port_objects();
     Scenario::new("node_port", IpFamily::V4)
-        .with(
-            vec![service("ns1", "svc2", &["172.30.0.42"]).type_("NodePort").port("p80", 80, "TCP", 3001).build()],
-            vec![slice("ns1", "svc2", "svc2-a", "IPv4")
-                .port("p80", 80, "TCP")
-                .endpoint("10.180.0.2", fx::NODE_NAME, Ready)
-                .endpoint("10.180.1.2", fx::OTHER_NODE, Ready)
-                .build()],
-        )
+        .with(services, slices)
         .case("outside to NodePort is masqueraded", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3001), fwd(&["10.180.0.2:80", "10.180.1.2:80"], true))
         .case("pod to NodePort is masqueraded (Cluster policy)", pod(fx::NODE_IP, 3001), fwd(&["10.180.0.2:80", "10.180.1.2:80"], true))
         .case("ClusterIP still works", pod("172.30.0.42", 80), fwd(&["10.180.0.2:80", "10.180.1.2:80"], false))
@@ -220,15 +227,9 @@ fn node_port() -> Scenario {
 /// (say `203.0.113.0/24`): no NodePort is served anywhere, as upstream.
 /// (iptables mode once served them on every local address instead.)
 fn node_port_addresses_matching_no_address() -> Scenario {
+    let (services, slices) = node_port_objects();
     let mut s = Scenario::new("node_port_addresses_matching_no_address", IpFamily::V4)
-        .with(
-            vec![service("ns1", "svc2", &["172.30.0.42"]).type_("NodePort").port("p80", 80, "TCP", 3001).build()],
-            vec![slice("ns1", "svc2", "svc2-a", "IPv4")
-                .port("p80", 80, "TCP")
-                .endpoint("10.180.0.2", fx::NODE_NAME, Ready)
-                .endpoint("10.180.1.2", fx::OTHER_NODE, Ready)
-                .build()],
-        )
+        .with(services, slices)
         .case("outside to the node IP's NodePort is not served", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3001), Verdict::NotService)
         .case("pod to the node IP's NodePort is not served", pod(fx::NODE_IP, 3001), Verdict::NotService)
         .case("the node to its own NodePort is not served", node(fx::NODE_IP, 3001), Verdict::NotService)
