@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Servers and probes for kproxy's kernel tests; runs inside network namespaces.
 
-serve --name NAME [--tcp PORT]... [--udp PORT]...
+serve --name NAME [--addr IP] [--tcp PORT]... [--udp PORT]...
     Answers every TCP connection and UDP datagram with "NAME PEER_IP".
     Prints "ready" once listening.
 probe --src IP --dst IP --port N --proto tcp|udp [--count N] [--timeout S]
@@ -40,7 +40,9 @@ def family_of(ip):
 
 def serve(args):
     socks = []
-    for fam, any_addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    # --addr: one address only (several responders share a namespace).
+    addrs = [(family_of(args.addr), args.addr)] if args.addr else [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    for fam, any_addr in addrs:
         for port in args.tcp:
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,6 +213,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--name", required=True)
+    s.add_argument("--addr", default=None)
     s.add_argument("--tcp", type=int, action="append", default=[])
     s.add_argument("--udp", type=int, action="append", default=[])
     q = sub.add_parser("probe")

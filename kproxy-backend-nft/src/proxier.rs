@@ -9,6 +9,7 @@
 //! never without rules, and the kernel is never held for one giant commit.
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::{Error, IpFamily, Protocol, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
@@ -422,6 +423,10 @@ impl<K: Kernel + 'static> Proxier for NftProxier<K> {
 
     fn on_node_update(&mut self, node: &Node) -> bool {
         self.state.on_node(node)
+    }
+
+    fn on_service_cidrs_update(&mut self, cidrs: &[IpNet]) -> bool {
+        self.state.on_service_cidrs(cidrs)
     }
 
     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {

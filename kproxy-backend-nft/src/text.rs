@@ -57,6 +57,10 @@ fn matcher(m: &Match, family: IpFamily) -> String {
             let list = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             format!("{} saddr {}{{ {list} }}", ip_kw(family), neg(*negate))
         }
+        Match::DaddrIn { nets } => {
+            let list = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            format!("{} daddr {{ {list} }}", ip_kw(family))
+        }
         Match::Iifname { name, prefix, negate } => {
             format!("iifname {}\"{}{}\"", neg(*negate), name, if *prefix { "*" } else { "" })
         }

@@ -244,6 +244,7 @@ impl Tracer<'_> {
             let ok = match m {
                 Match::Lookup { key, set, negate } => self.contains(set, key, s)? != *negate,
                 Match::SaddrIn { nets, negate } => nets.iter().any(|n| n.contains(&s.src)) != *negate,
+                Match::DaddrIn { nets } => nets.iter().any(|n| n.contains(&s.dst)),
                 Match::Iifname { name, prefix, negate } => {
                     let hit = self.packet.iif().is_some_and(|i| if *prefix { i.starts_with(name.as_str()) } else { i == name });
                     hit != *negate

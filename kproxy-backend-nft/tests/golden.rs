@@ -37,3 +37,8 @@ fn session_affinity() {
 fn dual_stack_v6() {
     check("dual_stack_v6");
 }
+
+#[test]
+fn service_cidrs() {
+    check("service_cidrs");
+}

@@ -229,3 +229,47 @@ async fn affinity_to_a_removed_endpoint_is_forgotten() {
     let left: Vec<Key> = p.kernel().table(V4, "kproxy-a").unwrap().sets[names::AFFINITY].elements.keys().copied().collect();
     assert_eq!(left, vec![to_b], "the entry for the removed endpoint is gone, the other kept");
 }
+
+/// What a pod's TCP packet to `dst`:80 meets in the rules the fake kernel
+/// holds now.
+fn fate(p: &NftProxier<FakeKernel>, dst: &str) -> kproxy_core::oracle::Verdict {
+    use kproxy_core::oracle::{Origin, Packet};
+    let table = p.kernel().table(V4, p.table().expect("a table")).expect("committed");
+    let packet = Packet::tcp(Origin::LocalPod, fx::LOCAL_CLIENT_POD.parse().unwrap(), dst.parse().unwrap(), 80);
+    kproxy_backend_nft::trace::trace(table, &fx::config(V4), &packet).expect("traced")
+}
+
+#[tokio::test]
+async fn service_cidrs_follow_their_objects_and_the_services_in_them() {
+    use kproxy_core::oracle::Verdict;
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(100)).unwrap();
+    p.on_node_update(&fx::node());
+    assert!(p.on_service_cidrs_update(&[net("172.30.0.0/16"), net("fd00:172:30::/112")]), "a change is pending");
+    p.sync(full()).await.unwrap();
+    assert_eq!(fate(&p, "172.30.0.99"), Verdict::Drop, "unallocated: dropped");
+    assert_eq!(fate(&p, "172.31.0.99"), Verdict::NotService, "outside the range: left alone");
+
+    // A Service takes the address: it is served, not dropped.
+    let svc = service("ns", "late", &["172.30.0.99"]).port("p", 80, "TCP", 0).build();
+    let eps = slice("ns", "late", "late-1", "IPv4").port("p", 80, "TCP").endpoint("10.180.0.9", fx::NODE_NAME, EndpointState::Ready).build();
+    p.on_service_update(None, Some(&svc));
+    p.on_endpoint_slice_update(&eps, false);
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert!(matches!(fate(&p, "172.30.0.99"), Verdict::Forward { .. }));
+
+    // It goes again: dropped again.
+    p.on_endpoint_slice_update(&eps, true);
+    p.on_service_update(Some(&svc), None);
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert_eq!(fate(&p, "172.30.0.99"), Verdict::Drop);
+
+    // The same ranges again change nothing; only another family's left: no drop.
+    assert!(!p.on_service_cidrs_update(&[net("fd00:172:30::/112"), net("172.30.0.0/16")]), "same ranges, nothing pending");
+    assert!(p.on_service_cidrs_update(&[net("fd00:172:30::/112")]));
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert_eq!(fate(&p, "172.30.0.99"), Verdict::NotService, "the IPv4 range was deleted");
+    assert!(p.on_service_cidrs_update(&[net("172.30.0.0/24")]));
+    p.sync(SyncRequest::default()).await.unwrap();
+    assert_eq!(fate(&p, "172.30.0.99"), Verdict::Drop, "a new range applies at the next sync");
+}

@@ -11,6 +11,7 @@ mod observer;
 mod proxy;
 mod run;
 mod servers;
+mod service_cidrs;
 mod settings;
 mod standalone;
 mod sysctls;

@@ -5,6 +5,9 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+
+use crate::service_cidrs::ranges_of;
 
 /// The objects read from a directory, by namespace/name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -15,6 +18,18 @@ pub struct Manifests {
     pub slices: BTreeMap<String, EndpointSlice>,
     /// Nodes, by name.
     pub nodes: BTreeMap<String, Node>,
+    /// ServiceCIDRs (`networking.k8s.io/v1`), by name.
+    pub service_cidrs: BTreeMap<String, ServiceCIDR>,
+}
+
+impl Manifests {
+    /// Every range of every ServiceCIDR, sorted (see
+    /// [`crate::service_cidrs`]); ranges were checked when read.
+    pub fn service_cidr_ranges(&self) -> Vec<ipnet::IpNet> {
+        let all: std::collections::BTreeSet<ipnet::IpNet> =
+            self.service_cidrs.values().filter_map(|o| ranges_of(o).ok()).flatten().collect();
+        all.into_iter().collect()
+    }
 }
 
 fn key(namespace: Option<&String>, name: Option<&String>) -> String {
@@ -63,6 +78,19 @@ pub fn load(dir: &Path) -> Result<(Manifests, Vec<String>), String> {
                 "Node" => serde_json::from_value::<Node>(doc).map(|n| {
                     file.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
                 }),
+                "ServiceCIDR" => match serde_json::from_value::<ServiceCIDR>(doc) {
+                    Ok(c) => match ranges_of(&c) {
+                        Ok(_) => {
+                            file.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), c);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            bad = Some(format!("{}: document {}: {e}", path.display(), i + 1));
+                            break;
+                        }
+                    },
+                    Err(e) => Err(e),
+                },
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -76,6 +104,7 @@ pub fn load(dir: &Path) -> Result<(Manifests, Vec<String>), String> {
                 out.services.extend(file.services);
                 out.slices.extend(file.slices);
                 out.nodes.extend(file.nodes);
+                out.service_cidrs.extend(file.service_cidrs);
             }
         }
     }

@@ -289,6 +289,9 @@ fn deliver<P: Proxier>(p: &mut P, update: Update) {
         Update::Node(n) => {
             p.on_node_update(&n);
         }
+        Update::ServiceCidrs(cidrs) => {
+            p.on_service_cidrs_update(&cidrs);
+        }
         Update::ServicesSynced | Update::EndpointSlicesSynced => {}
     }
 }

@@ -42,6 +42,10 @@ pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
             out.push(Update::Node(Arc::new(n.clone())));
         }
     }
+    let ranges = new.service_cidr_ranges();
+    if ranges != old.service_cidr_ranges() {
+        out.push(Update::ServiceCidrs(Arc::new(ranges)));
+    }
     out
 }
 

@@ -23,6 +23,8 @@ use kproxy_core::runner::Update;
 use serde::de::DeserializeOwned;
 
 use crate::proxy::{label_selector, Proxy};
+use crate::service_cidrs::ServiceCidrs;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 /// One object kind's change, from [`ObjectCache::apply`].
 #[derive(Debug, Clone, PartialEq)]
@@ -226,9 +228,21 @@ pub fn slim<K: Resource>(o: &mut K) {
     }
 }
 
+/// Whether a watch error says the resource cannot be had at all: the API
+/// server does not serve it (404, an older cluster) or may not show it to
+/// us (403).
+fn unavailable(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s,
+        _ => return false,
+    };
+    api.code == 404 || api.code == 403
+}
+
 /// Runs one watcher until the task is dropped, handing each event's
-/// changes to `deliver`.
-async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, mut cache: ObjectCache<K>, mut deliver: F)
+/// changes to `deliver`. An `optional` resource that is unavailable (see
+/// [`unavailable`]) is given up after one log line.
+async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, optional: bool, mut cache: ObjectCache<K>, mut deliver: F)
 where
     K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
     F: FnMut(Vec<Change<K>>) -> Fut,
@@ -245,6 +259,10 @@ where
                     deliver(changes).await;
                 }
             }
+            Err(e) if optional && unavailable(&e) => {
+                tracing::warn!(what, error = %one_line(&e), "cannot watch; going on without it");
+                return;
+            }
             // The watcher relists (after 410 Gone too) with backoff.
             Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
         }
@@ -254,16 +272,16 @@ where
 /// Feeds `proxy` from the API server until the task is dropped.
 pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
     let selector = label_selector();
-    let services = watch(Api::<WatchedService>::all(client.clone()), watcher::Config::default().labels(&selector), "services", ObjectCache::default(), |changes| {
+    let services = watch(Api::<WatchedService>::all(client.clone()), watcher::Config::default().labels(&selector), "services", false, ObjectCache::default(), |changes| {
         proxy.send(changes.into_iter().map(watched_service_update).collect())
     });
     // A slice's previous state is never used: the cache keeps skeletons.
     let slice_cache = ObjectCache::keeping(skeleton);
-    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", slice_cache, |changes| {
+    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", false, slice_cache, |changes| {
         proxy.send(changes.into_iter().map(slice_update).collect())
     });
     let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let nodes = watch(Api::<Node>::all(client), node_config, "node", ObjectCache::keeping(skeleton), |changes| {
+    let nodes = watch(Api::<Node>::all(client.clone()), node_config, "node", false, ObjectCache::keeping(skeleton), |changes| {
         let mut updates = Vec::new();
         for c in changes {
             match c {
@@ -280,7 +298,21 @@ pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
         }
         proxy.send(updates)
     });
-    tokio::join!(services, slices, nodes);
+    // ServiceCIDRs (Kubernetes 1.33+): only their ranges matter, and only
+    // to nftables mode; a cluster without the API is served without them.
+    let mut ranges = ServiceCidrs::default();
+    let cidrs = watch(Api::<ServiceCIDR>::all(client), watcher::Config::default(), "servicecidrs", true, ObjectCache::default(), move |changes| {
+        let updates: Vec<Update> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Upsert { current, .. } => ranges.upsert(&current),
+                Change::Delete(last) => ranges.delete(&last),
+                Change::Synced => None,
+            })
+            .collect();
+        proxy.send(updates)
+    });
+    tokio::join!(services, slices, nodes, cidrs);
 }
 
 #[cfg(test)]

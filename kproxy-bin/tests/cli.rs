@@ -303,3 +303,29 @@ fn the_logging_format_comes_from_flags_or_the_file() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
 }
+
+#[test]
+fn service_cidr_manifests_drop_unallocated_addresses_and_a_bad_range_is_named() {
+    let cluster = example_cluster();
+    let out = kproxy(&["--proxy-mode", "nftables", "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("ct state new ip daddr { 10.96.0.0/16 } drop").count(), 2, "forward and output: {stdout}");
+
+    let dir = tempdir("cidrs");
+    for entry in std::fs::read_dir(example_cluster()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.ends_with("service-cidr.yaml") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: typo\nspec:\n  cidrs: [\"10.96.0.0/33\"]\n";
+    std::fs::write(dir.join("cidr.yaml"), bad).unwrap();
+    let out = kproxy(&["--proxy-mode", "nftables", "--hostname-override", "node-a", "--manifests", dir.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cidr.yaml") && stderr.contains(r#"ServiceCIDR "typo": "10.96.0.0/33" is not a CIDR"#), "named: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("daddr {"), "no range, no drop: {stdout}");
+    assert!(stdout.contains("10.96.0.10 . tcp . 80"), "the other files still count");
+}

@@ -110,3 +110,54 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
         assert!(granted.contains(&(group.clone(), resource.clone(), verb.clone())), "deploy/rbac.yaml does not allow {verb} {group}/{resource} ({request})");
     }
 }
+
+/// The cluster's ServiceCIDR objects, watched: an unallocated address of
+/// their ranges is dropped (nftables mode), let through (to a responder
+/// beyond the node) once the object is deleted, and dropped again when a
+/// new one holds it, each within a sync.
+#[test]
+fn service_cidr_objects_are_followed_through_the_watch() {
+    if !kernel_tests_enabled("service_cidr_objects_are_followed_through_the_watch") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "service_cidrs").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let api = FakeApi::start_in_netns(topo.node.name());
+    put_scenario(&api, &scenario);
+    let cidr = |name: &str, cidrs: &[&str]| {
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": name}, "spec": {"cidrs": cidrs},
+        })
+    };
+    api.put(cidr("kubernetes", &["172.30.0.0/16", "fd00:172:30::/112"]));
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-cidrs-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .unwrap();
+    eventually("the scenario never passed", 20, || {
+        let failures = check_scenario(&topo, &scenario);
+        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
+    });
+    let unallocated = scenario.cases.iter().find(|c| c.packet.dst.to_string() == "172.30.0.99").unwrap().packet.clone();
+    let leaked = Verdict::NotService;
+    // Answered by the responder beyond the node: let through.
+    let answered = |topo: &Topology| match kproxy_testkit::probe(topo, &unallocated, 1, Duration::from_secs(2)) {
+        Ok(seen) if matches!(seen.as_slice(), [kproxy_testkit::Seen::Answered { pod, .. }] if *pod == unallocated.dst) => Ok(()),
+        other => Err(format!("not let through: {other:?}")),
+    };
+    api.delete(Resource::ServiceCidrs, "", "kubernetes");
+    eventually("the deleted ServiceCIDR still dropped traffic", 15, || answered(&topo));
+    check_case(&topo, &unallocated, &leaked).unwrap();
+    api.put(cidr("narrow", &["172.30.0.0/24"]));
+    eventually("a new ServiceCIDR never applied", 15, || check_case(&topo, &unallocated, &Verdict::Drop));
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    let granted = common::deploy::granted();
+    for request in api.requests() {
+        let (group, resource, verb) = common::fake_api::rbac_of(&request);
+        assert!(granted.contains(&(group.clone(), resource.clone(), verb.clone())), "deploy/rbac.yaml does not allow {verb} {group}/{resource} ({request})");
+    }
+    assert!(api.requests().iter().any(|r| r.starts_with("/apis/networking.k8s.io/v1/servicecidrs?") && r.contains("watch=")), "never watched ServiceCIDRs");
+}

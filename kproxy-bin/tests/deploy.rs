@@ -15,8 +15,9 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
 #[test]
-fn the_role_grants_reads_of_services_endpointslices_and_nodes_only() {
-    let expected: BTreeSet<(String, String, String)> = [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")]
+fn the_role_grants_reads_of_services_endpointslices_nodes_and_servicecidrs_only() {
+    let expected: BTreeSet<(String, String, String)> =
+        [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "servicecidrs")]
         .into_iter()
         .flat_map(|(g, r)| ["get", "list", "watch"].map(|v| (g.to_string(), r.to_string(), v.to_string())))
         .collect();

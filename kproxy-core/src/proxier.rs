@@ -1,6 +1,7 @@
 //! The contract every dataplane backend implements.
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -114,6 +115,17 @@ pub trait Proxier: Send {
     /// The node's own Node object changed. Returns whether any change is
     /// pending.
     fn on_node_update(&mut self, node: &Node) -> bool;
+
+    /// The cluster's ServiceCIDRs changed: `cidrs` is every range of every
+    /// `networking.k8s.io/v1` ServiceCIDR object, of both families.
+    /// Returns whether any change is pending. Only backends that act on
+    /// them (nftables mode drops traffic to addresses of these ranges that
+    /// no Service holds, as upstream's does) override the default, which
+    /// ignores them.
+    fn on_service_cidrs_update(&mut self, cidrs: &[IpNet]) -> bool {
+        let _ = cidrs;
+        false
+    }
 
     /// Programs the dataplane from the desired state.
     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport>;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -28,6 +29,9 @@ pub struct ProxyState {
     endpoints: EndpointsMap,
     node: NodeInfo,
     node_changed: bool,
+    family: IpFamily,
+    service_cidrs: Vec<IpNet>,
+    service_cidrs_changed: bool,
 }
 
 /// What [`ProxyState::apply`] changed.
@@ -40,6 +44,9 @@ pub struct StateChanges {
     /// The node's labels, addresses or pod CIDRs changed (its zone, say):
     /// every service's topology must be recomputed, so the sync is full.
     pub node_changed: bool,
+    /// This family's ServiceCIDRs changed (see
+    /// [`ProxyState::on_service_cidrs`]).
+    pub service_cidrs_changed: bool,
 }
 
 impl StateChanges {
@@ -55,6 +62,7 @@ impl StateChanges {
             self.endpoints.trigger_times.entry(svc).or_default().extend(times);
         }
         self.node_changed |= later.node_changed;
+        self.service_cidrs_changed |= later.service_cidrs_changed;
     }
 
     /// Whether these changes may have left stale UDP/SCTP conntrack
@@ -87,6 +95,9 @@ impl ProxyState {
             endpoints: EndpointsMap::new(),
             node: NodeInfo::named(node_name),
             node_changed: false,
+            family,
+            service_cidrs: Vec::new(),
+            service_cidrs_changed: false,
         }
     }
 
@@ -115,9 +126,31 @@ impl ProxyState {
         self.has_pending()
     }
 
+    /// Records the cluster's ServiceCIDRs: every range of every
+    /// `networking.k8s.io/v1` ServiceCIDR object, of any family (upstream's
+    /// `OnServiceCIDRsChanged`). This family's ranges are kept, sorted;
+    /// returns whether anything is pending.
+    pub fn on_service_cidrs(&mut self, cidrs: &[IpNet]) -> bool {
+        let family = self.family;
+        let mut mine: Vec<IpNet> = cidrs.iter().map(IpNet::trunc).filter(|n| IpFamily::of_net(n) == family).collect();
+        mine.sort();
+        mine.dedup();
+        if mine != self.service_cidrs {
+            self.service_cidrs = mine;
+            self.service_cidrs_changed = true;
+        }
+        self.has_pending()
+    }
+
+    /// This family's ServiceCIDRs, sorted (empty until
+    /// [`ProxyState::on_service_cidrs`] is called).
+    pub fn service_cidrs(&self) -> &[IpNet] {
+        &self.service_cidrs
+    }
+
     /// Whether changes are waiting for [`ProxyState::apply`].
     pub fn has_pending(&self) -> bool {
-        self.service_changes.pending() > 0 || self.endpoint_changes.pending() > 0 || self.node_changed
+        self.service_changes.pending() > 0 || self.endpoint_changes.pending() > 0 || self.node_changed || self.service_cidrs_changed
     }
 
     /// Pending (service, endpoint) change counts, for metrics.
@@ -131,6 +164,7 @@ impl ProxyState {
             services: self.service_changes.apply(&mut self.services),
             endpoints: self.endpoint_changes.apply(&mut self.endpoints),
             node_changed: std::mem::take(&mut self.node_changed),
+            service_cidrs_changed: std::mem::take(&mut self.service_cidrs_changed),
         }
     }
 

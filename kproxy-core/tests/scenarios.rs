@@ -44,8 +44,8 @@ fn oracle_meets_every_scenario_in_every_mode() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(differing, 2, "only the unknown-port and unknown-protocol ClusterIP cases differ by mode");
-    assert_eq!(ipvs_differing, 10, "IPVS mode differs where upstream's IPVS layout does (see oracle::evaluate_for)");
+    assert_eq!(differing, 5, "only the unknown-port and unknown-protocol ClusterIP cases, and the ServiceCIDR drops, differ by mode");
+    assert_eq!(ipvs_differing, 11, "IPVS mode differs where upstream's IPVS layout does (see oracle::evaluate_for)");
 }
 
 #[test]
@@ -65,6 +65,7 @@ fn scenario_names_are_unique_and_cover_the_required_topics() {
         "terminating_fallback",
         "topology_hints",
         "no_endpoints",
+        "service_cidrs",
         "hairpin",
         "masquerade_all",
         "dual_stack_v4",

@@ -115,6 +115,7 @@ fn node_scenario() -> Scenario {
         slices: vec![pods],
         node: fx::node(),
         config: fx::config(IpFamily::V4),
+        service_cidrs: Vec::new(),
         cases: vec![Case { name: "client", packet, expected: Verdict::Reject, iptables: None, ipvs: None }],
     }
 }

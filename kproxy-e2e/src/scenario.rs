@@ -153,7 +153,8 @@ pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path
 /// the API, the proxy started with the scenario's configuration, every
 /// case checked with real traffic until it passes or 20 s pass. Prints,
 /// per scenario, how long after the proxy's start every case passed;
-/// returns the failures.
+/// returns the failures. `KPROXY_E2E_SCENARIOS=name,...` limits the run
+/// to those scenarios.
 pub fn run_all(bins: &Binaries, kind: ProxyKind, binary: &str) -> Result<Vec<String>, String> {
     run_all_in(bins, kind, binary, Dataplane::Nftables)
 }
@@ -165,7 +166,10 @@ pub fn run_all_in(bins: &Binaries, kind: ProxyKind, binary: &str, mode: Dataplan
     let api = cp.admin()?;
     let kubeconfig = cp.kubeconfig(kind.user())?;
     let mut failures = Vec::new();
-    for s in scenarios::all() {
+    // KPROXY_E2E_SCENARIOS=a,b runs only those (while working on them).
+    let only = std::env::var("KPROXY_E2E_SCENARIOS").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == name));
+    for s in scenarios::all().into_iter().filter(|s| wanted(s.name)) {
         let mut topo = Topology::build(&s)?;
         cp.attach(&topo.node)?;
         apply(&api, &s)?;

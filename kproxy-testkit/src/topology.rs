@@ -163,20 +163,17 @@ impl Topology {
             pod.ip(&["route", "add", gw, "dev", "eth0"])?;
             pod.ip(&["route", "add", "default", "via", gw])?;
             if !serve.is_empty() {
-                let name = ip.to_string();
-                let mut args = vec!["python3".to_string(), KPT.to_string(), "serve".into(), "--name".into(), name];
-                for (proto, port) in &serve {
-                    let flag = match proto {
-                        Protocol::Udp => "--udp",
-                        _ => "--tcp",
-                    };
-                    args.push(flag.into());
-                    args.push(port.to_string());
-                }
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                pod.spawn_ready(&args)?;
+                serve_on(&mut pod, ip, &serve, false)?;
             }
             topo.pods.insert(ip, pod);
+        }
+        // Beyond the node: a responder on every address of the scenario's
+        // ServiceCIDRs that its cases send to and no Service holds, so
+        // traffic the proxy lets through (leaks) is answered by the
+        // address itself, and a drop is told from a leak.
+        for (ip, serve) in beyond(scenario, &state) {
+            add_addr(&topo.outside, &format!("{ip}/{}", if v4(&ip) { 32 } else { 128 }), "kpc0")?;
+            serve_on(&mut topo.outside, ip, &serve, true)?;
         }
         Ok(topo)
     }
@@ -189,4 +186,44 @@ impl Topology {
             Origin::LocalPod => self.pods.get(&src),
         }
     }
+}
+
+/// Runs `kpt.py serve` in `ns`, answering as `ip` on `ports` (on every
+/// address, or on `ip` only when `only_ip`).
+fn serve_on(ns: &mut Netns, ip: IpAddr, ports: &BTreeSet<(Protocol, u16)>, only_ip: bool) -> Result<(), String> {
+    let mut args = vec!["python3".to_string(), KPT.to_string(), "serve".into(), "--name".into(), ip.to_string()];
+    if only_ip {
+        args.push("--addr".into());
+        args.push(ip.to_string());
+    }
+    for (proto, port) in ports {
+        let flag = match proto {
+            Protocol::Udp => "--udp",
+            _ => "--tcp",
+        };
+        args.push(flag.into());
+        args.push(port.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.spawn_ready(&args).map(|_| ())
+}
+
+/// The destinations (with their ports) of the pod and node cases of a
+/// scenario with ServiceCIDRs that no Service holds: whatever the proxy
+/// does not drop there must reach them, beyond the node.
+fn beyond(scenario: &Scenario, state: &kproxy_core::ProxyState) -> BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> {
+    let mut out: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
+    if scenario.service_cidrs.is_empty() {
+        return out;
+    }
+    let held = |ip: &IpAddr| {
+        state.services().iter().any(|(_, s)| s.cluster_ip == *ip || s.external_ips.contains(ip) || s.load_balancer_vips.contains(ip))
+    };
+    for case in scenario.cases.iter().filter(|c| matches!(c.packet.origin, Origin::LocalPod | Origin::Node)) {
+        let dst = case.packet.dst;
+        if !held(&dst) && !scenario.config.node_ips.contains(&dst) {
+            out.entry(dst).or_default().insert((case.packet.protocol, case.packet.dport));
+        }
+    }
+    out
 }

@@ -42,6 +42,11 @@ pub enum Match {
         /// Whether negated.
         negate: bool,
     },
+    /// `ip daddr { nets }`.
+    DaddrIn {
+        /// The networks.
+        nets: Vec<IpNet>,
+    },
     /// `iifname "name"` or `iifname "prefix*"` (or `!=`).
     Iifname {
         /// The interface name or prefix.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use kproxy_core::{IpFamily, LocalDetector, ProxierConfig, Protocol};
 
 use crate::model::{BaseChain, Chain, ChainType, Expr, Hook, Match, Rule, Stmt, Verdict};
@@ -21,6 +23,8 @@ pub(crate) struct ChainInputs<'a> {
     pub slot_sizes: BTreeMap<SlotKind, Vec<(Protocol, usize)>>,
     /// Affinity timeouts in use, with the protocols that use each.
     pub affinity: BTreeMap<u32, Vec<Protocol>>,
+    /// This family's ServiceCIDRs.
+    pub service_cidrs: &'a [IpNet],
 }
 
 fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
@@ -96,9 +100,21 @@ pub(crate) fn chains(inputs: &ChainInputs<'_>) -> BTreeMap<String, Chain> {
     put(names::AFFINITY_PREROUTING, base(ChainType::Filter, Hook::Prerouting, DSTNAT + 10, record()));
     put(names::AFFINITY_OUTPUT, base(ChainType::Filter, Hook::Output, DSTNAT + 10, record()));
     let check = || vec![Rule::new(vec![Match::CtStateNew], vec![jump(names::ENDPOINTS_CHECK)])];
+    // Forwarded and locally sent traffic to an address of the ServiceCIDRs
+    // that no Service holds (every Service address was DNATed or rejected
+    // by now) is dropped rather than routed out of the node, as upstream's
+    // `cluster-ips-check` does; never on input, as upstream.
+    let check_cidrs = || {
+        let mut rules = check();
+        if !inputs.service_cidrs.is_empty() {
+            let nets = inputs.service_cidrs.to_vec();
+            rules.push(Rule::new(vec![Match::CtStateNew, Match::DaddrIn { nets }], vec![Stmt::Verdict(Verdict::Drop)]));
+        }
+        rules
+    };
     put(names::FILTER_INPUT, base(ChainType::Filter, Hook::Input, FILTER, check()));
-    put(names::FILTER_FORWARD, base(ChainType::Filter, Hook::Forward, FILTER, check()));
-    put(names::FILTER_OUTPUT, base(ChainType::Filter, Hook::Output, FILTER, check()));
+    put(names::FILTER_FORWARD, base(ChainType::Filter, Hook::Forward, FILTER, check_cidrs()));
+    put(names::FILTER_OUTPUT, base(ChainType::Filter, Hook::Output, FILTER, check_cidrs()));
     put(
         names::NAT_POSTROUTING,
         base(

@@ -13,6 +13,8 @@ mod journal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
+use ipnet::IpNet;
+
 use kproxy_core::{select_endpoints, NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
 use crate::model::{Key, Ruleset, Set, Value};
@@ -62,6 +64,8 @@ pub struct Renderer {
     slot_order: Vec<(SlotKind, Protocol, usize)>,
     /// Elements per affinity timeout and protocol.
     affinity: BTreeMap<u32, BTreeMap<Protocol, usize>>,
+    /// This family's ServiceCIDRs, as of the last refresh.
+    service_cidrs: Vec<IpNet>,
     journal: Journal,
 }
 
@@ -87,6 +91,7 @@ impl Renderer {
             slot_maps: BTreeMap::new(),
             slot_order: Vec::new(),
             affinity: BTreeMap::new(),
+            service_cidrs: Vec::new(),
             journal: Journal::default(),
         };
         r.rebuild_chains();
@@ -130,6 +135,7 @@ impl Renderer {
             let pending = std::mem::take(&mut next);
             next = self.round(state, &pending.iter().collect());
         }
+        self.service_cidrs = state.service_cidrs().to_vec();
         self.rebuild_chains();
     }
 
@@ -307,6 +313,7 @@ impl Renderer {
             config: &self.config,
             slot_sizes,
             affinity,
+            service_cidrs: &self.service_cidrs,
         });
         self.ruleset.chains = chains;
     }

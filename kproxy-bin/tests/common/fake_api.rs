@@ -24,6 +24,8 @@ pub enum Resource {
     EndpointSlices,
     /// `/api/v1/nodes`.
     Nodes,
+    /// `/apis/networking.k8s.io/v1/servicecidrs`.
+    ServiceCidrs,
 }
 
 impl Resource {
@@ -32,6 +34,7 @@ impl Resource {
             "Service" => Resource::Services,
             "EndpointSlice" => Resource::EndpointSlices,
             "Node" => Resource::Nodes,
+            "ServiceCIDR" => Resource::ServiceCidrs,
             other => panic!("the fake API does not serve {other}"),
         }
     }
@@ -43,6 +46,8 @@ impl Resource {
             (Resource::EndpointSlices, r)
         } else if let Some(r) = path.strip_prefix("/api/v1/nodes") {
             (Resource::Nodes, r)
+        } else if let Some(r) = path.strip_prefix("/apis/networking.k8s.io/v1/servicecidrs") {
+            (Resource::ServiceCidrs, r)
         } else {
             return None;
         };
@@ -54,6 +59,7 @@ impl Resource {
             Resource::Services => ("v1", "ServiceList"),
             Resource::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSliceList"),
             Resource::Nodes => ("v1", "NodeList"),
+            Resource::ServiceCidrs => ("networking.k8s.io/v1", "ServiceCIDRList"),
         }
     }
 }
@@ -276,6 +282,7 @@ pub fn rbac_of(request: &str) -> (String, String, String) {
         Resource::Services => ("", "services"),
         Resource::EndpointSlices => ("discovery.k8s.io", "endpointslices"),
         Resource::Nodes => ("", "nodes"),
+        Resource::ServiceCidrs => ("networking.k8s.io", "servicecidrs"),
     };
     let verb = if name.is_some() {
         "get"

@@ -35,7 +35,8 @@ enum Path {
 /// 1. ClusterIP:port → internal traffic policy; externalIP:port,
 ///    LoadBalancer VIP:port (after `loadBalancerSourceRanges`, else DROP)
 ///    and NodePort on a NodePort address → external traffic policy.
-/// 2. Another port on a known ClusterIP → REJECT (nftables mode; see
+/// 2. Another port on a known ClusterIP → REJECT, and any other address
+///    of the cluster's ServiceCIDRs → DROP (nftables mode; see
 ///    [`evaluate_for`]). Anything else → not a service.
 /// 3. No usable endpoint anywhere → REJECT; endpoints exist but none local
 ///    where the policy is Local → DROP. ETP=Local traffic from local pods and
@@ -52,8 +53,9 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
 }
 
 /// [`evaluate`] for `dataplane`. Iptables mode differs from nftables mode
-/// in one place: only nftables mode rejects traffic to another port (or
-/// protocol) of a known ClusterIP. IPVS mode follows upstream's IPVS
+/// in two places: only nftables mode rejects traffic to another port (or
+/// protocol) of a known ClusterIP, and drops traffic to the other addresses
+/// of the ServiceCIDRs. IPVS mode follows upstream's IPVS
 /// layout, which differs more (no ETP=Local short-circuit, Local policies
 /// falling back to Cluster endpoints, REJECT where no real server is left,
 /// other ports of every bound address rejected); its module documents each.
@@ -87,6 +89,9 @@ pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierCo
     }
     if dataplane == Dataplane::Nftables && services.iter().any(|(_, s)| s.cluster_ip == dst) {
         return Verdict::Reject;
+    }
+    if dataplane == Dataplane::Nftables && state.service_cidrs().iter().any(|n| n.contains(&dst)) {
+        return Verdict::Drop;
     }
     Verdict::NotService
 }

@@ -3,6 +3,7 @@
 //! require. The expectations are written out by hand; the oracle is tested
 //! against them, and every backend's tracer and kernel tests run them too.
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -57,6 +58,8 @@ pub struct Scenario {
     pub node: Node,
     /// The proxier configuration.
     pub config: ProxierConfig,
+    /// The cluster's ServiceCIDRs (both families; empty: none known).
+    pub service_cidrs: Vec<IpNet>,
     /// The packets and verdicts.
     pub cases: Vec<Case>,
 }
@@ -70,6 +73,7 @@ impl Scenario {
             slices: Vec::new(),
             node: fx::node(),
             config: fx::config(family),
+            service_cidrs: Vec::new(),
             cases: Vec::new(),
         }
     }
@@ -97,10 +101,13 @@ impl Scenario {
         self
     }
 
-    /// Hands the scenario's Node, then its Services and EndpointSlices, to
+    /// Hands the scenario's Node, its ServiceCIDRs (if any), then its Services and EndpointSlices, to
     /// `proxier` as additions (what a proxier sees at start-up).
     pub fn feed<P: Proxier + ?Sized>(&self, proxier: &mut P) {
         proxier.on_node_update(&self.node);
+        if !self.service_cidrs.is_empty() {
+            proxier.on_service_cidrs_update(&self.service_cidrs);
+        }
         for s in &self.services {
             proxier.on_service_update(None, Some(s));
         }
@@ -113,6 +120,7 @@ impl Scenario {
     pub fn state(&self) -> ProxyState {
         let mut state = ProxyState::new(self.family, fx::NODE_NAME);
         state.on_node(&self.node);
+        state.on_service_cidrs(&self.service_cidrs);
         for s in &self.services {
             state.on_service(None, Some(s));
         }
@@ -160,6 +168,7 @@ pub fn all() -> Vec<Scenario> {
         terminating_fallback(),
         topology_hints(),
         no_endpoints(),
+        service_cidrs(),
         hairpin(),
         masquerade_all(),
         no_local_detector(),
@@ -488,6 +497,35 @@ fn no_endpoints() -> Scenario {
         .case("UDP to a ClusterIP without endpoints is rejected", pod("172.30.0.58", 53).with_protocol(Protocol::Udp), Verdict::Reject)
         .case("NodePort without endpoints is rejected", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, 3018), Verdict::Reject)
         .case("only non-serving endpoints count as none", pod("172.30.0.59", 80), Verdict::Reject)
+}
+
+/// The cluster's ServiceCIDRs are known (`networking.k8s.io/v1`
+/// ServiceCIDR objects; the e2e cluster's default one is
+/// `172.30.0.0/16,fd00:172:30::/112`). nftables mode drops traffic to an
+/// address of those ranges that no Service holds, so it never leaks out of
+/// the node (upstream's `cluster-ips-check`); iptables and IPVS modes
+/// leave it alone. The topology puts a responder beyond the node on each
+/// such address, so a leak is seen, not assumed.
+fn service_cidrs() -> Scenario {
+    let mut s = Scenario::new("service_cidrs", IpFamily::V4).with(
+        vec![
+            service("ns1", "svc40", &["172.30.0.70"]).port("p80", 80, "TCP", 0).build(),
+            service("ns1", "svc41", &["172.30.0.71"]).port("p80", 80, "TCP", 0).build(),
+        ],
+        vec![slice("ns1", "svc40", "svc40-a", "IPv4").port("p80", 80, "TCP").endpoint("10.180.0.40", fx::NODE_NAME, Ready).build()],
+    );
+    s.service_cidrs = vec![net("172.30.0.0/16"), net("fd00:172:30::/112")];
+    s.case("a ClusterIP in the range still works", pod("172.30.0.70", 80), fwd(&["10.180.0.40:80"], false))
+        .case("a ClusterIP without endpoints is still rejected", pod("172.30.0.71", 80), Verdict::Reject)
+        .case_modes("another port on a ClusterIP is still rejected (nftables and IPVS modes)", pod("172.30.0.70", 81), Verdict::Reject, Verdict::NotService)
+        .ipvs(Verdict::Reject)
+        .case_modes("a pod's traffic to an unallocated address of the range is dropped (nftables mode)", pod("172.30.0.99", 80), Verdict::Drop, Verdict::NotService)
+        .case_modes("the node's own traffic to it is dropped too (nftables mode)", node("172.30.0.99", 80), Verdict::Drop, Verdict::NotService)
+        .case("an address outside every range is left alone", pod("172.31.0.99", 80), Verdict::NotService)
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap_or_else(|_| panic!("bad CIDR literal {s}"))
 }
 
 fn hairpin() -> Scenario {

@@ -9,6 +9,7 @@ mod schedule;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::mpsc;
@@ -43,6 +44,8 @@ pub enum Update {
     },
     /// The node's own Node object.
     Node(Arc<Node>),
+    /// Every range of every ServiceCIDR object, after any of them changed.
+    ServiceCidrs(Arc<Vec<IpNet>>),
     /// The initial Service list has been delivered in full.
     ServicesSynced,
     /// The initial EndpointSlice list has been delivered in full.
@@ -125,6 +128,7 @@ impl SyncRunner {
                         }
                         Update::EndpointSlice { slice, removed } => proxier.on_endpoint_slice_update(&slice, removed),
                         Update::Node(node) => proxier.on_node_update(&node),
+                        Update::ServiceCidrs(cidrs) => proxier.on_service_cidrs_update(&cidrs),
                         Update::ServicesSynced => { services_synced = true; false }
                         Update::EndpointSlicesSynced => { slices_synced = true; false }
                     };
