@@ -11,7 +11,9 @@
 //! call to `iptables-restore` returning), one-service changes (an endpoint
 //! added, an endpoint removed, a service added; median and worst of 20,
 //! from the handler call to the restore returning, each a partial
-//! restore), the process's peak RSS, the number of rules kproxy wrote,
+//! restore), a periodic sync with nothing changed (median and worst of 3:
+//! the drift check with iptables-nft, a full restore with iptables-legacy),
+//! the process's peak RSS, the number of rules kproxy wrote,
 //! and the size of the full restore text. With `KPROXY_BENCH_HOLD=1` a
 //! run keeps its namespace and rules for an hour after measuring, so the
 //! tools themselves can be timed against them (`ip netns exec ...`).
@@ -35,6 +37,15 @@ async fn one_size(flavour: Flavour, services: usize, eps: usize) {
     let cold = start.elapsed();
 
     let Changes { added, removed, new_service } = change_rounds(&mut p, services, eps, 20).await;
+    // Periodic syncs with nothing changed: with iptables-nft, every chain
+    // compared with what kproxy wrote; with iptables-legacy, a full restore.
+    let mut periodic = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        p.sync(SyncRequest { full: true }).await.expect("periodic sync");
+        periodic.push(start.elapsed());
+    }
+    assert_eq!(p.repaired_chains(), 0, "nothing was damaged");
     let peak = peak_rss_kib();
     // Rules kproxy wrote (its own chains and the jumps into them); a
     // save of the table would take minutes with iptables-nft at 10k.
@@ -45,12 +56,13 @@ async fn one_size(flavour: Flavour, services: usize, eps: usize) {
     }
     let text = restore::full(p.renderer(), &Default::default(), &jumps());
     println!(
-        "| {} | {services} | {eps} | {:.2} s | {} | {} | {} | {:.1} MiB | {rules} | {:.1} MiB |",
+        "| {} | {services} | {eps} | {:.2} s | {} | {} | {} | {} | {:.1} MiB | {rules} | {:.1} MiB |",
         flavour.name(),
         cold.as_secs_f64(),
         summary(added),
         summary(removed),
         summary(new_service),
+        summary(periodic),
         peak as f64 / 1024.0,
         text.len() as f64 / (1024.0 * 1024.0),
     );
@@ -78,8 +90,8 @@ fn main() {
     let version = Command::new("iptables-legacy").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("{}; kernel: {}", version.unwrap_or_else(|_| "iptables not found".into()), kernel.trim());
-    println!("| flavour | services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | peak RSS | rules | restore text |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| flavour | services | endpoints each | cold sync | endpoint added (median / worst ms) | endpoint removed | service added | periodic sync, nothing changed | peak RSS | rules | restore text |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in &flavours {
         for &services in &sizes {
             run_isolated("kproxy-iptables-bench", &format!("{f}-{services}"), &["--one".into(), f.clone(), services.to_string(), eps.to_string()]);

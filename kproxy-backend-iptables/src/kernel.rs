@@ -42,6 +42,9 @@ pub enum KernelError {
     /// The fake kernel refused.
     #[error("fake iptables: {0}")]
     Fake(String),
+    /// Reading rules over netlink failed.
+    #[error("reading iptables-nft's rules: {0}")]
+    Netlink(String),
 }
 
 /// What the proxier needs of a kernel. Listing is split so that a drift
@@ -63,7 +66,21 @@ pub trait Kernel: Send + std::fmt::Debug {
     async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<Listing, KernelError>;
     /// Every chain of `table`.
     async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, KernelError>;
+    /// A digest of each chain's rules, as the kernel holds them: of every
+    /// chain of `table` (`chains` None; empty chains included), or of the
+    /// named ones (a missing chain is absent from the answer). Same rules,
+    /// same digest; traffic (counters) changes nothing. None when this
+    /// kernel cannot read rules cheaply (iptables-legacy, whose only
+    /// reading is a whole-table save): the proxier then rewrites
+    /// everything on each periodic sync instead of comparing.
+    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<Digests>, KernelError> {
+        let _ = (family, table, chains);
+        Ok(None)
+    }
 }
+
+/// Chain name → digest of its rules (see [`Kernel::digests`]).
+pub type Digests = std::collections::BTreeMap<String, u64>;
 
 /// Which iptables implementation programs the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +137,7 @@ impl Flavour {
 pub struct IptablesCli {
     flavour: Flavour,
     prefix: Vec<String>,
+    netns: Option<String>,
 }
 
 impl IptablesCli {
@@ -129,7 +147,7 @@ impl IptablesCli {
             Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.into()],
             None => Vec::new(),
         };
-        IptablesCli { flavour, prefix }
+        IptablesCli { flavour, prefix, netns: netns.map(str::to_string) }
     }
 
     /// The flavour.
@@ -273,6 +291,39 @@ impl Kernel for IptablesCli {
         }
         Ok(Listing::parse(&self.save(family, table).await?, table).chains.into_keys().collect())
     }
+
+    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<Digests>, KernelError> {
+        if self.flavour != Flavour::Nft {
+            return Ok(None);
+        }
+        // iptables-nft keeps each table as the nf_tables table of the
+        // same name: read its rules over netlink.
+        use kproxy_netfilter::nft_rules;
+        let err = |e: kproxy_netfilter::NetlinkError| KernelError::Netlink(e.to_string());
+        let mut socket = match &self.netns {
+            Some(ns) => kproxy_netfilter::NfSocket::open_in_netns(ns, 1 << 16),
+            None => kproxy_netfilter::NfSocket::open(1 << 16),
+        }
+        .map_err(err)?;
+        let name = table.name();
+        match chains {
+            None => match nft_rules::table_digests(&mut socket, family, name) {
+                Ok(d) => Ok(Some(d)),
+                // No such table yet: no chains.
+                Err(e) if e.0.contains("os error 2") => Ok(Some(Digests::new())),
+                Err(e) => Err(err(e)),
+            },
+            Some(chains) => {
+                let mut out = Digests::new();
+                for c in chains {
+                    if let Some(d) = nft_rules::chain_digest(&mut socket, family, name, c).map_err(err)? {
+                        out.insert(c.clone(), d);
+                    }
+                }
+                Ok(Some(out))
+            }
+        }
+    }
 }
 
 /// The chains of `table` in `nft list chains FAMILY` output.
@@ -304,6 +355,21 @@ impl Kernel for FakeIptables {
 
     async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, KernelError> {
         Ok(self.table(family, table).chains.keys().cloned().collect())
+    }
+
+    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<Digests>, KernelError> {
+        let t = self.table(family, table);
+        let digest = |rules: &Vec<crate::rule::Rule>| {
+            let mut h = std::hash::DefaultHasher::new();
+            for r in rules {
+                std::hash::Hash::hash(&r.args(), &mut h);
+            }
+            std::hash::Hasher::finish(&h)
+        };
+        Ok(Some(match chains {
+            None => t.chains.iter().map(|(c, r)| (c.clone(), digest(r))).collect(),
+            Some(names) => names.iter().filter_map(|c| t.chains.get(c).map(|r| (c.clone(), digest(r)))).collect(),
+        }))
     }
 }
 

@@ -9,6 +9,8 @@
 //! kernel differing from what was written (a chain flushed, deleted or
 //! edited by someone else), or every `full_restore_every` periodic syncs.
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -63,6 +65,11 @@ pub struct IptablesProxier<K: Kernel> {
     periodic: u32,
     unreported: StateChanges,
     localnet_safeguard_removed: bool,
+    /// Whether the kernel reads rules cheaply (asked once).
+    reads_rules: Option<bool>,
+    /// Each chain's digest as kproxy left it (iptables-nft only).
+    baseline: std::collections::BTreeMap<(Table, String), u64>,
+    repaired: u64,
 }
 
 impl<K: Kernel> IptablesProxier<K> {
@@ -83,6 +90,9 @@ impl<K: Kernel> IptablesProxier<K> {
             periodic: 0,
             unreported: StateChanges::default(),
             localnet_safeguard_removed: false,
+            reads_rules: None,
+            baseline: std::collections::BTreeMap::new(),
+            repaired: 0,
         })
     }
 
@@ -90,6 +100,13 @@ impl<K: Kernel> IptablesProxier<K> {
     /// (`KUBE-FIREWALL`): the caller then sets `route_localnet` back to 0.
     pub fn localnet_safeguard_removed(&self) -> bool {
         self.localnet_safeguard_removed
+    }
+
+    /// How many chains found changed from outside were rewritten so far
+    /// (iptables-nft; with iptables-legacy every periodic sync rewrites
+    /// everything instead).
+    pub fn repaired_chains(&self) -> u64 {
+        self.repaired
     }
 
     /// The kernel this proxier programs (for tests and tools).
@@ -116,25 +133,91 @@ impl<K: Kernel> IptablesProxier<K> {
         self.config.family
     }
 
-    /// Whether the kernel differs from what was written, judged cheaply:
-    /// the built-in chains' jumps and the fixed chains' rule counts (a
-    /// service chain deleted from outside shows as a missing rule in
-    /// `KUBE-SERVICES`, since its reference had to go first). A chain
-    /// merely flushed is caught by the forced full restore.
-    async fn drifted(&mut self) -> Result<bool, KernelError> {
-        let outline = self.renderer.outline();
+    /// Whether the kernel can tell each chain's rules apart cheaply
+    /// (iptables-nft: a netlink dump), asked once.
+    async fn reads_rules(&mut self) -> Result<bool, KernelError> {
+        if self.reads_rules.is_none() {
+            let family = self.family();
+            self.reads_rules = Some(self.kernel.digests(family, Table::Nat, Some(&[])).await?.is_some());
+        }
+        Ok(self.reads_rules == Some(true))
+    }
+
+    /// Records what the kernel holds now of `chains` (all of kproxy's when
+    /// None) as what kproxy wrote: called right after each write.
+    async fn take_baseline(&mut self, chains: Option<&Stale>) -> Result<(), KernelError> {
+        let family = self.family();
         for table in Table::ALL {
-            let want = &outline[&table];
-            let mut names: Vec<&str> = table.builtins().to_vec();
-            names.extend(want.keys().map(String::as_str).filter(|c| !is_service_chain(c)));
-            let listing = self.kernel.list(self.family(), table, &names).await?;
-            let counts_differ = want.iter().filter(|(c, _)| !is_service_chain(c)).any(|(c, n)| listing.chains.get(c) != Some(n));
-            let jump_missing = jumps_for(self.renderer.localhost_node_ports()).iter().filter(|j| j.table == table).any(|j| !j.is_in(&listing));
-            if counts_differ || jump_missing {
-                return Ok(true);
+            let names: Option<Vec<String>> = chains.map(|c| c.get(&table).map(|s| s.iter().cloned().collect()).unwrap_or_default());
+            if names.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            let Some(now) = self.kernel.digests(family, table, names.as_deref()).await? else { return Ok(()) };
+            match &names {
+                None => {
+                    self.baseline.retain(|(t, _), _| *t != table);
+                    let outline = self.renderer.outline();
+                    let ours = &outline[&table];
+                    self.baseline.extend(now.into_iter().filter(|(c, _)| ours.contains_key(c)).map(|(c, d)| ((table, c), d)));
+                }
+                Some(names) => {
+                    for c in names {
+                        match now.get(c) {
+                            Some(d) => self.baseline.insert((table, c.clone()), *d),
+                            None => self.baseline.remove(&(table, c.clone())),
+                        };
+                    }
+                }
             }
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// kproxy's chains that differ from what it wrote: among `only` (or
+    /// all of them but those this sync rewrites whole or deletes,
+    /// `skip`), those whose rules changed or that are gone; with every
+    /// chain checked, also service chains kproxy does not have (stale).
+    async fn damaged(&mut self, only: Option<&Stale>, skip: &Stale) -> Result<(Stale, Stale), KernelError> {
+        let family = self.family();
+        let outline = self.renderer.outline();
+        let (mut damaged, mut stale) = (Stale::new(), Stale::new());
+        for table in Table::ALL {
+            let names: Option<Vec<String>> = only.map(|o| o.get(&table).map(|s| s.iter().cloned().collect()).unwrap_or_default());
+            if names.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            let Some(now) = self.kernel.digests(family, table, names.as_deref()).await? else { continue };
+            let ours = &outline[&table];
+            let checked: Vec<&String> = match &names {
+                Some(n) => n.iter().collect(),
+                None => ours.keys().collect(),
+            };
+            let skipped = |c: &String| skip.get(&table).is_some_and(|s| s.contains(c));
+            for c in checked.into_iter().filter(|c| !skipped(c)) {
+                if !now.contains_key(c) || now.get(c) != self.baseline.get(&(table, c.clone())) {
+                    damaged.entry(table).or_default().insert(c.clone());
+                }
+            }
+            if names.is_none() {
+                for c in now.keys().filter(|c| is_service_chain(c) && !ours.contains_key(*c) && !skipped(c)) {
+                    stale.entry(table).or_default().insert(c.clone());
+                }
+            }
+        }
+        Ok((damaged, stale))
+    }
+
+    /// The built-in chains' jumps into kproxy's chains that are missing.
+    async fn missing_jumps(&mut self) -> Result<Vec<Jump>, KernelError> {
+        let all = jumps_for(self.renderer.localhost_node_ports());
+        let mut missing = Vec::new();
+        for table in Table::ALL {
+            let listing = self.kernel.list(self.family(), table, table.builtins()).await?;
+            missing.extend(all.iter().filter(|j| j.table == table && !j.is_in(&listing)).cloned());
+        }
+        // Keep upstream's order: missing jumps are inserted in list order.
+        missing.sort_by_key(|j| all.iter().position(|k| k == j));
+        Ok(missing)
     }
 
     /// What a full restore must also do: delete stale service chains and
@@ -142,50 +225,105 @@ impl<K: Kernel> IptablesProxier<K> {
     async fn repairs(&mut self) -> Result<(Stale, Vec<Jump>), KernelError> {
         let outline = self.renderer.outline();
         let mut stale = Stale::new();
-        let mut missing = Vec::new();
-        let all_jumps = jumps_for(self.renderer.localhost_node_ports());
         for table in Table::ALL {
             for chain in self.kernel.chain_names(self.family(), table).await? {
                 if is_service_chain(&chain) && !outline[&table].contains_key(&chain) {
                     stale.entry(table).or_default().insert(chain);
                 }
             }
-            let listing = self.kernel.list(self.family(), table, table.builtins()).await?;
-            missing.extend(all_jumps.iter().filter(|j| j.table == table && !j.is_in(&listing)).cloned());
         }
-        // Keep upstream's order: missing jumps are inserted in list order.
-        missing.sort_by_key(|j| all_jumps.iter().position(|k| k == j));
-        Ok((stale, missing))
+        Ok((stale, self.missing_jumps().await?))
     }
 
     /// Writes the sync's restore; returns whether it was a full one.
+    ///
+    /// With iptables-nft, every chain's rules are compared with what
+    /// kproxy wrote (digests read right after each write): on a periodic
+    /// sync all of kproxy's chains, on the others the shared chains the
+    /// sync edits in place (so a change from outside is never folded into
+    /// the record). Changed chains are rewritten whole, with the sync's
+    /// own changes. With iptables-legacy, which has no cheap reading of
+    /// rules, each periodic sync is a full restore.
     async fn apply(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let journal = self.renderer.take_journal();
+        let reads_rules = self.reads_rules().await?;
         let mut full = journal.full || !self.trusted;
         if request.full && !full {
             self.periodic += 1;
             let every = self.options.full_restore_every;
-            let forced = every > 0 && self.periodic % every == 0;
-            let drift = self.drifted().await?;
-            if drift {
-                tracing::warn!(family = ?self.family(), "iptables rules changed behind kproxy's back; rewriting them all");
-            }
-            full = drift || forced;
+            full = !reads_rules || (every > 0 && self.periodic % every == 0);
         }
-        // If the restore fails, the kernel may hold part of it: the next
-        // sync writes everything.
-        self.trusted = false;
         let family = self.family();
         if full {
+            // If the restore fails, the kernel may hold part of it: the
+            // next sync writes everything.
+            self.trusted = false;
             let (stale, missing) = self.repairs().await?;
-            let mut pieces = restore::full_pieces(&self.renderer, &stale, &missing);
-            self.kernel.restore_pieces(family, &mut pieces).await?;
-        } else {
-            let text = restore::partial(&self.renderer, &journal, &[]);
-            self.kernel.restore(family, &text).await?;
+            {
+                let mut pieces = restore::full_pieces(&self.renderer, &stale, &missing);
+                self.kernel.restore_pieces(family, &mut pieces).await?;
+            }
+            self.baseline.clear();
+            self.take_baseline(None).await?;
+            self.trusted = true;
+            return Ok(true);
         }
+        let text = restore::partial(&self.renderer, &journal, &[]);
+        let restore::Touched { declared, edited, deleted } = restore::touched(&text);
+        let (damaged, stale, missing) = if !reads_rules {
+            (Stale::new(), Stale::new(), Vec::new())
+        } else if request.full {
+            let mut skip = declared.clone();
+            for (t, set) in &deleted {
+                skip.entry(*t).or_default().extend(set.iter().cloned());
+            }
+            let (damaged, stale) = self.damaged(None, &skip).await?;
+            (damaged, stale, self.missing_jumps().await?)
+        } else {
+            let (damaged, _) = self.damaged(Some(&edited), &Stale::new()).await?;
+            (damaged, Stale::new(), Vec::new())
+        };
+        self.trusted = false;
+        if damaged.values().all(BTreeSet::is_empty) && stale.is_empty() && missing.is_empty() {
+            self.kernel.restore(family, &text).await?;
+        } else {
+            let count: usize = damaged.values().map(BTreeSet::len).sum::<usize>() + stale.values().map(BTreeSet::len).sum::<usize>();
+            tracing::warn!(family = ?family, chains = count, jumps = missing.len(), "iptables rules changed behind kproxy's back; rewriting those chains");
+            self.repaired += count as u64;
+            // The damaged chains and everything this sync touches,
+            // rewritten whole (a chain edited in place is rewritten too:
+            // its old rules may be what changed).
+            let mut write = damaged;
+            for (t, set) in declared.iter().chain(edited.iter()) {
+                write.entry(*t).or_default().extend(set.iter().cloned());
+            }
+            let mut delete = stale;
+            for (t, set) in &deleted {
+                delete.entry(*t).or_default().extend(set.iter().cloned());
+            }
+            let repair = restore::rewrite(&self.renderer, &write, &delete, &missing);
+            self.kernel.restore(family, &repair).await?;
+            for (t, set) in &delete {
+                for c in set {
+                    self.baseline.remove(&(*t, c.clone()));
+                }
+            }
+            self.take_baseline(Some(&write)).await?;
+            self.trusted = true;
+            return Ok(false);
+        }
+        for (t, set) in &deleted {
+            for c in set {
+                self.baseline.remove(&(*t, c.clone()));
+            }
+        }
+        let mut rewritten = declared;
+        for (t, set) in edited {
+            rewritten.entry(t).or_default().extend(set);
+        }
+        self.take_baseline(Some(&rewritten)).await?;
         self.trusted = true;
-        Ok(full)
+        Ok(false)
     }
 }
 

@@ -97,6 +97,69 @@ pub fn full_pieces<'a>(renderer: &'a Renderer, stale: &'a Stale, missing: &'a [J
     })
 }
 
+/// The named chains rewritten whole from the renderer (declared, so
+/// flushed, then every rule), the `delete` chains removed, and the
+/// `missing` jumps inserted: the repair of chains changed from outside,
+/// without the cost of a full restore.
+pub fn rewrite(renderer: &Renderer, chains: &Stale, delete: &Stale, missing: &[Jump]) -> String {
+    let mut out = String::new();
+    for table in Table::ALL {
+        let all = renderer.chains_of(table);
+        let none = BTreeSet::new();
+        let wanted = chains.get(&table).unwrap_or(&none);
+        let declare: BTreeSet<String> = wanted.iter().filter(|c| all.contains_key(c.as_str())).cloned().collect();
+        let delete: BTreeSet<String> = delete.get(&table).unwrap_or(&none).iter().filter(|c| !all.contains_key(c.as_str())).cloned().collect();
+        let mut body = String::new();
+        insert_jumps(&mut body, table, missing);
+        for chain in &declare {
+            for r in &all[chain.as_str()] {
+                append(&mut body, chain, r);
+            }
+        }
+        section(&mut out, table, &declare, &body, &delete);
+    }
+    out
+}
+
+/// The chains a restore text touches, per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Declared, so flushed and rewritten whole.
+    pub declared: Stale,
+    /// Edited in place with `-A`, `-D` or `-I` (and not declared).
+    pub edited: Stale,
+    /// Deleted with `-X`.
+    pub deleted: Stale,
+}
+
+/// What `text` (restore input) does to which chains.
+pub fn touched(text: &str) -> Touched {
+    let mut out = Touched::default();
+    let mut table = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Table::ALL.into_iter().find(|t| t.name() == name);
+            continue;
+        }
+        let Some(t) = table else { continue };
+        let chain = |rest: &str| rest.split_whitespace().next().unwrap_or_default().to_string();
+        if let Some(rest) = line.strip_prefix(':') {
+            out.declared.entry(t).or_default().insert(chain(rest));
+        } else if let Some(rest) = line.strip_prefix("-X ") {
+            out.deleted.entry(t).or_default().insert(chain(rest));
+        } else if let Some(rest) = ["-A ", "-D ", "-I "].iter().find_map(|op| line.strip_prefix(op)) {
+            out.edited.entry(t).or_default().insert(chain(rest));
+        }
+    }
+    for (t, edited) in out.edited.iter_mut() {
+        edited.retain(|c| !out.declared.get(t).is_some_and(|d| d.contains(c)));
+    }
+    for (t, declared) in out.declared.iter_mut() {
+        declared.retain(|c| !out.deleted.get(t).is_some_and(|d| d.contains(c)));
+    }
+    out
+}
+
 /// Only what `journal` says changed: each changed port's own chains
 /// rewritten (or deleted), its old rules deleted from the shared chains
 /// and its new ones inserted at their top (keeping each chain's fixed tail,

@@ -1,11 +1,12 @@
 //! The iptables proxier against the fake iptables: the first sync is a
 //! full restore, later ones are partial and touch only what changed; a
-//! periodic sync repairs chains someone else deleted or flushed; a failed
+//! periodic sync repairs chains someone else deleted, flushed or edited
+//! (a partial one those it edits in place); a failed
 //! restore is followed by a full one; cleanup removes everything.
 
 use async_trait::async_trait;
 use kproxy_backend_iptables::fake::FakeIptables;
-use kproxy_backend_iptables::kernel::{Kernel, KernelError, Listing};
+use kproxy_backend_iptables::kernel::{Digests, Kernel, KernelError, Listing};
 use kproxy_backend_iptables::render::Table;
 use kproxy_backend_iptables::trace::trace;
 use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier};
@@ -14,12 +15,14 @@ use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 const V4: IpFamily = IpFamily::V4;
 
-/// The fake, refusing the next `fail` restores and recording the inputs.
+/// The fake, refusing the next `fail` restores and recording the inputs;
+/// it reads rules cheaply (as iptables-nft does) unless `legacy`.
 #[derive(Debug, Default)]
 struct Recording {
     inner: FakeIptables,
     fail: usize,
     restores: Vec<String>,
+    legacy: bool,
 }
 
 #[async_trait]
@@ -37,6 +40,12 @@ impl Kernel for Recording {
     }
     async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, KernelError> {
         self.inner.chain_names(family, table).await
+    }
+    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<Digests>, KernelError> {
+        if self.legacy {
+            return Ok(None);
+        }
+        self.inner.digests(family, table, chains).await
     }
 }
 
@@ -98,8 +107,10 @@ async fn a_periodic_sync_repairs_a_deleted_service_chain_and_a_missing_jump() {
     nat.chains.get_mut("PREROUTING").unwrap().clear();
     let quiet = p.sync(SyncRequest::default()).await.unwrap();
     assert!(!quiet.full, "a partial sync trusts its bookkeeping");
-    let report = p.sync(SyncRequest { full: true }).await.unwrap();
-    assert!(report.full);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let repair = p.kernel().restores.last().unwrap().clone();
+    assert!(repair.contains(&format!(":{victim} - [0:0]")) && repair.contains("-I PREROUTING 1"), "{repair}");
+    assert!(!repair.contains(":KUBE-SEP-"), "only the damaged chains are rewritten:\n{repair}");
     assert!(p.kernel().inner.table(V4, Table::Nat).chains.contains_key(&victim), "the chain is back");
     assert_cases(&p, &s);
     // A periodic sync that finds nothing wrong writes nothing.
@@ -136,4 +147,64 @@ async fn cleanup_leaves_only_what_others_own() {
     assert_eq!(filter["INPUT"].len(), 1, "kubelet's jump stays");
     let nat = &p.kernel().inner.table(V4, Table::Nat).chains;
     assert!(nat.keys().all(|c| !c.starts_with("KUBE-")) && nat.values().all(Vec::is_empty), "{nat:?}");
+}
+
+/// A rule's text with one address swapped: damage that keeps every chain's
+/// rule count.
+fn replace_in(p: &mut IptablesProxier<Recording>, table: Table, chain: &str, from: &str, to: &str) {
+    let rules = p.kernel_mut().inner.table_mut(V4, table).chains.get_mut(chain).unwrap();
+    let i = rules.iter().position(|r| r.args().contains(from)).unwrap_or_else(|| panic!("no rule with {from} in {chain}"));
+    let text = rules[i].args().replace(from, to);
+    rules[i] = kproxy_backend_iptables::rule::Rule::parse(&text, V4).unwrap();
+}
+
+#[tokio::test]
+async fn a_periodic_sync_repairs_rules_changed_in_place_and_flushed_chains() {
+    let s = scenario("cluster_ip");
+    let mut p = proxier(&s);
+    p.sync(SyncRequest::default()).await.unwrap();
+    // Same outline, other content: a ClusterIP rule pointed elsewhere, and a
+    // service chain flushed.
+    replace_in(&mut p, Table::Nat, "KUBE-SERVICES", "172.30.0.41", "172.30.0.42");
+    let svc = p.kernel().inner.table(V4, Table::Nat).chains.keys().find(|c| c.starts_with("KUBE-SVC-")).unwrap().clone();
+    p.kernel_mut().inner.table_mut(V4, Table::Nat).chains.get_mut(&svc).unwrap().clear();
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let repair = p.kernel().restores.last().unwrap().clone();
+    assert!(repair.contains(":KUBE-SERVICES - [0:0]") && repair.contains(&format!(":{svc} - [0:0]")), "{repair}");
+    assert_cases(&p, &s);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    assert_eq!(p.kernel().restores.last().unwrap(), "", "repaired: nothing left to do");
+}
+
+#[tokio::test]
+async fn a_change_from_outside_is_never_folded_into_a_partial_sync() {
+    let s = scenario("cluster_ip");
+    let mut p = proxier(&s);
+    p.sync(SyncRequest::default()).await.unwrap();
+    // KUBE-SERVICES is damaged, then a partial sync edits it for another
+    // service: the damage is repaired then, not recorded as kproxy's.
+    replace_in(&mut p, Table::Nat, "KUBE-SERVICES", "172.30.0.41", "172.30.0.42");
+    let other = kproxy_core::oracle::fixtures::service("ns1", "late", &["172.30.0.50"]).port("p80", 80, "TCP", 0).build();
+    let eps = kproxy_core::oracle::fixtures::slice("ns1", "late", "late-1", "IPv4")
+        .port("p80", 80, "TCP")
+        .endpoint("10.180.0.50", kproxy_core::oracle::fixtures::NODE_NAME, kproxy_core::oracle::fixtures::EndpointState::Ready)
+        .build();
+    p.on_service_update(None, Some(&other));
+    p.on_endpoint_slice_update(&eps, false);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let text = p.kernel().restores.last().unwrap().clone();
+    assert!(text.split("*filter").next().unwrap().contains(":KUBE-SERVICES - [0:0]"), "nat KUBE-SERVICES rewritten whole: {text}");
+    assert_cases(&p, &s);
+}
+
+#[tokio::test]
+async fn without_cheap_reads_each_periodic_sync_is_a_full_restore() {
+    let s = scenario("cluster_ip");
+    let mut p = IptablesProxier::new(kproxy_core::oracle::fixtures::NODE_NAME, s.config.clone(), Recording { legacy: true, ..Recording::default() }, IptablesOptions::default()).unwrap();
+    s.feed(&mut p);
+    p.sync(SyncRequest::default()).await.unwrap();
+    replace_in(&mut p, Table::Nat, "KUBE-SERVICES", "172.30.0.41", "172.30.0.42");
+    assert!(!p.sync(SyncRequest::default()).await.unwrap().full);
+    assert!(p.sync(SyncRequest { full: true }).await.unwrap().full, "iptables-legacy: everything rewritten");
+    assert_cases(&p, &s);
 }

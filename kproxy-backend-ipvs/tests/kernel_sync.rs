@@ -103,8 +103,8 @@ async fn a_removed_real_server_drains_its_open_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_virtual_server_deleted_from_outside_comes_back_on_a_full_sync() {
-    if !kernel_tests_enabled("a_virtual_server_deleted_from_outside_comes_back_on_a_full_sync") {
+async fn a_virtual_server_a_set_member_and_a_chain_changed_from_outside_come_back_on_a_full_sync() {
+    if !kernel_tests_enabled("a_virtual_server_a_set_member_and_a_chain_changed_from_outside_come_back_on_a_full_sync") {
         return;
     }
     let s = scenario("node_port");
@@ -121,4 +121,20 @@ async fn a_virtual_server_deleted_from_outside_comes_back_on_a_full_sync() {
     p.sync(SyncRequest { full: true }).await.unwrap();
     let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
     assert!(failures.is_empty(), "not repaired: {}", failures.join("\n"));
+
+    // The ipset and iptables pieces around IPVS: a set member deleted, a
+    // chain flushed (either loses the NodePort's masquerade, which the
+    // first case checks), each put back by the next full sync.
+    let damages: [(&str, &[&str]); 2] = [
+        ("a NodePort set member deleted", &["ipset", "del", "KUBE-NODE-PORT-TCP", "3001"]),
+        ("the NodePort masquerade chain flushed", &["iptables-legacy", "-w", "5", "-t", "nat", "-F", "KUBE-NODE-PORT"]),
+    ];
+    for (what, command) in damages {
+        topo.node.exec(command).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let broken = tokio::task::block_in_place(|| check_case(&topo, &outside, &s.cases[0].expected));
+        assert!(broken.is_err(), "{what}: the damage did not show in traffic");
+        p.sync(SyncRequest { full: true }).await.unwrap();
+        let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
+        assert!(failures.is_empty(), "{what} was not repaired: {}", failures.join("\n"));
+    }
 }

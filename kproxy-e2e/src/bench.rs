@@ -131,14 +131,16 @@ fn proc_usage(pid: u32) -> Usage {
     Usage { cpu_seconds, peak_rss_mib: kib / 1024.0 }
 }
 
-/// A prober running in a pod namespace, its lines read as they come.
-struct Prober {
+/// A prober (`kpt.py ARGS`) running in a network namespace, its lines
+/// read as they come. Dropping it stops it.
+pub struct Prober {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Prober {
-    fn start(netns: &str, args: &[&str]) -> Result<Prober, String> {
+    /// Starts `kpt.py ARGS` in `netns`.
+    pub fn start(netns: &str, args: &[&str]) -> Result<Prober, String> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, "python3", KPT])
             .args(args)
@@ -157,6 +159,11 @@ impl Prober {
             }
         });
         Ok(Prober { child, lines })
+    }
+
+    /// The next line, waiting up to `limit`.
+    pub fn next_line(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`conntrack`]: dumping conntrack entries and deleting, in batches,
 //!   the ones a [`StaleFlowFilter`](kproxy_core::conntrack::StaleFlowFilter)
 //!   calls stale — upstream's UDP cleanup after each sync;
+//! - [`nft_rules`]: digests of nf_tables chains' rules (what iptables-nft
+//!   wrote), to find rules changed from outside without `iptables-save`;
 //! - [`genl`]: generic netlink over a [`genl::GenlSocket`]: families by
 //!   name, batches of acknowledged requests, dumps (IPVS speaks it).
 //!
@@ -15,6 +17,7 @@
 
 pub mod conntrack;
 pub mod genl;
+pub mod nft_rules;
 pub mod wire;
 
 pub use conntrack::{CleanReport, Conntrack};

@@ -1,0 +1,143 @@
+//! Soak: kproxy (nftables mode) behind a real kube-apiserver while a
+//! Service's only endpoint moves between two pods, again and again, and a
+//! client in a pod connects every few milliseconds (`kpt.py follow`, which
+//! prints each change of the answering pod).
+//!
+//! Fails on any move the client does not see within two `syncPeriod`s
+//! (syncPeriod is 5 s here, so 10 s: a bound on lost changes, not a speed
+//! target), and on any flap: the old pod answering again after the new one
+//! did. Prints how many moves ran and their latency (median, p99, worst),
+//! and how many watch failures kproxy logged meanwhile.
+//!
+//! `KPROXY_SOAK_SECONDS` sets the length (default 60; CI uses the
+//! default); `KPROXY_SOAK_DEBUG=1` names each move slower than 2 s and
+//! prints the proxy's whole log. Needs root and the e2e binaries; skips without, must run in CI.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use kproxy_core::oracle::{scenarios, Verdict};
+use kproxy_e2e::bench::{quantile_ms, Prober};
+use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
+use kproxy_testkit::{check_case, check_scenario, Topology};
+use serde_json::json;
+
+const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
+const SYNC_PERIOD: Duration = Duration::from_secs(5);
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+#[test]
+fn endpoint_moves_all_arrive_for_as_long_as_they_come() {
+    let Some(bins) = e2e_binaries("endpoint_moves_all_arrive_for_as_long_as_they_come") else { return };
+    soak(&bins, ProxyKind::Kproxy, KPROXY);
+}
+
+/// The same soak with upstream kube-proxy, for comparison (and to check
+/// the soak itself against a proxy it did not come from).
+#[test]
+fn upstream_meets_the_same_soak() {
+    let Some(bins) = e2e_binaries("upstream_meets_the_same_soak") else { return };
+    soak(&bins, ProxyKind::Upstream, &bins.path("kube-proxy"));
+}
+
+fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
+    let seconds: u64 = std::env::var("KPROXY_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let s = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut cp = ControlPlane::start(bins).unwrap();
+    let api = cp.admin().unwrap();
+    let mut topo = Topology::build(&s).unwrap();
+    cp.attach(&topo.node).unwrap();
+    scenario::apply(&api, &s).unwrap();
+    let kubeconfig = cp.kubeconfig(kind.user()).unwrap();
+    let mut config = scenario::config(&s, &kubeconfig);
+    config["nftables"]["syncPeriod"] = json!(format!("{}s", SYNC_PERIOD.as_secs()));
+    scenario::start_proxy(kind, &mut topo.node, &config, cp.dir(), binary).unwrap();
+    kproxy_e2e::nodes::within("every case passes", Duration::from_secs(30), || {
+        let f = check_scenario(&topo, &s);
+        if f.is_empty() { Ok(()) } else { Err(f.join("\n")) }
+    })
+    .unwrap();
+
+    // The Service's one endpoint: pod A or pod B (both serve 8080).
+    let pods = ["10.180.0.1", "10.180.1.1"];
+    let slice_with = |pod: &str| {
+        let mut slice = s.slices[0].clone();
+        slice.endpoints.retain(|e| e.addresses[0] == pod);
+        slice
+    };
+    let packet = &s.cases[0].packet;
+    // Settled on pod A alone before the client starts watching.
+    api.apply(slice_with(pods[0])).unwrap();
+    let only_a = Verdict::forward(&[&format!("{}:8080", pods[0])], false);
+    kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
+    let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
+    let follow_for = (seconds + 60).to_string();
+    let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for]).unwrap();
+
+    let limit = SYNC_PERIOD * 2;
+    let mut latencies = Vec::new();
+    let mut problems = Vec::new();
+    let mut current = 0;
+    let mut moves = 0u32;
+    let mut written_at = now();
+    let started = Instant::now();
+    loop {
+        let wanted = pods[current];
+        // Lines are "TIME POD", one at each change of the answering pod.
+        let deadline = Instant::now() + limit;
+        let mut seen_at = None;
+        while seen_at.is_none() {
+            let Some(line) = prober.next_line(deadline.saturating_duration_since(Instant::now())) else { break };
+            let mut parts = line.split_whitespace();
+            if let (Some(t), Some(pod)) = (parts.next().and_then(|t| t.parse::<f64>().ok()), parts.next()) {
+                if pod == wanted {
+                    seen_at = Some(t);
+                }
+            }
+        }
+        match seen_at {
+            Some(t) if moves > 0 => {
+                if t - written_at > 2.0 && std::env::var_os("KPROXY_SOAK_DEBUG").is_some() {
+                    eprintln!("SLOW move {moves}: written at {written_at:.3}, seen at {t:.3}");
+                }
+                latencies.push(Duration::from_secs_f64((t - written_at).max(0.0)))
+            }
+            Some(_) => {}
+            None => problems.push(format!("move {moves} to {wanted}: not seen within {limit:?}")),
+        }
+        // Hold a little, watching for a flap back to the other pod.
+        let hold_until = Instant::now() + Duration::from_millis(300 + (u64::from(moves) * 37) % 200);
+        while let Some(line) = prober.next_line(hold_until.saturating_duration_since(Instant::now())) {
+            let pod = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            if pod != wanted {
+                problems.push(format!("move {moves}: {pod} answered again after {wanted} did"));
+            }
+        }
+        if started.elapsed() >= Duration::from_secs(seconds) {
+            break;
+        }
+        current = 1 - current;
+        moves += 1;
+        written_at = now();
+        api.apply(slice_with(pods[current])).unwrap();
+    }
+    let log = std::fs::read_to_string(scenario::log_path(kind, &topo.node, cp.dir())).unwrap_or_default();
+    // kproxy's words, and client-go's reflector's.
+    let watch_failures = log.lines().filter(|l| l.contains("watch failed") || l.contains("Failed to watch")).count();
+    println!(
+        "soak ({kind:?}): {} moves in {} s, latency median {:.1} ms, p99 {:.1} ms, worst {:.1} ms; {} not seen within {limit:?}; {watch_failures} watch failures logged",
+        latencies.len(),
+        seconds,
+        quantile_ms(&latencies, 0.5),
+        quantile_ms(&latencies, 0.99),
+        latencies.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        problems.iter().filter(|p| p.contains("not seen")).count(),
+    );
+    if std::env::var_os("KPROXY_SOAK_DEBUG").is_some() {
+        eprintln!("{log}");
+    }
+    assert!(latencies.len() >= 10, "the soak made too few moves to mean anything: {}", latencies.len());
+    assert!(problems.is_empty(), "{}\n--- the {kind:?} log (last 40 lines):\n{}", problems.join("\n"), log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+}
