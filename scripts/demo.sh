@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "demo: run as root (it creates network namespaces)" >&2; exit 1; fi
 for tool in ip nft curl python3; do
-    command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install iproute2 nftables curl python3)" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "demo: $tool is missing (bash scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
 cargo build -q -p kproxy-bin

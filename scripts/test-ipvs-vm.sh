@@ -10,6 +10,20 @@ if [ "$(id -u)" != 0 ]; then
     echo "SKIPPED IPVS kernel tests: they boot a VM, which needs root here"
     exit 0
 fi
+# The VM runs the host's root filesystem: its tools are the host's.
+missing=()
+for tool in ipset ipvsadm iptables-legacy nft ip python3; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} != 0 ]; then
+    why="missing ${missing[*]} (bash scripts/install-deps.sh installs them)"
+    if [ "${CI:-}" = true ]; then
+        echo "IPVS kernel tests must run in CI, but $why" >&2
+        exit 1
+    fi
+    echo "SKIPPED IPVS kernel tests: $why"
+    exit 0
+fi
 # The test binaries, built on the host (the VM sees the host's files).
 mapfile -t bins < <(cargo test -p kproxy-backend-ipvs -p kproxy-bin --features kproxy-backend-ipvs/vm-tests,kproxy-bin/vm-tests --tests --no-run --message-format=json 2>/dev/null |
     python3 -c '

@@ -425,7 +425,7 @@ fn ipvs_mode_without_an_ipvs_kernel_is_one_line() {
         return;
     }
     if std::path::Path::new("/proc/net/ip_vs").exists() {
-        eprintln!("SKIPPED ipvs_mode_without_an_ipvs_kernel_is_one_line: this kernel has IPVS (kernel_ipvs_mode covers it)");
+        kproxy_testkit::skipped("ipvs_mode_without_an_ipvs_kernel_is_one_line", "this kernel has IPVS (kernel_ipvs_mode covers it)");
         return;
     }
     let ns = kproxy_testkit::Netns::new("noipvs").unwrap();

@@ -34,7 +34,7 @@ pub fn e2e_binaries(test: &str) -> Option<Binaries> {
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let have_go = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
     if !have_go && !in_ci {
-        eprintln!("SKIPPED {test}: the e2e suite needs Go to build kube-apiserver, etcd and kube-proxy");
+        kproxy_testkit::skipped(test, "the e2e suite needs Go to build kube-apiserver, etcd and kube-proxy");
         return None;
     }
     let out = Command::new("bash").arg(repo_root().join("e2e/k8s/build.sh")).output();
