@@ -173,6 +173,15 @@ impl<K: Kernel> IptablesProxier<K> {
         Ok(())
     }
 
+    /// Drops the record of `chains` (deleted).
+    fn forget(&mut self, chains: &Stale) {
+        for (t, set) in chains {
+            for c in set {
+                self.baseline.remove(&(*t, c.clone()));
+            }
+        }
+    }
+
     /// kproxy's chains that differ from what it wrote: among `only` (or
     /// all of them but those this sync rewrites whole or deletes,
     /// `skip`), those whose rules changed or that are gone; with every
@@ -263,7 +272,6 @@ impl<K: Kernel> IptablesProxier<K> {
                 let mut pieces = restore::full_pieces(&self.renderer, &stale, &missing);
                 self.kernel.restore_pieces(family, &mut pieces).await?;
             }
-            self.baseline.clear();
             self.take_baseline(None).await?;
             self.trusted = true;
             return Ok(true);
@@ -273,11 +281,7 @@ impl<K: Kernel> IptablesProxier<K> {
         let (damaged, stale, missing) = if !reads_rules {
             (Stale::new(), Stale::new(), Vec::new())
         } else if request.full {
-            let mut skip = declared.clone();
-            for (t, set) in &deleted {
-                skip.entry(*t).or_default().extend(set.iter().cloned());
-            }
-            let (damaged, stale) = self.damaged(None, &skip).await?;
+            let (damaged, stale) = self.damaged(None, &union(&declared, &deleted)).await?;
             (damaged, stale, self.missing_jumps().await?)
         } else {
             let (damaged, _) = self.damaged(Some(&edited), &Stale::new()).await?;
@@ -293,38 +297,29 @@ impl<K: Kernel> IptablesProxier<K> {
             // The damaged chains and everything this sync touches,
             // rewritten whole (a chain edited in place is rewritten too:
             // its old rules may be what changed).
-            let mut write = damaged;
-            for (t, set) in declared.iter().chain(edited.iter()) {
-                write.entry(*t).or_default().extend(set.iter().cloned());
-            }
-            let mut delete = stale;
-            for (t, set) in &deleted {
-                delete.entry(*t).or_default().extend(set.iter().cloned());
-            }
+            let write = union(&union(&damaged, &declared), &edited);
+            let delete = union(&stale, &deleted);
             let repair = restore::rewrite(&self.renderer, &write, &delete, &missing);
             self.kernel.restore(family, &repair).await?;
-            for (t, set) in &delete {
-                for c in set {
-                    self.baseline.remove(&(*t, c.clone()));
-                }
-            }
+            self.forget(&delete);
             self.take_baseline(Some(&write)).await?;
             self.trusted = true;
             return Ok(false);
         }
-        for (t, set) in &deleted {
-            for c in set {
-                self.baseline.remove(&(*t, c.clone()));
-            }
-        }
-        let mut rewritten = declared;
-        for (t, set) in edited {
-            rewritten.entry(t).or_default().extend(set);
-        }
-        self.take_baseline(Some(&rewritten)).await?;
+        self.forget(&deleted);
+        self.take_baseline(Some(&union(&declared, &edited))).await?;
         self.trusted = true;
         Ok(false)
     }
+}
+
+/// The chains of both, per table.
+fn union(a: &Stale, b: &Stale) -> Stale {
+    let mut out = a.clone();
+    for (t, set) in b {
+        out.entry(*t).or_default().extend(set.iter().cloned());
+    }
+    out
 }
 
 fn is_service_chain(chain: &str) -> bool {

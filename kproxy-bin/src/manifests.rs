@@ -26,9 +26,11 @@ impl Manifests {
     /// Every range of every ServiceCIDR, sorted (see
     /// [`crate::service_cidrs`]); ranges were checked when read.
     pub fn service_cidr_ranges(&self) -> Vec<ipnet::IpNet> {
-        let all: std::collections::BTreeSet<ipnet::IpNet> =
-            self.service_cidrs.values().filter_map(|o| ranges_of(o).ok()).flatten().collect();
-        all.into_iter().collect()
+        let mut all = crate::service_cidrs::ServiceCidrs::default();
+        for o in self.service_cidrs.values() {
+            all.upsert(o);
+        }
+        all.union()
     }
 }
 
