@@ -70,6 +70,8 @@ pub struct IptablesProxier<K: Kernel> {
     /// Each chain's digest as kproxy left it (iptables-nft only).
     baseline: std::collections::BTreeMap<(Table, String), u64>,
     repaired: u64,
+    /// Rules the last successful restore wrote, per table (for metrics).
+    written: std::collections::BTreeMap<Table, usize>,
 }
 
 impl<K: Kernel> IptablesProxier<K> {
@@ -93,6 +95,7 @@ impl<K: Kernel> IptablesProxier<K> {
             reads_rules: None,
             baseline: std::collections::BTreeMap::new(),
             repaired: 0,
+            written: std::collections::BTreeMap::new(),
         })
     }
 
@@ -274,6 +277,7 @@ impl<K: Kernel> IptablesProxier<K> {
             }
             self.take_baseline(None).await?;
             self.trusted = true;
+            self.written = self.renderer.rule_totals();
             return Ok(true);
         }
         let text = restore::partial(&self.renderer, &journal, &[]);
@@ -290,6 +294,7 @@ impl<K: Kernel> IptablesProxier<K> {
         self.trusted = false;
         if damaged.values().all(BTreeSet::is_empty) && stale.is_empty() && missing.is_empty() {
             self.kernel.restore(family, &text).await?;
+            self.written = restore::rule_lines(&text);
         } else {
             let count: usize = damaged.values().map(BTreeSet::len).sum::<usize>() + stale.values().map(BTreeSet::len).sum::<usize>();
             tracing::warn!(family = ?family, chains = count, jumps = missing.len(), "iptables rules changed behind kproxy's back; rewriting those chains");
@@ -301,6 +306,7 @@ impl<K: Kernel> IptablesProxier<K> {
             let delete = union(&stale, &deleted);
             let repair = restore::rewrite(&self.renderer, &write, &delete, &missing);
             self.kernel.restore(family, &repair).await?;
+            self.written = restore::rule_lines(&repair);
             self.forget(&delete);
             self.take_baseline(Some(&write)).await?;
             self.trusted = true;
@@ -360,7 +366,12 @@ impl<K: Kernel + 'static> Proxier for IptablesProxier<K> {
         }
         match self.apply(request).await {
             Ok(full) => {
-                Ok(self.state.report(request.full || full, changes, self.renderer.no_local_endpoints()))
+                let mut report = self.state.report(request.full || full, changes, self.renderer.no_local_endpoints());
+                for (table, total) in self.renderer.rule_totals() {
+                    let written = self.written.get(&table).copied().unwrap_or(0);
+                    report.rule_counts.insert(table.name(), kproxy_core::RuleCount { total, written });
+                }
+                Ok(report)
             }
             Err(e) => {
                 self.unreported = changes;

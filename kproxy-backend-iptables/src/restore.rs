@@ -256,3 +256,19 @@ fn is_ours(chain: &str) -> bool {
     [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, FORWARD, POSTROUTING, MARK_MASQ, CANARY].contains(&chain)
         || SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
+
+/// How many rules (`-A` and `-I` lines) a restore text writes per table.
+pub fn rule_lines(text: &str) -> BTreeMap<Table, usize> {
+    let mut out = BTreeMap::new();
+    let mut table = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Table::ALL.into_iter().find(|t| t.name() == name);
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            if let Some(t) = table {
+                *out.entry(t).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}

@@ -2,12 +2,16 @@
 //! (`--kubeconfig`, in-cluster config), or a directory of manifests in
 //! standalone mode (`--manifests`).
 
+mod api_client;
 mod config;
 mod flags;
 mod interfaces;
+mod logging;
 mod manifests;
 mod metrics;
+mod metrics_process;
 mod observer;
+mod process;
 mod proxy;
 mod run;
 mod servers;
@@ -21,51 +25,67 @@ mod watched;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+/// The version `--version` prints, with the kube-proxy release kproxy
+/// matches.
+const VERSION: &str = concat!("kproxy v", env!("CARGO_PKG_VERSION"), " (compatible with kube-proxy v1.34.4)");
+
+/// Prints each line of `problem` as `kproxy: <line>` on stderr.
+fn fail(problem: &str) -> ExitCode {
+    for line in problem.lines() {
+        eprintln!("kproxy: {line}");
+    }
+    ExitCode::FAILURE
+}
 
 fn main() -> ExitCode {
-    let flags = flags::Flags::parse();
-    // The file's `logging` section counts too (flags win); any other
-    // problem with the file is reported once logging is up.
-    let file_logging = flags
-        .config
-        .as_deref()
-        .and_then(|p| std::fs::read_to_string(p).ok().and_then(|text| config::parse(p, &text).ok()))
-        .and_then(|c| c.logging)
-        .unwrap_or_default();
-    let format = flags.logging_format.clone().or(file_logging.format).unwrap_or_else(|| "text".into());
-    if format != "text" && format != "json" {
-        eprintln!("kproxy: unknown logging format {format:?} (expected text or json)");
-        return ExitCode::FAILURE;
-    }
-    let level = match flags.verbosity.or(file_logging.verbosity).unwrap_or(0) {
-        0..=1 => "info",
-        2..=3 => "debug",
-        _ => "trace",
+    let flags = match flags::Flags::from_env() {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("{e} (see kproxy --help)")),
     };
-    // kube's client logs every failed request at error level; kproxy's own
-    // warnings already say what failed and that it retries.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube_client=off")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    if flags.on("help") {
+        print!("{}", flags::help());
+        return ExitCode::SUCCESS;
+    }
+    match flags.text("version").as_deref() {
+        None | Some("false") => {}
+        Some("raw") => {
+            println!("version.Info{{GitVersion:\"v{}\", Compatible:\"v1.34.4\"}}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        // `--version=vX.Y.Z` sets the reported version upstream; kproxy
+        // reports its own and carries on.
+        Some(v) if v.starts_with('v') => {}
+        Some(_) => {
+            println!("{VERSION}");
+            return ExitCode::SUCCESS;
+        }
+    }
+    let effective = match config::effective(&flags) {
+        Ok(e) => e,
+        Err(errors) => return fail(&errors.to_string()),
+    };
+    let log = effective.config.logging.clone().unwrap_or_default();
+    let format = if log.format.as_deref() == Some("json") { logging::Format::Json } else { logging::Format::Text };
+    logging::init(format, log.verbosity.unwrap_or(0));
+    // Upstream prints its flags at -v=1.
+    if log.verbosity.unwrap_or(0) >= 1 {
+        for (name, value) in flags.given() {
+            tracing::info!("FLAG: --{name}={value:?}");
+        }
+    }
+    for note in &effective.notes {
+        tracing::info!("{note}");
+    }
+    for warning in &effective.warnings {
+        tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kproxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(run::run(flags)) {
+    match runtime.block_on(run::run(flags, effective)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line naming the problem, never a backtrace.
-            eprintln!("kproxy: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
+        // One line per problem, never a backtrace.
+        Err(e) => fail(&format!("{e:#}")),
     }
 }

@@ -1,29 +1,28 @@
-//! kube-proxy's metrics, by upstream's names and labels, so existing
-//! dashboards and alerts keep working.
+//! kube-proxy's metrics, by upstream v1.34.4's names, types, labels and
+//! buckets, registered per mode as upstream's `RegisterMetrics` does, so
+//! existing dashboards and alerts keep working. Besides `kubeproxy_*`:
+//! the API client's `rest_client_*`, the `process_*` families and
+//! `kubernetes_build_info`.
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use kproxy_core::runner::SyncEvent;
+use kproxy_core::IpFamily;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::settings::Mode;
 
 /// A `code` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
     /// The HTTP status.
     pub code: String,
-}
-
-/// A `traffic_policy` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TrafficPolicy {
-    /// `internal` or `external`.
-    pub traffic_policy: String,
 }
 
 /// An `ip_family` label.
@@ -33,98 +32,200 @@ pub struct IpFamilyLabel {
     pub ip_family: String,
 }
 
+/// `traffic_policy` and `ip_family` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `internal` or `external`.
+    pub traffic_policy: String,
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
+/// `table` and `ip_family` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `filter` or `nat`.
+    pub table: String,
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
+/// `rest_client_requests_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The HTTP status, or `<error>` when there was no answer.
+    pub code: String,
+    /// The API server's `host:port`.
+    pub host: String,
+    /// The HTTP method.
+    pub method: String,
+}
+
+/// The `verb` and `host` labels of the latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// The HTTP method.
+    pub verb: String,
+    /// The API server's `host:port`.
+    pub host: String,
+}
+
+/// Builds histograms with fixed buckets for a [`Family`].
+#[derive(Debug, Clone)]
+pub struct Buckets(Vec<f64>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+type Histograms<L> = Family<L, Histogram, Buckets>;
+type TimeGauges = Family<IpFamilyLabel, Gauge<f64, AtomicU64>>;
+
 /// Every metric kproxy exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    sync_duration: Histogram,
-    sync_full_duration: Histogram,
-    sync_partial_duration: Histogram,
-    last_sync: Gauge<f64, AtomicU64>,
-    last_queued: Gauge<f64, AtomicU64>,
-    network_programming: Histogram,
+    mode: Mode,
+    started: SystemTime,
+    sync_duration: Histograms<IpFamilyLabel>,
+    sync_full_duration: Histograms<IpFamilyLabel>,
+    sync_partial_duration: Histograms<IpFamilyLabel>,
+    last_sync: TimeGauges,
+    last_queued: TimeGauges,
+    network_programming: Histograms<IpFamilyLabel>,
     endpoint_changes_pending: Gauge,
     endpoint_changes_total: Counter,
     service_changes_pending: Gauge,
     service_changes_total: Counter,
-    nftables_sync_failures: Counter,
-    no_local_endpoints: Family<TrafficPolicy, Gauge>,
-    conntrack_duration: Family<IpFamilyLabel, Histogram>,
+    iptables_restore_failures: Family<IpFamilyLabel, Counter>,
+    iptables_partial_restore_failures: Family<IpFamilyLabel, Counter>,
+    iptables_total: Family<TableLabels, Gauge>,
+    iptables_last: Family<TableLabels, Gauge>,
+    nftables_sync_failures: Family<IpFamilyLabel, Counter>,
+    nftables_cleanup_failures: Family<IpFamilyLabel, Counter>,
+    no_local_endpoints: Family<PolicyLabels, Gauge>,
+    conntrack_duration: Histograms<IpFamilyLabel>,
     conntrack_deleted: Family<IpFamilyLabel, Counter>,
+    rest_requests: Family<RequestLabels, Counter>,
+    rest_duration: Histograms<VerbLabels>,
+    rest_rate_limiter: Histograms<VerbLabels>,
     /// `/healthz` answers by code.
     pub healthz: Family<Code, Counter>,
     /// `/livez` answers by code.
     pub livez: Family<Code, Counter>,
 }
 
-/// Upstream's network-programming buckets: 0.25 s steps to 0.5 s, 1 s steps
-/// to a minute, 5 s steps to 2 minutes, 30 s steps to 7 minutes.
-fn programming_buckets() -> Vec<f64> {
-    let mut b = vec![0.25, 0.5];
-    b.extend((1..60).map(f64::from));
-    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
-    b.extend((0..10).map(|i| 300.0 + 30.0 * f64::from(i)));
-    b
+/// Upstream's sync-latency buckets: 1 ms doubling 15 times.
+fn sync_buckets() -> Buckets {
+    Buckets(exponential_buckets(0.001, 2.0, 15).collect())
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
+/// Upstream's network-programming buckets (its bucket merge starts with
+/// 0): 0.25 s steps to 0.5 s, 1 s steps to 59 s, 5 s steps from 60 s to
+/// 115 s, 30 s steps from 120 s to 300 s.
+fn programming_buckets() -> Buckets {
+    let mut b = vec![0.0, 0.25, 0.5];
+    b.extend((1..60).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    Buckets(b)
+}
+
+/// client-go's request-latency buckets.
+fn rest_buckets() -> Buckets {
+    Buckets(vec![0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0])
+}
+
+fn family_label(family: IpFamily) -> IpFamilyLabel {
+    IpFamilyLabel { ip_family: family.as_k8s_str().to_string() }
 }
 
 impl Metrics {
-    /// A registry with every metric at zero.
-    pub fn new() -> Self {
-        let sync_buckets = || exponential_buckets(0.001, 2.0, 15);
+    /// A registry with `mode`'s families, as upstream registers them.
+    pub fn new(mode: Mode) -> Self {
         let mut m = Metrics {
-            registry: Registry::with_prefix("kubeproxy"),
-            sync_duration: Histogram::new(sync_buckets()),
-            sync_full_duration: Histogram::new(sync_buckets()),
-            sync_partial_duration: Histogram::new(sync_buckets()),
-            last_sync: Gauge::default(),
-            last_queued: Gauge::default(),
-            network_programming: Histogram::new(programming_buckets()),
+            registry: Registry::default(),
+            mode,
+            started: SystemTime::now(),
+            sync_duration: Family::new_with_constructor(sync_buckets()),
+            sync_full_duration: Family::new_with_constructor(sync_buckets()),
+            sync_partial_duration: Family::new_with_constructor(sync_buckets()),
+            last_sync: Family::default(),
+            last_queued: Family::default(),
+            network_programming: Family::new_with_constructor(programming_buckets()),
             endpoint_changes_pending: Gauge::default(),
             endpoint_changes_total: Counter::default(),
             service_changes_pending: Gauge::default(),
             service_changes_total: Counter::default(),
-            nftables_sync_failures: Counter::default(),
+            iptables_restore_failures: Family::default(),
+            iptables_partial_restore_failures: Family::default(),
+            iptables_total: Family::default(),
+            iptables_last: Family::default(),
+            nftables_sync_failures: Family::default(),
+            nftables_cleanup_failures: Family::default(),
             no_local_endpoints: Family::default(),
-            conntrack_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15))),
+            conntrack_duration: Family::new_with_constructor(sync_buckets()),
             conntrack_deleted: Family::default(),
+            rest_requests: Family::default(),
+            rest_duration: Family::new_with_constructor(rest_buckets()),
+            rest_rate_limiter: Family::new_with_constructor(rest_buckets()),
             healthz: Family::default(),
             livez: Family::default(),
         };
-        let r = &mut m.registry;
+        let rest = &mut m.registry;
+        rest.register("rest_client_requests", "Number of HTTP requests, partitioned by status code, method, and host.", m.rest_requests.clone());
+        rest.register("rest_client_request_duration_seconds", "Request latency in seconds. Broken down by verb, and host.", m.rest_duration.clone());
+        rest.register(
+            "rest_client_rate_limiter_duration_seconds",
+            "Client side rate limiter latency in seconds. Broken down by verb, and host.",
+            m.rest_rate_limiter.clone(),
+        );
+        let r = m.registry.sub_registry_with_prefix("kubeproxy");
+        // Every mode.
         r.register("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", m.sync_duration.clone());
-        r.register("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", m.sync_full_duration.clone());
-        r.register("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", m.sync_partial_duration.clone());
-        r.register("sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced", m.last_sync.clone());
         r.register("sync_proxy_rules_last_queued_timestamp_seconds", "The last time a sync of proxy rules was queued", m.last_queued.clone());
-        r.register("network_programming_duration_seconds", "In Cluster Network Programming Latency in seconds", m.network_programming.clone());
+        r.register("sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced", m.last_sync.clone());
         r.register("sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes", m.endpoint_changes_pending.clone());
         r.register("sync_proxy_rules_endpoint_changes", "Cumulative proxy rules Endpoint changes", m.endpoint_changes_total.clone());
         r.register("sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes", m.service_changes_pending.clone());
         r.register("sync_proxy_rules_service_changes", "Cumulative proxy rules Service changes", m.service_changes_total.clone());
-        r.register("sync_proxy_rules_nftables_sync_failures", "Cumulative proxy nftables sync failures", m.nftables_sync_failures.clone());
+        r.register("proxy_healthz", "Cumulative proxy healthz HTTP status", m.healthz.clone());
+        r.register("proxy_livez", "Cumulative proxy livez HTTP status", m.livez.clone());
+        r.register("network_programming_duration_seconds", "In Cluster Network Programming Latency in seconds", m.network_programming.clone());
         r.register(
             "sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
             m.no_local_endpoints.clone(),
         );
-        r.register(
-            "conntrack_reconciler_sync_duration_seconds",
-            "ReconcileConntrackFlowsLatency latency in seconds",
-            m.conntrack_duration.clone(),
-        );
-        r.register(
-            "conntrack_reconciler_deleted_entries",
-            "Cumulative conntrack flows deleted by conntrack reconciler",
-            m.conntrack_deleted.clone(),
-        );
-        r.register("proxy_healthz", "Cumulative proxy healthz HTTP status", m.healthz.clone());
-        r.register("proxy_livez", "Cumulative proxy livez HTTP status", m.livez.clone());
+        // The mode's own.
+        if mode != Mode::Ipvs {
+            r.register("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", m.sync_full_duration.clone());
+            r.register(
+                "sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                m.sync_partial_duration.clone(),
+            );
+        }
+        if mode != Mode::Nftables {
+            r.register("sync_proxy_rules_iptables_restore_failures", "Cumulative proxy iptables restore failures", m.iptables_restore_failures.clone());
+        }
+        if mode == Mode::Iptables {
+            r.register(
+                "sync_proxy_rules_iptables_partial_restore_failures",
+                "Cumulative proxy iptables partial restore failures",
+                m.iptables_partial_restore_failures.clone(),
+            );
+            r.register("sync_proxy_rules_iptables_total", "Total number of iptables rules owned by kube-proxy", m.iptables_total.clone());
+            r.register("sync_proxy_rules_iptables_last", "Number of iptables rules written by kube-proxy in last sync", m.iptables_last.clone());
+        }
+        if mode == Mode::Nftables {
+            r.register("sync_proxy_rules_nftables_sync_failures", "Cumulative proxy nftables sync failures", m.nftables_sync_failures.clone());
+            r.register("sync_proxy_rules_nftables_cleanup_failures", "Cumulative proxy nftables cleanup failures", m.nftables_cleanup_failures.clone());
+        }
+        r.register("conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds", m.conntrack_duration.clone());
+        r.register("conntrack_reconciler_deleted_entries", "Cumulative conntrack flows deleted by conntrack reconciler", m.conntrack_deleted.clone());
         m
     }
 
@@ -132,58 +233,95 @@ impl Metrics {
     pub fn service_change(&self) {
         self.service_changes_total.inc();
         self.service_changes_pending.inc();
-        self.queued();
     }
 
     /// An EndpointSlice event reached the proxy.
     pub fn endpoint_change(&self) {
         self.endpoint_changes_total.inc();
         self.endpoint_changes_pending.inc();
-        self.queued();
     }
 
-    fn queued(&self) {
-        self.last_queued.set(unix_seconds(SystemTime::now()));
+    /// A sync of `family` was queued.
+    pub fn queued(&self, family: IpFamily) {
+        self.last_queued.get_or_create(&family_label(family)).set(unix_seconds(SystemTime::now()));
     }
 
-    /// Records one sync's outcome.
-    pub fn observe(&self, event: &SyncEvent<'_>) {
+    /// Records one sync of `family`.
+    pub fn observe(&self, family: IpFamily, event: &SyncEvent<'_>) {
+        let label = family_label(family);
         let seconds = event.duration.as_secs_f64();
-        self.sync_duration.observe(seconds);
-        if event.full { &self.sync_full_duration } else { &self.sync_partial_duration }.observe(seconds);
+        self.sync_duration.get_or_create(&label).observe(seconds);
+        if self.mode != Mode::Ipvs {
+            if event.full { &self.sync_full_duration } else { &self.sync_partial_duration }.get_or_create(&label).observe(seconds);
+        }
         match event.result {
             Ok(report) => {
                 let now = SystemTime::now();
-                self.last_sync.set(unix_seconds(now));
+                self.last_sync.get_or_create(&label).set(unix_seconds(now));
                 self.endpoint_changes_pending.set(0);
                 self.service_changes_pending.set(0);
                 for times in report.changes.endpoints.trigger_times.values() {
                     for t in times {
                         let latency = now.duration_since(*t).unwrap_or(Duration::ZERO);
-                        self.network_programming.observe(latency.as_secs_f64());
+                        self.network_programming.get_or_create(&label).observe(latency.as_secs_f64());
                     }
                 }
-                let gauge = |policy: &str| self.no_local_endpoints.get_or_create(&TrafficPolicy { traffic_policy: policy.into() }).clone();
+                let gauge = |policy: &str| {
+                    let labels = PolicyLabels { traffic_policy: policy.into(), ip_family: label.ip_family.clone() };
+                    self.no_local_endpoints.get_or_create(&labels).clone()
+                };
                 gauge("internal").set(report.no_local_endpoints.internal as i64);
                 gauge("external").set(report.no_local_endpoints.external as i64);
+                for (table, count) in &report.rule_counts {
+                    let labels = TableLabels { table: table.to_string(), ip_family: label.ip_family.clone() };
+                    self.iptables_total.get_or_create(&labels).set(count.total as i64);
+                    self.iptables_last.get_or_create(&labels).set(count.written as i64);
+                }
             }
-            Err(_) => {
-                self.nftables_sync_failures.inc();
-            }
+            Err(_) => match self.mode {
+                Mode::Nftables => {
+                    self.nftables_sync_failures.get_or_create(&label).inc();
+                }
+                Mode::Iptables => {
+                    self.iptables_restore_failures.get_or_create(&label).inc();
+                    if !event.full {
+                        self.iptables_partial_restore_failures.get_or_create(&label).inc();
+                    }
+                }
+                Mode::Ipvs => {
+                    self.iptables_restore_failures.get_or_create(&label).inc();
+                }
+            },
         }
     }
 
-    /// Records one conntrack cleanup of `family` (`IPv4` or `IPv6`).
-    pub fn conntrack_cleaned(&self, family: &str, duration: Duration, deleted: usize) {
-        let label = IpFamilyLabel { ip_family: family.to_string() };
+    /// Records one conntrack cleanup of `family`.
+    pub fn conntrack_cleaned(&self, family: IpFamily, duration: Duration, deleted: usize) {
+        let label = family_label(family);
         self.conntrack_duration.get_or_create(&label).observe(duration.as_secs_f64());
         self.conntrack_deleted.get_or_create(&label).inc_by(deleted as u64);
     }
 
-    /// The Prometheus text exposition.
+    /// Records one API request that waited `waited` for the rate limit.
+    pub fn rest_rate_limited(&self, method: &str, host: &str, waited: Duration) {
+        let labels = VerbLabels { verb: method.into(), host: host.into() };
+        self.rest_rate_limiter.get_or_create(&labels).observe(waited.as_secs_f64());
+    }
+
+    /// Records one API request's answer (`code`) and latency.
+    pub fn rest_request(&self, method: &str, host: &str, code: &str, latency: Duration) {
+        let labels = RequestLabels { code: code.into(), host: host.into(), method: method.into() };
+        self.rest_requests.get_or_create(&labels).inc();
+        let labels = VerbLabels { verb: method.into(), host: host.into() };
+        self.rest_duration.get_or_create(&labels).observe(latency.as_secs_f64());
+    }
+
+    /// The exposition (OpenMetrics text), with the process's own families.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        out.push_str(&crate::metrics_process::encode(self.started));
+        out.push_str("# EOF\n");
         out
     }
 }
@@ -197,28 +335,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_names_are_exported() {
-        let m = Metrics::new();
+    fn upstream_names_labels_and_buckets() {
+        let m = Metrics::new(Mode::Nftables);
         m.service_change();
         m.endpoint_change();
-        m.conntrack_cleaned("IPv4", Duration::from_millis(3), 2);
+        m.queued(IpFamily::V4);
+        m.conntrack_cleaned(IpFamily::V6, Duration::from_millis(3), 2);
+        m.rest_request("GET", "10.0.0.1:6443", "200", Duration::from_millis(20));
         let text = m.encode();
         for name in [
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
-            "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "kubeproxy_network_programming_duration_seconds_bucket",
             "kubeproxy_sync_proxy_rules_endpoint_changes_pending 1",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
             "kubeproxy_sync_proxy_rules_service_changes_pending 1",
             "kubeproxy_sync_proxy_rules_service_changes_total 1",
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv4\"} 1",
-            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv6\"} 1",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 2",
+            "rest_client_requests_total{code=\"200\",host=\"10.0.0.1:6443\",method=\"GET\"} 1",
+            "rest_client_request_duration_seconds_bucket{le=\"0.025\",verb=\"GET\",host=\"10.0.0.1:6443\"} 1",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_virtual_memory_bytes ",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(programming_buckets().0.len(), 81, "upstream's 81 buckets");
+    }
+
+    #[test]
+    fn each_mode_registers_upstream_s_families() {
+        let registered = |mode| {
+            let m = Metrics::new(mode);
+            // Families with labels appear once used: use them all.
+            let family = family_label(IpFamily::V4);
+            let table = TableLabels { table: "nat".into(), ip_family: "IPv4".into() };
+            for f in [&m.iptables_restore_failures, &m.iptables_partial_restore_failures, &m.nftables_sync_failures, &m.nftables_cleanup_failures] {
+                f.get_or_create(&family).inc();
+            }
+            for f in [&m.sync_full_duration, &m.sync_partial_duration] {
+                f.get_or_create(&family).observe(0.1);
+            }
+            m.iptables_total.get_or_create(&table).set(1);
+            m.iptables_last.get_or_create(&table).set(1);
+            let text = m.encode();
+            let types: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap_or_default().to_string()).collect();
+            types
+        };
+        let nft = registered(Mode::Nftables);
+        assert!(nft.contains(&"kubeproxy_sync_proxy_rules_nftables_cleanup_failures".to_string()), "{nft:?}");
+        assert!(!nft.iter().any(|n| n.contains("iptables")), "{nft:?}");
+        let ipt = registered(Mode::Iptables);
+        assert!(ipt.contains(&"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures".to_string()), "{ipt:?}");
+        assert!(!ipt.iter().any(|n| n.contains("nftables")), "{ipt:?}");
+        let ipvs = registered(Mode::Ipvs);
+        assert!(ipvs.contains(&"kubeproxy_sync_proxy_rules_iptables_restore_failures".to_string()), "{ipvs:?}");
+        assert!(!ipvs.iter().any(|n| n.contains("partial") || n.contains("sync_full")), "{ipvs:?}");
     }
 }

@@ -34,7 +34,7 @@ impl SyncObserver {
     /// Handles one sync's outcome.
     pub fn observe(&mut self, event: &SyncEvent<'_>) {
         let family = self.family;
-        self.metrics.observe(event);
+        self.metrics.observe(family, event);
         match event.result {
             Ok(report) => {
                 self.health_checks.update(family, &report.health_checks);
@@ -60,7 +60,7 @@ impl SyncObserver {
         let started = Instant::now();
         match conntrack.clean(family, filter) {
             Ok(r) => {
-                self.metrics.conntrack_cleaned(family.as_k8s_str(), started.elapsed(), r.deleted);
+                self.metrics.conntrack_cleaned(family, started.elapsed(), r.deleted);
                 if r.stale > 0 {
                     tracing::info!(%family, examined = r.examined, deleted = r.deleted, "deleted stale conntrack entries");
                 }

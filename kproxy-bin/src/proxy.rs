@@ -54,6 +54,8 @@ fn health_check_addresses(settings: &Settings, node: &Host, families: &[IpFamily
 #[derive(Debug)]
 pub struct Proxy {
     senders: Vec<mpsc::Sender<Update>>,
+    /// The family of each sender.
+    families: Vec<IpFamily>,
     shared: Arc<Shared>,
     /// What the configuration was built from.
     started_on: StartedOn,
@@ -85,9 +87,8 @@ impl StartedOn {
 impl Proxy {
     /// Starts a proxier per family with the mode's backend, and the
     /// servers. Nothing syncs before both initial lists are delivered.
-    pub async fn start(settings: &Settings, node: &Host, families: &[IpFamily], configz: String) -> Result<Proxy> {
+    pub async fn start(settings: &Settings, node: &Host, families: &[IpFamily], configz: String, metrics: Arc<Metrics>) -> Result<Proxy> {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
-        let metrics = Arc::new(Metrics::new());
         let mut senders = Vec::new();
         let mut runners = Vec::new();
         let flavour = match settings.mode {
@@ -111,14 +112,19 @@ impl Proxy {
             runners.push((family, proxier, runner, rx));
         }
         let shared = Arc::new(Shared {
-            healths: runners.iter().map(|(_, _, r, _)| r.health()).collect(),
+            healths: runners.iter().map(|(family, _, r, _)| (*family, r.health())).collect(),
             metrics: Arc::clone(&metrics),
             node_eligible: AtomicBool::new(true),
             mode: settings.mode.name(),
             configz,
         });
-        servers::serve(Kind::Health, settings.healthz_bind_address, Arc::clone(&shared)).await?;
-        servers::serve(Kind::Metrics, settings.metrics_bind_address, Arc::clone(&shared)).await?;
+        let hard_fail = settings.bind_address_hard_fail;
+        if let Some(addr) = settings.healthz_bind_address {
+            servers::serve(Kind::Health, addr, Arc::clone(&shared), hard_fail).await?;
+        }
+        if let Some(addr) = settings.metrics_bind_address {
+            servers::serve(Kind::Metrics, addr, Arc::clone(&shared), hard_fail).await?;
+        }
         for warning in settings.node_port_warnings(families) {
             tracing::warn!("{warning}");
         }
@@ -135,7 +141,7 @@ impl Proxy {
         // family has synced.
         let (takeover_settings, takeover_host, takeover_shared) = (settings.clone(), node.clone(), Arc::clone(&shared));
         tokio::spawn(async move {
-            while !takeover_shared.healths.iter().all(|h| h.snapshot(tokio::time::Instant::now()).last_updated.is_some()) {
+            while !takeover_shared.healths.iter().all(|(_, h)| h.snapshot(tokio::time::Instant::now()).last_updated.is_some()) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             for line in crate::takeover::remove_leftovers(&takeover_settings, &takeover_host, flavour).await {
@@ -146,7 +152,7 @@ impl Proxy {
             ips: node.node.ips.clone(),
             pod_cidrs: (settings.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),
         };
-        Ok(Proxy { senders, shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
+        Ok(Proxy { senders, families: families.to_vec(), shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
     }
 
     /// Waits until the Node changed in a way the configuration depends on
@@ -177,6 +183,11 @@ impl Proxy {
                     }
                 }
                 _ => {}
+            }
+        }
+        if updates.iter().any(|u| matches!(u, Update::Service { .. } | Update::EndpointSlice { .. })) {
+            for family in &self.families {
+                self.shared.metrics.queued(*family);
             }
         }
         for tx in &self.senders {

@@ -16,42 +16,57 @@ use kproxy_core::runner::Update;
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config::{self, ConntrackConfiguration, KubeProxyConfiguration};
+use crate::config::Effective;
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use std::sync::Arc;
 use crate::settings::{self, Mode, Settings};
 use crate::{standalone, sysctls, watch};
 
-/// Runs kproxy as the flags say.
-pub async fn run(flags: Flags) -> Result<()> {
-    let (mut file, path) = match &flags.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{p}: cannot read the configuration file"))?;
-            (config::parse(p, &text)?, p.clone())
-        }
-        None => (KubeProxyConfiguration::default(), "flags".to_string()),
-    };
-    let settings = settings::resolve(&file, &flags, &path)?;
-
-    if let Some(out) = &flags.write_config_to {
-        apply_flags(&mut file, &flags);
-        let text = serde_saphyr::to_string(&file).context("cannot render the configuration")?;
-        std::fs::write(out, text).with_context(|| format!("{out}: cannot write the configuration"))?;
+/// Runs kproxy as the flags and the effective configuration say.
+pub async fn run(flags: Flags, effective: Effective) -> Result<()> {
+    let Effective { config, path, .. } = effective;
+    if let Some(out) = flags.text("write-config-to") {
+        // Keys sorted, as upstream writes them.
+        let tree = serde_json::to_value(&config).context("cannot render the configuration")?;
+        let text = serde_saphyr::to_string(&tree).context("cannot render the configuration")?;
+        std::fs::write(&out, text).with_context(|| format!("{out}: cannot write the configuration"))?;
+        tracing::info!(file = %out, "Wrote configuration");
         return Ok(());
     }
-    if flags.cleanup {
+    let settings = settings::resolve(&config, &path)?;
+    if flags.on("cleanup") {
         return cleanup(&settings).await;
     }
-    if flags.hand_back {
+    if flags.on("hand-back") {
         return hand_back().await;
     }
-    apply_flags(&mut file, &flags);
-    let configz = serde_json::to_string(&file).unwrap_or_default();
-    match flags.manifests.as_deref() {
-        Some(dir) => standalone(&settings, &flags, Path::new(dir), configz).await,
-        None => cluster(&settings, &flags, file.client_connection.as_ref().and_then(|c| c.kubeconfig.clone()), configz).await,
+    // As upstream's /configz: the configuration in force, under its group.
+    let configz = serde_json::json!({ "kubeproxy.config.k8s.io": config }).to_string();
+    let kubeconfig = config.client_connection.as_ref().and_then(|c| c.kubeconfig.clone()).filter(|k| !k.is_empty());
+    let config_file = flags.text("config").map(|p| {
+        let path = std::path::PathBuf::from(p);
+        let start = crate::process::snapshot(&path);
+        (path, start)
+    });
+    let run = Run { settings: &settings, flags: &flags, configz, kubeconfig, config_file };
+    match flags.text("manifests") {
+        Some(dir) => standalone(&run, Path::new(&dir)).await,
+        None => cluster(&run).await,
     }
+}
+
+/// What a running kproxy needs besides its settings.
+struct Run<'a> {
+    settings: &'a Settings,
+    flags: &'a Flags,
+    configz: String,
+    kubeconfig: Option<String>,
+    /// `--config` and its content when read: a change to it makes kproxy
+    /// exit, as upstream.
+    config_file: Option<(std::path::PathBuf, Option<Vec<u8>>)>,
 }
 
 /// `--cleanup`: removes what any mode of kproxy or upstream kube-proxy
@@ -190,14 +205,15 @@ fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
 }
 
 /// Standalone mode: the cluster state comes from a manifests directory.
-async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: String) -> Result<()> {
+async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
+    let settings = run.settings;
     let (state, problems) = manifests::load(dir).map_err(anyhow::Error::msg)?;
     for p in &problems {
         tracing::warn!("skipping manifest: {p}");
     }
     let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
     let families = families_of(&node);
-    if flags.dry_run {
+    if run.flags.on("dry-run") {
         let node = Host::pictured(node);
         for &family in &families {
             let text = match settings.mode {
@@ -223,32 +239,77 @@ async fn standalone(settings: &Settings, flags: &Flags, dir: &Path, configz: Str
     }
     check_kernel_support(settings.mode).await?;
     set_sysctls(settings, &node)?;
+    if run.flags.on("init-only") {
+        tracing::info!("System initialized and --init-only specified");
+        return Ok(());
+    }
+    crate::process::apply_oom_score_adj(settings.oom_score_adj);
     let families = families_to_proxy(&node, Path::new("/"));
-    let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
-    until_stopped(standalone::follow(&proxy, &settings.node_name, dir, state), proxy.restart_needed()).await
+    let proxy = Proxy::start(settings, &Host::here(node), &families, run.configz.clone(), Arc::new(Metrics::new(settings.mode))).await?;
+    let follow = standalone::follow(&proxy, &settings.node_name, dir, state);
+    until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
 
 /// Cluster mode: the cluster state comes from the API server.
-async fn cluster(settings: &Settings, flags: &Flags, file_kubeconfig: Option<String>, configz: String) -> Result<()> {
-    if flags.dry_run {
+async fn cluster(run: &Run<'_>) -> Result<()> {
+    let settings = run.settings;
+    if run.flags.on("dry-run") {
         bail!("--dry-run needs --manifests DIR");
     }
     check_kernel_support(settings.mode).await?;
-    let kubeconfig = flags.kubeconfig.clone().or(file_kubeconfig);
-    let client = watch::client(kubeconfig.as_deref(), flags.master.as_deref()).await?;
+    let limits = crate::api_client::Limits { qps: settings.api_qps, burst: settings.api_burst };
+    let metrics = Arc::new(Metrics::new(settings.mode));
+    let client = watch::client(run.kubeconfig.as_deref(), run.flags.text("master").as_deref(), limits, Arc::clone(&metrics)).await?;
     // Like upstream, wait a while for the Node (its addresses decide the
     // families and the primary NodePort addresses).
-    let node = match watch::fetch_node(&client, &settings.node_name, 30).await {
+    let fetched = watch::fetch_node(&client, &settings.node_name, 30).await;
+    // As upstream, a node never seen is not eligible (`/healthz` fails)
+    // until its Node object appears.
+    let found = fetched.is_some();
+    let node = match fetched {
         Some(n) => convert::node_info(&n),
         None => {
             tracing::warn!(node = %settings.node_name, "no Node object; proxying IPv4 with no node addresses");
             NodeInfo::named(&settings.node_name)
         }
     };
+    let node = with_primary_ip(node, settings.primary_ip);
     let families = families_to_proxy(&node, Path::new("/"));
     set_sysctls(settings, &node)?;
-    let proxy = Proxy::start(settings, &Host::here(node), &families, configz).await?;
-    until_stopped(watch::follow(&proxy, client, &settings.node_name), proxy.restart_needed()).await
+    if run.flags.on("init-only") {
+        tracing::info!("System initialized and --init-only specified");
+        return Ok(());
+    }
+    crate::process::apply_oom_score_adj(settings.oom_score_adj);
+    let proxy = Proxy::start(settings, &Host::here(node), &families, run.configz.clone(), metrics).await?;
+    if !found {
+        proxy.set_node_eligible(false);
+    }
+    let follow = watch::follow(&proxy, client, &settings.node_name);
+    until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
+}
+
+/// `bindAddress`, when it names an address, is the node's primary IP, as
+/// upstream: it goes first, in place of the Node's address of its family.
+fn with_primary_ip(mut node: NodeInfo, primary: Option<std::net::IpAddr>) -> NodeInfo {
+    if let Some(ip) = primary {
+        node.ips.retain(|other| other.is_ipv4() != ip.is_ipv4());
+        node.ips.insert(0, ip);
+    }
+    node
+}
+
+/// Why kproxy must restart: the Node changed in a way the configuration
+/// depends on, or the configuration file changed (as upstream, which exits
+/// so that its DaemonSet restarts it with the new file).
+async fn restart_needed(proxy: &Proxy, config_file: Option<(std::path::PathBuf, Option<Vec<u8>>)>) -> String {
+    match config_file {
+        Some((path, start)) => tokio::select! {
+            why = proxy.restart_needed() => why,
+            why = crate::process::file_changed(path, start) => why,
+        },
+        None => proxy.restart_needed().await,
+    }
 }
 
 /// Runs `source` until SIGTERM or SIGINT, or until the configuration
@@ -296,60 +357,11 @@ fn deliver<P: Proxier>(p: &mut P, update: Update) {
     }
 }
 
-fn apply_flags(file: &mut KubeProxyConfiguration, flags: &Flags) {
-    if let Some(m) = &flags.proxy_mode {
-        file.mode = Some(m.clone());
-    }
-    if let Some(h) = &flags.hostname_override {
-        file.hostname_override = Some(h.clone());
-    }
-    if let Some(c) = &flags.cluster_cidr {
-        file.cluster_cidr = Some(c.clone());
-    }
-    if let Some(n) = &flags.nodeport_addresses {
-        file.node_port_addresses = Some(n.split(',').map(str::to_string).collect());
-    }
-    if let Some(a) = &flags.healthz_bind_address {
-        file.healthz_bind_address = Some(a.clone());
-    }
-    if let Some(a) = &flags.metrics_bind_address {
-        file.metrics_bind_address = Some(a.clone());
-    }
-    conntrack_flags(&mut file.conntrack, flags);
-    if let Some(m) = flags.masquerade_all {
-        file.nftables.get_or_insert_with(Default::default).masquerade_all = Some(m);
-        file.iptables.get_or_insert_with(Default::default).masquerade_all = Some(m);
-    }
-}
-
 /// Waits for SIGTERM (how Kubernetes stops a pod) or SIGINT; names it.
 async fn stop_signal(terminate: &mut Signal) -> &'static str {
     tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
-}
-
-/// The `--conntrack-*` flags, folded into the file's `conntrack` section.
-fn conntrack_flags(section: &mut Option<ConntrackConfiguration>, flags: &Flags) {
-    let timeouts = [
-        &flags.conntrack_tcp_timeout_established,
-        &flags.conntrack_tcp_timeout_close_wait,
-        &flags.conntrack_udp_timeout,
-        &flags.conntrack_udp_timeout_stream,
-    ];
-    if flags.conntrack_max_per_core.is_none() && flags.conntrack_min.is_none() && flags.conntrack_tcp_be_liberal.is_none() && timeouts.iter().all(|t| t.is_none()) {
-        return;
-    }
-    let c = section.get_or_insert_with(Default::default);
-    c.max_per_core = flags.conntrack_max_per_core.or(c.max_per_core);
-    c.min = flags.conntrack_min.or(c.min);
-    c.tcp_be_liberal = flags.conntrack_tcp_be_liberal.or(c.tcp_be_liberal);
-    let fields = [&mut c.tcp_established_timeout, &mut c.tcp_close_wait_timeout, &mut c.udp_timeout, &mut c.udp_stream_timeout];
-    for (flag, field) in timeouts.into_iter().zip(fields) {
-        if flag.is_some() {
-            field.clone_from(flag);
-        }
     }
 }
 

@@ -24,8 +24,8 @@ use crate::metrics::{Code, Metrics};
 /// What the servers read.
 #[derive(Debug)]
 pub struct Shared {
-    /// One health signal per proxier (IP family).
-    pub healths: Vec<Arc<SyncHealth>>,
+    /// One health signal per proxier, with its IP family.
+    pub healths: Vec<(IpFamily, Arc<SyncHealth>)>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// False while the node is being deleted (`/healthz` then fails).
@@ -36,13 +36,14 @@ pub struct Shared {
     pub configz: String,
 }
 
-/// Go's `time.Time` string form, which upstream's JSON carries.
+/// Go's JSON form of a `time.Time` (RFC 3339 with nanoseconds, trailing
+/// zeros trimmed), which upstream's health bodies carry.
 fn go_time(t: SystemTime) -> String {
     let ts = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()
         .and_then(|d| k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32).ok());
-    ts.map(|ts| ts.strftime("%Y-%m-%d %H:%M:%S%.f +0000 UTC").to_string()).unwrap_or_default()
+    ts.map(|ts| ts.to_string()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -53,22 +54,54 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
-/// The health answer: status and body. `with_node` adds node eligibility
-/// (`/healthz`); `/livez` ignores it.
+/// The health answer, as upstream's `ProxyHealthServer`: status and body.
+/// `with_node` adds node eligibility (`/healthz`); `/livez` ignores it.
+/// The body's `healthy` is the proxiers' alone; a node that is not
+/// eligible turns only the status to 503.
 pub fn health(shared: &Shared, with_node: bool) -> (StatusCode, String) {
     let now_tokio = tokio::time::Instant::now();
-    let snapshots: Vec<_> = shared.healths.iter().map(|h| h.snapshot(now_tokio)).collect();
-    let synced = snapshots.iter().all(|s| s.healthy);
+    let quote = |t: String| serde_json::Value::String(t).to_string();
+    let mut status = Vec::new();
+    let mut synced = true;
+    let mut last: Option<SystemTime> = None;
+    let mut families: Vec<_> = shared.healths.iter().collect();
+    families.sort_by_key(|(f, _)| f.to_string());
+    for (family, h) in families {
+        let snapshot = h.snapshot(now_tokio);
+        synced &= snapshot.healthy;
+        if let Some(updated) = snapshot.last_updated {
+            last = last.max(Some(updated));
+            status.push(format!("{}:{{\"lastUpdated\":{},\"healthy\":{}}}", quote(family.to_string()), quote(go_time(updated)), snapshot.healthy));
+        }
+    }
     let eligible = shared.node_eligible.load(Ordering::Relaxed);
-    let healthy = synced && (!with_node || eligible);
+    let ok = synced && (!with_node || eligible);
     let now = SystemTime::now();
-    // As upstream: a healthy server reports "now" as the last update.
-    let last = if healthy { Some(now) } else { snapshots.iter().filter_map(|s| s.last_updated).min() };
-    let last = last.map(go_time).unwrap_or_default();
-    let node = if with_node { format!(", \"nodeEligible\": {eligible}") } else { String::new() };
-    let body = format!("{{\"lastUpdated\": {last:?},\"currentTime\": {:?}{node}, \"healthy\": {healthy}}}", go_time(now));
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, body)
+    // As upstream: a healthy answer reports "now" as the last update.
+    let last = if ok { go_time(now) } else { last.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), go_time) };
+    // Upstream's field order: lastUpdated, currentTime, nodeEligible
+    // (`/healthz` only), healthy, status (once a family has synced).
+    let mut body = format!("{{\"lastUpdated\":{},\"currentTime\":{}", quote(last), quote(go_time(now)));
+    if with_node {
+        body.push_str(&format!(",\"nodeEligible\":{eligible}"));
+    }
+    body.push_str(&format!(",\"healthy\":{synced}"));
+    if !status.is_empty() {
+        body.push_str(&format!(",\"status\":{{{}}}", status.join(",")));
+    }
+    body.push('}');
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, body)
+}
+
+/// Whether a node may receive traffic, as upstream decides for `/healthz`:
+/// not being deleted, and not tainted `ToBeDeletedByClusterAutoscaler`
+/// (the taint's key alone counts). A node never seen is not eligible.
+pub fn node_eligible(node: Option<&k8s_openapi::api::core::v1::Node>) -> bool {
+    node.is_some_and(|n| {
+        n.metadata.deletion_timestamp.is_none()
+            && !n.spec.iter().flat_map(|s| s.taints.iter().flatten()).any(|t| t.key == "ToBeDeletedByClusterAutoscaler")
+    })
 }
 
 async fn health_handler(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -222,11 +255,47 @@ pub enum Kind {
     Metrics,
 }
 
-/// Binds `addr` (failing with a clear message) and serves until the process
-/// ends.
-pub async fn serve(kind: Kind, addr: SocketAddr, shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Health => "Healthz",
+            Kind::Metrics => "Metrics",
+        }
+    }
+}
+
+/// How long a server that cannot bind waits before it tries again, as
+/// upstream.
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `kind` on `addr` until the process ends. A bind failure is an
+/// error when `hard_fail` (`bindAddressHardFail`) is set; otherwise it is
+/// logged and retried every [`BIND_RETRY`], as upstream, and the rest of
+/// kproxy runs meanwhile.
+pub async fn serve(kind: Kind, addr: SocketAddr, shared: Arc<Shared>, hard_fail: bool) -> Result<tokio::task::JoinHandle<()>> {
+    let first = TcpListener::bind(addr).await;
+    let listener = match first {
+        Ok(l) => Some(l),
+        Err(e) if hard_fail => return Err(e).with_context(|| format!("{} server failed: cannot listen on {addr} (bindAddressHardFail)", kind.name())),
+        Err(e) => {
+            tracing::error!(error = %e, address = %addr, "{} server failed; retrying every {}s", kind.name(), BIND_RETRY.as_secs());
+            None
+        }
+    };
     Ok(tokio::spawn(async move {
+        let listener = match listener {
+            Some(l) => l,
+            None => loop {
+                tokio::time::sleep(BIND_RETRY).await;
+                match TcpListener::bind(addr).await {
+                    Ok(l) => {
+                        tracing::info!(address = %addr, "{} server listening", kind.name());
+                        break l;
+                    }
+                    Err(e) => tracing::debug!(error = %e, address = %addr, "{} server still cannot bind", kind.name()),
+                }
+            },
+        };
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let shared = Arc::clone(&shared);
@@ -253,8 +322,8 @@ mod tests {
 
     fn shared(timeout: Duration) -> Shared {
         Shared {
-            healths: vec![Arc::new(SyncHealth::new(timeout))],
-            metrics: Arc::new(Metrics::new()),
+            healths: vec![(IpFamily::V4, Arc::new(SyncHealth::new(timeout))), (IpFamily::V6, Arc::new(SyncHealth::new(timeout)))],
+            metrics: Arc::new(Metrics::new(crate::settings::Mode::Nftables)),
             node_eligible: AtomicBool::new(true),
             mode: "nftables",
             configz: "{}".into(),
@@ -266,12 +335,20 @@ mod tests {
         let s = shared(Duration::from_secs(60));
         let (status, body) = health(&s, true);
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("\"nodeEligible\": true") && body.contains("\"healthy\": true") && body.contains("\"lastUpdated\": \""), "{body}");
-        s.healths[0].queued(tokio::time::Instant::now());
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let keys: Vec<usize> = ["\"lastUpdated\"", "\"currentTime\"", "\"nodeEligible\"", "\"healthy\""].iter().map(|k| body.find(k).unwrap()).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "upstream's field order: {body}");
+        assert!(!body.contains("status"), "no status before a sync: {body}");
+        assert_eq!((&json["nodeEligible"], &json["healthy"]), (&true.into(), &true.into()));
+        s.healths[0].1.updated(tokio::time::Instant::now());
+        s.healths[0].1.queued(tokio::time::Instant::now());
         tokio::time::advance(Duration::from_secs(61)).await;
         let (status, body) = health(&s, true);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(body.contains("\"healthy\": false"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["healthy"], false);
+        assert_eq!(json["status"]["IPv4"]["healthy"], false, "{body}");
+        assert!(json["status"].get("IPv6").is_none(), "a family that never synced has no status: {body}");
     }
 
     #[tokio::test]
@@ -282,6 +359,24 @@ mod tests {
         let (status, body) = health(&s, false);
         assert_eq!(status, StatusCode::OK);
         assert!(!body.contains("nodeEligible"), "{body}");
+        let (_, body) = health(&s, true);
+        assert!(body.contains("\"nodeEligible\":false,\"healthy\":true"), "the proxiers are healthy; the node is not eligible: {body}");
+    }
+
+    #[test]
+    fn the_autoscaler_s_taint_or_a_deletion_makes_a_node_ineligible() {
+        use k8s_openapi::api::core::v1::{Node, NodeSpec, Taint};
+        let tainted = |key: &str| Node {
+            spec: Some(NodeSpec { taints: Some(vec![Taint { key: key.into(), effect: "NoSchedule".into(), ..Default::default() }]), ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(node_eligible(Some(&Node::default())));
+        assert!(node_eligible(Some(&tainted("node.kubernetes.io/unschedulable"))), "a cordon is not a deletion");
+        assert!(!node_eligible(Some(&tainted("ToBeDeletedByClusterAutoscaler"))));
+        let mut deleting = Node::default();
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+        assert!(!node_eligible(Some(&deleting)));
+        assert!(!node_eligible(None), "never seen");
     }
 
     #[test]
@@ -323,9 +418,36 @@ mod tests {
         assert!(connects("127.0.0.2", port), "every address");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_port_is_retried_every_5s_unless_hard_fail() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let s = Arc::new(shared(Duration::from_secs(60)));
+        let err = serve(Kind::Health, addr, Arc::clone(&s), true).await.unwrap_err();
+        assert!(format!("{err:#}").contains("Healthz server failed"), "{err:#}");
+        let task = serve(Kind::Health, addr, s, false).await.expect("a soft failure is no error");
+        drop(taken);
+        tokio::time::advance(BIND_RETRY + Duration::from_millis(10)).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::resume();
+        let mut connected = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                connected = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        assert!(connected, "bound on a retry once the port was free");
+    }
+
     #[test]
     fn times_look_like_go_s() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(go_time(t), "2023-11-14 22:13:20.123 +0000 UTC");
+        assert_eq!(go_time(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(go_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)), "2023-11-14T22:13:20Z");
     }
 }

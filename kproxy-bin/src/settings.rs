@@ -8,8 +8,7 @@ use kproxy_backend_ipvs::model::{Scheduler, Timeouts};
 use kproxy_backend_ipvs::IpvsOptions;
 use kproxy_core::{IpFamily, LocalDetector, NodeInfo, NodePortAddresses, ProxierConfig};
 
-use crate::config::{parse_duration, ConfigError, KubeProxyConfiguration};
-use crate::flags::Flags;
+use crate::config::{ConfigError, GoDuration, KubeProxyConfiguration};
 use crate::sysctls::ConntrackSysctls;
 
 /// A proxy mode.
@@ -70,10 +69,20 @@ pub struct Settings {
     pub sync_period: Duration,
     /// Minimum time between syncs.
     pub min_sync_period: Duration,
-    /// The proxy health server's address.
-    pub healthz_bind_address: std::net::SocketAddr,
+    /// The proxy health server's address (`None`: no server).
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
     /// The metrics server's address.
-    pub metrics_bind_address: std::net::SocketAddr,
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
+    /// `oomScoreAdj`, applied to this process at start.
+    pub oom_score_adj: i32,
+    /// Exit when a server cannot bind, instead of retrying every 5 s.
+    pub bind_address_hard_fail: bool,
+    /// `bindAddress` when it names an address: the node's primary IP.
+    pub primary_ip: Option<std::net::IpAddr>,
+    /// `clientConnection.qps`: API requests per second.
+    pub api_qps: f64,
+    /// `clientConnection.burst`: API requests allowed at once above the rate.
+    pub api_burst: u32,
     /// The conntrack sysctls to set at start.
     pub conntrack: ConntrackSysctls,
     /// iptables mode: `iptables.localhostNodePorts` (default true, as
@@ -85,9 +94,11 @@ pub struct Settings {
     pub ipvs: IpvsOptions,
 }
 
-fn bind_address(path: &str, field: &str, value: Option<&str>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    let text = value.map(str::trim).filter(|v| !v.is_empty()).unwrap_or(default);
-    text.parse().map_err(|_| invalid(path, field, format!("{text:?} is not an IP:port address")))
+fn bind_address(path: &str, field: &str, value: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| invalid(path, field, format!("{text:?} is not an IP:port address"))),
+    }
 }
 
 fn invalid(path: &str, field: &str, message: impl Into<String>) -> ConfigError {
@@ -102,30 +113,23 @@ fn cidrs(path: &str, field: &str, text: &str) -> Result<Vec<IpNet>, ConfigError>
         .collect()
 }
 
-fn duration(path: &str, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => match parse_duration(v) {
-            Some(d) if d.is_zero() => Ok(default),
-            Some(d) => Ok(d),
-            None => Err(invalid(path, field, format!("{v:?} is not a duration (like 30s, 1m, 2h22m)"))),
-        },
-    }
+fn std_duration(d: Option<GoDuration>) -> Duration {
+    d.and_then(GoDuration::to_std).unwrap_or_default()
 }
 
-/// Merges `config` (read from `path`) and `flags`; flags win.
-pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Result<Settings, ConfigError> {
-    let mode_text = flags.proxy_mode.clone().or(config.mode.clone()).filter(|m| !m.is_empty()).unwrap_or_else(|| "iptables".into());
-    let mode = match mode_text.as_str() {
+/// The settings of `config`, the effective configuration (see
+/// [`crate::config::defaults`]) read from `path`, which
+/// [`crate::config::validate::validate`] has passed.
+pub fn resolve(config: &KubeProxyConfiguration, path: &str) -> Result<Settings, ConfigError> {
+    let mode = match config.mode.as_deref().unwrap_or("iptables") {
         "nftables" => Mode::Nftables,
-        "iptables" => Mode::Iptables,
+        "iptables" | "" => Mode::Iptables,
         "ipvs" => Mode::Ipvs,
         other => return Err(invalid(path, "mode", format!("unknown proxy mode {other:?} (expected nftables, iptables or ipvs)"))),
     };
-    let node_name = flags
+    let node_name = config
         .hostname_override
         .clone()
-        .or(config.hostname_override.clone())
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default())
         .trim()
@@ -134,8 +138,7 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         return Err(invalid(path, "hostnameOverride", "no node name: set --hostname-override"));
     }
 
-    let cluster_cidr = flags.cluster_cidr.clone().or(config.cluster_cidr.clone()).unwrap_or_default();
-    let cluster_cidrs = cidrs(path, "clusterCIDR", &cluster_cidr)?;
+    let cluster_cidrs = cidrs(path, "clusterCIDR", config.cluster_cidr.as_deref().unwrap_or_default())?;
     let detect = config.detect_local.clone().unwrap_or_default();
     let detect_local = match config.detect_local_mode.as_deref().unwrap_or("") {
         "" | "ClusterCIDR" if cluster_cidrs.is_empty() => DetectLocal::None,
@@ -153,60 +156,29 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
     };
 
     // IPVS mode takes its masquerade settings from `iptables`, as upstream.
+    let i = config.iptables.clone().unwrap_or_default();
+    let n = config.nftables.clone().unwrap_or_default();
+    let v = config.ipvs.clone().unwrap_or_default();
     let (masquerade_all, bit, sync, min_sync) = match mode {
-        Mode::Nftables => {
-            let n = config.nftables.clone().unwrap_or_default();
-            (n.masquerade_all, n.masquerade_bit, n.sync_period, n.min_sync_period)
-        }
-        Mode::Iptables => {
-            let i = config.iptables.clone().unwrap_or_default();
-            (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period)
-        }
-        Mode::Ipvs => {
-            let i = config.iptables.clone().unwrap_or_default();
-            let v = config.ipvs.clone().unwrap_or_default();
-            (i.masquerade_all, i.masquerade_bit, v.sync_period, v.min_sync_period)
-        }
-    };
-    let section = match mode {
-        Mode::Nftables => "nftables",
-        Mode::Iptables => "iptables",
-        Mode::Ipvs => "ipvs",
+        Mode::Nftables => (n.masquerade_all, n.masquerade_bit, n.sync_period, n.min_sync_period),
+        Mode::Iptables => (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period),
+        Mode::Ipvs => (i.masquerade_all, i.masquerade_bit, v.sync_period, v.min_sync_period),
     };
     let bit_section = if mode == Mode::Nftables { "nftables" } else { "iptables" };
     let masquerade_bit = match bit.unwrap_or(14) {
         b @ 0..=31 => b as u8,
         b => return Err(invalid(path, &format!("{bit_section}.masqueradeBit"), format!("{b} is out of range 0-31"))),
     };
-    let sync_period = duration(path, &format!("{section}.syncPeriod"), sync.as_deref(), Duration::from_secs(30))?;
-    let min_sync_period = duration(path, &format!("{section}.minSyncPeriod"), min_sync.as_deref(), Duration::from_secs(1))?;
-
-    let node_port_addresses = match flags.nodeport_addresses.as_deref() {
-        Some(list) => node_ports(path, &list.split(',').map(str::to_string).collect::<Vec<_>>(), mode)?,
-        None => node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default(), mode)?,
-    };
-
-    let healthz_bind_address = bind_address(
-        path,
-        "healthzBindAddress",
-        flags.healthz_bind_address.as_deref().or(config.healthz_bind_address.as_deref()),
-        "0.0.0.0:10256",
-    )?;
-    let metrics_bind_address = bind_address(
-        path,
-        "metricsBindAddress",
-        flags.metrics_bind_address.as_deref().or(config.metrics_bind_address.as_deref()),
-        "127.0.0.1:10249",
-    )?;
-
+    let node_port_addresses = node_ports(path, config.node_port_addresses.as_deref().unwrap_or_default(), mode)?;
+    let healthz_bind_address = bind_address(path, "healthzBindAddress", config.healthz_bind_address.as_deref())?;
+    let metrics_bind_address = bind_address(path, "metricsBindAddress", config.metrics_bind_address.as_deref())?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-    let conntrack = ConntrackSysctls::resolve(&config.conntrack.clone().unwrap_or_default(), flags, path, cpus)?;
-
-    let localhost_node_ports_wanted = mode == Mode::Iptables
-        && flags.iptables_localhost_nodeports.or(config.iptables.as_ref().and_then(|i| i.localhost_node_ports)).unwrap_or(true);
-    let ipvs = ipvs_options(config, flags, path)?;
+    let conntrack = ConntrackSysctls::resolve(&config.conntrack.clone().unwrap_or_default(), cpus);
+    let localhost_node_ports_wanted = mode == Mode::Iptables && i.localhost_node_ports.unwrap_or(true);
+    let client = config.client_connection.clone().unwrap_or_default();
+    let bind_ip = config.bind_address.as_deref().and_then(|a| a.parse::<std::net::IpAddr>().ok()).filter(|ip| !ip.is_unspecified());
     Ok(Settings {
-        ipvs,
+        ipvs: ipvs_options(config, path)?,
         localhost_node_ports_wanted,
         mode,
         conntrack,
@@ -214,34 +186,35 @@ pub fn resolve(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Re
         healthz_bind_address,
         metrics_bind_address,
         detect_local,
-        masquerade_all: flags.masquerade_all.or(masquerade_all).unwrap_or(false),
+        masquerade_all: masquerade_all.unwrap_or(false),
         masquerade_bit,
         node_port_addresses,
-        sync_period,
-        min_sync_period,
+        sync_period: std_duration(sync),
+        min_sync_period: std_duration(min_sync),
+        oom_score_adj: config.oom_score_adj.unwrap_or(-999),
+        bind_address_hard_fail: config.bind_address_hard_fail.unwrap_or(false),
+        primary_ip: bind_ip,
+        api_qps: client.qps.unwrap_or(5.0),
+        api_burst: u32::try_from(client.burst.unwrap_or(10)).unwrap_or(10),
     })
 }
 
-/// The `ipvs` section and the `--ipvs-*` flags (flags win).
-fn ipvs_options(config: &KubeProxyConfiguration, flags: &Flags, path: &str) -> Result<IpvsOptions, ConfigError> {
+/// The `ipvs` section.
+fn ipvs_options(config: &KubeProxyConfiguration, path: &str) -> Result<IpvsOptions, ConfigError> {
     let v = config.ipvs.clone().unwrap_or_default();
-    let scheduler_text = flags.ipvs_scheduler.clone().or(v.scheduler).unwrap_or_default();
-    let scheduler = scheduler_text.parse::<Scheduler>().map_err(|e| invalid(path, "ipvs.scheduler", e.to_string()))?;
-    let exclude = flags.ipvs_exclude_cidrs.clone().or(v.exclude_cidrs.map(|l| l.join(","))).unwrap_or_default();
-    let seconds = |field: &str, flag: &Option<String>, value: Option<String>| -> Result<u32, ConfigError> {
-        let text = flag.clone().or(value);
-        let d = duration(path, &format!("ipvs.{field}"), text.as_deref(), Duration::ZERO)?;
-        u32::try_from(d.as_secs()).map_err(|_| invalid(path, &format!("ipvs.{field}"), "too long"))
+    let scheduler = v.scheduler.unwrap_or_default().parse::<Scheduler>().map_err(|e| invalid(path, "ipvs.scheduler", e.to_string()))?;
+    let seconds = |field: &str, d: Option<GoDuration>| -> Result<u32, ConfigError> {
+        u32::try_from(std_duration(d).as_secs()).map_err(|_| invalid(path, &format!("ipvs.{field}"), "too long (at most 136 years)"))
     };
     Ok(IpvsOptions {
         scheduler,
-        strict_arp: flags.ipvs_strict_arp.or(v.strict_arp).unwrap_or(false),
+        strict_arp: v.strict_arp.unwrap_or(false),
         timeouts: Timeouts {
-            tcp: seconds("tcpTimeout", &flags.ipvs_tcp_timeout, v.tcp_timeout)?,
-            tcp_fin: seconds("tcpFinTimeout", &flags.ipvs_tcpfin_timeout, v.tcp_fin_timeout)?,
-            udp: seconds("udpTimeout", &flags.ipvs_udp_timeout, v.udp_timeout)?,
+            tcp: seconds("tcpTimeout", v.tcp_timeout)?,
+            tcp_fin: seconds("tcpFinTimeout", v.tcp_fin_timeout)?,
+            udp: seconds("udpTimeout", v.udp_timeout)?,
         },
-        exclude_cidrs: cidrs(path, "ipvs.excludeCIDRs", &exclude)?,
+        exclude_cidrs: cidrs(path, "ipvs.excludeCIDRs", &v.exclude_cidrs.unwrap_or_default().join(","))?,
         ..IpvsOptions::default()
     })
 }

@@ -57,9 +57,10 @@ fn selected(m: &Manifests) -> Manifests {
     m
 }
 
-/// Whether the node may receive traffic (not being deleted).
+/// Whether the node may receive traffic (see [`crate::servers::node_eligible`]);
+/// standalone, a node with no manifest is eligible.
 pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
-    state.nodes.get(node_name).is_none_or(|n| n.metadata.deletion_timestamp.is_none())
+    state.nodes.get(node_name).is_none_or(|n| crate::servers::node_eligible(Some(n)))
 }
 
 /// Feeds `proxy` from `dir`, starting from `state` (already loaded), until

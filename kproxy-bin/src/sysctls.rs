@@ -9,10 +9,8 @@
 //! upstream; a timeout that cannot be set is an error.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::config::{parse_duration, ConfigError, ConntrackConfiguration};
-use crate::flags::Flags;
+use crate::config::{ConntrackConfiguration, GoDuration};
 
 /// The values to set; `None` leaves a sysctl as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,50 +30,25 @@ pub struct ConntrackSysctls {
     pub udp_stream: Option<u64>,
 }
 
-fn invalid(path: &str, field: &str, message: String) -> ConfigError {
-    ConfigError::Invalid { path: path.to_string(), field: format!("conntrack.{field}"), message }
-}
-
-/// A timeout: unset takes `default`; zero leaves the sysctl alone.
-fn timeout(path: &str, field: &str, value: Option<&str>, default: Option<Duration>) -> Result<Option<u64>, ConfigError> {
-    let value = value.map(str::trim).filter(|v| !v.is_empty());
-    let d = match value {
-        None => default,
-        Some(text) => Some(parse_duration(text).ok_or_else(|| invalid(path, field, format!("{text:?} is not a duration (like 30s, 1h)")))?),
-    };
-    Ok(d.map(|d| d.as_secs()).filter(|s| *s > 0))
-}
-
-fn count(path: &str, field: &str, value: Option<i32>, default: i32) -> Result<u64, ConfigError> {
-    let v = value.unwrap_or(default);
-    u64::try_from(v).map_err(|_| invalid(path, field, format!("{v} must be 0 or more")))
+/// A timeout in whole seconds; zero (or unset) leaves the sysctl alone.
+fn seconds(d: Option<GoDuration>) -> Option<u64> {
+    d.and_then(GoDuration::to_std).map(|d| d.as_secs()).filter(|s| *s > 0)
 }
 
 impl ConntrackSysctls {
-    /// Upstream's defaults and rules, flags over the file, for a machine
-    /// with `cpus` CPUs.
-    pub fn resolve(file: &ConntrackConfiguration, flags: &Flags, path: &str, cpus: u64) -> Result<Self, ConfigError> {
-        let max_per_core = count(path, "maxPerCore", flags.conntrack_max_per_core.or(file.max_per_core), 32_768)?;
-        let min = count(path, "min", flags.conntrack_min.or(file.min), 131_072)?;
-        let pick = |flag: &Option<String>, field: &Option<String>| flag.clone().or(field.clone());
-        Ok(ConntrackSysctls {
+    /// The sysctls of a defaulted `conntrack` section, for a machine with
+    /// `cpus` CPUs, by upstream's rules.
+    pub fn resolve(c: &ConntrackConfiguration, cpus: u64) -> Self {
+        let max_per_core = u64::try_from(c.max_per_core.unwrap_or(32_768)).unwrap_or(0);
+        let min = u64::try_from(c.min.unwrap_or(131_072)).unwrap_or(0);
+        ConntrackSysctls {
             max: (max_per_core > 0).then(|| (max_per_core * cpus).max(min)),
-            tcp_established: timeout(
-                path,
-                "tcpEstablishedTimeout",
-                pick(&flags.conntrack_tcp_timeout_established, &file.tcp_established_timeout).as_deref(),
-                Some(Duration::from_secs(24 * 3600)),
-            )?,
-            tcp_close_wait: timeout(
-                path,
-                "tcpCloseWaitTimeout",
-                pick(&flags.conntrack_tcp_timeout_close_wait, &file.tcp_close_wait_timeout).as_deref(),
-                Some(Duration::from_secs(3600)),
-            )?,
-            tcp_be_liberal: flags.conntrack_tcp_be_liberal.or(file.tcp_be_liberal).unwrap_or(false),
-            udp: timeout(path, "udpTimeout", pick(&flags.conntrack_udp_timeout, &file.udp_timeout).as_deref(), None)?,
-            udp_stream: timeout(path, "udpStreamTimeout", pick(&flags.conntrack_udp_timeout_stream, &file.udp_stream_timeout).as_deref(), None)?,
-        })
+            tcp_established: seconds(c.tcp_established_timeout),
+            tcp_close_wait: seconds(c.tcp_close_wait_timeout),
+            tcp_be_liberal: c.tcp_be_liberal.unwrap_or(false),
+            udp: seconds(c.udp_timeout),
+            udp_stream: seconds(c.udp_stream_timeout),
+        }
     }
 
     /// The per-namespace sysctls (under `net/netfilter`) and their values.
@@ -162,7 +135,6 @@ pub fn route_localnet_off(root: &Path) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn tcp_be_liberal_is_read_back_from_the_sysctl() {
@@ -177,46 +149,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
     }
 
-    fn flags(args: &[&str]) -> Flags {
-        Flags::parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
+    fn defaulted(c: ConntrackConfiguration) -> ConntrackConfiguration {
+        let file = crate::config::KubeProxyConfiguration { conntrack: Some(c), ..Default::default() };
+        crate::config::defaults::v1alpha1(file).conntrack.unwrap()
     }
 
     #[test]
     fn defaults_are_upstreams() {
-        let s = ConntrackSysctls::resolve(&ConntrackConfiguration::default(), &flags(&[]), "f", 2).unwrap();
+        let s = ConntrackSysctls::resolve(&defaulted(ConntrackConfiguration::default()), 2);
         assert_eq!(
             s,
             ConntrackSysctls { max: Some(131_072), tcp_established: Some(86_400), tcp_close_wait: Some(3600), tcp_be_liberal: false, udp: None, udp_stream: None }
         );
-        let big = ConntrackSysctls::resolve(&ConntrackConfiguration::default(), &flags(&[]), "f", 64).unwrap();
+        let big = ConntrackSysctls::resolve(&defaulted(ConntrackConfiguration::default()), 64);
         assert_eq!(big.max, Some(64 * 32_768), "scaled by CPUs above the minimum");
     }
 
     #[test]
-    fn zero_leaves_things_alone_and_flags_win() {
+    fn zero_leaves_things_alone() {
         let file = ConntrackConfiguration {
             max_per_core: Some(0),
-            tcp_established_timeout: Some("0s".into()),
-            udp_timeout: Some("30s".into()),
-            udp_stream_timeout: Some("2m".into()),
+            tcp_established_timeout: Some(GoDuration(0)),
+            tcp_close_wait_timeout: Some(GoDuration::from_secs(600)),
+            udp_timeout: Some(GoDuration::from_secs(45)),
+            udp_stream_timeout: Some(GoDuration::from_secs(120)),
             tcp_be_liberal: Some(true),
             ..Default::default()
         };
-        let s = ConntrackSysctls::resolve(&file, &flags(&["--conntrack-tcp-timeout-close-wait", "10m", "--conntrack-udp-timeout", "45s"]), "f", 2).unwrap();
+        let s = ConntrackSysctls::resolve(&defaulted(file), 2);
         assert_eq!(
             s,
             ConntrackSysctls { max: None, tcp_established: None, tcp_close_wait: Some(600), tcp_be_liberal: true, udp: Some(45), udp_stream: Some(120) }
         );
-    }
-
-    #[test]
-    fn bad_values_are_one_line_errors_naming_the_field() {
-        let file = ConntrackConfiguration { min: Some(-1), ..Default::default() };
-        let e = ConntrackSysctls::resolve(&file, &flags(&[]), "kp.yaml", 2).unwrap_err().to_string();
-        assert!(e.contains("conntrack.min") && e.contains("-1") && !e.contains('\n'), "{e}");
-        let file = ConntrackConfiguration { udp_timeout: Some("soon".into()), ..Default::default() };
-        let e = ConntrackSysctls::resolve(&file, &flags(&[]), "kp.yaml", 2).unwrap_err().to_string();
-        assert!(e.contains("conntrack.udpTimeout") && e.contains("soon"), "{e}");
     }
 
     /// A fake root with the files kube-proxy touches.

@@ -176,7 +176,8 @@ pub fn slice_update(c: Change<EndpointSlice>) -> Update {
 /// A client from `--kubeconfig` (or the config file's
 /// `clientConnection.kubeconfig`), else the in-cluster service account or
 /// `$KUBECONFIG`/`~/.kube/config`; `--master` overrides the server.
-pub async fn client(kubeconfig: Option<&str>, master: Option<&str>) -> anyhow::Result<Client> {
+/// Every request waits for `limits` and is recorded in `metrics`.
+pub async fn client(kubeconfig: Option<&str>, master: Option<&str>, limits: crate::api_client::Limits, metrics: std::sync::Arc<crate::metrics::Metrics>) -> anyhow::Result<Client> {
     let mut config = match kubeconfig.filter(|k| !k.is_empty()) {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{path}: cannot read the kubeconfig: {}", one_line(&e)))?;
@@ -194,7 +195,9 @@ pub async fn client(kubeconfig: Option<&str>, master: Option<&str>) -> anyhow::R
     if let Some(m) = master.filter(|m| !m.is_empty()) {
         config.cluster_url = m.parse().map_err(|e| anyhow::anyhow!("--master {m:?}: not a URL: {e}"))?;
     }
-    Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot build the API client: {}", one_line(&e)))
+    let host = config.cluster_url.authority().map(|a| a.to_string()).unwrap_or_default();
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| anyhow::anyhow!("cannot build the API client: {}", one_line(&e)))?;
+    Ok(builder.with_layer(&crate::api_client::Layer::new(limits, metrics, host)).build())
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
@@ -286,7 +289,7 @@ pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
         for c in changes {
             match c {
                 Change::Upsert { current, .. } => {
-                    proxy.set_node_eligible(current.meta().deletion_timestamp.is_none());
+                    proxy.set_node_eligible(crate::servers::node_eligible(Some(&current)));
                     updates.push(Update::Node(current));
                 }
                 Change::Delete(last) => {

@@ -32,21 +32,58 @@ fn fails_with(out: &Output, needle: &str) {
     assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
 }
 
+const HEAD: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+
+/// As upstream's lenient decoding: a field kproxy does not know (a
+/// misspelling, or a newer release's) is one warning naming it and the
+/// file, and the rest of the file applies.
 #[test]
-fn a_misspelled_config_field_names_the_field_and_the_file() {
+fn an_unknown_config_field_is_one_warning_and_the_rest_applies() {
     let dir = tempdir("misspelled");
     let file = dir.join("config.yaml");
-    std::fs::write(&file, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCidr: 10.0.0.0/8\n").unwrap();
-    let out = kproxy(&["--config", file.to_str().unwrap(), "--dry-run"]);
-    fails_with(&out, "clusterCidr");
-    fails_with(&out, "config.yaml");
+    std::fs::write(&file, format!("{HEAD}clusterCidr: 10.0.0.0/8\nmode: ipvs\n")).unwrap();
+    let out_file = dir.join("out.yaml");
+    let out = kproxy(&["--config", file.to_str().unwrap(), "--write-config-to", out_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with('W')).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("config.yaml: unknown field \\\"clusterCidr\\\""), "{stderr}");
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.contains("mode: ipvs") && !written.contains("clusterCidr"), "{written}");
+}
+
+/// Endless, huge or binary files, and durations past Go's range, are one
+/// line naming the file and never a hang or a panic.
+#[test]
+fn hostile_config_files_are_one_line_errors() {
+    fails_with(&kproxy(&["--config", "/dev/zero"]), "/dev/zero: larger than");
+    let dir = tempdir("hostile");
+    let file = dir.join("config.yaml");
+    for (body, needle) in [
+        ("nftables:\n  syncPeriod: 99999999999999999999h\n", "time: invalid duration"),
+        ("conntrack:\n  udpTimeout: 5000000000000000h\n", "time: invalid duration"),
+        ("ipvs:\n  tcpTimeout: 99999999999999999999h\n", "time: invalid duration"),
+        ("oomScoreAdj: 5000\n", "oomScoreAdj: 5000 must be within the range [-1000, 1000]"),
+        ("configSyncPeriod: -1s\n", "configSyncPeriod: -1s must be greater than 0"),
+    ] {
+        std::fs::write(&file, format!("{HEAD}{body}")).unwrap();
+        fails_with(&kproxy(&["--config", file.to_str().unwrap()]), needle);
+    }
+    std::fs::write(&file, [0xffu8, 0xfe, 0x00]).unwrap();
+    fails_with(&kproxy(&["--config", file.to_str().unwrap()]), "not UTF-8");
+    fails_with(&kproxy(&["--conntrack-udp-timeout=99999999999999999999h"]), "--conntrack-udp-timeout");
+    // 50 years: a valid Go duration; the run must not overflow on it.
+    std::fs::write(&file, format!("{HEAD}mode: nftables\nnftables:\n  syncPeriod: 438000h\n")).unwrap();
+    let out = kproxy(&["--config", file.to_str().unwrap(), "--hostname-override", "n", "--manifests", example_cluster().to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("panicked"), "{out:?}");
 }
 
 #[test]
 fn a_wrong_type_is_an_error() {
     let dir = tempdir("wrongtype");
     let file = dir.join("config.yaml");
-    std::fs::write(&file, "nftables:\n  masqueradeBit: lots\n").unwrap();
+    std::fs::write(&file, format!("{HEAD}nftables:\n  masqueradeBit: lots\n")).unwrap();
     fails_with(&kproxy(&["--config", file.to_str().unwrap()]), "config.yaml");
 }
 
@@ -54,7 +91,7 @@ fn a_wrong_type_is_an_error() {
 fn out_of_range_and_malformed_values_are_errors() {
     let dir = tempdir("range");
     let file = dir.join("config.yaml");
-    std::fs::write(&file, "mode: nftables\nnftables:\n  masqueradeBit: 40\n").unwrap();
+    std::fs::write(&file, format!("{HEAD}mode: nftables\nnftables:\n  masqueradeBit: 40\n")).unwrap();
     fails_with(&kproxy(&["--config", file.to_str().unwrap()]), "nftables.masqueradeBit");
     fails_with(&kproxy(&["--cluster-cidr", "10.0.0.0/33", "--proxy-mode", "nftables"]), "clusterCIDR");
     fails_with(&kproxy(&["--nodeport-addresses", "banana", "--proxy-mode", "nftables"]), "nodePortAddresses");
@@ -62,7 +99,7 @@ fn out_of_range_and_malformed_values_are_errors() {
 
 #[test]
 fn an_unknown_proxy_mode_is_an_error() {
-    fails_with(&kproxy(&["--proxy-mode", "userspace"]), "unknown proxy mode \"userspace\"");
+    fails_with(&kproxy(&["--proxy-mode", "userspace"]), "mode: \"userspace\" must be ipvs, iptables, nftables or blank");
 }
 
 #[test]
@@ -91,7 +128,7 @@ fn a_bad_ipvs_setting_is_one_line_naming_it() {
         kproxy(&args)
     };
     fails_with(&run(&["--ipvs-scheduler", "fifo"]), "ipvs.scheduler");
-    fails_with(&run(&["--ipvs-tcp-timeout", "soon"]), "ipvs.tcpTimeout");
+    fails_with(&run(&["--ipvs-tcp-timeout", "soon"]), "invalid argument \"soon\" for \"--ipvs-tcp-timeout\" flag");
     fails_with(&run(&["--ipvs-exclude-cidrs", "10.0.0.0/33"]), "ipvs.excludeCIDRs");
 }
 
@@ -287,11 +324,11 @@ fn write_config_to_writes_the_effective_configuration() {
 
 #[test]
 fn the_logging_format_comes_from_flags_or_the_file() {
-    fails_with(&kproxy(&["--logging-format", "yaml"]), "unknown logging format \"yaml\"");
+    fails_with(&kproxy(&["--logging-format", "yaml"]), "logging.format: \"yaml\": Unsupported log format");
     // JSON logs: every stderr line of a dry run that warns is a JSON object.
     let dir = tempdir("json-logs");
     let config = dir.join("config.yaml");
-    std::fs::write(&config, "logging:\n  format: json\n").unwrap();
+    std::fs::write(&config, format!("{HEAD}logging:\n  format: json\n")).unwrap();
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("bad.yaml"), "kind: Service\nspec: [\n").unwrap();
@@ -324,7 +361,8 @@ fn service_cidr_manifests_drop_unallocated_addresses_and_a_bad_range_is_named() 
     let out = kproxy(&["--proxy-mode", "nftables", "--hostname-override", "node-a", "--manifests", dir.to_str().unwrap(), "--dry-run"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cidr.yaml") && stderr.contains(r#"ServiceCIDR "typo": "10.96.0.0/33" is not a CIDR"#), "named: {stderr}");
+    // klog quotes the message, so its own quotes are escaped.
+    assert!(stderr.contains("cidr.yaml") && stderr.contains(r#"ServiceCIDR \"typo\": \"10.96.0.0/33\" is not a CIDR"#), "named: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("daddr {"), "no range, no drop: {stdout}");
     assert!(stdout.contains("10.96.0.10 . tcp . 80"), "the other files still count");

@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePortInfo, ServicePortName, SourceRanges,
 };
-pub use proxier::{NoLocalEndpoints, Proxier, SyncReport, SyncRequest};
+pub use proxier::{NoLocalEndpoints, Proxier, RuleCount, SyncReport, SyncRequest};
 pub use selection::{select_endpoints, topology_mode, SelectedEndpoints, TopologyMode};
 pub use service_map::ServiceMap;
 pub use state::{HealthCheck, ProxyState, StateChanges};

@@ -39,6 +39,19 @@ pub struct SyncReport {
     /// from [`ProxyState::stale_flow_filter`](crate::ProxyState::stale_flow_filter).
     /// The caller runs it against the kernel (`kproxy-netfilter` does).
     pub stale_flows: Option<StaleFlowFilter>,
+    /// Rules per table, for backends that count them (the iptables
+    /// backend: `filter` and `nat`, as upstream's
+    /// `sync_proxy_rules_iptables_total` and `_last`).
+    pub rule_counts: BTreeMap<&'static str, RuleCount>,
+}
+
+/// How many rules of one table a backend owns and wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleCount {
+    /// Rules the backend owns after the sync.
+    pub total: usize,
+    /// Rules the sync wrote (all of them after a full sync).
+    pub written: usize,
 }
 
 impl SyncReport {
@@ -50,6 +63,7 @@ impl SyncReport {
             no_local_endpoints: NoLocalEndpoints::default(),
             health_checks: BTreeMap::new(),
             stale_flows: None,
+            rule_counts: BTreeMap::new(),
         }
     }
 }

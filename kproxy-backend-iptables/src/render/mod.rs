@@ -238,6 +238,24 @@ impl Renderer {
 }
 
 impl Renderer {
+    /// How many rules the desired ruleset has per table, without building
+    /// anything.
+    pub fn rule_totals(&self) -> BTreeMap<Table, usize> {
+        let mut out: BTreeMap<Table, usize> = BTreeMap::new();
+        for (table, chains) in [(Table::Nat, &self.fixed.0), (Table::Filter, &self.fixed.1)] {
+            *out.entry(table).or_default() += chains.values().map(Vec::len).sum::<usize>();
+        }
+        for r in self.ports.values() {
+            for shared in Shared::ALL {
+                *out.entry(shared.chain().0).or_default() += shared.rules(r).len();
+            }
+            *out.entry(Table::Nat).or_default() += r.chains.iter().map(|(_, rules)| rules.len()).sum::<usize>();
+        }
+        out
+    }
+}
+
+impl Renderer {
     /// One table's chains as [`Renderer::ruleset`] has them, by reference:
     /// what a full restore writes, without copying a rule.
     pub fn chains_of(&self, table: Table) -> BTreeMap<&str, Vec<&Rule>> {

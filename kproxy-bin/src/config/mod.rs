@@ -1,24 +1,41 @@
 //! `KubeProxyConfiguration` (`kubeproxy.config.k8s.io/v1alpha1`) with
-//! upstream's exact field names, its defaults, and strict parsing: an unknown
-//! or misspelled field is an error naming the field.
+//! upstream's exact field names, read, defaulted and validated as upstream
+//! v1.34.4 does:
+//!
+//! - [`load`]: a file is decoded strictly first; an unknown field is one
+//!   warning naming it and the file, and the rest still applies (upstream's
+//!   lenient fallback). A wrong type or a bad duration is an error.
+//! - [`defaults`]: upstream's defaults, and the flags when there is no
+//!   file; the result is what `--write-config-to` writes and `/configz`
+//!   shows.
+//! - [`validate`]: upstream's checks, one line per problem.
 //!
 //! Every field is optional because real files carry `null` for unset values
 //! (kubeadm writes them so); as upstream, zero values mean "the default".
 
+pub mod defaults;
+pub mod duration;
+pub mod load;
+pub mod validate;
+
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use defaults::{from_file, from_flags};
+pub use duration::GoDuration;
+pub use load::{parse, read};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct KubeProxyConfiguration {
     /// Must be `kubeproxy.config.k8s.io/v1alpha1` when set.
     pub api_version: Option<String>,
     /// Must be `KubeProxyConfiguration` when set.
     pub kind: Option<String>,
     /// Feature gates (accepted; kproxy has none of upstream's alpha features).
+    #[serde(skip_serializing_if = "map_is_empty")]
     pub feature_gates: Option<BTreeMap<String, bool>>,
     /// API server connection.
     pub client_connection: Option<ClientConnection>,
@@ -62,16 +79,17 @@ pub struct KubeProxyConfiguration {
     /// Conntrack settings.
     pub conntrack: Option<ConntrackConfiguration>,
     /// How often informers resync (default 15m).
-    pub config_sync_period: Option<String>,
+    pub config_sync_period: Option<GoDuration>,
     /// Unused upstream; accepted.
     pub port_range: Option<String>,
     /// Windows only; accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub windows_run_as_service: Option<bool>,
 }
 
 /// `clientConnection`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ClientConnection {
     /// Path to a kubeconfig.
     pub kubeconfig: Option<String>,
@@ -80,6 +98,7 @@ pub struct ClientConnection {
     /// Content type.
     pub content_type: Option<String>,
     /// Client QPS.
+    #[serde(serialize_with = "go_float")]
     pub qps: Option<f64>,
     /// Client burst.
     pub burst: Option<i64>,
@@ -88,7 +107,7 @@ pub struct ClientConnection {
 /// `logging` (component-base's LoggingConfiguration; the parts kproxy does
 /// not use are kept as opaque values).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Logging {
     /// `text` (default) or `json`.
     pub format: Option<String>,
@@ -97,6 +116,7 @@ pub struct Logging {
     /// Verbosity, as `-v`.
     pub verbosity: Option<u32>,
     /// Per-module verbosity; accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vmodule: Option<serde_json::Value>,
     /// Format options; accepted.
     pub options: Option<serde_json::Value>,
@@ -104,7 +124,7 @@ pub struct Logging {
 
 /// `iptables`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct IptablesConfiguration {
     /// Mark bit for masquerade (default 14).
     pub masquerade_bit: Option<i32>,
@@ -112,37 +132,34 @@ pub struct IptablesConfiguration {
     pub masquerade_all: Option<bool>,
     /// NodePorts on localhost (IPv4, iptables only).
     pub localhost_node_ports: Option<bool>,
-    /// SNAT with the node's InternalIP.
-    #[serde(rename = "snatNodeInternalIP")]
-    pub snat_node_internal_ip: Option<bool>,
     /// Full resync period (default 30s).
-    pub sync_period: Option<String>,
+    pub sync_period: Option<GoDuration>,
     /// Minimum time between syncs (default 1s).
-    pub min_sync_period: Option<String>,
+    pub min_sync_period: Option<GoDuration>,
 }
 
 /// `nftables`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct NftablesConfiguration {
     /// Mark bit for masquerade (default 14).
     pub masquerade_bit: Option<i32>,
     /// Masquerade all ClusterIP traffic.
     pub masquerade_all: Option<bool>,
     /// Full resync period (default 30s).
-    pub sync_period: Option<String>,
+    pub sync_period: Option<GoDuration>,
     /// Minimum time between syncs (default 1s).
-    pub min_sync_period: Option<String>,
+    pub min_sync_period: Option<GoDuration>,
 }
 
 /// `ipvs`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct IpvsConfiguration {
     /// Full resync period (default 30s).
-    pub sync_period: Option<String>,
+    pub sync_period: Option<GoDuration>,
     /// Minimum time between syncs.
-    pub min_sync_period: Option<String>,
+    pub min_sync_period: Option<GoDuration>,
     /// IPVS scheduler (default `rr`).
     pub scheduler: Option<String>,
     /// CIDRs IPVS cleanup leaves alone.
@@ -152,16 +169,16 @@ pub struct IpvsConfiguration {
     #[serde(rename = "strictARP")]
     pub strict_arp: Option<bool>,
     /// IPVS TCP timeout.
-    pub tcp_timeout: Option<String>,
+    pub tcp_timeout: Option<GoDuration>,
     /// IPVS TCP FIN timeout.
-    pub tcp_fin_timeout: Option<String>,
+    pub tcp_fin_timeout: Option<GoDuration>,
     /// IPVS UDP timeout.
-    pub udp_timeout: Option<String>,
+    pub udp_timeout: Option<GoDuration>,
 }
 
 /// `winkernel` (accepted so Windows-shaped files still parse).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct WinkernelConfiguration {
     /// HNS network.
     pub network_name: Option<String>,
@@ -178,7 +195,7 @@ pub struct WinkernelConfiguration {
 
 /// `detectLocal`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct DetectLocal {
     /// For `BridgeInterface`.
     pub bridge_interface: Option<String>,
@@ -188,33 +205,47 @@ pub struct DetectLocal {
 
 /// `conntrack`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ConntrackConfiguration {
     /// Connections per core (default 32768).
     pub max_per_core: Option<i32>,
     /// Minimum table size (default 131072).
     pub min: Option<i32>,
     /// Established TCP timeout (default 24h).
-    pub tcp_established_timeout: Option<String>,
+    pub tcp_established_timeout: Option<GoDuration>,
     /// CLOSE_WAIT timeout (default 1h).
-    pub tcp_close_wait_timeout: Option<String>,
+    pub tcp_close_wait_timeout: Option<GoDuration>,
     /// `nf_conntrack_tcp_be_liberal`.
     pub tcp_be_liberal: Option<bool>,
     /// Unreplied UDP timeout.
-    pub udp_timeout: Option<String>,
+    pub udp_timeout: Option<GoDuration>,
     /// Assured UDP timeout.
-    pub udp_stream_timeout: Option<String>,
+    pub udp_stream_timeout: Option<GoDuration>,
+}
+
+/// A float as Go's YAML writes it: `5`, not `5.0`.
+fn go_float<S: serde::Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => s.serialize_i64(*v as i64),
+        Some(v) => s.serialize_f64(*v),
+        None => s.serialize_none(),
+    }
+}
+
+fn map_is_empty(map: &Option<BTreeMap<String, bool>>) -> bool {
+    map.as_ref().is_none_or(BTreeMap::is_empty)
 }
 
 /// What can be wrong with a configuration, one line each.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// The file did not parse (unknown field, wrong type, bad YAML).
+    /// The file could not be read or did not parse (wrong type, bad YAML,
+    /// bad duration).
     #[error("{path}: {message}")]
     Parse {
         /// The file.
         path: String,
-        /// The parser's message, first line.
+        /// What is wrong, one line.
         message: String,
     },
     /// A value is out of range or malformed.
@@ -229,98 +260,66 @@ pub enum ConfigError {
     },
 }
 
-/// Parses a configuration file's text. `path` is only used in messages.
-pub fn parse(path: &str, text: &str) -> Result<KubeProxyConfiguration, ConfigError> {
-    let config: KubeProxyConfiguration = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_string(),
-        message: e.to_string().lines().next().unwrap_or("invalid YAML").to_string(),
-    })?;
-    let invalid = |field: &str, message: String| ConfigError::Invalid { path: path.to_string(), field: field.to_string(), message };
-    if let Some(v) = config.api_version.as_deref().filter(|v| !v.is_empty()) {
-        if v != "kubeproxy.config.k8s.io/v1alpha1" {
-            return Err(invalid("apiVersion", format!("{v:?} is not kubeproxy.config.k8s.io/v1alpha1")));
-        }
+/// Several problems at once, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
     }
-    if let Some(k) = config.kind.as_deref().filter(|k| !k.is_empty()) {
-        if k != "KubeProxyConfiguration" {
-            return Err(invalid("kind", format!("{k:?} is not KubeProxyConfiguration")));
-        }
-    }
-    Ok(config)
 }
 
-/// Parses a Go-style duration (`30s`, `1m`, `2h22m`, `1.5s`, `0s`, `15m0s`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text == "0" {
-        return Some(Duration::ZERO);
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
     }
-    let mut total = 0f64;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if number_len == 0 {
-            return None;
-        }
-        let value: f64 = rest[..number_len].parse().ok()?;
-        rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = &rest[unit_len..];
-    }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The configuration kproxy runs with, and what to say about it once
+/// logging is up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    /// The defaulted, validated configuration.
+    pub config: KubeProxyConfiguration,
+    /// The file it came from, or `flags`.
+    pub path: String,
+    /// One line per unknown field in the file.
+    pub warnings: Vec<String>,
+    /// Info lines (the default mode, flags without effect, flags the file
+    /// overrides).
+    pub notes: Vec<String>,
+}
 
-    const KUBEADM: &str = include_str!("../testdata/kubeadm-config.yaml");
-
-    #[test]
-    fn kubeadm_s_configmap_parses() {
-        let c = parse("kubeadm-config.yaml", KUBEADM).unwrap();
-        assert_eq!(c.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
-        assert_eq!(c.node_port_addresses, None);
-        assert_eq!(c.iptables.unwrap().masquerade_bit, None);
-    }
-
-    #[test]
-    fn a_misspelled_field_is_named() {
-        let err = parse("c.yaml", "clusterCidr: 10.0.0.0/8\n").unwrap_err().to_string();
-        assert!(err.starts_with("c.yaml: ") && err.contains("clusterCidr"), "{err}");
-        let err = parse("c.yaml", "nftables:\n  masqueradeBits: 3\n").unwrap_err().to_string();
-        assert!(err.contains("masqueradeBits"), "{err}");
-    }
-
-    #[test]
-    fn wrong_types_and_kinds_are_errors() {
-        assert!(parse("c.yaml", "iptables:\n  masqueradeAll: maybe\n").is_err());
-        let err = parse("c.yaml", "kind: KubeletConfiguration\n").unwrap_err().to_string();
-        assert_eq!(err, "c.yaml: kind: \"KubeletConfiguration\" is not KubeProxyConfiguration");
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2h22m"), Some(Duration::from_secs(2 * 3600 + 22 * 60)));
-        assert_eq!(parse_duration("15m0s"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        for bad in ["", "s", "10", "10x", "-1s", "1s2"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
+/// The effective configuration of the command line: the file of
+/// `--config` and the flags that count beside it, or the flags alone;
+/// defaulted and validated as upstream. Every problem is one line.
+pub fn effective(flags: &crate::flags::Flags) -> Result<Effective, ConfigErrors> {
+    let mut notes = Vec::new();
+    let (config, path, warnings) = match flags.text("config") {
+        Some(path) => {
+            let (file, warnings) = parse(&path, &read(&path)?)?;
+            if file.mode.as_deref().unwrap_or_default().is_empty() {
+                notes.push("Using iptables proxy".to_string());
+            }
+            (from_file(file, flags)?, path, warnings)
         }
+        None => {
+            if flags.text("proxy-mode").unwrap_or_default().is_empty() {
+                notes.push("Using iptables proxy".to_string());
+            }
+            (from_flags(flags)?, "flags".to_string(), Vec::new())
+        }
+    };
+    for name in flags.overridden_by_file() {
+        notes.push(format!("flag --{name} ignored: --config is given, and the file's value counts (as upstream)"));
     }
+    for (name, why) in flags.without_effect() {
+        notes.push(format!("flag --{name} accepted with no effect: {why}"));
+    }
+    validate::validate(&config, &path).map_err(ConfigErrors)?;
+    Ok(Effective { config, path, warnings, notes })
 }

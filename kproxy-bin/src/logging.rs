@@ -1,0 +1,262 @@
+//! Logs as upstream kube-proxy writes them, so that existing log pipelines
+//! keep parsing them:
+//!
+//! - **text** (default): klog's layout,
+//!   `I1205 04:02:41.123456   12345 run.rs:123] "message" key="value" n=3`:
+//!   severity letter (`I`, `W`, `E`), month and day, time to the
+//!   microsecond (UTC), the process ID right-aligned in 7 columns, the
+//!   source file and line, the quoted message, then `err=` first and the
+//!   other key/value pairs (strings quoted, numbers and booleans bare, a
+//!   multi-line value as klog's `key=<` block).
+//! - **json**: component-base's schema,
+//!   `{"ts":1764907361123.456,"caller":"src/run.rs:123","msg":"message","v":0,"key":"value"}`:
+//!   `ts` in milliseconds since the epoch, `v` (the verbosity) on
+//!   everything but errors, `err` last on errors.
+//!
+//! Never colour codes. `-v` means what upstream's does: 0 and 1 show
+//! info, warnings and errors; 2 and 3 add sync summaries and each
+//! object's handling (debug); 4 and above add per-change detail (trace).
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// klog's text layout.
+    Text,
+    /// component-base's JSON.
+    Json,
+}
+
+/// A field's value, kept typed so each format renders it as upstream.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Text(String),
+    Number(String),
+    Bool(bool),
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: Option<String>,
+    pairs: Vec<(String, Value)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::Text(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::Number(value.to_string()));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::Number(value.to_string()));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::Number(if value.is_finite() { value.to_string() } else { "null".into() }));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::Text(format!("{value:?}")));
+    }
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        let text = || match &value {
+            Value::Text(t) | Value::Number(t) => t.clone(),
+            Value::Bool(b) => b.to_string(),
+        };
+        match field.name() {
+            "message" => self.message = text(),
+            "error" | "err" => self.error = Some(text()),
+            name => self.pairs.push((name.to_string(), value)),
+        }
+    }
+}
+
+/// upstream's `V` level of a tracing level.
+fn verbosity(level: &Level) -> u8 {
+    match *level {
+        Level::TRACE => 4,
+        Level::DEBUG => 2,
+        _ => 0,
+    }
+}
+
+/// klog's severity letter.
+fn severity(level: &Level) -> char {
+    match *level {
+        Level::ERROR => 'E',
+        Level::WARN => 'W',
+        _ => 'I',
+    }
+}
+
+/// Go's `strconv.Quote`, near enough: Rust's debug form of a string.
+fn quote(text: &str) -> String {
+    format!("{text:?}")
+}
+
+fn text_value(out: &mut String, key: &str, value: &Value) {
+    use std::fmt::Write as _;
+    match value {
+        Value::Text(t) if t.contains('\n') => {
+            let _ = writeln!(out, " {key}=<");
+            for line in t.trim_end_matches('\n').split('\n') {
+                let _ = writeln!(out, "\t{line}");
+            }
+            out.push_str(" >");
+        }
+        Value::Text(t) => {
+            let _ = write!(out, " {key}={}", quote(t));
+        }
+        Value::Number(n) => {
+            let _ = write!(out, " {key}={n}");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, " {key}={b}");
+        }
+    }
+}
+
+/// One klog text line (without the newline).
+fn text_line(now: std::time::SystemTime, pid: u32, file: &str, line: u32, level: &Level, fields: &Fields) -> String {
+    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let stamp = k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, 0)
+        .map(|t| t.strftime("%m%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| "0101 00:00:00".into());
+    let base = file.rsplit('/').next().unwrap_or(file);
+    let mut out = format!("{}{stamp}.{:06} {pid:>7} {base}:{line}] {}", severity(level), d.subsec_micros(), quote(&fields.message));
+    if let Some(e) = &fields.error {
+        text_value(&mut out, "err", &Value::Text(e.clone()));
+    }
+    for (k, v) in &fields.pairs {
+        text_value(&mut out, k, v);
+    }
+    out
+}
+
+/// One component-base JSON line (without the newline).
+fn json_line(now: std::time::SystemTime, file: &str, line: u32, level: &Level, fields: &Fields) -> String {
+    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let millis = d.as_secs_f64() * 1000.0;
+    let parts: Vec<&str> = file.rsplit('/').take(2).collect();
+    let caller = parts.iter().rev().copied().collect::<Vec<_>>().join("/");
+    let mut out = format!("{{\"ts\":{millis:.3},\"caller\":{},\"msg\":{}", json_string(&format!("{caller}:{line}")), json_string(&fields.message));
+    if *level != Level::ERROR {
+        out.push_str(&format!(",\"v\":{}", verbosity(level)));
+    }
+    for (k, v) in &fields.pairs {
+        let rendered = match v {
+            Value::Text(t) => json_string(t),
+            Value::Number(n) => n.clone(),
+            Value::Bool(b) => b.to_string(),
+        };
+        out.push_str(&format!(",{}:{rendered}", json_string(k)));
+    }
+    if let Some(e) = &fields.error {
+        out.push_str(&format!(",\"err\":{}", json_string(e)));
+    }
+    out.push('}');
+    out
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// The event formatter for `tracing_subscriber::fmt`.
+#[derive(Debug, Clone, Copy)]
+pub struct Klog {
+    /// Text or JSON.
+    pub format: Format,
+}
+
+impl<S, N> FormatEvent<S, N> for Klog
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let file = meta.file().unwrap_or(meta.target());
+        let line = meta.line().unwrap_or(0);
+        let now = std::time::SystemTime::now();
+        let text = match self.format {
+            Format::Text => text_line(now, std::process::id(), file, line, meta.level(), &fields),
+            Format::Json => json_line(now, file, line, meta.level(), &fields),
+        };
+        writeln!(writer, "{text}")
+    }
+}
+
+/// The tracing filter directive for upstream's `-v` level.
+pub fn level_for(verbosity: u32) -> &'static str {
+    match verbosity {
+        0..=1 => "info",
+        2..=3 => "debug",
+        _ => "trace",
+    }
+}
+
+/// Installs the global logger on stderr. `RUST_LOG`, when set, overrides
+/// the level.
+pub fn init(format: Format, verbosity: u32) {
+    // kube's client logs every failed request at error level; kproxy's own
+    // warnings already say what failed and that it retries.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},kube_client=off", level_for(verbosity))));
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).event_format(Klog { format }).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn fields(message: &str, error: Option<&str>, pairs: &[(&str, Value)]) -> Fields {
+        Fields { message: message.into(), error: error.map(String::from), pairs: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+    }
+
+    const AT: Duration = Duration::from_micros(1_764_907_361_123_456);
+
+    #[test]
+    fn text_lines_are_klog_s() {
+        let f = fields("Using iptables proxy", None, &[("node", Value::Text("node-a".into())), ("count", Value::Number("3".into()))]);
+        assert_eq!(
+            text_line(UNIX_EPOCH + AT, 12345, "kproxy-bin/src/run.rs", 42, &Level::INFO, &f),
+            "I1205 04:02:41.123456   12345 run.rs:42] \"Using iptables proxy\" node=\"node-a\" count=3"
+        );
+        let f = fields("Healthz server failed", Some("address in use"), &[("address", Value::Text("0.0.0.0:10256".into()))]);
+        assert_eq!(
+            text_line(UNIX_EPOCH + AT, 1, "src/servers.rs", 7, &Level::ERROR, &f),
+            "E1205 04:02:41.123456       1 servers.rs:7] \"Healthz server failed\" err=\"address in use\" address=\"0.0.0.0:10256\""
+        );
+        let f = fields("rules", None, &[("data", Value::Text("a\nb\n".into()))]);
+        assert!(text_line(UNIX_EPOCH + AT, 1, "x.rs", 1, &Level::WARN, &f).ends_with("] \"rules\" data=<\n\ta\n\tb\n >"));
+    }
+
+    #[test]
+    fn json_lines_are_component_base_s() {
+        let f = fields("Sync done", None, &[("ok", Value::Bool(true))]);
+        let line = json_line(UNIX_EPOCH + AT, "kproxy-bin/src/observer.rs", 9, &Level::DEBUG, &f);
+        assert_eq!(line, r#"{"ts":1764907361123.456,"caller":"src/observer.rs:9","msg":"Sync done","v":2,"ok":true}"#);
+        let f = fields("Healthz server failed", Some("in use"), &[]);
+        let line = json_line(UNIX_EPOCH + AT, "src/servers.rs", 7, &Level::ERROR, &f);
+        assert_eq!(line, r#"{"ts":1764907361123.456,"caller":"src/servers.rs:7","msg":"Healthz server failed","err":"in use"}"#);
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(parsed.get("v").is_none(), "errors carry no v");
+    }
+}
