@@ -103,7 +103,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
@@ -118,6 +118,7 @@ where
         let inner = Arc::clone(&self.inner);
         let layer = self.layer.clone();
         let method = request.method().as_str().to_string();
+        let request_size = http_body::Body::size_hint(request.body()).exact();
         Box::pin(async move {
             let waited = layer.bucket.acquire().await;
             layer.metrics.rest_rate_limited(&method, &layer.host, waited);
@@ -133,6 +134,8 @@ where
                 Err(_) => "<error>".to_string(),
             };
             layer.metrics.rest_request(&method, &layer.host, &code, started.elapsed());
+            let response_size = result.as_ref().ok().and_then(|r| r.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok());
+            layer.metrics.rest_sizes(&method, &layer.host, request_size, response_size);
             result
         })
     }

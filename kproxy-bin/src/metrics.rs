@@ -111,6 +111,8 @@ pub struct Metrics {
     rest_requests: Family<RequestLabels, Counter>,
     rest_duration: Histograms<VerbLabels>,
     rest_rate_limiter: Histograms<VerbLabels>,
+    rest_request_size: Histograms<VerbLabels>,
+    rest_response_size: Histograms<VerbLabels>,
     /// `/healthz` answers by code.
     pub healthz: Family<Code, Counter>,
     /// `/livez` answers by code.
@@ -136,6 +138,11 @@ fn programming_buckets() -> Buckets {
 /// client-go's request-latency buckets.
 fn rest_buckets() -> Buckets {
     Buckets(vec![0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0])
+}
+
+/// client-go's request- and response-size buckets.
+fn size_buckets() -> Buckets {
+    Buckets(vec![64.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0])
 }
 
 fn family_label(family: IpFamily) -> IpFamilyLabel {
@@ -171,6 +178,8 @@ impl Metrics {
             rest_requests: Family::default(),
             rest_duration: Family::new_with_constructor(rest_buckets()),
             rest_rate_limiter: Family::new_with_constructor(rest_buckets()),
+            rest_request_size: Family::new_with_constructor(size_buckets()),
+            rest_response_size: Family::new_with_constructor(size_buckets()),
             healthz: Family::default(),
             livez: Family::default(),
         };
@@ -182,6 +191,8 @@ impl Metrics {
             "Client side rate limiter latency in seconds. Broken down by verb, and host.",
             m.rest_rate_limiter.clone(),
         );
+        rest.register("rest_client_request_size_bytes", "Request size in bytes. Broken down by verb and host.", m.rest_request_size.clone());
+        rest.register("rest_client_response_size_bytes", "Response size in bytes. Broken down by verb and host.", m.rest_response_size.clone());
         let r = m.registry.sub_registry_with_prefix("kubeproxy");
         // Every mode.
         r.register("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", m.sync_duration.clone());
@@ -314,6 +325,17 @@ impl Metrics {
         self.rest_requests.get_or_create(&labels).inc();
         let labels = VerbLabels { verb: method.into(), host: host.into() };
         self.rest_duration.get_or_create(&labels).observe(latency.as_secs_f64());
+    }
+
+    /// Records one API request's body size and its answer's, when known.
+    pub fn rest_sizes(&self, method: &str, host: &str, request: Option<u64>, response: Option<u64>) {
+        let labels = VerbLabels { verb: method.into(), host: host.into() };
+        if let Some(size) = request {
+            self.rest_request_size.get_or_create(&labels).observe(size as f64);
+        }
+        if let Some(size) = response {
+            self.rest_response_size.get_or_create(&labels).observe(size as f64);
+        }
     }
 
     /// The exposition (OpenMetrics text), with the process's own families.

@@ -69,6 +69,11 @@ pub fn encode(started: SystemTime) -> String {
     family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", start);
     family(&mut out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", status_bytes(&status, "VmSize:"));
     family(&mut out, "process_virtual_memory_max_bytes", "gauge", "Maximum amount of virtual memory available in bytes.", limit(&limits, "Max address space"));
+    // Not a Go program: the async runtime's live tasks stand in for
+    // goroutines, so dashboards' "Goroutines" panels show kproxy's
+    // concurrency.
+    let tasks = tokio::runtime::Handle::try_current().ok().map(|h| h.metrics().num_alive_tasks() as f64);
+    family(&mut out, "go_goroutines", "gauge", "Number of goroutines that currently exist (kproxy: live async tasks).", tasks);
     let version = env!("CARGO_PKG_VERSION");
     let (major, minor) = version.split_once('.').map(|(a, b)| (a, b.split('.').next().unwrap_or("0"))).unwrap_or(("0", "0"));
     let _ = write!(

@@ -39,7 +39,8 @@ impl SyncObserver {
             Ok(report) => {
                 self.health_checks.update(family, &report.health_checks);
                 self.clean_conntrack(report);
-                tracing::info!(
+                // A sync summary: upstream logs it at -v=2.
+                tracing::debug!(
                     %family,
                     full = event.full,
                     changed = report.changes.updated_services().len(),
@@ -62,7 +63,7 @@ impl SyncObserver {
             Ok(r) => {
                 self.metrics.conntrack_cleaned(family, started.elapsed(), r.deleted);
                 if r.stale > 0 {
-                    tracing::info!(%family, examined = r.examined, deleted = r.deleted, "deleted stale conntrack entries");
+                    tracing::debug!(%family, examined = r.examined, deleted = r.deleted, "deleted stale conntrack entries");
                 }
             }
             Err(e) => tracing::warn!(%family, error = %e, "conntrack cleanup failed; it is retried after the next sync that needs it"),

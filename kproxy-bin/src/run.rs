@@ -285,6 +285,7 @@ async fn cluster(run: &Run<'_>) -> Result<()> {
     if !found {
         proxy.set_node_eligible(false);
     }
+    tokio::spawn(crate::events::record_start(client.clone(), settings.node_name.clone()));
     let follow = watch::follow(&proxy, client, &settings.node_name);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }

@@ -103,6 +103,12 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     eventually("kproxy never reconnected", 30, || check_case(&topo, &packet, &gone));
     let _ = std::fs::remove_file(&kubeconfig);
 
+    // The Starting Event about the Node, as upstream records it.
+    let events = api.posted();
+    assert!(
+        events.iter().any(|e| e["reason"] == "Starting" && e["action"] == "StartKubeProxy" && e["regarding"]["name"] == fx::NODE_NAME),
+        "no Starting event: {events:?}"
+    );
     // deploy/'s ClusterRole allows every request kproxy made.
     let granted = common::deploy::granted();
     for request in api.requests() {

@@ -77,8 +77,11 @@ struct State {
     gated: BTreeSet<Resource>,
     /// Refuse every connection and drop open ones.
     down: bool,
-    /// Every request line seen.
+    /// Every request line seen (`POST <target>` for POSTs, the target
+    /// alone for GETs).
     requests: Vec<String>,
+    /// The bodies POSTed (Events).
+    posted: Vec<Value>,
 }
 
 /// The fake server; stops with the test process.
@@ -172,6 +175,11 @@ impl FakeApi {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// The objects POSTed so far.
+    pub fn posted(&self) -> Vec<Value> {
+        self.state.lock().unwrap().posted.clone()
+    }
+
     /// A kubeconfig file pointing at this server.
     pub fn kubeconfig(&self, path: &std::path::Path) {
         let text = format!(
@@ -189,14 +197,32 @@ impl FakeApi {
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 return;
             }
-            // Headers (no request bodies: only GETs are served).
+            // Headers; a body only for POSTs (Events).
+            let mut length = 0usize;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                     break;
                 }
+                if let Some((name, value)) = h.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
             }
+            let method = line.split_whitespace().next().unwrap_or("GET").to_string();
             let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if method == "POST" {
+                let mut body = vec![0u8; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                let posted: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let mut s = self.state.lock().unwrap();
+                s.requests.push(format!("POST {target}"));
+                s.posted.push(posted.clone());
+                drop(s);
+                respond(&mut conn, 201, &posted);
+                continue;
+            }
             self.state.lock().unwrap().requests.push(target.clone());
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<String, String> = query
@@ -276,6 +302,11 @@ impl FakeApi {
 
 /// The (API group, resource, verb) RBAC needs for a request line.
 pub fn rbac_of(request: &str) -> (String, String, String) {
+    if let Some(target) = request.strip_prefix("POST ") {
+        let path = target.split('?').next().unwrap_or_default();
+        let resource = if path.starts_with("/apis/events.k8s.io/v1/namespaces/") && path.ends_with("/events") { "events" } else { panic!("unexpected POST {target}") };
+        return ("events.k8s.io".into(), resource.into(), "create".into());
+    }
     let (path, query) = request.split_once('?').unwrap_or((request, ""));
     let (resource, name) = Resource::of_path(path).unwrap_or_else(|| panic!("unexpected request {request}"));
     let (group, plural) = match resource {
@@ -300,7 +331,11 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 
 fn respond(conn: &mut TcpStream, code: u16, body: &Value) {
     let body = body.to_string();
-    let text = if code == 200 { "OK" } else { "Error" };
+    let text = match code {
+        200 => "OK",
+        201 => "Created",
+        _ => "Error",
+    };
     let _ = conn.write_all(format!("HTTP/1.1 {code} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
 }
 
