@@ -38,12 +38,16 @@ const EXCEPTIONS: &[(&str, &str)] = &[
     ("kubeproxy_iptables_localhost_nodeports_accepted_packets_total", "an nfacct counter; kproxy does not create nfacct objects yet"),
 ];
 
+/// A dashboard panel, the metric its query reads, and the label matchers
+/// it needs.
+type MixinQuery = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
 /// The kubernetes-mixin kube-proxy dashboard's and alert's queries
 /// (dashboards/proxy.libsonnet, alerts/kube_proxy.libsonnet): the metric
 /// each reads and the target-side label matchers it needs (`job`,
 /// `instance` and `cluster` come from Prometheus, not the target).
 /// `label=~prefix` matches a value starting with the prefix.
-const MIXIN: &[(&str, &str, &[(&str, &str)])] = &[
+const MIXIN: &[MixinQuery] = &[
     ("Rules Sync Rate", "kubeproxy_sync_proxy_rules_duration_seconds_count", &[]),
     ("Rules Sync Latency 99th Quantile", "kubeproxy_sync_proxy_rules_duration_seconds_bucket", &[("le", "")]),
     ("Network Programming Rate", "kubeproxy_network_programming_duration_seconds_count", &[]),
