@@ -14,6 +14,8 @@ mod metrics_process;
 mod observer;
 mod process;
 mod proxy;
+#[cfg(test)]
+mod readme_check;
 mod run;
 mod servers;
 mod service_cidrs;

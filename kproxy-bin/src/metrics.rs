@@ -352,6 +352,42 @@ fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Every family `mode` registers, by its exposed name (counters with
+/// `_total`), each used once so that it shows.
+#[cfg(test)]
+pub fn every_family(mode: Mode) -> Vec<String> {
+    let m = Metrics::new(mode);
+    let family = family_label(IpFamily::V4);
+    let table = TableLabels { table: "nat".into(), ip_family: "IPv4".into() };
+    let verb = VerbLabels { verb: "GET".into(), host: "h".into() };
+    for f in [&m.iptables_restore_failures, &m.iptables_partial_restore_failures, &m.nftables_sync_failures, &m.nftables_cleanup_failures, &m.conntrack_deleted] {
+        f.get_or_create(&family).inc();
+    }
+    for f in [&m.sync_duration, &m.sync_full_duration, &m.sync_partial_duration, &m.network_programming, &m.conntrack_duration] {
+        f.get_or_create(&family).observe(0.1);
+    }
+    for f in [&m.last_sync, &m.last_queued] {
+        f.get_or_create(&family).set(1.0);
+    }
+    for f in [&m.rest_duration, &m.rest_rate_limiter, &m.rest_request_size, &m.rest_response_size] {
+        f.get_or_create(&verb).observe(0.1);
+    }
+    m.rest_requests.get_or_create(&RequestLabels { code: "200".into(), host: "h".into(), method: "GET".into() }).inc();
+    m.no_local_endpoints.get_or_create(&PolicyLabels { traffic_policy: "internal".into(), ip_family: "IPv4".into() }).set(0);
+    m.iptables_total.get_or_create(&table).set(1);
+    m.iptables_last.get_or_create(&table).set(1);
+    m.healthz.get_or_create(&Code { code: "200".into() }).inc();
+    m.livez.get_or_create(&Code { code: "200".into() }).inc();
+    m.encode()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap_or((l, ""));
+            if kind == "counter" { format!("{name}_total") } else { name.to_string() }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,31 +426,15 @@ mod tests {
 
     #[test]
     fn each_mode_registers_upstream_s_families() {
-        let registered = |mode| {
-            let m = Metrics::new(mode);
-            // Families with labels appear once used: use them all.
-            let family = family_label(IpFamily::V4);
-            let table = TableLabels { table: "nat".into(), ip_family: "IPv4".into() };
-            for f in [&m.iptables_restore_failures, &m.iptables_partial_restore_failures, &m.nftables_sync_failures, &m.nftables_cleanup_failures] {
-                f.get_or_create(&family).inc();
-            }
-            for f in [&m.sync_full_duration, &m.sync_partial_duration] {
-                f.get_or_create(&family).observe(0.1);
-            }
-            m.iptables_total.get_or_create(&table).set(1);
-            m.iptables_last.get_or_create(&table).set(1);
-            let text = m.encode();
-            let types: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap_or_default().to_string()).collect();
-            types
-        };
-        let nft = registered(Mode::Nftables);
-        assert!(nft.contains(&"kubeproxy_sync_proxy_rules_nftables_cleanup_failures".to_string()), "{nft:?}");
+        let nft = every_family(Mode::Nftables);
+        assert!(nft.contains(&"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total".to_string()), "{nft:?}");
         assert!(!nft.iter().any(|n| n.contains("iptables")), "{nft:?}");
-        let ipt = registered(Mode::Iptables);
-        assert!(ipt.contains(&"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures".to_string()), "{ipt:?}");
+        let ipt = every_family(Mode::Iptables);
+        assert!(ipt.contains(&"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total".to_string()), "{ipt:?}");
+        assert!(ipt.contains(&"kubeproxy_sync_proxy_rules_iptables_last".to_string()), "{ipt:?}");
         assert!(!ipt.iter().any(|n| n.contains("nftables")), "{ipt:?}");
-        let ipvs = registered(Mode::Ipvs);
-        assert!(ipvs.contains(&"kubeproxy_sync_proxy_rules_iptables_restore_failures".to_string()), "{ipvs:?}");
+        let ipvs = every_family(Mode::Ipvs);
+        assert!(ipvs.contains(&"kubeproxy_sync_proxy_rules_iptables_restore_failures_total".to_string()), "{ipvs:?}");
         assert!(!ipvs.iter().any(|n| n.contains("partial") || n.contains("sync_full")), "{ipvs:?}");
     }
 }
