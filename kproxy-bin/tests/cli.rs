@@ -367,3 +367,50 @@ fn service_cidr_manifests_drop_unallocated_addresses_and_a_bad_range_is_named() 
     assert!(!stdout.contains("daddr {"), "no range, no drop: {stdout}");
     assert!(stdout.contains("10.96.0.10 . tcp . 80"), "the other files still count");
 }
+
+/// Logs as upstream writes them, into a pipe: klog's text layout (or
+/// component-base's JSON), never colour codes; `-v=1` adds the flags given,
+/// as upstream.
+#[test]
+fn logs_are_klog_s_layout_without_colour() {
+    let cluster = example_cluster();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--proxy-mode", "nftables", "--hostname-override", "node-b", "--manifests", cluster.to_str().unwrap(), "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = kproxy(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let text = run(&[]);
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
+    let warning = text.lines().find(|l| l.contains("another node's Node object")).unwrap_or_else(|| panic!("{text}"));
+    // Wmmdd hh:mm:ss.uuuuuu PID file:line] "message" key="value"
+    let (head, rest) = warning.split_once("] ").unwrap();
+    let fields: Vec<&str> = head.split_whitespace().collect();
+    assert!(fields[0].starts_with('W') && fields[0].len() == 5 && fields[0][1..].chars().all(|c| c.is_ascii_digit()), "{warning}");
+    assert!(fields[1].len() == 15 && fields[1].as_bytes()[8] == b'.', "{warning}");
+    assert!(fields[2].parse::<u32>().is_ok(), "the process ID: {warning}");
+    assert_eq!(head.len() - head.trim_start_matches(|c: char| c != ' ').len(), 5, "{warning}");
+    assert!(fields[3].contains(".rs:"), "{warning}");
+    assert!(rest.starts_with("\"ignoring another node's Node object\" ") && rest.contains(" expected=\"node-b\""), "{warning}");
+    assert!(!text.contains("FLAG: "), "flags only at -v=1: {text}");
+    let verbose = run(&["-v=1"]);
+    assert!(verbose.contains(r#""FLAG: --proxy-mode=\"nftables\"""#), "{verbose}");
+    let json = run(&["--logging-format=json"]);
+    let line: serde_json::Value = serde_json::from_str(json.lines().find(|l| l.contains("another node")).unwrap()).unwrap();
+    assert!(line["ts"].is_f64() && line["caller"].as_str().unwrap().contains(".rs:") && line["v"] == 0 && line["expected"] == "node-b", "{line}");
+}
+
+#[test]
+fn help_and_version_say_what_upstream_s_say() {
+    let out = kproxy(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("--proxy-mode string") && help.contains("(default \"iptables\")"), "upstream's default mode: {help}");
+    assert!(help.contains("--oom-score-adj int32") && help.contains("(default -999)"), "{help}");
+    assert!(help.contains("--healthz-port int32") && help.contains("(DEPRECATED)"), "{help}");
+    let out = kproxy(&["--version"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("kube-proxy v1.34.4"), "{out:?}");
+    let out = kproxy(&["--healthz-port=1234", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Flag --healthz-port has been deprecated"), "upstream's warning: {out:?}");
+}

@@ -167,3 +167,52 @@ fn service_cidr_objects_are_followed_through_the_watch() {
     }
     assert!(api.requests().iter().any(|r| r.starts_with("/apis/networking.k8s.io/v1/servicecidrs?") && r.contains("watch=")), "never watched ServiceCIDRs");
 }
+
+/// `/healthz` fails (503, `nodeEligible: false`) while the Node carries the
+/// cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint, so load
+/// balancers drain the node, and recovers when the taint goes; `/livez`
+/// stays 200 throughout. The body is upstream's, with the per-family status.
+#[test]
+fn healthz_follows_the_autoscaler_s_taint_and_livez_does_not() {
+    if !kernel_tests_enabled("healthz_follows_the_autoscaler_s_taint_and_livez_does_not") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let api = FakeApi::start_in_netns(topo.node.name());
+    put_scenario(&api, &scenario);
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-taint-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .unwrap();
+    let get = |path: &str| -> (String, serde_json::Value) {
+        let script = "import sys,urllib.request,urllib.error\ntry:\n  r=urllib.request.urlopen(sys.argv[1],timeout=5); print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n  print(e.code); print(e.read().decode())";
+        let out = topo.node.exec(&["python3", "-c", script, &format!("http://127.0.0.1:10256{path}")]).unwrap_or_default();
+        let (code, body) = out.split_once('\n').unwrap_or(("", ""));
+        (code.trim().to_string(), serde_json::from_str(body.trim()).unwrap_or_default())
+    };
+    let healthz_is = |code: &'static str| {
+        move || {
+            let (got, body) = get("/healthz");
+            (got == code).then_some(()).ok_or_else(|| format!("/healthz {got}: {body}"))
+        }
+    };
+    eventually("never healthy", 20, healthz_is("200"));
+    let (_, body) = get("/healthz");
+    assert_eq!((&body["nodeEligible"], &body["healthy"]), (&true.into(), &true.into()), "{body}");
+    assert_eq!(body["status"]["IPv4"]["healthy"], true, "per-family status: {body}");
+
+    let mut tainted = scenario.node.clone();
+    tainted.spec.get_or_insert_with(Default::default).taints =
+        Some(vec![k8s_openapi::api::core::v1::Taint { key: "ToBeDeletedByClusterAutoscaler".into(), value: Some("1764907361".into()), effect: "NoSchedule".into(), ..Default::default() }]);
+    api.put(&tainted);
+    eventually("the taint never failed /healthz", 20, healthz_is("503"));
+    let (_, body) = get("/healthz");
+    assert_eq!((&body["nodeEligible"], &body["healthy"]), (&false.into(), &true.into()), "{body}");
+    assert_eq!(get("/livez").0, "200", "/livez ignores the node");
+
+    api.put(&scenario.node);
+    eventually("/healthz never recovered", 20, healthz_is("200"));
+    let _ = std::fs::remove_file(&kubeconfig);
+}

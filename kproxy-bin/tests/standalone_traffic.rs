@@ -438,3 +438,54 @@ fn ipvs_mode_without_an_ipvs_kernel_is_one_line() {
     assert!(lines[0].contains("the kernel has no IPVS (modprobe ip_vs)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// As upstream: the configuration's `oomScoreAdj` is applied to the
+/// process (the default -999, here 250), and a change to the configuration
+/// file (here half-written, as an editor or a ConfigMap update may leave
+/// it) makes kproxy exit non-zero, saying why, with the rules in place, so
+/// that its DaemonSet restarts it with the new file. The restart then
+/// refuses the broken file in one line.
+#[test]
+fn oom_score_is_applied_and_a_changed_config_file_restarts() {
+    if !kernel_tests_enabled("oom_score_is_applied_and_a_changed_config_file_restarts") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-config-change", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    write_manifests(&dir.join("manifests"), &scenario);
+    let config = dir.join("config.yaml");
+    let text = format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nhostnameOverride: {}\nclusterCIDR: {}\noomScoreAdj: 250\nconntrack:\n  maxPerCore: 0\n",
+        fx::NODE_NAME,
+        fx::POD_CIDR
+    );
+    std::fs::write(&config, &text).unwrap();
+    let log = dir.join("kproxy.log");
+    let config_arg = format!("--config={}", config.display());
+    let manifests = dir.join("manifests");
+    let args = [BIN, &config_arg, "--manifests", manifests.to_str().unwrap()];
+    let handle = topo.node.spawn_logged(&args, &log).unwrap();
+    let start = Instant::now();
+    while !topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
+        assert!(start.elapsed() < Duration::from_secs(10), "kproxy never programmed the node: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = topo.node.pid(handle).unwrap();
+    let score = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(score.trim(), "250", "oomScoreAdj applied");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(topo.node.pid(handle).is_some() && topo.node.wait_exit(handle, Duration::from_millis(10)).is_none(), "an unchanged file keeps kproxy running");
+
+    std::fs::write(&config, &text[..text.len() / 2]).unwrap();
+    let status = topo.node.wait_exit(handle, Duration::from_secs(20)).expect("kproxy kept running after its configuration file changed");
+    assert!(!status.success(), "{status}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("configuration file was updated") && logged.contains("exiting so that kproxy restarts"), "{logged}");
+    assert!(topo.node.exec(&["nft", "list", "tables"]).unwrap().contains("table ip kproxy-"), "the rules stay in place");
+    let again = topo.node.exec(&args).unwrap_err();
+    assert!(again.matches("kproxy: ").count() == 1 && again.contains("config.yaml: ") && !again.contains("panicked"), "the broken file, in one line: {again}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
