@@ -2,9 +2,11 @@
 # kproxy's main job, for real, on the bundled example cluster
 # (examples/cluster): builds kproxy, makes a private node network namespace
 # with pods serving HTTP and an outside client, runs kproxy there with the
-# nftables backend, and curls a ClusterIP and a NodePort. Needs root. It
-# touches only namespaces it creates, and removes them (and stops kproxy)
-# when it ends, also on failure.
+# nftables backend, and curls a ClusterIP, a NodePort, an external IP and
+# a Service without endpoints. Exits non-zero if any answer is not the one
+# expected (scripts/test.sh runs it). Needs root. It touches only
+# namespaces it creates, and removes them (and stops kproxy) when it ends,
+# also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "demo: run as root (it creates network namespaces)" >&2; exit 1; fi
@@ -33,10 +35,11 @@ ip -n "$NODE" link add eth0 type veth peer name eth0 netns "$CLIENT"
 ip -n "$NODE" addr add 192.168.50.2/24 dev eth0; ip -n "$NODE" link set eth0 up
 ip -n "$CLIENT" addr add 192.168.50.100/24 dev eth0; ip -n "$CLIENT" link set eth0 up
 ip -n "$CLIENT" route add 10.96.0.0/16 via 192.168.50.2
+ip -n "$CLIENT" route add 192.0.2.10/32 via 192.168.50.2
 
 # Pods: routed veths, each answering HTTP with its own name.
 i=0
-for pod in web-a:10.244.1.10:8080 web-b:10.244.1.11:8080 api:10.244.1.20:8080; do
+for pod in web-a:10.244.1.10:8080 web-b:10.244.1.11:8080 api:10.244.1.20:8080 metrics:10.244.1.91:9100; do
     IFS=: read -r name ip port <<<"$pod"
     ns "$P-$name"
     ip -n "$NODE" link add "v$i" type veth peer name eth0 netns "$P-$name"
@@ -57,21 +60,31 @@ http.server.HTTPServer(('0.0.0.0', $port), H).serve_forever()" &
 done
 
 # Wait until every pod answers directly.
-for ep in 10.244.1.10 10.244.1.11 10.244.1.20; do
-    for _ in $(seq 100); do ip netns exec "$NODE" curl -s -o /dev/null --max-time 1 "http://$ep:8080/" && break; sleep 0.1; done
+for ep in 10.244.1.10:8080 10.244.1.11:8080 10.244.1.20:8080 10.244.1.91:9100; do
+    for _ in $(seq 100); do ip netns exec "$NODE" curl -s -o /dev/null --max-time 1 "http://$ep/" && break; sleep 0.1; done
 done
 
+# -v=2: kproxy logs a summary of each sync, as upstream kube-proxy does.
 ip netns exec "$NODE" "$KPROXY" --proxy-mode nftables --hostname-override node-a \
-    --cluster-cidr 10.244.0.0/16 --manifests examples/cluster 2> "/tmp/$P-kproxy.log" &
+    --cluster-cidr 10.244.0.0/16 --manifests examples/cluster -v=2 2> "/tmp/$P-kproxy.log" &
 KPROXY_PID=$!
-for _ in $(seq 50); do grep -q synced "/tmp/$P-kproxy.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q '"synced"' "/tmp/$P-kproxy.log" && break; sleep 0.1; done
 echo "kproxy is running (pid $KPROXY_PID); its first sync:"
-grep synced "/tmp/$P-kproxy.log" | head -1
+grep '"synced"' "/tmp/$P-kproxy.log" | head -1 || { echo "demo: kproxy never synced; its log:" >&2; cat "/tmp/$P-kproxy.log" >&2; exit 1; }
 
+failed=0
+expect() { # expect WHAT PATTERN OUTPUT: says whether the answer was the one expected
+    if grep -q "$2" <<<"$3"; then echo "$3"; else echo "demo: FAILED: $1: got ${3:-nothing}" >&2; failed=1; fi
+}
 echo; echo "\$ curl http://10.96.0.10/          # ClusterIP of demo/web, two pods"
-for _ in 1 2 3 4; do ip netns exec "$CLIENT" curl -sS --max-time 2 http://10.96.0.10/ || true; done
+for _ in 1 2 3 4; do expect "ClusterIP" "hello from pod web-" "$(ip netns exec "$CLIENT" curl -sS --max-time 5 http://10.96.0.10/ 2>&1)"; done
 echo; echo "\$ curl http://192.168.50.2:30080/  # NodePort of demo/api"
-ip netns exec "$CLIENT" curl -sS --max-time 2 http://192.168.50.2:30080/ || true
+expect "NodePort" "hello from pod api" "$(ip netns exec "$CLIENT" curl -sS --max-time 5 http://192.168.50.2:30080/ 2>&1)"
+echo; echo "\$ curl http://192.0.2.10:9100/     # external IP of demo/metrics"
+expect "external IP" "hello from pod metrics" "$(ip netns exec "$CLIENT" curl -sS --max-time 5 http://192.0.2.10:9100/ 2>&1)"
 echo; echo "\$ curl http://10.96.0.40/          # demo/pending has no endpoints: refused at once"
-ip netns exec "$CLIENT" curl -s --max-time 2 http://10.96.0.40/ || echo "(connection refused, exit $?)"
+code=0; ip netns exec "$CLIENT" curl -s --max-time 5 http://10.96.0.40/ || code=$?
+expect "no endpoints" "exit 7" "(connection refused, exit $code)"
 rm -f "/tmp/$P-kproxy.log"
+if [ "$failed" = 0 ]; then echo; echo "demo: every answer as expected"; fi
+exit "$failed"

@@ -20,7 +20,25 @@ fi
 cargo test --workspace 2>&1 | tee "$log" || status=$?
 # The IPVS backend's kernel tests, in a VM with an IPVS kernel.
 bash scripts/test-ipvs-vm.sh 2>&1 | tr -d '\r' | tee -a "$log" || status=$?
+# The README's first command, the demo, as a test: every answer it gets
+# must be the expected one.
+if [ "$(id -u)" = 0 ] && command -v curl >/dev/null && command -v nft >/dev/null; then
+    if bash scripts/demo.sh > "$log.demo" 2>&1; then
+        echo "test result: ok. 1 passed; 0 failed; 0 ignored (scripts/demo.sh)" | tee -a "$log"
+    else
+        cat "$log.demo"
+        echo "test result: FAILED. 0 passed; 1 failed; 0 ignored (scripts/demo.sh)" | tee -a "$log"
+        status=1
+    fi
+    rm -f "$log.demo"
+elif [ "${CI:-}" = true ]; then
+    echo "scripts/demo.sh: needs root, curl and nft, and CI must run it" | tee -a "$log"
+    echo "test result: FAILED. 0 passed; 1 failed; 0 ignored (scripts/demo.sh)" | tee -a "$log"
+    status=1
+else
+    echo "SKIPPED demo: scripts/demo.sh needs root, curl and nft" | tee -a "$log"
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     /^SKIPPED / { s += 1; if ($2 != "IPVS") k += 1 }
+     /^SKIPPED / { s += 1; if ($2 != "IPVS" && $2 != "demo:") k += 1 }
      END { printf "kproxy: %d passed, %d failed, %d skipped\n", p - k, f, s }' "$log"
 exit "$status"

@@ -414,3 +414,18 @@ fn help_and_version_say_what_upstream_s_say() {
     let out = kproxy(&["--healthz-port=1234", "--help"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Flag --healthz-port has been deprecated"), "upstream's warning: {out:?}");
 }
+
+/// The example cluster has a Service of each kind the README names,
+/// and every mode's dry run programs them (the external IP included).
+#[test]
+fn the_example_cluster_has_every_kind_of_service() {
+    let cluster = example_cluster();
+    for mode in ["nftables", "iptables", "ipvs"] {
+        let out = kproxy(&["--proxy-mode", mode, "--hostname-override", "node-a", "--manifests", cluster.to_str().unwrap(), "--dry-run"]);
+        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for (what, needle) in [("the external IP", "192.0.2.10"), ("the UDP DNS service", "10.96.0.53"), ("the NodePort", "30080"), ("the load balancer", "198.51.100.7")] {
+            assert!(stdout.contains(needle), "{mode}: {what} ({needle}) missing:\n{stdout}");
+        }
+    }
+}
