@@ -175,8 +175,19 @@ impl Proxy {
     pub async fn send(&self, updates: Vec<Update>) {
         for u in &updates {
             match u {
-                Update::Service { .. } => self.shared.metrics.service_change(),
-                Update::EndpointSlice { .. } => self.shared.metrics.endpoint_change(),
+                Update::Service { previous, current } => {
+                    self.shared.metrics.service_change();
+                    // Per-change detail: upstream logs it at -v=4.
+                    let meta = current.as_ref().or(previous.as_ref()).map(|s| &s.metadata);
+                    let name = meta.map(|m| format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()));
+                    tracing::trace!(service = name.unwrap_or_default(), deleted = current.is_none(), "Service changed");
+                }
+                Update::EndpointSlice { slice, removed } => {
+                    self.shared.metrics.endpoint_change();
+                    let m = &slice.metadata;
+                    let name = format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default());
+                    tracing::trace!(endpointSlice = name, deleted = *removed, "EndpointSlice changed");
+                }
                 Update::Node(n) => {
                     if let Some(why) = self.started_on.change(&kproxy_core::convert::node_info(n)) {
                         self.restart.send_replace(Some(why));
