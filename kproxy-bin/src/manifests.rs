@@ -1,13 +1,35 @@
-//! Standalone mode's cluster state: a directory of YAML manifests.
+//! Standalone mode's cluster state: a directory of YAML manifests, read so
+//! that no file can break it.
+//!
+//! - Each `*.yaml`/`*.yml` file holds documents separated by `---`; each
+//!   document is parsed on its own, so a bad one (a wrong type, broken
+//!   YAML, a file cut off mid-write) costs only itself. While a file has a
+//!   problem, the objects it held keep their last good state: a
+//!   half-written file never withdraws anything.
+//! - Files that are not regular files (FIFOs, devices, also behind a
+//!   symlink) and files over [`MAX_FILE_BYTES`] are skipped with one
+//!   message; their objects keep their last state too.
+//! - `kind: List` documents are read item by item. Kinds kproxy does not
+//!   read, and an object defined in two files (the later file's wins), are
+//!   reported.
+//! - [`Directory`] keeps each file's last good objects and re-parses only
+//!   files whose size, time or inode changed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use serde_json::Value;
 
 use crate::service_cidrs::ranges_of;
+
+/// The largest manifest file read: enough for 50,000 Services with their
+/// EndpointSlices in one file (about 1.3 KiB each).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// The objects read from a directory, by namespace/name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,83 +54,380 @@ impl Manifests {
         }
         all.union()
     }
+
+    /// Every object's kind and key.
+    fn keys(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        out.extend(self.services.keys().map(|k| ("Service", k.clone())));
+        out.extend(self.slices.keys().map(|k| ("EndpointSlice", k.clone())));
+        out.extend(self.nodes.keys().map(|k| ("Node", k.clone())));
+        out.extend(self.service_cidrs.keys().map(|k| ("ServiceCIDR", k.clone())));
+        out
+    }
+
+    fn has(&self, kind: &str, key: &str) -> bool {
+        match kind {
+            "Service" => self.services.contains_key(key),
+            "EndpointSlice" => self.slices.contains_key(key),
+            "Node" => self.nodes.contains_key(key),
+            "ServiceCIDR" => self.service_cidrs.contains_key(key),
+            _ => false,
+        }
+    }
+
+    /// Copies `kind`/`key` from `other`, if it has it.
+    fn keep(&mut self, other: &Manifests, kind: &str, key: &str) {
+        match kind {
+            "Service" => self.services.extend(other.services.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
+            "EndpointSlice" => self.slices.extend(other.slices.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
+            "Node" => self.nodes.extend(other.nodes.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
+            "ServiceCIDR" => self.service_cidrs.extend(other.service_cidrs.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
+            _ => {}
+        }
+    }
+
+    fn extend(&mut self, other: Manifests) {
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
+        self.nodes.extend(other.nodes);
+        self.service_cidrs.extend(other.service_cidrs);
+    }
 }
 
 fn key(namespace: Option<&String>, name: Option<&String>) -> String {
     format!("{}/{}", namespace.map_or("default", String::as_str), name.map_or("", String::as_str))
 }
 
-/// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file).
-/// A file that does not parse is reported with its path and skipped; the
-/// other files still count. Returns the objects and one message per bad
-/// file or document.
-pub fn load(dir: &Path) -> Result<(Manifests, Vec<String>), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read the manifests directory: {e}", dir.display()))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    paths.sort();
-    let mut out = Manifests::default();
-    let mut problems = Vec::new();
-    for path in paths {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(format!("{}: {e}", path.display()));
-                continue;
+/// The kinds kproxy reads.
+const KINDS: &str = "Service, EndpointSlice, Node, ServiceCIDR (and List of them)";
+
+/// The documents of a YAML stream, with their first line numbers.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            if !current.trim().is_empty() {
+                out.push((start, std::mem::take(&mut current)));
             }
-        };
-        let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(&text) {
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(format!("{}: {}", path.display(), e.to_string().lines().next().unwrap_or("invalid YAML")));
-                continue;
-            }
-        };
-        let mut file = Manifests::default();
-        let mut bad = None;
-        for (i, doc) in docs.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
-            let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-            let result = match kind.as_str() {
-                "Service" => serde_json::from_value::<Service>(doc).map(|s| {
-                    file.services.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
-                }),
-                "EndpointSlice" => serde_json::from_value::<EndpointSlice>(doc).map(|s| {
-                    file.slices.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
-                }),
-                "Node" => serde_json::from_value::<Node>(doc).map(|n| {
-                    file.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
-                }),
-                "ServiceCIDR" => match serde_json::from_value::<ServiceCIDR>(doc) {
-                    Ok(c) => match ranges_of(&c) {
-                        Ok(_) => {
-                            file.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), c);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            bad = Some(format!("{}: document {}: {e}", path.display(), i + 1));
-                            break;
-                        }
-                    },
-                    Err(e) => Err(e),
-                },
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                bad = Some(format!("{}: document {} ({kind}): {e}", path.display(), i + 1));
-                break;
-            }
+            current.clear();
+            start = i + 2;
+        } else {
+            current.push_str(line);
+            current.push('\n');
         }
-        match bad {
-            Some(message) => problems.push(message),
-            None => {
-                out.services.extend(file.services);
-                out.slices.extend(file.slices);
-                out.nodes.extend(file.nodes);
-                out.service_cidrs.extend(file.service_cidrs);
+    }
+    if !current.trim().is_empty() {
+        out.push((start, current));
+    }
+    out
+}
+
+/// Parses one document's YAML with budgets sized for a large `List`.
+fn parse_yaml(text: &str) -> Result<Value, String> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    budget.max_reader_input_bytes = Some(MAX_FILE_BYTES as usize + 1);
+    budget.max_total_scalar_bytes = MAX_FILE_BYTES as usize;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| e.to_string().lines().next().unwrap_or("invalid YAML").to_string())
+}
+
+/// One file's objects and problems. `problem` is set when something in it
+/// could not be read (its previous objects are then kept).
+#[derive(Debug, Default)]
+struct FileRead {
+    objects: Manifests,
+    problems: Vec<String>,
+    partial: bool,
+}
+
+impl FileRead {
+    /// Adds one object (a `List` item included) read from `where_`.
+    fn object(&mut self, doc: Value, where_: &str) {
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+        let named = |doc: &Value| {
+            let m = doc.get("metadata");
+            let field = |f: &str| m.and_then(|m| m.get(f)).and_then(Value::as_str).map(String::from);
+            key(field("namespace").as_ref(), field("name").as_ref())
+        };
+        let result: Result<(), serde_json::Error> = match kind.as_str() {
+            "List" => {
+                for item in doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    self.object(item, where_);
+                }
+                Ok(())
+            }
+            "Service" => serde_json::from_value::<Service>(doc.clone()).map(|s| {
+                self.objects.services.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
+            }),
+            "EndpointSlice" => serde_json::from_value::<EndpointSlice>(doc.clone()).map(|s| {
+                self.objects.slices.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
+            }),
+            "Node" => serde_json::from_value::<Node>(doc.clone()).map(|n| {
+                self.objects.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
+            }),
+            "ServiceCIDR" => match serde_json::from_value::<ServiceCIDR>(doc.clone()) {
+                Ok(c) => match ranges_of(&c) {
+                    Ok(_) => {
+                        self.objects.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), c);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.problems.push(format!("{where_}: {e}"));
+                        self.partial = true;
+                        return;
+                    }
+                },
+                Err(e) => Err(e),
+            },
+            "" => {
+                self.problems.push(format!("{where_}: no kind; kproxy reads {KINDS}"));
+                return;
+            }
+            other => {
+                self.problems.push(format!("{where_}: kind {other} is not read by kproxy (it reads {KINDS}); skipped"));
+                return;
+            }
+        };
+        if let Err(e) = result {
+            self.problems.push(format!("{where_} ({kind} {}): {e}; it keeps its last good state", named(&doc).trim_start_matches("default/")));
+            self.partial = true;
+        }
+    }
+}
+
+/// Reads one file, bounded.
+fn read_file(path: &Path) -> FileRead {
+    let mut out = FileRead::default();
+    let shown = path.display();
+    let text = match std::fs::File::open(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }) {
+        Ok(bytes) if bytes.len() as u64 > MAX_FILE_BYTES => {
+            out.problems.push(format!("{shown}: larger than {} MiB; skipped (its objects keep their last state)", MAX_FILE_BYTES >> 20));
+            out.partial = true;
+            return out;
+        }
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                out.problems.push(format!("{shown}: not UTF-8 text; skipped (its objects keep their last state)"));
+                out.partial = true;
+                return out;
+            }
+        },
+        Err(e) => {
+            out.problems.push(format!("{shown}: {e}; skipped (its objects keep their last state)"));
+            out.partial = true;
+            return out;
+        }
+    };
+    for (line, doc) in documents(&text) {
+        let where_ = format!("{shown}: document at line {line}");
+        match parse_yaml(&doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => out.object(value, &where_),
+            Err(e) => {
+                out.problems.push(format!("{where_}: {e}; the file's objects keep their last good state"));
+                out.partial = true;
             }
         }
     }
-    Ok((out, problems))
+    out
+}
+
+/// What identifies a file's content without reading it.
+type Stamp = (u64, i64, i64, u64);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino())
+}
+
+/// One file as last read.
+#[derive(Debug, Clone)]
+struct FileState {
+    stamp: Stamp,
+    /// What the file holds now.
+    parsed: Manifests,
+    /// Objects the file held before and not now, kept until the file
+    /// reads the same twice in a row without a problem (a writer may be
+    /// half-way through it).
+    kept: Manifests,
+    problems: Vec<String>,
+    partial: bool,
+}
+
+impl FileState {
+    fn objects(&self) -> Manifests {
+        let mut all = self.kept.clone();
+        all.extend(self.parsed.clone());
+        all
+    }
+}
+
+/// A manifests directory as last read: each file's last good objects.
+#[derive(Debug, Default)]
+pub struct Directory {
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl Directory {
+    /// Reads `dir` again, re-parsing only the files that changed. Returns
+    /// the objects and one message per problem (bad documents, skipped
+    /// files, unsupported kinds, objects in two files). An object leaves
+    /// only once its file reads the same, without a problem, on two reads
+    /// in a row: a file caught half-written withdraws nothing.
+    pub fn load(&mut self, dir: &Path) -> Result<(Manifests, Vec<String>), String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read the manifests directory: {e}", dir.display()))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        paths.sort();
+        let mut problems = Vec::new();
+        let mut files = BTreeMap::new();
+        for path in paths {
+            let previous = self.files.remove(&path);
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if !meta.is_file() {
+                problems.push(format!("{}: not a regular file (a FIFO, device or directory); skipped", path.display()));
+                if let Some(p) = previous {
+                    files.insert(path, p);
+                }
+                continue;
+            }
+            let now = stamp(&meta);
+            let state = match previous {
+                // Unchanged: settled, unless it still has a problem.
+                Some(mut p) if p.stamp == now => {
+                    if !p.partial {
+                        p.kept = Manifests::default();
+                    }
+                    p
+                }
+                previous => {
+                    let read = read_file(&path);
+                    let mut kept = Manifests::default();
+                    if let Some(before) = previous.map(|p| p.objects()) {
+                        for (kind, key) in before.keys() {
+                            if !read.objects.has(kind, &key) {
+                                kept.keep(&before, kind, &key);
+                            }
+                        }
+                    }
+                    FileState { stamp: now, parsed: read.objects, kept, problems: read.problems, partial: read.partial }
+                }
+            };
+            problems.extend(state.problems.iter().cloned());
+            files.insert(path, state);
+        }
+        self.files = files;
+        let mut all = Manifests::default();
+        let mut origin: BTreeMap<(&'static str, String), &Path> = BTreeMap::new();
+        for (path, state) in &self.files {
+            let objects = state.objects();
+            for (kind, key) in objects.keys() {
+                if let Some(first) = origin.insert((kind, key.clone()), path) {
+                    problems.push(format!("{kind} {key} is in both {} and {}; the latter's is used", first.display(), path.display()));
+                }
+            }
+            all.extend(objects);
+        }
+        Ok((all, problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: demo\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+    const API: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: demo\nspec:\n  clusterIP: 10.96.0.20\n  ports:\n  - port: 80\n";
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kproxy-manifests-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write(path: &Path, text: &str) {
+        // A new inode each time, as editors and ConfigMap updates do.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_bad_document_costs_only_itself_and_a_half_written_file_withdraws_nothing() {
+        let d = dir("bad-doc");
+        let file = d.join("a.yaml");
+        write(&file, &format!("{WEB}---\n{API}"));
+        let mut directory = Directory::default();
+        let (m, problems) = directory.load(&d).unwrap();
+        assert_eq!(m.services.len(), 2, "{problems:?}");
+        // A wrong type in one document: the other still counts, and the bad
+        // one keeps its last good state.
+        write(&file, &format!("{WEB}---\n{}", API.replace("port: 80", "port: eighty")));
+        let (m, problems) = directory.load(&d).unwrap();
+        assert_eq!(m.services.len(), 2, "the bad document's Service keeps its last state");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("a.yaml: document at line 11") && problems[0].contains("Service demo/api"), "{problems:?}");
+        // Cut off mid-write: nothing is withdrawn.
+        let full = format!("{WEB}---\n{API}");
+        write(&file, &full[..full.len() / 3]);
+        let (m, problems) = directory.load(&d).unwrap();
+        assert_eq!(m.services.len(), 2, "{problems:?}");
+        // Fixed, and one Service deliberately removed: it goes once the
+        // file reads the same twice (a writer may still be at work).
+        write(&file, WEB);
+        let (m, problems) = directory.load(&d).unwrap();
+        assert_eq!((m.services.len(), problems.len()), (2, 0), "{problems:?}");
+        let (m, problems) = directory.load(&d).unwrap();
+        assert_eq!((m.services.len(), problems.len()), (1, 0), "{problems:?}");
+        // Emptied: the same.
+        write(&file, "");
+        assert_eq!(directory.load(&d).unwrap().0.services.len(), 1, "not yet");
+        assert_eq!(directory.load(&d).unwrap().0.services.len(), 0, "settled");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn special_huge_unknown_and_duplicate_files_are_reported() {
+        let d = dir("special");
+        write(&d.join("a.yaml"), WEB);
+        write(&d.join("b.yaml"), &format!("{WEB}---\nkind: Endpoints\nmetadata:\n  name: x\n---\nkind: List\nitems:\n- {}\n", serde_json::to_string(&parse_yaml(API).unwrap()).unwrap()));
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(d.join("fifo.yaml")).status().unwrap().success());
+        let (m, problems) = Directory::default().load(&d).unwrap();
+        assert_eq!(m.services.keys().collect::<Vec<_>>(), ["demo/api", "demo/web"], "a List's items count: {problems:?}");
+        let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+        assert!(has("kind Endpoints is not read by kproxy"), "{problems:?}");
+        assert!(has("zero.yaml: not a regular file") && has("fifo.yaml: not a regular file"), "{problems:?}");
+        assert!(has("Service demo/web is in both"), "{problems:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file_are_read() {
+        let d = dir("many");
+        let text: Vec<String> = (0..5000).map(|i| WEB.replace("name: web", &format!("name: web{i}")).replace("10.96.0.10", &format!("10.96.{}.{}", i / 250, i % 250 + 1))).collect();
+        write(&d.join("a.yaml"), &text.join("---\n"));
+        let (m, problems) = Directory::default().load(&d).unwrap();
+        assert_eq!(m.services.len(), 5000, "{problems:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -207,9 +207,10 @@ fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
 /// Standalone mode: the cluster state comes from a manifests directory.
 async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     let settings = run.settings;
-    let (state, problems) = manifests::load(dir).map_err(anyhow::Error::msg)?;
+    let mut directory = manifests::Directory::default();
+    let (state, problems) = directory.load(dir).map_err(anyhow::Error::msg)?;
     for p in &problems {
-        tracing::warn!("skipping manifest: {p}");
+        tracing::warn!("manifest problem: {p}");
     }
     let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
     let families = families_of(&node);
@@ -246,7 +247,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
     let families = families_to_proxy(&node, Path::new("/"));
     let proxy = Proxy::start(settings, &Host::here(node), &families, run.configz.clone(), Arc::new(Metrics::new(settings.mode))).await?;
-    let follow = standalone::follow(&proxy, &settings.node_name, dir, state);
+    let follow = standalone::follow(&proxy, &settings.node_name, dir, state, directory);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
 

@@ -1,7 +1,7 @@
 //! Standalone mode's source: the manifests directory, re-read every second,
 //! its differences sent as updates.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -63,24 +63,50 @@ pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
     state.nodes.get(node_name).is_none_or(|n| crate::servers::node_eligible(Some(n)))
 }
 
-/// Feeds `proxy` from `dir`, starting from `state` (already loaded), until
-/// the task is dropped.
-pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests) {
+/// How often a problem that lasts is logged again.
+const REPEAT_PROBLEMS: Duration = Duration::from_secs(60);
+
+/// The problems to log now: new ones, and lasting ones every
+/// [`REPEAT_PROBLEMS`]; `seen` remembers when each was last logged.
+pub fn problems_to_log(seen: &mut BTreeMap<String, std::time::Instant>, problems: Vec<String>, now: std::time::Instant) -> Vec<String> {
+    seen.retain(|p, _| problems.contains(p));
+    problems
+        .into_iter()
+        .filter(|p| {
+            let due = seen.get(p).is_none_or(|last| now.duration_since(*last) >= REPEAT_PROBLEMS);
+            if due {
+                seen.insert(p.clone(), now);
+            }
+            due
+        })
+        .collect()
+}
+
+/// Feeds `proxy` from `dir`, starting from `state` (already loaded by
+/// `directory`), until the task is dropped. Only changed files are read
+/// again.
+pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests, mut directory: manifests::Directory) {
     let mut initial = diff(&Manifests::default(), &state);
     initial.push(Update::ServicesSynced);
     initial.push(Update::EndpointSlicesSynced);
     proxy.set_node_eligible(node_eligible(&state, node_name));
     proxy.send(initial).await;
     let mut known = state;
-    let mut problems_seen = BTreeSet::new();
+    let mut problems_seen = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let Ok((state, problems)) = manifests::load(dir) else { continue };
-        for p in problems {
-            if problems_seen.insert(p.clone()) {
-                tracing::warn!("skipping manifest: {p}");
+        let (state, problems) = match directory.load(dir) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                for p in problems_to_log(&mut problems_seen, vec![e], std::time::Instant::now()) {
+                    tracing::warn!("{p}");
+                }
+                continue;
             }
+        };
+        for p in problems_to_log(&mut problems_seen, problems, std::time::Instant::now()) {
+            tracing::warn!("manifest problem: {p}");
         }
         proxy.set_node_eligible(node_eligible(&state, node_name));
         let updates = diff(&known, &state);
@@ -95,6 +121,18 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
 mod tests {
     use super::*;
     use kproxy_core::oracle::fixtures::service;
+
+    #[test]
+    fn a_lasting_problem_is_logged_again_now_and_then() {
+        let mut seen = BTreeMap::new();
+        let t0 = std::time::Instant::now();
+        let p = |s: &str| vec![s.to_string()];
+        assert_eq!(problems_to_log(&mut seen, p("a"), t0), ["a"]);
+        assert!(problems_to_log(&mut seen, p("a"), t0 + Duration::from_secs(1)).is_empty(), "not every second");
+        assert_eq!(problems_to_log(&mut seen, p("a"), t0 + REPEAT_PROBLEMS), ["a"], "but while it lasts");
+        assert!(problems_to_log(&mut seen, Vec::new(), t0 + REPEAT_PROBLEMS).is_empty());
+        assert_eq!(problems_to_log(&mut seen, p("a"), t0 + REPEAT_PROBLEMS), ["a"], "a problem that comes back is new");
+    }
 
     #[test]
     fn services_another_proxy_owns_are_left_out() {

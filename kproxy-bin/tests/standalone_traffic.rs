@@ -89,7 +89,7 @@ fn standalone_mode_serves_a_scenario_and_follows_manifest_changes() {
     // The health and metrics servers answer as kube-proxy's do.
     let get = |url: &str| topo.node.exec(&["curl", "-sS", "-i", "--max-time", "2", url]).unwrap_or_else(|e| panic!("{url}: {e}"));
     let healthz = get("http://127.0.0.1:10256/healthz");
-    assert!(healthz.starts_with("HTTP/1.1 200") && healthz.contains("\"nodeEligible\": true"), "{healthz}");
+    assert!(healthz.starts_with("HTTP/1.1 200") && healthz.contains("\"nodeEligible\":true"), "{healthz}");
     assert!(get("http://127.0.0.1:10256/livez").starts_with("HTTP/1.1 200"));
     let metrics = get("http://127.0.0.1:10249/metrics");
     assert!(metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"), "{metrics}");
@@ -487,5 +487,59 @@ fn oom_score_is_applied_and_a_changed_config_file_restarts() {
     assert!(topo.node.exec(&["nft", "list", "tables"]).unwrap().contains("table ip kproxy-"), "the rules stay in place");
     let again = topo.node.exec(&args).unwrap_err();
     assert!(again.matches("kproxy: ").count() == 1 && again.contains("config.yaml: ") && !again.contains("panicked"), "the broken file, in one line: {again}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A manifest rewritten in place, slowly, ten times a second (a reader may
+/// find it empty or cut short) never withdraws its Service: every probe
+/// during the rewrites is answered. A wrong type in the file afterwards
+/// costs nothing either.
+#[test]
+fn files_rewritten_in_place_never_withdraw_their_objects() {
+    if !kernel_tests_enabled("files_rewritten_in_place_never_withdraw_their_objects") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let dir = start_kproxy(&mut topo, &scenario, "in-place");
+    let case = scenario.cases[0].clone();
+    let start = Instant::now();
+    while let Err(e) = check_case(&topo, &case.packet, &case.expected) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never served: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let files: Vec<(std::path::PathBuf, Vec<u8>)> = ["001.yaml", "002.yaml"].iter().map(|f| (dir.join(f), std::fs::read(dir.join(f)).unwrap())).collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (path, text) in &files {
+                    // Truncate, half, a pause, the rest: a slow writer.
+                    let mut f = std::fs::File::create(path).unwrap();
+                    f.write_all(&text[..text.len() / 2]).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                    f.write_all(&text[text.len() / 2..]).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        })
+    };
+    let mut lost = Vec::new();
+    for _ in 0..40 {
+        if let Err(e) = check_case(&topo, &case.packet, &case.expected) {
+            lost.push(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(lost.is_empty(), "{} of 40 probes lost while the files were rewritten: {lost:?}", lost.len());
+    // A wrong type: the Service keeps its last good state.
+    let broken = std::fs::read_to_string(dir.join("002.yaml")).unwrap().replace("\"port\":8080", "\"port\":\"eighty\"");
+    std::fs::write(dir.join("002.yaml"), broken).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    check_case(&topo, &case.packet, &case.expected).expect("a bad document withdrew its object");
     let _ = std::fs::remove_dir_all(&dir);
 }
