@@ -139,8 +139,52 @@ async fn health_turns_bad_when_an_update_waits_past_twice_the_sync_period() {
 #[tokio::test(start_paused = true)]
 async fn the_runner_stops_when_the_update_stream_closes() {
     let h = start(0);
+    let recorded = Arc::clone(&h.syncs);
     drop(h.tx);
     assert!(h.task.await.unwrap().is_ok());
+    assert!(recorded.lock().unwrap().is_empty(), "nothing synced without the initial lists");
+}
+
+/// A batch sent and closed at once: the runner syncs it before it returns
+/// (pending work is finished, not dropped).
+#[tokio::test(start_paused = true)]
+async fn pending_work_is_synced_before_the_runner_returns() {
+    let h = start(0);
+    for u in [Update::ServicesSynced, Update::EndpointSlicesSynced, svc(1), svc(2), svc(3), svc(4)] {
+        h.tx.send(u).await.unwrap();
+    }
+    let recorded = Arc::clone(&h.syncs);
+    drop(h.tx);
+    assert!(h.task.await.unwrap().is_ok());
+    let got = recorded.lock().unwrap().clone();
+    assert!(!got.is_empty() && got[0].1, "the batch was synced: {got:?}");
+}
+
+/// A `Stream` of updates (here a plain iterator's), as an embedder has.
+struct Updates(std::collections::VecDeque<Update>);
+
+impl futures_core::Stream for Updates {
+    type Item = Update;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Update>> {
+        std::task::Poll::Ready(self.0.pop_front())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_stream_of_updates_drives_the_runner() {
+    let syncs = Arc::new(Mutex::new(Vec::new()));
+    let mut proxier = Recorder { state: ProxyState::new(IpFamily::V4, "node-a"), start: Instant::now(), syncs: Arc::clone(&syncs), failures: 0 };
+    let runner = SyncRunner::new(RunnerConfig::default()).unwrap();
+    let updates = Updates([svc(1), Update::ServicesSynced, Update::EndpointSlicesSynced].into());
+    let mut seen = 0;
+    runner.run_stream(&mut proxier, updates, |_| seen += 1).await.unwrap();
+    assert_eq!((syncs.lock().unwrap().len(), seen), (1, 1));
+}
+
+#[test]
+fn the_missing_initial_lists_are_named() {
+    assert_eq!(kproxy_core::runner::missing(false, false), "ServicesSynced, EndpointSlicesSynced");
+    assert_eq!(kproxy_core::runner::missing(true, false), "EndpointSlicesSynced");
 }
 
 #[test]

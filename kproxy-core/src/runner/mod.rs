@@ -6,8 +6,12 @@
 mod health;
 mod schedule;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_core::Stream;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -103,25 +107,47 @@ impl SyncRunner {
         Arc::clone(&self.health)
     }
 
-    /// Runs until `updates` closes. `observe` sees every sync's outcome
-    /// (for metrics, logs and conntrack cleanup).
-    pub async fn run<P, F>(&self, proxier: &mut P, mut updates: mpsc::Receiver<Update>, mut observe: F) -> Result<()>
+    /// Runs until `updates` closes (see [`SyncRunner::run_stream`]).
+    pub async fn run<P, F>(&self, proxier: &mut P, updates: mpsc::Receiver<Update>, observe: F) -> Result<()>
     where
         P: Proxier + ?Sized,
         F: FnMut(&SyncEvent<'_>) + Send,
+    {
+        self.run_stream(proxier, ChannelStream(updates), observe).await
+    }
+
+    /// Runs until `updates` ends. `observe` sees every sync's outcome (for
+    /// metrics, logs and conntrack cleanup). When the stream ends, pending
+    /// changes are synced before it returns (once both initial lists are
+    /// in). While an initial list is missing after
+    /// [`INITIAL_LISTS_WARNING`], a warning names what is missing.
+    pub async fn run_stream<P, F, S>(&self, proxier: &mut P, mut updates: S, mut observe: F) -> Result<()>
+    where
+        P: Proxier + ?Sized,
+        F: FnMut(&SyncEvent<'_>) + Send,
+        S: Stream<Item = Update> + Unpin,
     {
         let mut schedule = Schedule::new(self.config, Instant::now());
         let (mut services_synced, mut slices_synced) = (false, false);
         // The first sync is owed as soon as both lists are in, changes or not.
         let mut synced_once = false;
         let mut dirty = true;
+        let mut warn_at = Some(Instant::now() + INITIAL_LISTS_WARNING);
         loop {
             let ready = services_synced && slices_synced;
             let deadline = if ready { schedule.next_sync(Instant::now(), dirty) } else { None };
+            let warning = warn_at.filter(|_| !ready);
             tokio::select! {
                 biased;
-                update = updates.recv() => {
-                    let Some(update) = update else { return Ok(()) };
+                update = next(&mut updates) => {
+                    let Some(update) = update else {
+                        if ready && dirty {
+                            self.sync_once(proxier, &mut schedule, &mut synced_once, &mut observe).await;
+                        } else if !ready {
+                            tracing::warn!(missing = %missing(services_synced, slices_synced), "the update stream ended before the initial lists were complete; nothing was synced");
+                        }
+                        return Ok(());
+                    };
                     let changed = match update {
                         Update::Service { previous, current } => {
                             proxier.on_service_update(previous.as_deref(), current.as_deref())
@@ -137,25 +163,68 @@ impl SyncRunner {
                         self.health.queued(Instant::now());
                     }
                 }
+                _ = sleep_until(warning.unwrap_or_else(far_future)), if warning.is_some() => {
+                    tracing::warn!(missing = %missing(services_synced, slices_synced), "the initial lists are not complete after {}s; nothing is synced until they are", INITIAL_LISTS_WARNING.as_secs());
+                    warn_at = Some(Instant::now() + INITIAL_LISTS_WARNING);
+                }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    let started = Instant::now();
-                    let full = !synced_once || schedule.full_due(started);
-                    let result = proxier.sync(SyncRequest { full }).await;
-                    let duration = started.elapsed();
-                    schedule.record(started, result.is_ok());
-                    match &result {
-                        Ok(_) => {
-                            dirty = false;
-                            synced_once = true;
-                            self.health.updated(Instant::now());
-                        }
-                        Err(e) => tracing::warn!(backend = proxier.backend(), error = %e, "sync failed; retrying with backoff"),
+                    if self.sync_once(proxier, &mut schedule, &mut synced_once, &mut observe).await {
+                        dirty = false;
                     }
-                    observe(&SyncEvent { started, duration, full, result: &result });
                 }
             }
         }
     }
+
+    /// One sync, recorded in the schedule and the health signal and shown
+    /// to `observe`; true when it succeeded.
+    async fn sync_once<P, F>(&self, proxier: &mut P, schedule: &mut Schedule, synced_once: &mut bool, observe: &mut F) -> bool
+    where
+        P: Proxier + ?Sized,
+        F: FnMut(&SyncEvent<'_>) + Send,
+    {
+        let started = Instant::now();
+        let full = !*synced_once || schedule.full_due(started);
+        let result = proxier.sync(SyncRequest { full }).await;
+        let duration = started.elapsed();
+        schedule.record(started, result.is_ok());
+        let ok = result.is_ok();
+        match &result {
+            Ok(_) => {
+                *synced_once = true;
+                self.health.updated(Instant::now());
+            }
+            Err(e) => tracing::warn!(backend = proxier.backend(), error = %e, "sync failed; retrying with backoff"),
+        }
+        observe(&SyncEvent { started, duration, full, result: &result });
+        ok
+    }
+}
+
+/// How long the runner waits for both initial lists before it warns (and
+/// again as often while they stay incomplete).
+pub const INITIAL_LISTS_WARNING: Duration = Duration::from_secs(60);
+
+/// The initial-list markers not yet received, by name.
+pub fn missing(services_synced: bool, slices_synced: bool) -> String {
+    let names: Vec<&str> = [(services_synced, "ServicesSynced"), (slices_synced, "EndpointSlicesSynced")].into_iter().filter(|(done, _)| !done).map(|(_, n)| n).collect();
+    names.join(", ")
+}
+
+/// A tokio channel's receiver as a [`Stream`].
+#[derive(Debug)]
+struct ChannelStream(mpsc::Receiver<Update>);
+
+impl Stream for ChannelStream {
+    type Item = Update;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// The next item of `stream`.
+async fn next<S: Stream<Item = Update> + Unpin>(stream: &mut S) -> Option<Update> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 fn far_future() -> Instant {
