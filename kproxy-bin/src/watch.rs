@@ -173,6 +173,10 @@ pub fn slice_update(c: Change<EndpointSlice>) -> Update {
     }
 }
 
+/// Objects per list request (client-go pages by 500; larger pages keep the
+/// initial lists of a large cluster within the rate limit's burst).
+pub const LIST_PAGE_SIZE: u32 = 5000;
+
 /// A client from `--kubeconfig` (or the config file's
 /// `clientConnection.kubeconfig`), else the in-cluster service account or
 /// `$KUBECONFIG`/`~/.kube/config`; `--master` overrides the server.
@@ -275,12 +279,16 @@ where
 /// Feeds `proxy` from the API server until the task is dropped.
 pub async fn follow(proxy: &Proxy, client: Client, node_name: &str) {
     let selector = label_selector();
-    let services = watch(Api::<WatchedService>::all(client.clone()), watcher::Config::default().labels(&selector), "services", false, ObjectCache::default(), |changes| {
+    // Lists come in pages of LIST_PAGE_SIZE: at 10,000 Services the initial
+    // lists fit in the API client's burst (clientConnection.burst, 10), so
+    // the rate limit does not delay the start.
+    let paged = || watcher::Config::default().labels(&selector).page_size(LIST_PAGE_SIZE);
+    let services = watch(Api::<WatchedService>::all(client.clone()), paged(), "services", false, ObjectCache::default(), |changes| {
         proxy.send(changes.into_iter().map(watched_service_update).collect())
     });
     // A slice's previous state is never used: the cache keeps skeletons.
     let slice_cache = ObjectCache::keeping(skeleton);
-    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&selector), "endpointslices", false, slice_cache, |changes| {
+    let slices = watch(Api::<EndpointSlice>::all(client.clone()), paged(), "endpointslices", false, slice_cache, |changes| {
         proxy.send(changes.into_iter().map(slice_update).collect())
     });
     let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
