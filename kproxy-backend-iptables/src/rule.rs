@@ -265,6 +265,10 @@ impl Rule {
             let tok = if neg { t.next().ok_or("dangling !")? } else { tok };
             match tok {
                 "-m" => match t.next() {
+                    // iptables-save names the protocol's module before a
+                    // port match (`-p tcp -m tcp --dport 80`); the port
+                    // match itself follows.
+                    Some("tcp" | "udp" | "sctp") => {}
                     Some("comment") => {
                         expect(&mut t, "--comment")?;
                         matches.push(Match::Comment(t.next().ok_or("comment: missing text")?.to_string()));
@@ -325,24 +329,27 @@ impl Rule {
                         matches.push(Match::IpvsVirtual { addr, protocol, port });
                     }
                     Some("recent") => {
-                        expect(&mut t, "--name")?;
-                        let name = t.next().ok_or("recent: missing name")?.to_string();
-                        expect(&mut t, "--mask")?;
-                        let v6 = t.next().ok_or("recent: missing mask")?.contains(':');
-                        expect(&mut t, "--rsource")?;
-                        match t.next() {
-                            Some("--rcheck") => {
-                                expect(&mut t, "--seconds")?;
-                                let seconds = num(t.next(), "seconds")?;
-                                expect(&mut t, "--reap")?;
-                                matches.push(Match::RecentCheck { name, seconds, v6 });
+                        // In any order: kproxy writes `--name N --mask M
+                        // --rsource --rcheck ...`; iptables-save prints
+                        // `--rcheck --seconds S --reap --name N ...`.
+                        let (mut name, mut v6, mut check, mut set, mut seconds) = (None, false, false, false, None);
+                        while let Some(option) = t.next_if(|o| ["--name", "--mask", "--rsource", "--rcheck", "--set", "--seconds", "--reap"].contains(o)) {
+                            match option {
+                                "--name" => name = Some(t.next().ok_or("recent: missing name")?.to_string()),
+                                "--mask" => v6 = t.next().ok_or("recent: missing mask")?.contains(':'),
+                                "--rcheck" => check = true,
+                                "--set" => set = true,
+                                "--seconds" => seconds = Some(num(t.next(), "seconds")?),
+                                _ => {}
                             }
-                            Some("--set") => matches.push(Match::RecentSet { name, v6 }),
-                            other => return Err(format!("recent: unexpected {other:?}")),
+                        }
+                        let name = name.ok_or("recent: missing --name")?;
+                        match (check, set, seconds) {
+                            (true, false, Some(seconds)) => matches.push(Match::RecentCheck { name, seconds, v6 }),
+                            (false, true, _) => matches.push(Match::RecentSet { name, v6 }),
+                            _ => return Err("recent: expected --rcheck --seconds N, or --set".into()),
                         }
                     }
-                    // `-m tcp` after `-p tcp`.
-                    Some(p) if matches!(matches.last(), Some(Match::Protocol(_))) && ["tcp", "udp", "sctp"].contains(&p) => {}
                     other => return Err(format!("unknown match module {other:?}")),
                 },
                 "-p" => {
@@ -361,7 +368,13 @@ impl Rule {
                         Some("ACCEPT") => Target::Accept,
                         Some("DROP") => Target::Drop,
                         Some("RETURN") => Target::Return,
-                        Some("REJECT") => Target::Reject,
+                        Some("REJECT") => {
+                            // iptables-save names the default reply.
+                            if t.next_if_eq(&"--reject-with").is_some() {
+                                t.next().ok_or("REJECT: missing --reject-with value")?;
+                            }
+                            Target::Reject
+                        }
                         Some("MASQUERADE") => {
                             expect(&mut t, "--random-fully")?;
                             Target::Masquerade
@@ -374,6 +387,18 @@ impl Rule {
                         Some("MARK") => match t.next() {
                             Some("--or-mark") => Target::OrMark(num(t.next(), "or-mark")?),
                             Some("--xor-mark") => Target::XorMark(num(t.next(), "xor-mark")?),
+                            // How iptables-save prints both: V/V is an OR,
+                            // V/0 an XOR.
+                            Some("--set-xmark") => {
+                                let v = t.next().ok_or("set-xmark: missing value")?;
+                                let (value, mask) = v.split_once('/').ok_or("set-xmark: expected VALUE/MASK")?;
+                                let (value, mask) = (num(Some(value), "set-xmark")?, num(Some(mask), "set-xmark")?);
+                                match mask {
+                                    m if m == value => Target::OrMark(value),
+                                    0 => Target::XorMark(value),
+                                    _ => return Err(format!("MARK --set-xmark {v}: only OR (V/V) and XOR (V/0) are followed")),
+                                }
+                            }
                             other => return Err(format!("MARK: unexpected {other:?}")),
                         },
                         Some(chain) if !chain.starts_with('-') => Target::Jump(chain.to_string()),

@@ -49,12 +49,15 @@ pub struct Hop {
     /// The IPVS virtual server that took the packet, if one did (address,
     /// port; set by the IPVS backend's tracer).
     pub ipvs: Option<(IpAddr, u16)>,
+    /// Every rule that matched on the way, as `-A CHAIN args` (`*table`
+    /// lines mark where a table's walk begins).
+    pub path: Vec<String>,
 }
 
 impl Hop {
     /// The first packet of `packet`'s connection, untouched.
     pub fn new(packet: &Packet) -> Hop {
-        Hop { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None, ipvs: None }
+        Hop { src: packet.src, dst: packet.dst, dport: packet.dport, mark: 0, dnat: false, masquerade: false, affinity: None, ipvs: None, path: Vec::new() }
     }
 }
 
@@ -132,6 +135,19 @@ pub fn trace(kernel: &FakeIptables, family: IpFamily, config: &ProxierConfig, pa
     if packet.origin == Origin::Node {
         local.insert(packet.src);
     }
+    summarize(finals(kernel, family, packet, local)?)
+}
+
+/// [`trace`] with the node's addresses given, and each way the packet can
+/// go (one per `statistic` branch) with the rules it met.
+pub fn explain(kernel: &FakeIptables, family: IpFamily, local: BTreeSet<IpAddr>, packet: &Packet) -> Result<(Verdict, Vec<Hop>), TraceError> {
+    let finals = finals(kernel, family, packet, local)?;
+    let hops = finals.iter().map(|(h, _)| h.clone()).collect();
+    Ok((summarize(finals)?, hops))
+}
+
+/// Every way `packet` can leave the tables, and how.
+fn finals(kernel: &FakeIptables, family: IpFamily, packet: &Packet, local: BTreeSet<IpAddr>) -> Result<Vec<(State, End)>, TraceError> {
     let t = Tracer { packet, local, sets: &NoSets };
     let nat = kernel.table(family, Table::Nat);
     let filter = kernel.table(family, Table::Filter);
@@ -158,7 +174,7 @@ pub fn trace(kernel: &FakeIptables, family: IpFamily, config: &ProxierConfig, pa
             finals.extend(t.builtin(nat, "POSTROUTING", s)?);
         }
     }
-    summarize(finals)
+    Ok(finals)
 }
 
 fn summarize(finals: Vec<(State, End)>) -> Result<Verdict, TraceError> {
@@ -210,6 +226,7 @@ impl Tracer<'_> {
                 if !matched {
                     continue;
                 }
+                s.path.push(format!("-A {name} {}", rule.args()));
                 for (s, end) in self.target(table, rule, s, depth)? {
                     match end {
                         End::Fall => next.push(s),

@@ -23,6 +23,7 @@ mod settings;
 mod standalone;
 mod sysctls;
 mod takeover;
+mod trace_cmd;
 mod watch;
 mod watched;
 
@@ -41,6 +42,10 @@ fn fail(problem: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("trace") {
+        return trace_cmd::main(&args[1..]);
+    }
     let flags = match flags::Flags::from_env() {
         Ok(f) => f,
         Err(e) => return fail(&format!("{e} (see kproxy --help)")),

@@ -182,8 +182,9 @@ fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario
     let args = [BIN, "--proxy-mode", mode, "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
     let handle = topo.node.spawn(&args).unwrap();
     let case = &scenario.cases[0];
+    let dataplane = if mode == "iptables" { kproxy_core::oracle::Dataplane::Iptables } else { kproxy_core::oracle::Dataplane::Nftables };
     let start = Instant::now();
-    while let Err(e) = check_case(topo, &case.packet, &case.expected) {
+    while let Err(e) = check_case(topo, &case.packet, case.expected_for(dataplane)) {
         assert!(start.elapsed() < Duration::from_secs(30), "{mode}: kproxy never served {}: {e}", case.name);
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -542,4 +543,69 @@ fn files_rewritten_in_place_never_withdraw_their_objects() {
     std::thread::sleep(Duration::from_secs(3));
     check_case(&topo, &case.packet, &case.expected).expect("a bad document withdrew its object");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `kproxy trace` on the live kernel (kproxy in iptables mode, in the
+/// scenario's node namespace) gives, for every case of these scenarios, the
+/// verdict the oracle states and the real packets met: DNAT to the same
+/// endpoints with the same masquerading, REJECT, DROP, or left alone.
+#[test]
+fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
+    if !kernel_tests_enabled("trace_agrees_with_the_oracle_on_the_live_iptables_rules") {
+        return;
+    }
+    use kproxy_core::oracle::{Dataplane, Origin};
+    let wanted = [
+        "cluster_ip",
+        "node_port",
+        "no_endpoints",
+        "session_affinity",
+        "external_ips",
+        "external_policy_local_with_local_endpoints",
+        "external_policy_local_without_local_endpoints",
+        "load_balancer_source_ranges",
+        "internal_policy_local",
+    ];
+    let mut failures = Vec::new();
+    for scenario in scenarios::all().into_iter().filter(|s| wanted.contains(&s.name)) {
+        let mut topo = Topology::build(&scenario).unwrap();
+        let (dir, _) = start_kproxy_in(&mut topo, &scenario, "trace", "iptables");
+        let start = Instant::now();
+        while !kproxy_testkit::check_scenario_for(&topo, &scenario, Dataplane::Iptables).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "{}: never served", scenario.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for case in &scenario.cases {
+            let p = &case.packet;
+            let arrival = match p.origin {
+                Origin::Outside => "external",
+                Origin::LocalPod => "local-pod",
+                Origin::Node => "node",
+            };
+            let destination = std::net::SocketAddr::new(p.dst, p.dport).to_string();
+            let protocol = format!("{:?}", p.protocol).to_lowercase();
+            let src = p.src.to_string();
+            let out = topo.node.exec(&[BIN, "trace", "--source", &src, "--destination", &destination, "--protocol", &protocol, "--arrival", arrival, "--output", "json"]);
+            let json: serde_json::Value = match out.as_deref().map(serde_json::from_str) {
+                Ok(Ok(v)) => v,
+                other => {
+                    failures.push(format!("{} / {}: {other:?}", scenario.name, case.name));
+                    continue;
+                }
+            };
+            let (verdict, endpoints, masquerade) = match case.expected_for(Dataplane::Iptables) {
+                Verdict::Forward { targets, .. } => ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>(), targets.iter().any(|t| t.masquerade)),
+                Verdict::Reject => ("reject", Vec::new(), false),
+                Verdict::Drop => ("drop", Vec::new(), false),
+                Verdict::NotService => ("accept", Vec::new(), json["masquerade"].as_bool().unwrap_or(false)),
+            };
+            let got: Vec<String> = json["endpoints"].as_array().map(|a| a.iter().map(|e| e.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
+            if json["verdict"] != verdict || got != endpoints || json["masquerade"] != masquerade {
+                failures.push(format!("{} / {}: trace says {} {got:?} masquerade={}, the oracle {verdict} {endpoints:?} masquerade={masquerade}", scenario.name, case.name, json["verdict"], json["masquerade"]));
+            }
+        }
+        drop(topo);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(failures.is_empty(), "kproxy trace disagrees with the oracle:\n{}", failures.join("\n"));
 }
