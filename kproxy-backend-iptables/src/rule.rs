@@ -41,6 +41,9 @@ impl CtState {
 pub enum Match {
     /// `-m comment --comment TEXT`.
     Comment(String),
+    /// `-m nfacct --nfacct-name NAME`: counts packets, always matches
+    /// (upstream's iptables mode counts dropped INVALID packets so).
+    Nfacct(String),
     /// `-p PROTO -m PROTO` (needed before a port match).
     Protocol(Protocol),
     /// `[!] -s NET`.
@@ -125,6 +128,9 @@ pub enum Target {
     XorMark(u32),
     /// `-j MASQUERADE --random-fully`.
     Masquerade,
+    /// No `-j` at all: the rule only counts its packets (upstream writes
+    /// one in each load-balancer firewall chain, as a comment).
+    Nothing,
 }
 
 /// One rule of a chain.
@@ -195,6 +201,7 @@ impl Rule {
             }
             match m {
                 Match::Comment(c) => write!(s, "-m comment --comment {}", quote(c)),
+                Match::Nfacct(name) => write!(s, "-m nfacct --nfacct-name {name}"),
                 Match::Protocol(p) => {
                     let p = crate::names::protocol(*p);
                     write!(s, "-p {p} -m {p}")
@@ -223,10 +230,11 @@ impl Rule {
             }
             .expect("writing to a String");
         }
-        if !s.is_empty() {
+        if !s.is_empty() && self.target != Target::Nothing {
             s.push(' ');
         }
         match &self.target {
+            Target::Nothing => Ok(()),
             Target::Jump(c) => write!(s, "-j {c}"),
             Target::Accept => write!(s, "-j ACCEPT"),
             Target::Drop => write!(s, "-j DROP"),
@@ -269,6 +277,10 @@ impl Rule {
                     // port match (`-p tcp -m tcp --dport 80`); the port
                     // match itself follows.
                     Some("tcp" | "udp" | "sctp") => {}
+                    Some("nfacct") => {
+                        expect(&mut t, "--nfacct-name")?;
+                        matches.push(Match::Nfacct(t.next().ok_or("nfacct: missing name")?.to_string()));
+                    }
                     Some("comment") => {
                         expect(&mut t, "--comment")?;
                         matches.push(Match::Comment(t.next().ok_or("comment: missing text")?.to_string()));
@@ -411,7 +423,7 @@ impl Rule {
                 other => return Err(format!("unexpected {other:?}")),
             }
         }
-        let rule = Rule { matches, target: target.ok_or("rule without -j")? };
+        let rule = Rule { matches, target: target.unwrap_or(Target::Nothing) };
         rule.check_family(family)?;
         Ok(rule)
     }

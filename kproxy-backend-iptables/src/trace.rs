@@ -247,7 +247,7 @@ impl Tracer<'_> {
         let mut random = false;
         for m in &rule.matches {
             let ok = match m {
-                Match::Comment(_) => true,
+                Match::Comment(_) | Match::Nfacct(_) => true,
                 Match::Protocol(p) => *p == self.packet.protocol,
                 Match::Source(n, neg) => n.contains(&s.src) != *neg,
                 Match::Destination(n, neg) => n.contains(&s.dst) != *neg,
@@ -306,6 +306,7 @@ impl Tracer<'_> {
                 s.mark ^= m;
                 vec![(s, End::Fall)]
             }
+            Target::Nothing => vec![(s, End::Fall)],
             Target::Masquerade => {
                 s.masquerade = true;
                 vec![(s, End::Accept)]
