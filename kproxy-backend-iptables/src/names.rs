@@ -8,6 +8,12 @@ use sha2::{Digest, Sha256};
 
 /// nat and filter: the entry chain for service traffic.
 pub const SERVICES: &str = "KUBE-SERVICES";
+/// The nfacct counter of forwarded packets dropped as INVALID (upstream's
+/// name; exported as `kubeproxy_iptables_ct_state_invalid_dropped_packets_total`).
+pub const NFACCT_INVALID_DROPPED: &str = "ct_state_invalid_dropped_pkts";
+/// The nfacct counter of packets accepted on localhost NodePorts
+/// (`kubeproxy_iptables_localhost_nodeports_accepted_packets_total`).
+pub const NFACCT_LOCALHOST_NODEPORTS: &str = "localhost_nps_accepted_pkts";
 /// filter: traffic to externalIPs, LoadBalancer IPs and NodePorts that
 /// must be dropped or rejected.
 pub const EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";

@@ -39,12 +39,16 @@ pub struct IptablesOptions {
     /// (`nf_conntrack_tcp_be_liberal` reads 1): no INVALID drop rule in
     /// `KUBE-FORWARD`, as upstream.
     pub tcp_be_liberal: bool,
+    /// upstream's two nfacct counters exist ([`crate::names::NFACCT_INVALID_DROPPED`],
+    /// [`crate::names::NFACCT_LOCALHOST_NODEPORTS`]; the caller creates
+    /// them): the INVALID drop and localhost NodePorts count into them.
+    pub nfacct: bool,
 }
 
 impl Default for IptablesOptions {
     fn default() -> Self {
         // With the default syncPeriod (30 s): hourly, as upstream.
-        IptablesOptions { full_restore_every: 120, localhost_node_ports: false, tcp_be_liberal: false }
+        IptablesOptions { full_restore_every: 120, localhost_node_ports: false, tcp_be_liberal: false, nfacct: false }
     }
 }
 
@@ -83,6 +87,7 @@ impl<K: Kernel> IptablesProxier<K> {
             renderer: Renderer::new(config.clone()).with_options(crate::render::FixedOptions {
                 localhost_node_ports: options.localhost_node_ports,
                 tcp_be_liberal: options.tcp_be_liberal,
+                nfacct: options.nfacct,
             }),
             config,
             kernel,

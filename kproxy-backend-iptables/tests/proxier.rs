@@ -208,3 +208,21 @@ async fn without_cheap_reads_each_periodic_sync_is_a_full_restore() {
     assert!(p.sync(SyncRequest { full: true }).await.unwrap().full, "iptables-legacy: everything rewritten");
     assert_cases(&p, &s);
 }
+
+/// With upstream's nfacct counters present, the INVALID drop and each
+/// localhost NodePort count into them with upstream's rules; every case
+/// still gets its verdict (the counting rules change nothing else).
+#[tokio::test]
+async fn nfacct_counters_are_written_as_upstream_s() {
+    let s = scenario("node_port");
+    let options = IptablesOptions { nfacct: true, localhost_node_ports: true, ..IptablesOptions::default() };
+    let mut p = IptablesProxier::new(kproxy_core::oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), options).unwrap();
+    s.feed(&mut p);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let filter = p.kernel().inner.save(V4, Table::Filter);
+    assert!(filter.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"), "{filter}");
+    let nat = p.kernel().inner.save(V4, Table::Nat);
+    let counting: Vec<&str> = nat.lines().filter(|l| l.contains("--nfacct-name localhost_nps_accepted_pkts")).collect();
+    assert!(!counting.is_empty() && counting.iter().all(|l| l.starts_with("-A KUBE-NODEPORTS") && l.contains("-d 127.0.0.0/8")), "{nat}");
+    assert_cases(&p, &s);
+}

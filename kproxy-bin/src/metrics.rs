@@ -113,6 +113,8 @@ pub struct Metrics {
     rest_rate_limiter: Histograms<VerbLabels>,
     rest_request_size: Histograms<VerbLabels>,
     rest_response_size: Histograms<VerbLabels>,
+    /// Whether upstream's nfacct counters exist and are exported.
+    nfacct: std::sync::atomic::AtomicBool,
     /// `/healthz` answers by code.
     pub healthz: Family<Code, Counter>,
     /// `/livez` answers by code.
@@ -182,6 +184,7 @@ impl Metrics {
             rest_response_size: Family::new_with_constructor(size_buckets()),
             healthz: Family::default(),
             livez: Family::default(),
+            nfacct: std::sync::atomic::AtomicBool::new(false),
         };
         let rest = &mut m.registry;
         rest.register("rest_client_requests", "Number of HTTP requests, partitioned by status code, method, and host.", m.rest_requests.clone());
@@ -238,6 +241,32 @@ impl Metrics {
         r.register("conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds", m.conntrack_duration.clone());
         r.register("conntrack_reconciler_deleted_entries", "Cumulative conntrack flows deleted by conntrack reconciler", m.conntrack_deleted.clone());
         m
+    }
+
+    /// Exports upstream's nfacct packet counters (iptables mode, when they
+    /// exist), read from the kernel at each scrape.
+    pub fn count_nfacct(&self, on: bool) {
+        self.nfacct.store(on && self.mode == Mode::Iptables, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The nfacct counters' families, as upstream's collectors write them
+    /// (each only when its counter reads).
+    fn nfacct_families(&self) -> String {
+        use kproxy_backend_iptables::names::{NFACCT_INVALID_DROPPED, NFACCT_LOCALHOST_NODEPORTS};
+        let mut out = String::new();
+        if !self.nfacct.load(std::sync::atomic::Ordering::Relaxed) {
+            return out;
+        }
+        let Ok(mut acct) = kproxy_netfilter::Nfacct::open() else { return out };
+        for (counter, family, help) in [
+            (NFACCT_INVALID_DROPPED, "kubeproxy_iptables_ct_state_invalid_dropped_packets", "packets dropped by iptables to work around conntrack problems"),
+            (NFACCT_LOCALHOST_NODEPORTS, "kubeproxy_iptables_localhost_nodeports_accepted_packets", "Number of packets accepted on nodeports of loopback interface"),
+        ] {
+            if let Ok(Some(packets)) = acct.packets(counter) {
+                out.push_str(&format!("# HELP {family} {help}\n# TYPE {family} counter\n{family}_total {packets}\n"));
+            }
+        }
+        out
     }
 
     /// A Service event reached the proxy.
@@ -342,6 +371,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        out.push_str(&self.nfacct_families());
         out.push_str(&crate::metrics_process::encode(self.started));
         out.push_str("# EOF\n");
         out

@@ -89,6 +89,7 @@ impl Proxy {
     /// servers. Nothing syncs before both initial lists are delivered.
     pub async fn start(settings: &Settings, node: &Host, families: &[IpFamily], configz: String, metrics: Arc<Metrics>) -> Result<Proxy> {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
+        metrics.count_nfacct(node.nfacct);
         let mut senders = Vec::new();
         let mut runners = Vec::new();
         let flavour = match settings.mode {

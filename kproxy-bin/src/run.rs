@@ -246,7 +246,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     }
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
     let families = families_to_proxy(&node, Path::new("/"));
-    let proxy = Proxy::start(settings, &Host::here(node), &families, run.configz.clone(), Arc::new(Metrics::new(settings.mode))).await?;
+    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.mode), &families, run.configz.clone(), Arc::new(Metrics::new(settings.mode))).await?;
     let follow = standalone::follow(&proxy, &settings.node_name, dir, state, directory);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
@@ -282,7 +282,7 @@ async fn cluster(run: &Run<'_>) -> Result<()> {
         return Ok(());
     }
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
-    let proxy = Proxy::start(settings, &Host::here(node), &families, run.configz.clone(), metrics).await?;
+    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.mode), &families, run.configz.clone(), metrics).await?;
     if !found {
         proxy.set_node_eligible(false);
     }
@@ -370,6 +370,7 @@ async fn stop_signal(terminate: &mut Signal) -> &'static str {
 /// The iptables proxier for `family`.
 pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<IptablesProxier<K>> {
     let options = IptablesOptions {
+        nfacct: host.nfacct,
         localhost_node_ports: settings.localhost_node_ports(&host.node),
         tcp_be_liberal: settings.conntrack.tcp_be_liberal || host.tcp_be_liberal,
         ..IptablesOptions::default()
@@ -397,19 +398,39 @@ pub(crate) struct Host {
     pub local_ips: Vec<std::net::IpAddr>,
     /// `nf_conntrack_tcp_be_liberal` is on here.
     pub tcp_be_liberal: bool,
+    /// upstream's nfacct counters exist here (iptables mode creates them).
+    pub nfacct: bool,
 }
 
 impl Host {
     /// `node`, on this namespace's interfaces.
     pub fn here(node: NodeInfo) -> Host {
-        Host { node, local_ips: crate::interfaces::local_addresses(), tcp_be_liberal: sysctls::tcp_be_liberal(Path::new("/")) }
+        Host { node, local_ips: crate::interfaces::local_addresses(), tcp_be_liberal: sysctls::tcp_be_liberal(Path::new("/")), nfacct: false }
+    }
+
+    /// In iptables mode, creates upstream's two nfacct counters, as its
+    /// full syncs do; the rules then count into them and `/metrics`
+    /// exports them. A kernel without `nfnetlink_acct` is an error line
+    /// and no counting, as upstream.
+    pub fn counting(mut self, mode: Mode) -> Host {
+        if mode == Mode::Iptables {
+            let created = kproxy_netfilter::Nfacct::open().and_then(|mut acct| {
+                acct.ensure(kproxy_backend_iptables::names::NFACCT_INVALID_DROPPED)?;
+                acct.ensure(kproxy_backend_iptables::names::NFACCT_LOCALHOST_NODEPORTS)
+            });
+            match created {
+                Ok(()) => self.nfacct = true,
+                Err(e) => tracing::error!(error = %e.0, "Failed to create nfacct counters; the corresponding metrics will not be updated"),
+            }
+        }
+        self
     }
 
     /// `node` as the dry run pictures it: its own addresses are its
     /// interfaces'.
     pub fn pictured(node: NodeInfo) -> Host {
         let local_ips = node.ips.clone();
-        Host { node, local_ips, tcp_be_liberal: false }
+        Host { node, local_ips, tcp_be_liberal: false, nfacct: false }
     }
 
     fn config(&self, settings: &Settings, family: IpFamily) -> kproxy_core::ProxierConfig {

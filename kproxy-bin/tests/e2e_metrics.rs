@@ -34,8 +34,6 @@ const EXCEPTIONS: &[(&str, &str)] = &[
     ("rest_client_exec_plugin_", "client-go's exec credential plugins; kproxy's client has none"),
     ("rest_client_transport_", "client-go's transport cache; kproxy's client has none"),
     ("rest_client_request_retries_total", "kproxy's client does not retry requests itself (its watches relist)"),
-    ("kubeproxy_iptables_ct_state_invalid_dropped_packets_total", "an nfacct counter; kproxy does not create nfacct objects yet"),
-    ("kubeproxy_iptables_localhost_nodeports_accepted_packets_total", "an nfacct counter; kproxy does not create nfacct objects yet"),
 ];
 
 /// A dashboard panel, the metric its query reads, and the label matchers

@@ -9,6 +9,8 @@
 //!   calls stale — upstream's UDP cleanup after each sync;
 //! - [`nft_rules`]: digests of nf_tables chains' rules (what iptables-nft
 //!   wrote), to find rules changed from outside without `iptables-save`;
+//! - [`nfacct`]: named packet counters (`-m nfacct`), which upstream's
+//!   iptables mode exports as metrics;
 //! - [`genl`]: generic netlink over a [`genl::GenlSocket`]: families by
 //!   name, batches of acknowledged requests, dumps (IPVS speaks it).
 //!
@@ -17,8 +19,10 @@
 
 pub mod conntrack;
 pub mod genl;
+pub mod nfacct;
 pub mod nft_rules;
 pub mod wire;
 
 pub use conntrack::{CleanReport, Conntrack};
+pub use nfacct::Nfacct;
 pub use wire::{NetlinkError, NfSocket};

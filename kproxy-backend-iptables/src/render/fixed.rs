@@ -135,6 +135,9 @@ pub struct FixedOptions {
     /// (`nf_conntrack_tcp_be_liberal`): then, as upstream, forwarded
     /// packets conntrack calls INVALID are not dropped.
     pub tcp_be_liberal: bool,
+    /// upstream's nfacct counters exist: the INVALID drop and localhost
+    /// NodePorts count into them, as upstream's rules do.
+    pub nfacct: bool,
 }
 
 /// The fixed chains of the nat and filter tables with their fixed rules.
@@ -199,7 +202,11 @@ pub fn fixed_chains(config: &ProxierConfig, options: FixedOptions) -> (Chains, C
     if !options.tcp_be_liberal {
         // An out-of-window packet would otherwise reset a connection
         // (kubernetes/kubernetes#74839).
-        forward.push(Rule::new(vec![Match::CtState(vec![CtState::Invalid], false)], Target::Drop));
+        let mut matches = vec![Match::CtState(vec![CtState::Invalid], false)];
+        if options.nfacct {
+            matches.push(Match::Nfacct(crate::names::NFACCT_INVALID_DROPPED.into()));
+        }
+        forward.push(Rule::new(matches, Target::Drop));
     }
     forward.extend([
         Rule::new(vec![Match::Comment("kubernetes forwarding rules".into()), Match::Mark(mark, false)], Target::Accept),

@@ -15,7 +15,7 @@ use std::ops::Bound;
 
 use kproxy_core::{NamespacedName, NoLocalEndpoints, ProxierConfig, ProxyState, Protocol, ServicePortName};
 
-use crate::rule::Rule;
+use crate::rule::{Match, Rule};
 pub use fixed::{fixed_chains, jumps, jumps_for, FixedOptions, Jump, Table};
 pub use service::{local_match, node_port_destinations, render_port, ServiceRules};
 
@@ -170,6 +170,9 @@ impl Renderer {
             let mut health_check_written = false;
             for (name, info) in state.services().ports_of(service) {
                 let mut rules = render_port(name, info, state.endpoints().get(name), state.node(), &self.config);
+                if self.options.localhost_node_ports && self.options.nfacct {
+                    count_localhost_node_ports(&mut rules.nat_nodeports);
+                }
                 // One health-check rule per Service, however many ports.
                 if health_check_written {
                     rules.filter_nodeports.clear();
@@ -235,6 +238,22 @@ impl Renderer {
         }
         out
     }
+}
+
+/// Before each NodePort jump, upstream's counting copy for loopback
+/// destinations: `-d 127.0.0.0/8 ... -m nfacct --nfacct-name
+/// localhost_nps_accepted_pkts` with the same jump.
+fn count_localhost_node_ports(rules: &mut Vec<Rule>) {
+    let mut out = Vec::with_capacity(rules.len() * 2);
+    for rule in rules.drain(..) {
+        let mut counting = rule.clone();
+        let at = counting.matches.iter().position(|m| matches!(m, Match::DestinationPort(_))).unwrap_or(counting.matches.len());
+        counting.matches.insert(at, Match::Destination("127.0.0.0/8".parse().expect("literal"), false));
+        counting.matches.push(Match::Nfacct(crate::names::NFACCT_LOCALHOST_NODEPORTS.into()));
+        out.push(counting);
+        out.push(rule);
+    }
+    *rules = out;
 }
 
 impl Renderer {
