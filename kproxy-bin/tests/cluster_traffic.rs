@@ -216,3 +216,34 @@ fn healthz_follows_the_autoscaler_s_taint_and_livez_does_not() {
     eventually("/healthz never recovered", 20, healthz_is("200"));
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// `--kube-api-qps` and `--kube-api-burst` (clientConnection.qps/burst)
+/// throttle the API client as client-go's token bucket does: with a burst
+/// of 1 and half a request per second, the start-up requests after the
+/// first wait for their tokens, and the metrics show it; traffic is
+/// served all the same.
+#[test]
+fn the_api_client_is_rate_limited() {
+    if !kernel_tests_enabled("the_api_client_is_rate_limited") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let api = FakeApi::start_in_netns(topo.node.name());
+    put_scenario(&api, &scenario);
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-qps-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    let args = [BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap(), "--kube-api-qps=0.5", "--kube-api-burst=1"];
+    topo.node.spawn(&args).unwrap();
+    let case = &scenario.cases[0];
+    eventually("never served", 60, || check_case(&topo, &case.packet, &case.expected));
+    let metrics = topo.node.exec(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:10249/metrics"]).unwrap();
+    let waited: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rest_client_rate_limiter_duration_seconds_sum"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let requests: f64 = metrics.lines().filter(|l| l.starts_with("rest_client_requests_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert!(requests >= 4.0 && waited > 0.0, "requests {requests}, time spent waiting for tokens {waited} s:\n{metrics}");
+    let _ = std::fs::remove_file(&kubeconfig);
+}

@@ -609,3 +609,29 @@ fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
     }
     assert!(failures.is_empty(), "kproxy trace disagrees with the oracle:\n{}", failures.join("\n"));
 }
+
+/// `--init-only` does the work that needs full privileges (the sysctls)
+/// and exits 0, as upstream's, without programming any rule.
+#[test]
+fn init_only_sets_up_and_exits_without_rules() {
+    if !kernel_tests_enabled("init_only_sets_up_and_exits_without_rules") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let topo = Topology::build(&scenario).unwrap();
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-init-only", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir, &scenario);
+    for mode in ["nftables", "iptables"] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", topo.node.name(), BIN, "--proxy-mode", mode, "--hostname-override", fx::NODE_NAME, "--manifests", dir.to_str().unwrap(), "--init-only"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && log.contains("System initialized and --init-only specified"), "{mode}: {log}");
+        assert!(!topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-"), "{mode}: no table");
+        assert!(!topo.node.exec(&["iptables-save"]).unwrap_or_default().contains("KUBE-SERVICES"), "{mode}: no chain");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
