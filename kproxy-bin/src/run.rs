@@ -213,6 +213,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
         tracing::warn!("manifest problem: {p}");
     }
     let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
+    let node = with_primary_ip(node, settings.primary_ip);
     let families = families_of(&node);
     if run.flags.on("dry-run") {
         let node = Host::pictured(node);
@@ -442,6 +443,16 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_address_is_the_primary_node_ip() {
+        let mut node = NodeInfo::named("n");
+        node.ips = vec!["192.168.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(with_primary_ip(node.clone(), None).ips, node.ips, "unset (0.0.0.0): the Node's");
+        assert_eq!(with_primary_ip(node.clone(), Some(ip("fd00::9"))).ips, [ip("fd00::9"), ip("192.168.0.2")], "IPv6 primary, in place of the Node's IPv6");
+        assert_eq!(with_primary_ip(node, Some(ip("10.0.0.7"))).ips, [ip("10.0.0.7"), ip("fd00::2")]);
+    }
 
     #[test]
     fn every_family_the_kernel_has_is_proxied_primary_first() {
