@@ -4,6 +4,7 @@
 
 mod api_client;
 mod config;
+mod dir_events;
 mod events;
 mod flags;
 mod interfaces;

@@ -1,5 +1,6 @@
-//! Standalone mode's source: the manifests directory, re-read every second,
-//! its differences sent as updates.
+//! Standalone mode's source: the manifests directory, read again when a
+//! file event says it changed (inotify) and every second, its differences
+//! sent as updates.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,9 +94,22 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
     proxy.send(initial).await;
     let mut known = state;
     let mut problems_seen = BTreeMap::new();
+    // File events wake the source at once; the one-second poll stays as
+    // the fallback (and settles files caught half-written).
+    let mut events = crate::dir_events::DirEvents::watch(dir)
+        .inspect_err(|e| tracing::warn!("{e}; the manifests directory is read every second only"))
+        .ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = async {
+                match events.as_mut() {
+                    Some(e) => e.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
         let (state, problems) = match directory.load(dir) {
             Ok(loaded) => loaded,
             Err(e) => {
