@@ -1,35 +1,27 @@
 //! A directory's file events (inotify), so that standalone mode sees a
 //! manifest change at once instead of at its next one-second poll (which
 //! stays, as the fallback for filesystems without events).
+//!
+//! A thread blocks on the inotify descriptor and wakes the async side
+//! through a channel (no unsafe registration with the reactor).
 
 use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::io::unix::AsyncFd;
-
-/// The inotify instance, as tokio's reactor needs it.
-#[derive(Debug)]
-struct Fd(Inotify);
-
-impl std::os::fd::AsRawFd for Fd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
-}
+use tokio::sync::mpsc;
 
 /// Events of one directory.
 #[derive(Debug)]
 pub struct DirEvents {
-    fd: AsyncFd<Fd>,
+    rx: mpsc::Receiver<()>,
 }
 
 impl DirEvents {
     /// Watches `dir` for files written, created, moved in or out, removed,
     /// or changed in their metadata (a ConfigMap's symlink swap is a move).
     pub fn watch(dir: &Path) -> Result<DirEvents, String> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| format!("inotify: {e}"))?;
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| format!("inotify: {e}"))?;
         let mask = AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
@@ -38,25 +30,30 @@ impl DirEvents {
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_ATTRIB;
         inotify.add_watch(dir, mask).map_err(|e| format!("inotify watch of {}: {e}", dir.display()))?;
-        Ok(DirEvents { fd: AsyncFd::new(Fd(inotify)).map_err(|e| format!("inotify: {e}"))? })
+        let (tx, rx) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("manifest-events".into())
+            .spawn(move || {
+                // Ends when the receiver is gone (the next event finds it so).
+                while inotify.read_events().is_ok() {
+                    match tx.try_send(()) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                        Err(mpsc::error::TrySendError::Closed(())) => return,
+                    }
+                }
+            })
+            .map_err(|e| format!("inotify thread: {e}"))?;
+        Ok(DirEvents { rx })
     }
 
     /// Waits for the next change, then for a short quiet moment, so that a
     /// burst of writes (an editor's, a `kubectl` dump's) is one reload.
     pub async fn changed(&mut self) {
-        loop {
-            let Ok(mut ready) = self.fd.readable().await else {
-                return std::future::pending().await;
-            };
-            match ready.get_inner().0.read_events() {
-                Ok(events) if !events.is_empty() => break,
-                Ok(_) | Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
-                Err(_) => return std::future::pending().await,
-            }
+        if self.rx.recv().await.is_none() {
+            return std::future::pending().await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        // The burst's other events (the fd does not block; none is fine).
-        let _ = self.fd.get_ref().0.read_events();
+        while self.rx.try_recv().is_ok() {}
     }
 }
 
