@@ -4,6 +4,7 @@
 
 mod api_client;
 mod config;
+mod diagnose_cmd;
 mod dir_events;
 mod events;
 mod flags;
@@ -44,8 +45,10 @@ fn fail(problem: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("trace") {
-        return trace_cmd::main(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("trace") => return trace_cmd::main(&args[1..]),
+        Some("diagnose") => return diagnose_cmd::main(&args[1..]),
+        _ => {}
     }
     let flags = match flags::Flags::from_env() {
         Ok(f) => f,

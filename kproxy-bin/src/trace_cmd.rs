@@ -116,7 +116,7 @@ pub fn service_rules(save: &str) -> String {
 }
 
 /// Reads this namespace's rules for `family` with the flavour in use.
-fn live_rules(family: IpFamily) -> Result<(String, &'static str), String> {
+pub(crate) fn live_rules(family: IpFamily) -> Result<(String, &'static str), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let (flavour, _) = runtime.block_on(Flavour::detect(None));
     let prefix = if family == IpFamily::V4 { "iptables" } else { "ip6tables" };

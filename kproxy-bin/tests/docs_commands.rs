@@ -67,6 +67,7 @@ fn run(program: &Path, args: &[String], prints: bool) -> Result<String, String> 
 
 /// Commands run elsewhere, by prefix, with what runs them.
 const ELSEWHERE: &[(&str, &str)] = &[
+    ("target/debug/kproxy diagnose ", "needs live rules: standalone_traffic.rs runs kproxy diagnose on the example cluster, before and after drift"),
     ("target/debug/kproxy trace ", "needs live rules: standalone_traffic.rs and e2e_trace.rs run kproxy trace on every case of their scenarios"),
     ("bash scripts/demo.sh", "scripts/test.sh runs the demo and checks every answer"),
     ("bash scripts/test.sh", ".ci/run runs it"),

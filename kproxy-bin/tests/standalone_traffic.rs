@@ -635,3 +635,45 @@ fn init_only_sets_up_and_exits_without_rules() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kproxy diagnose` on a node kproxy programs (iptables mode, the example
+/// cluster): the Service without endpoints is reported, the others agree;
+/// then a rule removed by hand (kproxy stopped, as when a node is
+/// inspected) is reported as drift, naming the endpoint the kernel lost.
+#[test]
+fn diagnose_reports_missing_endpoints_and_drift() {
+    if !kernel_tests_enabled("diagnose_reports_missing_endpoints_and_drift") {
+        return;
+    }
+    let mut ns = kproxy_testkit::Netns::new("diagnose").unwrap();
+    ns.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
+    ns.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]).unwrap();
+    ns.exec(&["ip", "link", "set", "eth0", "up"]).unwrap();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster");
+    let handle = ns.spawn(&[BIN, "--proxy-mode", "iptables", "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16", "--manifests", cluster]).unwrap();
+    let start = Instant::now();
+    while !ns.exec(&["iptables-save", "-t", "nat"]).unwrap_or_default().contains("demo/web:http -> 10.244.1.11:8080") {
+        assert!(start.elapsed() < Duration::from_secs(20), "kproxy never programmed the node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ns.kill(handle);
+    let diagnose = |only: &[&str]| {
+        let mut args = vec!["ip", "netns", "exec", ns.name(), BIN, "diagnose", "--manifests", cluster, "--hostname-override", "node-a"];
+        args.extend_from_slice(only);
+        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = diagnose(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("demo/pending:"), "the Service without endpoints: {text}");
+    assert!(!text.contains("demo/web:") && !text.contains("demo/dns:"), "the others agree: {text}");
+    assert_eq!(diagnose(&["demo/web"]).0, Some(0), "one Service that agrees");
+
+    let rule = ns.exec(&["iptables", "-t", "nat", "-S"]).unwrap().lines().find(|l| l.contains("demo/web:http -> 10.244.1.10:8080")).unwrap().to_string();
+    let mut delete: Vec<String> = vec!["iptables".into(), "-t".into(), "nat".into()];
+    delete.extend(kproxy_backend_iptables::rule::tokenize(&rule.replacen("-A", "-D", 1)).unwrap());
+    ns.exec(&delete.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let (code, text) = diagnose(&["demo/web"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("the kernel does dnat [\"10.244.1.11:8080\"], the API says dnat [\"10.244.1.10:8080\", \"10.244.1.11:8080\"]"), "{text}");
+}
