@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use kproxy_core::IpFamily;
 
 use crate::render::Table;
@@ -187,3 +188,34 @@ fn apply_line(table: Table, work: &mut FakeTable, line: &str, family: IpFamily) 
     }
     Ok(())
 }
+
+#[async_trait]
+impl crate::kernel::Kernel for FakeIptables {
+    async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), crate::kernel::KernelError> {
+        FakeIptables::restore(self, family, text).map_err(crate::kernel::KernelError::Fake)
+    }
+
+    async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<crate::kernel::Listing, crate::kernel::KernelError> {
+        Ok(crate::kernel::Listing::parse(&self.save(family, table), table).only(chains))
+    }
+
+    async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, crate::kernel::KernelError> {
+        Ok(self.table(family, table).chains.keys().cloned().collect())
+    }
+
+    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<crate::kernel::Digests>, crate::kernel::KernelError> {
+        let t = self.table(family, table);
+        let digest = |rules: &Vec<crate::rule::Rule>| {
+            let mut h = std::hash::DefaultHasher::new();
+            for r in rules {
+                std::hash::Hash::hash(&r.args(), &mut h);
+            }
+            std::hash::Hasher::finish(&h)
+        };
+        Ok(Some(match chains {
+            None => t.chains.iter().map(|(c, r)| (c.clone(), digest(r))).collect(),
+            Some(names) => names.iter().filter_map(|c| t.chains.get(c).map(|r| (c.clone(), digest(r)))).collect(),
+        }))
+    }
+}
+

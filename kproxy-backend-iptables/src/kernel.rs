@@ -5,7 +5,7 @@
 //! [`IptablesCli`] runs the real tools of one flavour (`iptables-legacy`
 //! or `iptables-nft`), optionally inside a network namespace; [`Flavour::detect`]
 //! picks the flavour the host already uses, as upstream's image does.
-//! [`FakeIptables`](crate::fake::FakeIptables) implements [`Kernel`] too.
+//! The fake kernel (`fake.rs`) implements [`Kernel`] too.
 
 use std::process::Stdio;
 
@@ -14,8 +14,8 @@ use kproxy_core::IpFamily;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::fake::FakeIptables;
-use crate::render::Table;
+use crate::render::{Jump, Table};
+use crate::rule::{Match, Target};
 
 /// A kernel step failed.
 #[derive(Debug, thiserror::Error)]
@@ -343,36 +343,6 @@ fn nft_chain_names(out: &str, family: &str, table: &str) -> Vec<String> {
     names
 }
 
-#[async_trait]
-impl Kernel for FakeIptables {
-    async fn restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {
-        FakeIptables::restore(self, family, text).map_err(KernelError::Fake)
-    }
-
-    async fn list(&mut self, family: IpFamily, table: Table, chains: &[&str]) -> Result<Listing, KernelError> {
-        Ok(Listing::parse(&self.save(family, table), table).only(chains))
-    }
-
-    async fn chain_names(&mut self, family: IpFamily, table: Table) -> Result<Vec<String>, KernelError> {
-        Ok(self.table(family, table).chains.keys().cloned().collect())
-    }
-
-    async fn digests(&mut self, family: IpFamily, table: Table, chains: Option<&[String]>) -> Result<Option<Digests>, KernelError> {
-        let t = self.table(family, table);
-        let digest = |rules: &Vec<crate::rule::Rule>| {
-            let mut h = std::hash::DefaultHasher::new();
-            for r in rules {
-                std::hash::Hash::hash(&r.args(), &mut h);
-            }
-            std::hash::Hasher::finish(&h)
-        };
-        Ok(Some(match chains {
-            None => t.chains.iter().map(|(c, r)| (c.clone(), digest(r))).collect(),
-            Some(names) => names.iter().filter_map(|c| t.chains.get(c).map(|r| (c.clone(), digest(r)))).collect(),
-        }))
-    }
-}
-
 /// What `iptables-save -t TABLE` shows of a table: each chain with its
 /// rule count, and the rule lines of the built-in chains.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -384,6 +354,24 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// Whether this listing has `jump` in its built-in chain: matched on
+    /// the chain, the comment and the target, as `iptables-save` may
+    /// reorder and respell the rest.
+    pub fn has(&self, jump: &Jump) -> bool {
+        let comment = jump.rule.matches.iter().find_map(|m| match m {
+            Match::Comment(c) => Some(c.as_str()),
+            _ => None,
+        });
+        let Target::Jump(target) = &jump.rule.target else {
+            return false;
+        };
+        self.builtin_rules.iter().any(|line| {
+            line.starts_with(&format!("-A {} ", jump.from))
+                && line.ends_with(&format!("-j {target}"))
+                && comment.is_none_or(|c| line.contains(&format!("--comment \"{c}\"")) || line.contains(&format!("--comment {c}")))
+        })
+    }
+
     /// Keeps only the named chains.
     pub fn only(mut self, chains: &[&str]) -> Listing {
         self.chains.retain(|c, _| chains.contains(&c.as_str()));

@@ -230,7 +230,7 @@ impl<K: Kernel> IptablesProxier<K> {
         let mut missing = Vec::new();
         for table in Table::ALL {
             let listing = self.kernel.list(self.family(), table, table.builtins()).await?;
-            missing.extend(all.iter().filter(|j| j.table == table && !j.is_in(&listing)).cloned());
+            missing.extend(all.iter().filter(|j| j.table == table && !listing.has(j)).cloned());
         }
         // Keep upstream's order: missing jumps are inserted in list order.
         missing.sort_by_key(|j| all.iter().position(|k| k == j));

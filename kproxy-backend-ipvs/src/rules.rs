@@ -261,7 +261,7 @@ pub fn render_chains(config: &ProxierConfig) -> (Chains, Chains) {
 /// (each chain declared, hence emptied, then filled) and inserts the jumps
 /// of [`jumps`] that `present` (the built-in chains as listed) lacks.
 pub fn restore_text(nat: &Chains, filter: &Chains, present: &Listing) -> String {
-    let missing: Vec<Jump> = jumps().into_iter().filter(|j| !j.is_in(present)).collect();
+    let missing: Vec<Jump> = jumps().into_iter().filter(|j| !present.has(j)).collect();
     restore::chains(&[(Table::Nat, nat), (Table::Filter, filter)], &missing)
 }
 

@@ -3,6 +3,7 @@
 //! standalone mode (`--manifests`).
 
 mod api_client;
+mod backends;
 mod config;
 mod diagnose_cmd;
 mod dir_events;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::observer::SyncObserver;
-use crate::run::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
+use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
 

@@ -12,7 +12,7 @@ use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_core::{IpFamily, Proxier};
 
-use crate::run::{iptables_proxier, ipvs_proxier, Host};
+use crate::backends::{iptables_proxier, ipvs_proxier, Host};
 use crate::settings::{Mode, Settings};
 
 /// Upstream kube-proxy's nftables table (in the `ip` and `ip6` families).

@@ -54,6 +54,22 @@ pub struct RuleCount {
     pub written: usize,
 }
 
+impl crate::state::ProxyState {
+    /// The report of a successful sync that applied `changes`: health
+    /// checks from the maps, and the conntrack filter when the sync may
+    /// have left stale flows (full syncs, and
+    /// [`StateChanges::may_leave_stale_flows`]).
+    pub fn report(&self, full: bool, changes: StateChanges, no_local_endpoints: NoLocalEndpoints) -> SyncReport {
+        let mut report = SyncReport::new(full, changes);
+        report.no_local_endpoints = no_local_endpoints;
+        report.health_checks = self.health_checks();
+        if report.full || report.changes.may_leave_stale_flows() {
+            report.stale_flows = Some(self.stale_flow_filter(&report.changes));
+        }
+        report
+    }
+}
+
 impl SyncReport {
     /// A report for a sync that applied `changes`.
     pub fn new(full: bool, changes: StateChanges) -> Self {

@@ -10,7 +10,6 @@ use crate::conntrack::StaleFlowFilter;
 use crate::convert::node_info;
 use crate::endpoints_map::EndpointsMap;
 use crate::model::{IpFamily, NamespacedName, NodeInfo};
-use crate::proxier::{NoLocalEndpoints, SyncReport};
 use crate::service_map::ServiceMap;
 use crate::tracker::{EndpointsChangeTracker, EndpointsUpdate, ServiceChangeTracker, ServiceUpdate};
 
@@ -181,20 +180,6 @@ impl ProxyState {
     /// The node this proxier runs on.
     pub fn node(&self) -> &NodeInfo {
         &self.node
-    }
-
-    /// The report of a successful sync that applied `changes`: health
-    /// checks from the maps, and the conntrack filter when the sync may
-    /// have left stale flows (full syncs, and
-    /// [`StateChanges::may_leave_stale_flows`]).
-    pub fn report(&self, full: bool, changes: StateChanges, no_local_endpoints: NoLocalEndpoints) -> SyncReport {
-        let mut report = SyncReport::new(full, changes);
-        report.no_local_endpoints = no_local_endpoints;
-        report.health_checks = self.health_checks();
-        if report.full || report.changes.may_leave_stale_flows() {
-            report.stale_flows = Some(self.stale_flow_filter(&report.changes));
-        }
-        report
     }
 
     /// The filter for conntrack entries left stale by `changes` (just

@@ -54,24 +54,6 @@ impl Jump {
     pub fn new(table: Table, from: &'static str, to: &str, comment: &str) -> Jump {
         jump(table, from, to, comment, false)
     }
-
-    /// Whether `listing` has this jump in its built-in chain: matched on
-    /// the chain, the comment and the target, as `iptables-save` may
-    /// reorder and respell the rest.
-    pub fn is_in(&self, listing: &crate::kernel::Listing) -> bool {
-        let comment = self.rule.matches.iter().find_map(|m| match m {
-            Match::Comment(c) => Some(c.as_str()),
-            _ => None,
-        });
-        let Target::Jump(target) = &self.rule.target else {
-            return false;
-        };
-        listing.builtin_rules.iter().any(|line| {
-            line.starts_with(&format!("-A {} ", self.from))
-                && line.ends_with(&format!("-j {target}"))
-                && comment.is_none_or(|c| line.contains(&format!("--comment \"{c}\"")) || line.contains(&format!("--comment {c}")))
-        })
-    }
 }
 
 fn jump(table: Table, from: &'static str, to: &str, comment: &str, new_only: bool) -> Jump {

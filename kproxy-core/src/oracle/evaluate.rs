@@ -1,10 +1,8 @@
 //! The oracle: what must happen to a packet, from the desired state alone.
 
-use std::net::SocketAddr;
-
-use super::packet::{Origin, Packet, Target, Verdict};
+use super::packet::{targets, Origin, Packet, Verdict};
 use crate::config::ProxierConfig;
-use crate::model::{Endpoint, ServicePortInfo, ServicePortName};
+use crate::model::{ServicePortInfo, ServicePortName};
 use crate::selection::select_endpoints;
 use crate::state::ProxyState;
 
@@ -131,15 +129,3 @@ fn decide(
     }
 }
 
-pub(super) fn targets(endpoints: &[Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
-    let mut out: Vec<Target> = endpoints
-        .iter()
-        .map(|e| Target {
-            endpoint: SocketAddr::new(e.ip, e.port),
-            masquerade: masquerade || (e.ip == packet.src && (e.is_local || short_circuit)),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}

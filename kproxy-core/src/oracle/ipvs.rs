@@ -23,8 +23,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use super::evaluate::targets;
-use super::packet::{Origin, Packet, Verdict};
+use super::packet::{targets, Origin, Packet, Verdict};
 use crate::config::ProxierConfig;
 use crate::model::{ServicePortInfo, ServicePortName};
 use crate::selection::select_endpoints;

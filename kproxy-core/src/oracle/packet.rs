@@ -150,3 +150,19 @@ impl Verdict {
         }
     }
 }
+
+/// The forward targets of `endpoints` for `packet`: each with its
+/// masquerade flag (set for every one when `masquerade`, and for a packet
+/// that would come back to its own sender), sorted.
+pub(super) fn targets(endpoints: &[crate::model::Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
+    let mut out: Vec<Target> = endpoints
+        .iter()
+        .map(|e| Target {
+            endpoint: std::net::SocketAddr::new(e.ip, e.port),
+            masquerade: masquerade || (e.ip == packet.src && (e.is_local || short_circuit)),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
