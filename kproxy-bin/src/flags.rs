@@ -171,7 +171,7 @@ pub const SPECS: &[Spec] = &[
     ),
     Spec { short: Some('v'), ..flag("v", Level, Always, "0", "Number for the log level verbosity.") },
     flag("version", Version, Always, "", "--version, --version=raw prints version information and quits."),
-    inert("vmodule", Text, Always, "", "Comma-separated list of pattern=N settings for file-filtered logging.", "kproxy's verbosity is per process"),
+    flag("vmodule", Text, Always, "", "Comma-separated list of pattern=N settings for file-filtered logging (file names without .rs, globs)."),
     flag("write-config-to", Text, Always, "", "If set, write the effective configuration to this file and exit."),
     // kproxy's own.
     flag("manifests", Text, Always, "", "kproxy: take the cluster state from a directory of YAML manifests instead of an API server."),

@@ -202,23 +202,88 @@ where
     }
 }
 
-/// The tracing filter directive for upstream's `-v` level.
-pub fn level_for(verbosity: u32) -> &'static str {
-    match verbosity {
-        0..=1 => "info",
-        2..=3 => "debug",
-        _ => "trace",
+
+/// klog's `--vmodule` glob: `*` any run, `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    fn at(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len()).any(|i| at(&p[1..], &t[i..])),
+            Some('?') => !t.is_empty() && at(&p[1..], &t[1..]),
+            Some(c) => t.first() == Some(c) && at(&p[1..], &t[1..]),
+        }
+    }
+    at(&p, &t)
+}
+
+/// Per-file verbosity, as klog's `--vmodule`: each `(pattern, level)`
+/// raises the verbosity of the source files whose name (without `.rs`)
+/// the glob matches, or whose path does when the pattern has a `/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vmodule(pub Vec<(String, u32)>);
+
+impl Vmodule {
+    /// The `logging.vmodule` value of a configuration (upstream's list of
+    /// `{filePattern, verbosity}`).
+    pub fn from_config(value: Option<&serde_json::Value>) -> Vmodule {
+        let items = value.and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+        Vmodule(
+            items
+                .iter()
+                .filter_map(|i| Some((i.get("filePattern")?.as_str()?.to_string(), u32::try_from(i.get("verbosity")?.as_u64()?).ok()?)))
+                .collect(),
+        )
+    }
+
+    /// The verbosity for events from `file`, if a pattern matches it.
+    fn level(&self, file: &str) -> Option<u32> {
+        let path = file.trim_end_matches(".rs");
+        let name = path.rsplit('/').next().unwrap_or(path);
+        // A path pattern matches the path or any tail of it after a `/`
+        // (the crate's directory is not part of what a user types).
+        let tails = || std::iter::once(path).chain(path.match_indices('/').map(|(i, _)| &path[i + 1..]));
+        self.0.iter().find(|(p, _)| if p.contains('/') { tails().any(|t| glob(p, t)) } else { glob(p, name) }).map(|(_, v)| *v)
     }
 }
 
+fn rank(level: &Level) -> u32 {
+    match *level {
+        Level::TRACE => 4,
+        Level::DEBUG => 2,
+        _ => 0,
+    }
+}
+
+/// Whether an event at `level` from `file` is logged at `verbosity` with
+/// `vmodule`.
+fn enabled(level: &Level, file: Option<&str>, verbosity: u32, vmodule: &Vmodule) -> bool {
+    let wanted = file.and_then(|f| vmodule.level(f)).unwrap_or(verbosity);
+    rank(level) <= wanted
+}
+
 /// Installs the global logger on stderr. `RUST_LOG`, when set, overrides
-/// the level.
-pub fn init(format: Format, verbosity: u32) {
+/// the levels.
+pub fn init(format: Format, verbosity: u32, vmodule: Vmodule) {
+    let builder = tracing_subscriber::fmt().with_ansi(false).event_format(Klog { format }).with_writer(std::io::stderr);
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        builder.with_env_filter(filter).init();
+        return;
+    }
+    let most = vmodule.0.iter().map(|(_, v)| *v).max().unwrap_or(0).max(verbosity);
+    let max = tracing_subscriber::filter::LevelFilter::from_level(match most {
+        0..=1 => Level::INFO,
+        2..=3 => Level::DEBUG,
+        _ => Level::TRACE,
+    });
     // kube's client logs every failed request at error level; kproxy's own
     // warnings already say what failed and that it retries.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},kube_client=off", level_for(verbosity))));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).event_format(Klog { format }).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::filter::filter_fn(move |meta| {
+        !meta.target().starts_with("kube_client") && enabled(meta.level(), meta.file(), verbosity, &vmodule)
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    builder.with_max_level(max).finish().with(filter).init();
 }
 
 #[cfg(test)]
@@ -246,6 +311,20 @@ mod tests {
         );
         let f = fields("rules", None, &[("data", Value::Text("a\nb\n".into()))]);
         assert!(text_line(UNIX_EPOCH + AT, 1, "x.rs", 1, &Level::WARN, &f).ends_with("] \"rules\" data=<\n\ta\n\tb\n >"));
+    }
+
+    #[test]
+    fn vmodule_raises_the_verbosity_of_the_files_it_names() {
+        let v = Vmodule(vec![("observer".into(), 2), ("*proxier*".into(), 4), ("src/watch*".into(), 4)]);
+        assert!(!enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), 0, &v), "-v=0 elsewhere");
+        assert!(enabled(&Level::INFO, Some("kproxy-bin/src/run.rs"), 0, &v));
+        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/observer.rs"), 0, &v), "observer=2");
+        assert!(!enabled(&Level::TRACE, Some("kproxy-bin/src/observer.rs"), 0, &v));
+        assert!(enabled(&Level::TRACE, Some("kproxy-backend-nft/src/proxier.rs"), 0, &v), "a glob");
+        assert!(enabled(&Level::TRACE, Some("kproxy-bin/src/watch.rs"), 0, &v), "a path pattern");
+        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), 2, &Vmodule::default()), "-v=2 everywhere");
+        let from_config = Vmodule::from_config(Some(&serde_json::json!([{"filePattern": "observer", "verbosity": 2}])));
+        assert_eq!(from_config, Vmodule(vec![("observer".into(), 2)]));
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     };
     let log = effective.config.logging.clone().unwrap_or_default();
     let format = if log.format.as_deref() == Some("json") { logging::Format::Json } else { logging::Format::Text };
-    logging::init(format, log.verbosity.unwrap_or(0));
+    logging::init(format, log.verbosity.unwrap_or(0), logging::Vmodule::from_config(log.vmodule.as_ref()));
     // Upstream prints its flags at -v=1.
     if log.verbosity.unwrap_or(0) >= 1 {
         for (name, value) in flags.given() {

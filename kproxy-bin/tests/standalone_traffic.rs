@@ -677,3 +677,37 @@ fn diagnose_reports_missing_endpoints_and_drift() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("the kernel does dnat [\"10.244.1.11:8080\"], the API says dnat [\"10.244.1.10:8080\", \"10.244.1.11:8080\"]"), "{text}");
 }
+
+/// `--vmodule=observer=2` raises the verbosity of that file only, as
+/// klog's: its sync summaries (logged at -v=2) appear, other files' debug
+/// lines do not; without it neither does.
+#[test]
+fn vmodule_raises_one_file_s_verbosity() {
+    if !kernel_tests_enabled("vmodule_raises_one_file_s_verbosity") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    for (extra, summaries) in [(Some("--vmodule=observer=2"), true), (None, false)] {
+        let mut topo = Topology::build(&scenario).unwrap();
+        let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-vmodule-{summaries}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        write_manifests(&dir.join("m"), &scenario);
+        let log = dir.join("kproxy.log");
+        let m = dir.join("m");
+        let mut args = vec![BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--manifests", m.to_str().unwrap()];
+        args.extend(extra);
+        let handle = topo.node.spawn_logged(&args, &log).unwrap();
+        let case = &scenario.cases[0];
+        let start = Instant::now();
+        while let Err(e) = check_case(&topo, &case.packet, &case.expected) {
+            assert!(start.elapsed() < Duration::from_secs(20), "never served: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        topo.node.kill(handle);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().any(|l| l.contains("observer.rs") && l.contains("\"synced\"")), summaries, "{extra:?}:\n{text}");
+        assert!(!text.contains("\"Service changed\""), "other files stay at -v=0 (proxy.rs logs each change at -v=4): {text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
