@@ -168,25 +168,12 @@ struct Args {
 pub const USAGE: &str = "kproxy diagnose (--manifests DIR | --kubeconfig FILE) --hostname-override NODE [NAMESPACE/SERVICE]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut values = BTreeMap::new();
-    let mut only = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.strip_prefix("--") {
-            Some(flag) => {
-                let (name, value) = match flag.split_once('=') {
-                    Some((n, v)) => (n.to_string(), v.to_string()),
-                    None => (flag.to_string(), it.next().cloned().ok_or_else(|| format!("--{flag} needs a value"))?),
-                };
-                if !["manifests", "kubeconfig", "hostname-override"].contains(&name.as_str()) {
-                    return Err(format!("unknown flag --{name}; usage: {USAGE}"));
-                }
-                values.insert(name, value);
-            }
-            None if only.is_none() && arg.contains('/') => only = Some(arg.clone()),
-            None => return Err(format!("unexpected argument {arg:?}; usage: {USAGE}")),
-        }
-    }
+    let (values, mut words) = crate::trace_cmd::long_flags(args, &["manifests", "kubeconfig", "hostname-override"], USAGE)?;
+    let only = match words.len() {
+        0 => None,
+        1 if words[0].contains('/') => words.pop(),
+        _ => return Err(format!("unexpected argument {:?}; usage: {USAGE}", words.last().unwrap_or(&String::new()))),
+    };
     let node = values.get("hostname-override").cloned().ok_or("--hostname-override is required")?;
     let (manifests, kubeconfig) = (values.get("manifests").cloned(), values.get("kubeconfig").cloned());
     if manifests.is_some() == kubeconfig.is_some() {

@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn only_configuration_flags_yield_to_the_file() {
-        let f = parse(&["--config=c.yaml", "--proxy-mode=ipvs", "--hostname-override=n", "-v=2", "--master=https://x"]).unwrap();
+        let f = parse(&["--config=c.yaml", "--proxy-mode=ipvs", "--hostname-override=n", "-v=2", "--master=https://10.0.0.1:6443"]).unwrap();
         assert_eq!(f.overridden_by_file(), ["proxy-mode"]);
         assert!(parse(&["--proxy-mode=ipvs"]).unwrap().overridden_by_file().is_empty());
     }

@@ -247,19 +247,12 @@ impl Vmodule {
     }
 }
 
-fn rank(level: &Level) -> u32 {
-    match *level {
-        Level::TRACE => 4,
-        Level::DEBUG => 2,
-        _ => 0,
-    }
-}
 
 /// Whether an event at `level` from `file` is logged at `verbosity` with
 /// `vmodule`.
 fn enabled(level: &Level, file: Option<&str>, verbosity: u32, vmodule: &Vmodule) -> bool {
     let wanted = file.and_then(|f| vmodule.level(f)).unwrap_or(verbosity);
-    rank(level) <= wanted
+    u32::from(self::verbosity(level)) <= wanted
 }
 
 /// Installs the global logger on stderr. `RUST_LOG`, when set, overrides

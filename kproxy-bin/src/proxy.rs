@@ -178,16 +178,14 @@ impl Proxy {
             match u {
                 Update::Service { previous, current } => {
                     self.shared.metrics.service_change();
-                    // Per-change detail: upstream logs it at -v=4.
+                    // Per-change detail: upstream logs it at -v=4. The name
+                    // is built only when that level is on (inside the macro).
                     let meta = current.as_ref().or(previous.as_ref()).map(|s| &s.metadata);
-                    let name = meta.map(|m| format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()));
-                    tracing::trace!(service = name.unwrap_or_default(), deleted = current.is_none(), "Service changed");
+                    tracing::trace!(service = meta.map(object_name).unwrap_or_default(), deleted = current.is_none(), "Service changed");
                 }
                 Update::EndpointSlice { slice, removed } => {
                     self.shared.metrics.endpoint_change();
-                    let m = &slice.metadata;
-                    let name = format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default());
-                    tracing::trace!(endpointSlice = name, deleted = *removed, "EndpointSlice changed");
+                    tracing::trace!(endpointSlice = object_name(&slice.metadata), deleted = *removed, "EndpointSlice changed");
                 }
                 Update::Node(n) => {
                     if let Some(why) = self.started_on.change(&kproxy_core::convert::node_info(n)) {
@@ -214,6 +212,11 @@ impl Proxy {
     pub fn set_node_eligible(&self, eligible: bool) {
         self.shared.node_eligible.store(eligible, Ordering::Relaxed);
     }
+}
+
+/// `namespace/name` of an object, for logs.
+fn object_name(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! branch). A rule the tracer cannot follow stops it with
 //! `cannot follow: <rule>`, never a guess.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use kproxy_backend_iptables::fake::FakeIptables;
@@ -38,20 +38,34 @@ pub struct TraceArgs {
 /// The command's usage line.
 pub const USAGE: &str = "kproxy trace --source IP --destination IP:PORT [--protocol tcp|udp|sctp] [--arrival external|local-pod|node] [--proxy-mode iptables] [--output text|json]";
 
-/// Parses `kproxy trace`'s arguments (after `trace`); one line per problem.
-pub fn parse_args(args: &[String]) -> Result<TraceArgs, String> {
-    let mut values = std::collections::BTreeMap::new();
+/// A subcommand's arguments: `--name value` or `--name=value` for the
+/// `allowed` names, and the other words in order. One line per problem.
+pub fn long_flags(args: &[String], allowed: &[&str], usage: &str) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    let mut values = BTreeMap::new();
+    let mut words = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let Some(flag) = arg.strip_prefix("--") else { return Err(format!("unexpected argument {arg:?}; usage: {USAGE}")) };
+        let Some(flag) = arg.strip_prefix("--") else {
+            words.push(arg.clone());
+            continue;
+        };
         let (name, value) = match flag.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
             None => (flag.to_string(), it.next().cloned().ok_or_else(|| format!("--{flag} needs a value"))?),
         };
-        if !["source", "destination", "protocol", "arrival", "proxy-mode", "output"].contains(&name.as_str()) {
-            return Err(format!("unknown flag --{name}; usage: {USAGE}"));
+        if !allowed.contains(&name.as_str()) {
+            return Err(format!("unknown flag --{name}; usage: {usage}"));
         }
         values.insert(name, value);
+    }
+    Ok((values, words))
+}
+
+/// Parses `kproxy trace`'s arguments (after `trace`); one line per problem.
+pub fn parse_args(args: &[String]) -> Result<TraceArgs, String> {
+    let (values, words) = long_flags(args, &["source", "destination", "protocol", "arrival", "proxy-mode", "output"], USAGE)?;
+    if let Some(word) = words.first() {
+        return Err(format!("unexpected argument {word:?}; usage: {USAGE}"));
     }
     let get = |n: &str| values.get(n).cloned();
     let source: IpAddr = get("source").ok_or("--source is required")?.parse().map_err(|_| format!("--source {:?} is not an IP address", values["source"]))?;

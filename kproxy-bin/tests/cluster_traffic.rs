@@ -187,10 +187,8 @@ fn healthz_follows_the_autoscaler_s_taint_and_livez_does_not() {
         .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
         .unwrap();
     let get = |path: &str| -> (String, serde_json::Value) {
-        let script = "import sys,urllib.request,urllib.error\ntry:\n  r=urllib.request.urlopen(sys.argv[1],timeout=5); print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n  print(e.code); print(e.read().decode())";
-        let out = topo.node.exec(&["python3", "-c", script, &format!("http://127.0.0.1:10256{path}")]).unwrap_or_default();
-        let (code, body) = out.split_once('\n').unwrap_or(("", ""));
-        (code.trim().to_string(), serde_json::from_str(body.trim()).unwrap_or_default())
+        let (code, body) = common::http_get(&topo, &format!("http://127.0.0.1:10256{path}"));
+        (code, serde_json::from_str(body.trim()).unwrap_or_default())
     };
     let healthz_is = |code: &'static str| {
         move || {

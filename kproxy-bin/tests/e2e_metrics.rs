@@ -10,6 +10,8 @@
 //!
 //! Needs root and the e2e binaries; skips without, must run in CI.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -183,11 +185,6 @@ fn mixin_gaps(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// GET `url` inside the node namespace; the body whatever the status.
-fn fetch(topo: &Topology, url: &str) -> String {
-    let script = "import sys,urllib.request,urllib.error\ntry:\n  print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())\nexcept urllib.error.HTTPError as e:\n  print(e.read().decode())\nexcept Exception as e:\n  print('')";
-    topo.node.exec(&["python3", "-c", script, url]).unwrap_or_default()
-}
 
 /// Runs `kind` on a fresh node for the scenario, makes one annotated
 /// endpoint change and the health probes, and returns its `/metrics`.
@@ -218,9 +215,9 @@ fn scrape(cp: &mut ControlPlane, api: &Api, kind: ProxyKind, binary: &str, mode:
     let mut text = String::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
-        fetch(&topo, "http://127.0.0.1:10256/healthz");
-        fetch(&topo, "http://127.0.0.1:10256/livez");
-        text = fetch(&topo, "http://127.0.0.1:10249/metrics");
+        common::http_get(&topo, "http://127.0.0.1:10256/healthz");
+        common::http_get(&topo, "http://127.0.0.1:10256/livez");
+        text = common::http_get(&topo, "http://127.0.0.1:10249/metrics").1;
         if text.contains("kubeproxy_network_programming_duration_seconds_count") && text.contains("kubeproxy_proxy_livez_total") {
             break;
         }

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, Dataplane, Origin, Verdict};
+mod common;
+
+use kproxy_core::oracle::{scenarios, Dataplane};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_scenario_for, Topology};
 
@@ -31,33 +33,7 @@ fn trace_reads_upstream_kube_proxy_s_iptables_rules() {
             assert!(start.elapsed() < Duration::from_secs(30), "{}: upstream never served", s.name);
             std::thread::sleep(Duration::from_millis(200));
         }
-        for case in &s.cases {
-            let p = &case.packet;
-            let arrival = match p.origin {
-                Origin::Outside => "external",
-                Origin::LocalPod => "local-pod",
-                Origin::Node => "node",
-            };
-            let (src, dst, protocol) = (p.src.to_string(), std::net::SocketAddr::new(p.dst, p.dport).to_string(), format!("{:?}", p.protocol).to_lowercase());
-            let out = topo.node.exec(&[BIN, "trace", "--source", &src, "--destination", &dst, "--protocol", &protocol, "--arrival", arrival, "--output", "json"]);
-            let json: serde_json::Value = match out.as_deref().map(serde_json::from_str) {
-                Ok(Ok(v)) => v,
-                other => {
-                    failures.push(format!("{} / {}: {other:?}", s.name, case.name));
-                    continue;
-                }
-            };
-            let (verdict, endpoints) = match case.expected_for(Dataplane::Iptables) {
-                Verdict::Forward { targets, .. } => ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>()),
-                Verdict::Reject => ("reject", Vec::new()),
-                Verdict::Drop => ("drop", Vec::new()),
-                Verdict::NotService => ("accept", Vec::new()),
-            };
-            let got: Vec<String> = json["endpoints"].as_array().map(|a| a.iter().map(|e| e.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
-            if json["verdict"] != verdict || got != endpoints {
-                failures.push(format!("{} / {}: trace of upstream's rules says {} {got:?}, the oracle {verdict} {endpoints:?}", s.name, case.name, json["verdict"]));
-            }
-        }
+        failures.extend(common::trace::disagreements(&topo, &s, BIN, false));
         drop(topo);
         scenario::delete(&api, &s).unwrap();
     }

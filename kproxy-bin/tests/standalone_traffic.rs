@@ -554,7 +554,7 @@ fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
     if !kernel_tests_enabled("trace_agrees_with_the_oracle_on_the_live_iptables_rules") {
         return;
     }
-    use kproxy_core::oracle::{Dataplane, Origin};
+    use kproxy_core::oracle::Dataplane;
     let wanted = [
         "cluster_ip",
         "node_port",
@@ -575,35 +575,7 @@ fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
             assert!(start.elapsed() < Duration::from_secs(30), "{}: never served", scenario.name);
             std::thread::sleep(Duration::from_millis(200));
         }
-        for case in &scenario.cases {
-            let p = &case.packet;
-            let arrival = match p.origin {
-                Origin::Outside => "external",
-                Origin::LocalPod => "local-pod",
-                Origin::Node => "node",
-            };
-            let destination = std::net::SocketAddr::new(p.dst, p.dport).to_string();
-            let protocol = format!("{:?}", p.protocol).to_lowercase();
-            let src = p.src.to_string();
-            let out = topo.node.exec(&[BIN, "trace", "--source", &src, "--destination", &destination, "--protocol", &protocol, "--arrival", arrival, "--output", "json"]);
-            let json: serde_json::Value = match out.as_deref().map(serde_json::from_str) {
-                Ok(Ok(v)) => v,
-                other => {
-                    failures.push(format!("{} / {}: {other:?}", scenario.name, case.name));
-                    continue;
-                }
-            };
-            let (verdict, endpoints, masquerade) = match case.expected_for(Dataplane::Iptables) {
-                Verdict::Forward { targets, .. } => ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>(), targets.iter().any(|t| t.masquerade)),
-                Verdict::Reject => ("reject", Vec::new(), false),
-                Verdict::Drop => ("drop", Vec::new(), false),
-                Verdict::NotService => ("accept", Vec::new(), json["masquerade"].as_bool().unwrap_or(false)),
-            };
-            let got: Vec<String> = json["endpoints"].as_array().map(|a| a.iter().map(|e| e.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
-            if json["verdict"] != verdict || got != endpoints || json["masquerade"] != masquerade {
-                failures.push(format!("{} / {}: trace says {} {got:?} masquerade={}, the oracle {verdict} {endpoints:?} masquerade={masquerade}", scenario.name, case.name, json["verdict"], json["masquerade"]));
-            }
-        }
+        failures.extend(common::trace::disagreements(&topo, &scenario, BIN, true));
         drop(topo);
         let _ = std::fs::remove_dir_all(&dir);
     }
