@@ -77,3 +77,19 @@ fn the_binary_accepts_the_configmaps_configuration() {
     assert!(path("Dockerfile").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Dockerfile (for users with a registry and a container builder) and
+/// scripts/image.py (what the node tests run) install the same Debian
+/// packages, so both images carry the same tools.
+#[test]
+fn the_dockerfile_and_the_image_script_install_the_same_packages() {
+    let dockerfile = std::fs::read_to_string(path("Dockerfile")).unwrap();
+    let line = dockerfile.lines().find(|l| l.contains("apt-get install")).expect("an apt-get install line");
+    let from_docker: BTreeSet<&str> = line.split_whitespace().skip_while(|w| *w != "--no-install-recommends").skip(1).filter(|w| !w.starts_with('&') && !w.starts_with('\\')).collect();
+    let script = std::fs::read_to_string(path("../scripts/image.py")).unwrap();
+    let roots = script.lines().find_map(|l| l.strip_prefix("ROOTS = [")).expect("ROOTS in image.py");
+    let from_script: BTreeSet<&str> =
+        roots.trim_end_matches(']').split(',').map(|w| w.trim().trim_matches('"')).filter(|p| !p.starts_with("lib")).collect();
+    assert!(from_script.contains("nftables") && from_script.len() >= 5, "{from_script:?}");
+    assert_eq!(from_docker, from_script);
+}

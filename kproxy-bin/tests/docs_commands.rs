@@ -79,7 +79,10 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("KPROXY_SOAK_SECONDS=", "the soak test, which CI runs for 60 s (kproxy-bin/tests/e2e_soak.rs)"),
     ("ip netns exec NS target/debug/examples/kproxy-nft-scenario", "runs until stopped; the nftables kernel tests program every scenario the same way"),
     ("docker build -f deploy/Dockerfile", "needs a registry; kproxy-bin/tests/deploy.rs checks the Dockerfile's binary path and the manifests"),
-    ("kubectl ", "needs a cluster; kproxy-bin/tests/deploy.rs checks the manifests and the e2e suite applies deploy/rbac.yaml"),
+    ("python3 scripts/image.py", "kproxy-bin/tests/image.rs builds the image twice and runs its tools; e2e/node/cluster.sh builds it for the node tests"),
+    ("KEEP=1 bash e2e/node/conformance.sh", "scripts/test.sh runs e2e/node/test.sh in CI, which runs conformance.sh the same way"),
+    ("bash e2e/node/", "scripts/test.sh runs e2e/node/test.sh in CI, which runs cluster.sh, conformance.sh and takeover.sh"),
+    ("kubectl ", "needs a cluster; e2e/node/cluster.sh applies deploy/ with kubectl on real nodes, and e2e/node/takeover.sh swaps kube-proxy's DaemonSet for kproxy's"),
 ];
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use kproxy_core::oracle::{evaluate, evaluate_for, scenarios, Dataplane};
+use kproxy_core::oracle::{evaluate, evaluate_for, scenarios, transitions, Dataplane};
 
 #[test]
 fn oracle_meets_every_scenario() {
@@ -84,4 +84,29 @@ fn every_scenario_builds_the_services_it_declares() {
             assert!(scenario.family.contains(info.cluster_ip), "{}: {name} has a foreign ClusterIP", scenario.name);
         }
     }
+}
+
+/// The oracle agrees with every step of every shared transition, in every
+/// mode (each step's expectations are those of its state).
+#[test]
+fn oracle_meets_every_transition_step() {
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for t in transitions::all() {
+        assert!(t.steps.len() >= 2, "{}: a transition has two steps or more", t.name);
+        for step in &t.steps {
+            let state = step.state();
+            for case in &step.cases {
+                for mode in [Dataplane::Nftables, Dataplane::Iptables, Dataplane::Ipvs] {
+                    cases += 1;
+                    let got = evaluate_for(mode, &state, &step.config, &case.packet);
+                    if &got != case.expected_for(mode) {
+                        failures.push(format!("{mode:?} {} / {} / {}: expected {:?}, got {got:?}", t.name, step.name, case.name, case.expected_for(mode)));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(cases >= 30, "{cases}");
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{Dataplane, Packet, Scenario, Verdict};
-use kproxy_core::Protocol;
+use kproxy_core::oracle::{Dataplane, Packet, Scenario, Transition, Verdict};
+use kproxy_core::{Protocol, Proxier, SyncRequest};
 
 use crate::topology::{Topology, KPT};
 
@@ -82,6 +82,34 @@ pub fn check_scenario_for(topo: &Topology, scenario: &Scenario, dataplane: Datap
         if let Err(why) = check_case(topo, &case.packet, case.expected_for(dataplane)) {
             failures.push(format!("{} / {}: {} — {why}", scenario.name, case.name, case.packet));
         }
+    }
+    failures
+}
+
+/// Takes `proxier` (programming `topo`'s node, built from
+/// [`Transition::combined`]) through `transition`: the first step fed and
+/// synced in full, then each next step's changes (as updates) and a
+/// partial sync, each step's cases checked with real traffic, with
+/// `dataplane`'s semantics. Returns a description of each case that failed.
+pub async fn check_transition<P: Proxier + ?Sized>(
+    topo: &Topology,
+    transition: &Transition,
+    dataplane: Dataplane,
+    proxier: &mut P,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, step) in transition.steps.iter().enumerate() {
+        if i == 0 {
+            step.feed(proxier);
+        } else {
+            step.feed_changes_from(&transition.steps[i - 1], proxier);
+        }
+        if let Err(e) = proxier.sync(SyncRequest { full: i == 0 }).await {
+            failures.push(format!("{} / step {i} ({}): sync failed: {e}", transition.name, step.name));
+            break;
+        }
+        let found = tokio::task::block_in_place(|| check_scenario_for(topo, step, dataplane));
+        failures.extend(found.into_iter().map(|f| format!("{} / step {i}: {f}", transition.name)));
     }
     failures
 }

@@ -24,6 +24,6 @@ mod netns;
 mod topology;
 
 pub use golden::check_golden;
-pub use check::{check_case, check_scenario, check_scenario_for, probe, Seen};
+pub use check::{check_case, check_scenario, check_scenario_for, check_transition, probe, Seen};
 pub use netns::{kernel_tests_enabled, missing_tools, run, skipped, Netns};
 pub use topology::{Topology, KPT};

@@ -2,8 +2,9 @@
 //!
 //! [`evaluate`] says what kube-proxy semantics require for a packet;
 //! [`scenarios::all`] lists named cluster states with hand-written
-//! expectations; [`fixtures`] builds the API objects they use, following
-//! upstream's test conventions.
+//! expectations; [`transitions::all`] lists sequences of such states that
+//! one running proxier goes through; [`fixtures`] builds the API objects
+//! they use, following upstream's test conventions.
 //!
 //! A backend proves itself by running every scenario through its own rules:
 //!
@@ -23,7 +24,9 @@ pub mod fixtures;
 mod ipvs;
 mod packet;
 pub mod scenarios;
+pub mod transitions;
 
 pub use evaluate::{evaluate, evaluate_for, Dataplane};
 pub use packet::{Origin, Packet, Target, Verdict, OUTSIDE_INTERFACE, POD_INTERFACE};
 pub use scenarios::{Case, Scenario};
+pub use transitions::Transition;

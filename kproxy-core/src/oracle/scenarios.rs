@@ -65,7 +65,7 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    fn new(name: &'static str, family: IpFamily) -> Self {
+    pub(super) fn new(name: &'static str, family: IpFamily) -> Self {
         Scenario {
             name,
             family,
@@ -78,13 +78,13 @@ impl Scenario {
         }
     }
 
-    fn with(mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) -> Self {
+    pub(super) fn with(mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) -> Self {
         self.services = services;
         self.slices = slices;
         self
     }
 
-    fn case(mut self, name: &'static str, packet: Packet, expected: Verdict) -> Self {
+    pub(super) fn case(mut self, name: &'static str, packet: Packet, expected: Verdict) -> Self {
         self.cases.push(Case { name, packet, expected, iptables: None, ipvs: None });
         self
     }
@@ -96,7 +96,7 @@ impl Scenario {
     }
 
     /// Gives the last case its own verdict in IPVS mode.
-    fn ipvs(mut self, verdict: Verdict) -> Self {
+    pub(super) fn ipvs(mut self, verdict: Verdict) -> Self {
         self.cases.last_mut().expect("a case to amend").ipvs = Some(verdict);
         self
     }
@@ -136,19 +136,19 @@ fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap_or_else(|_| panic!("bad IP literal {s}"))
 }
 
-fn pod(dst: &str, port: u16) -> Packet {
+pub(super) fn pod(dst: &str, port: u16) -> Packet {
     Packet::tcp(Origin::LocalPod, ip(fx::LOCAL_CLIENT_POD), ip(dst), port)
 }
 
-fn node(dst: &str, port: u16) -> Packet {
+pub(super) fn node(dst: &str, port: u16) -> Packet {
     Packet::tcp(Origin::Node, ip(fx::NODE_IP), ip(dst), port)
 }
 
-fn outside(src: &str, dst: &str, port: u16) -> Packet {
+pub(super) fn outside(src: &str, dst: &str, port: u16) -> Packet {
     Packet::tcp(Origin::Outside, ip(src), ip(dst), port)
 }
 
-fn fwd(endpoints: &[&str], masquerade: bool) -> Verdict {
+pub(super) fn fwd(endpoints: &[&str], masquerade: bool) -> Verdict {
     Verdict::forward(endpoints, masquerade)
 }
 
