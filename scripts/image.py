@@ -234,10 +234,7 @@ def write(out, name, layers, image_config):
 
 
 def version(root):
-    text = open(os.path.join(root, "kproxy-bin", "Cargo.toml")).read()
-    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-    if m:
-        return m.group(1)
+    """The workspace's version, from the root Cargo.toml."""
     text = open(os.path.join(root, "Cargo.toml")).read()
     return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
 
@@ -250,7 +247,12 @@ def main():
     ap.add_argument("--name", default=f"localhost/kproxy:{version(root)}")
     ap.add_argument("--out", default="kproxy-image.tar")
     ap.add_argument("--debs", default=os.path.expanduser("~/.cache/kproxy-image/debs"))
+    ap.add_argument("--print-name", action="store_true",
+                    help="print the image's name (the default, or --name) and exit")
     args = ap.parse_args()
+    if args.print_name:
+        print(args.name)
+        return
     if not os.access(args.binary, os.X_OK):
         sys.exit(f"image.py: no kproxy binary at {args.binary} (cargo build --release -p kproxy-bin)")
 

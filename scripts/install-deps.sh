@@ -5,7 +5,9 @@
 # and the IPVS VM need (curl, openssl, xz), and what the node harness
 # (e2e/node) needs: containerd, runc, the CNI plugins, gcc for its pause
 # binary, and the tools its test images carry (busybox, bash, GNU wget,
-# netcat-openbsd). `.ci/run` runs this too.
+# netcat-openbsd), and what scripts/test-dockerfile.sh needs to build
+# deploy/Dockerfile without a container daemon (buildah, debootstrap).
+# `.ci/run` runs this too.
 #
 #   bash scripts/install-deps.sh
 #
@@ -30,4 +32,5 @@ fi
 apt-get install -y -qq --no-install-recommends \
     containerd runc containernetworking-plugins gcc libc6-dev busybox-static bash wget netcat-openbsd \
     util-linux >/dev/null
-echo "install-deps: nftables, iptables, ipset, ipvsadm, conntrack, iproute2, python3, containerd and the e2e build's tools are installed"
+apt-get install -y -qq buildah debootstrap >/dev/null
+echo "install-deps: nftables, iptables, ipset, ipvsadm, conntrack, iproute2, python3, containerd, buildah and the e2e build's tools are installed"

@@ -2,8 +2,9 @@
 # Runs every test of the workspace: unit, property, scenario, doc, kernel
 # tests in private network namespaces (as root) and the e2e suite against a
 # real kube-apiserver (as root, with Go), the IPVS backend's kernel tests
-# in a VM with an IPVS kernel (scripts/test-ipvs-vm.sh), the demo, and the
-# node tests on real kubelet nodes (e2e/node/test.sh). Ends with one total line; tests
+# in a VM with an IPVS kernel (scripts/test-ipvs-vm.sh), the demo, the
+# Dockerfile's build (scripts/test-dockerfile.sh), and the node tests on
+# real kubelet nodes (e2e/node/test.sh). Ends with one total line; tests
 # that could not run here (no root, a missing tool, no Go) count as skipped,
 # not passed, and say why.
 set -euo pipefail
@@ -39,11 +40,14 @@ elif [ "${CI:-}" = true ]; then
 else
     echo "SKIPPED demo: scripts/demo.sh needs root, curl and nft" | tee -a "$log"
 fi
+# deploy/Dockerfile, built with buildah as a user with a registry would,
+# and the image it makes run.
+bash scripts/test-dockerfile.sh 2>&1 | tee -a "$log" || status=$?
 # The node tests: a real kubelet + containerd cluster running kproxy as
 # deploy/'s DaemonSet, judged by Kubernetes' own Services specs, with
 # upstream kube-proxy as the reference, and a takeover from upstream.
 bash e2e/node/test.sh 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     /^SKIPPED / { s += 1; if ($2 != "IPVS" && $2 != "demo:" && $2 != "node:") k += 1 }
+     /^SKIPPED / { s += 1; if ($2 != "IPVS" && $2 != "demo:" && $2 != "node:" && $2 != "dockerfile:") k += 1 }
      END { printf "kproxy: %d passed, %d failed, %d skipped\n", p - k, f, s }' "$log"
 exit "$status"

@@ -20,41 +20,13 @@ set -euo pipefail
 # Keep stdout clean for the final OUT_DIR line.
 exec 3>&1 1>&2
 
-K8S_VERSION=v1.34.4
-# Commit time of the v1.34.4 tag (from the module proxy's .info), used as a
-# fixed buildDate so builds are reproducible.
-K8S_BUILD_DATE=2026-02-10T12:53:36Z
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+# shellcheck source=../go-env.sh
+source "$SCRIPT_DIR/../go-env.sh"
 BINARIES=(etcd kube-apiserver kube-proxy kubectl)
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
-REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd -P)
-OUT_DIR=${1:-${KPROXY_E2E_BIN:-$HOME/.cache/kproxy-e2e/bin-$K8S_VERSION}}
-
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd -P)
-case "$OUT_DIR/" in
-  "$REPO_ROOT"/*)
-    echo "build.sh: refusing to put binaries inside the repository ($OUT_DIR)" >&2
-    exit 1
-    ;;
-esac
-
-# Version information normally injected by Kubernetes' hack/lib/version.sh.
-# gitVersion matters beyond cosmetics: kube-apiserver derives its binary /
-# emulation version from it (unset it would be v0.0.0-master).
-K8S_LDFLAGS="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION"
-  K8S_LDFLAGS+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=34"
-  K8S_LDFLAGS+=" -X $pkg.buildDate=$K8S_BUILD_DATE"
-done
+OUT_DIR=$(out_dir "${1:-${KPROXY_E2E_BIN:-$HOME/.cache/kproxy-e2e/bin-$K8S_VERSION}}")
 ETCD_LDFLAGS="-s -w"
-
-# Go environment: static binaries, module mode driven only by the pinned
-# go.mod/go.sum (never rewritten), no workspace, no VCS stamping.
-export CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false"
-export GOWORK=off
 
 stamp_hash() {
   {

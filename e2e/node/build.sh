@@ -15,25 +15,12 @@
 set -euo pipefail
 exec 3>&1 1>&2
 
-K8S_VERSION=v1.34.4
-K8S_BUILD_DATE=2026-02-10T12:53:36Z
 BINARIES=(kubelet kube-controller-manager kube-scheduler agnhost ginkgo suite.test coredns pause)
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
-REPO_ROOT=$(cd "$HERE/../.." && pwd -P)
-OUT_DIR=${1:-${KPROXY_NODE_BIN:-$HOME/.cache/kproxy-e2e/node-$K8S_VERSION}}
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd -P)
-case "$OUT_DIR/" in
-  "$REPO_ROOT"/*) echo "build.sh: refusing to put binaries inside the repository ($OUT_DIR)"; exit 1 ;;
-esac
-
-LDFLAGS="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=34"
-  LDFLAGS+=" -X $pkg.buildDate=$K8S_BUILD_DATE"
-done
-export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOWORK=off
+# shellcheck source=../go-env.sh
+source "$HERE/../go-env.sh"
+OUT_DIR=$(out_dir "${1:-${KPROXY_NODE_BIN:-$HOME/.cache/kproxy-e2e/node-$K8S_VERSION}}")
+LDFLAGS=$K8S_LDFLAGS
 JOBS=${JOBS:-2}
 
 stamp() {

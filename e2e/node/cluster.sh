@@ -280,7 +280,7 @@ images() {
     --out "$WORK/images/kproxy.tar" 2>/dev/null | sed 's/^/cluster.sh: /' >&2
 }
 
-kproxy_image() { echo "localhost/kproxy:$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -1)"; }
+kproxy_image() { python3 "$REPO/scripts/image.py" --print-name; }
 
 cmd_up() {
   [[ ! -e $WORK/pids ]] || { log "a cluster is already up in $WORK (cluster.sh down first)"; exit 1; }

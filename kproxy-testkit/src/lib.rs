@@ -25,5 +25,5 @@ mod topology;
 
 pub use golden::check_golden;
 pub use check::{check_case, check_scenario, check_scenario_for, check_transition, probe, Seen};
-pub use netns::{kernel_tests_enabled, missing_tools, run, skipped, Netns};
+pub use netns::{kernel_tests_enabled, missing_tools, root_tests_enabled, run, skipped, Netns};
 pub use topology::{Topology, KPT};

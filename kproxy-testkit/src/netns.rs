@@ -200,14 +200,42 @@ pub fn missing_tools() -> Vec<&'static str> {
 /// `scripts/install-deps.sh`; in CI (`CI=true`) they must run, so this
 /// panics there instead of skipping.
 pub fn kernel_tests_enabled(test: &str) -> bool {
-    let root = run(&["id", "-u"]).map(|u| u.trim() == "0").unwrap_or(false);
-    let missing = if root { missing_tools() } else { Vec::new() };
-    if root && missing.is_empty() {
-        return true;
-    }
-    let why = if root { format!("missing {} (bash scripts/install-deps.sh installs them)", missing.join(", ")) } else { "not running as root".to_string() };
+    let why = if !is_root() {
+        Some("not running as root".to_string())
+    } else {
+        let missing = missing_tools();
+        (!missing.is_empty()).then(|| format!("missing {} (bash scripts/install-deps.sh installs them)", missing.join(", ")))
+    };
+    enabled_or_skipped(test, why)
+}
+
+/// Whether a test that needs root and the programs `tools` (looked up on
+/// `PATH`) can run here. Like [`kernel_tests_enabled`], it panics in CI
+/// instead of skipping.
+pub fn root_tests_enabled(test: &str, tools: &[&str]) -> bool {
+    let why = if !is_root() {
+        Some("not running as root".to_string())
+    } else {
+        let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+        (!missing.is_empty()).then(|| format!("missing {} (bash scripts/install-deps.sh installs them)", missing.join(", ")))
+    };
+    enabled_or_skipped(test, why)
+}
+
+fn is_root() -> bool {
+    run(&["id", "-u"]).is_ok_and(|u| u.trim() == "0")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// `true` when there is no reason not to run; otherwise says SKIPPED with
+/// the reason (or, in CI, panics) and returns `false`.
+fn enabled_or_skipped(test: &str, why: Option<String>) -> bool {
+    let Some(why) = why else { return true };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: kernel tests must run in CI, but {why}");
+        panic!("{test}: this test must run in CI, but {why}");
     }
     skipped(test, &why);
     false

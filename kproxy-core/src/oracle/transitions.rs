@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::fixtures::{self as fx, service, slice, EndpointState::*};
 use super::scenarios::{fwd, outside, pod, Scenario};
@@ -61,32 +62,33 @@ impl Scenario {
     /// watch would: updates (old and new), additions and deletions of
     /// Services and EndpointSlices. Node and configuration stay.
     pub fn feed_changes_from<P: Proxier + ?Sized>(&self, before: &Scenario, proxier: &mut P) {
-        let old: BTreeMap<_, _> = before.services.iter().map(|s| (key(&s.metadata.namespace, &s.metadata.name), s)).collect();
-        let new: BTreeMap<_, _> = self.services.iter().map(|s| (key(&s.metadata.namespace, &s.metadata.name), s)).collect();
-        for (k, s) in &old {
-            if !new.contains_key(k) {
-                proxier.on_service_update(Some(s), None);
+        let name = |m: &ObjectMeta| key(&m.namespace, &m.name);
+        diff(&before.services, &self.services, |s| name(&s.metadata), |old, new| {
+            proxier.on_service_update(old, new);
+        });
+        diff(&before.slices, &self.slices, |s| name(&s.metadata), |old, new| {
+            if let Some((slice, removed)) = new.map(|n| (n, false)).or(old.map(|o| (o, true))) {
+                proxier.on_endpoint_slice_update(slice, removed);
             }
+        });
+    }
+}
+
+/// Calls `change(old, new)` for each object of `before` gone from `after`
+/// (`new` is `None`), then for each object of `after` that is new or
+/// differs from its namesake (by `name`) in `before`.
+fn diff<T: PartialEq, K: Ord>(before: &[T], after: &[T], name: impl Fn(&T) -> K, mut change: impl FnMut(Option<&T>, Option<&T>)) {
+    let old: BTreeMap<K, &T> = before.iter().map(|o| (name(o), o)).collect();
+    let new: BTreeMap<K, &T> = after.iter().map(|o| (name(o), o)).collect();
+    for (k, o) in &old {
+        if !new.contains_key(k) {
+            change(Some(o), None);
         }
-        for (k, s) in &new {
-            match old.get(k) {
-                Some(o) if o == s => {}
-                o => {
-                    proxier.on_service_update(o.copied(), Some(s));
-                }
-            }
-        }
-        let old: BTreeMap<_, _> = before.slices.iter().map(|s| (key(&s.metadata.namespace, &s.metadata.name), s)).collect();
-        let new: BTreeMap<_, _> = self.slices.iter().map(|s| (key(&s.metadata.namespace, &s.metadata.name), s)).collect();
-        for (k, s) in &old {
-            if !new.contains_key(k) {
-                proxier.on_endpoint_slice_update(s, true);
-            }
-        }
-        for (k, s) in &new {
-            if old.get(k) != Some(s) {
-                proxier.on_endpoint_slice_update(s, false);
-            }
+    }
+    for (k, n) in &new {
+        let was = old.get(k).copied();
+        if was != Some(*n) {
+            change(was, Some(n));
         }
     }
 }
