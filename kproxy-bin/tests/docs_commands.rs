@@ -76,6 +76,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("cargo run --release ", "a benchmark, run by hand; results in BENCHMARKS.md"),
     ("cargo build --release -p kproxy-backend-ipvs --example kproxy-ipvs-bench", "the IPVS benchmark's build (BENCHMARKS.md)"),
     ("bash scripts/ipvs-vm.sh target/release/examples/", "the IPVS benchmark in the VM (BENCHMARKS.md); scripts/test-ipvs-vm.sh runs the same VM in CI"),
+    ("KPROXY_DIFF_SEED=", "the differential test, which CI runs at its default size (kproxy-bin/tests/e2e_differential.rs)"),
     ("KPROXY_SOAK_SECONDS=", "the soak test, which CI runs for 60 s (kproxy-bin/tests/e2e_soak.rs)"),
     ("ip netns exec NS target/debug/examples/kproxy-nft-scenario", "runs until stopped; the nftables kernel tests program every scenario the same way"),
     ("docker build -f deploy/Dockerfile", "needs a container daemon; scripts/test-dockerfile.sh builds the same file with buildah in CI and runs the image"),
@@ -91,7 +92,7 @@ fn every_command_in_the_docs_runs_or_names_its_runner() {
     let mut failures = Vec::new();
     let mut ran = 0;
     let examples = target_debug().join("examples");
-    for file in ["README.md", "examples/README.md", "deploy/README.md", "BENCHMARKS.md"] {
+    for file in ["README.md", "examples/README.md", "deploy/README.md", "BENCHMARKS.md", "TESTING.md"] {
         for command in commands(file) {
             let words: Vec<String> = command.split_whitespace().map(String::from).collect();
             let result = if ELSEWHERE.iter().any(|(prefix, _)| command.starts_with(prefix)) {

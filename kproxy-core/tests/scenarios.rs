@@ -44,8 +44,8 @@ fn oracle_meets_every_scenario_in_every_mode() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(differing, 5, "only the unknown-port and unknown-protocol ClusterIP cases, and the ServiceCIDR drops, differ by mode");
-    assert_eq!(ipvs_differing, 11, "IPVS mode differs where upstream's IPVS layout does (see oracle::evaluate_for)");
+    assert_eq!(differing, 6, "only the unknown-port and unknown-protocol ClusterIP cases, the ServiceCIDR drops, and a blocked client of a Service without endpoints differ by mode");
+    assert_eq!(ipvs_differing, 12, "IPVS mode differs where upstream's IPVS layout does (see oracle::evaluate_for)");
 }
 
 #[test]

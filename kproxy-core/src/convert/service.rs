@@ -97,9 +97,12 @@ impl Common {
     fn from_service(service: &Service, family: IpFamily, key: &NamespacedName, cluster_ip: IpAddr) -> Self {
         let spec = service.spec.as_ref().expect("checked by caller");
         let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let externally_typed = matches!(type_, "NodePort" | "LoadBalancer");
+        // Upstream's ExternallyAccessible: a ClusterIP Service with
+        // externalIPs counts, so ETP=Local applies to those addresses.
+        let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
+            || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty()));
         let external_policy_local =
-            externally_typed && spec.external_traffic_policy.as_deref() == Some("Local");
+            externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
         let health_check_node_port = if type_ == "LoadBalancer" && external_policy_local {
             match spec.health_check_node_port.map(port_number) {
                 Some(Some(p)) => Some(p),

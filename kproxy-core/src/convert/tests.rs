@@ -37,6 +37,21 @@ fn a_plain_service_converts_every_field() {
     assert_eq!((dns.port, dns.node_port), (53, None));
 }
 
+/// Upstream's `ExternalPolicyLocal` holds for every externally accessible
+/// Service, and a ClusterIP Service with externalIPs is one (found by the
+/// differential test: upstream kept the client's source on such an
+/// externalIP, kproxy masqueraded it).
+#[test]
+fn external_policy_local_holds_for_a_cluster_ip_service_with_external_ips() {
+    let policy = |svc: &k8s_openapi::api::core::v1::Service| {
+        service_ports(svc, IpFamily::V4).values().next().map(|p| p.external_policy_local).unwrap()
+    };
+    let with_eip = service("ns1", "eip", &["172.30.0.41"]).port("p80", 80, "TCP", 0).external_ips(&["192.168.99.11"]).external_policy_local(0).build();
+    assert!(policy(&with_eip));
+    let without = service("ns1", "plain", &["172.30.0.42"]).port("p80", 80, "TCP", 0).external_policy_local(0).build();
+    assert!(!policy(&without), "not externally accessible: the field means nothing");
+}
+
 #[test]
 fn skips_what_upstream_skips() {
     let headless = service("ns", "headless", &["None"]).port("p", 80, "TCP", 0).build();

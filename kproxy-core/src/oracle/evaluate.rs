@@ -51,9 +51,10 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
 }
 
 /// [`evaluate`] for `dataplane`. Iptables mode differs from nftables mode
-/// in two places: only nftables mode rejects traffic to another port (or
+/// in three places: only nftables mode rejects traffic to another port (or
 /// protocol) of a known ClusterIP, and drops traffic to the other addresses
-/// of the ServiceCIDRs. IPVS mode follows upstream's IPVS
+/// of the ServiceCIDRs; and iptables mode rejects (not drops) a client that
+/// `loadBalancerSourceRanges` leave out when the Service has no endpoint. IPVS mode follows upstream's IPVS
 /// layout, which differs more (no ETP=Local short-circuit, Local policies
 /// falling back to Cluster endpoints, REJECT where no real server is left,
 /// other ports of every bound address rejected); its module documents each.
@@ -76,6 +77,12 @@ pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierCo
     }
     if let Some((name, svc)) = find(&|s| s.load_balancer_vips.contains(&dst) && s.port == dport) {
         if !svc.source_allowed(packet.src, &config.node_ips) {
+            // Upstream's iptables mode has no firewall chain for a Service
+            // without endpoints (`usesFWChain` needs `hasEndpoints`): its
+            // no-endpoint REJECT meets the blocked client first.
+            if dataplane == Dataplane::Iptables && !select_endpoints(state.endpoints().get(name), svc, state.node()).has_any {
+                return Verdict::Reject;
+            }
             return Verdict::Drop;
         }
         return decide(state, config, packet, name, svc, Path::External);

@@ -168,11 +168,13 @@ impl ServiceBuilder {
         self
     }
 
-    /// Sets `externalTrafficPolicy: Local` and a health-check NodePort.
+    /// Sets `externalTrafficPolicy: Local` and a health-check NodePort
+    /// (0: none, as the API server leaves it on Services that are not
+    /// LoadBalancers).
     pub fn external_policy_local(mut self, health_check_node_port: i32) -> Self {
         let spec = self.spec();
         spec.external_traffic_policy = Some("Local".into());
-        spec.health_check_node_port = Some(health_check_node_port);
+        spec.health_check_node_port = (health_check_node_port != 0).then_some(health_check_node_port);
         self
     }
 

@@ -23,6 +23,7 @@ mod evaluate;
 pub mod fixtures;
 mod ipvs;
 mod packet;
+pub mod random;
 pub mod scenarios;
 pub mod transitions;
 

@@ -159,6 +159,8 @@ pub fn all() -> Vec<Scenario> {
         node_port(),
         node_port_addresses_matching_no_address(),
         load_balancer_source_ranges(),
+        load_balancer_source_ranges_without_endpoints(),
+        external_ip_policy_local(),
         load_balancer_range_holds_node(),
         external_ips(),
         external_policy_local_with_local_endpoints(),
@@ -271,6 +273,44 @@ fn load_balancer_source_ranges() -> Scenario {
             Packet::tcp(Origin::Node, ip(fx::LB_IP), ip(fx::LB_IP), 80),
             Verdict::Drop,
         )
+}
+
+/// A LoadBalancer with source ranges and no endpoint. nftables and IPVS
+/// modes drop the blocked client (the firewall comes first); upstream's
+/// iptables mode has no firewall chain for a Service without endpoints
+/// (`usesFWChain` needs `hasEndpoints`), so its no-endpoint REJECT meets
+/// every client. Found by the differential test against upstream.
+fn load_balancer_source_ranges_without_endpoints() -> Scenario {
+    Scenario::new("load_balancer_source_ranges_without_endpoints", IpFamily::V4)
+        .with(
+            vec![service("ns1", "svc3b", &["172.30.0.44"])
+                .port("p80", 80, "TCP", 3004)
+                .load_balancer(&[fx::LB_IP_2])
+                .source_ranges(&[fx::SOURCE_RANGE])
+                .build()],
+            Vec::new(),
+        )
+        .case("allowed client is refused", outside(fx::ALLOWED_CLIENT, fx::LB_IP_2, 80), Verdict::Reject)
+        .case_modes("blocked client", outside(fx::BLOCKED_CLIENT, fx::LB_IP_2, 80), Verdict::Drop, Verdict::Reject)
+        .ipvs(Verdict::Drop)
+}
+
+/// A ClusterIP Service with an externalIP and `externalTrafficPolicy:
+/// Local`: upstream counts it as externally accessible, so the policy
+/// holds on the externalIP (local endpoints only, the client's source
+/// kept). Found by the differential test against upstream.
+fn external_ip_policy_local() -> Scenario {
+    Scenario::new("external_ip_policy_local", IpFamily::V4)
+        .with(
+            vec![service("ns1", "svc3c", &["172.30.0.45"]).port("p80", 80, "TCP", 0).external_ips(&["192.168.99.45"]).external_policy_local(0).build()],
+            vec![slice("ns1", "svc3c", "svc3c-a", "IPv4")
+                .port("p80", 80, "TCP")
+                .endpoint("10.180.0.45", fx::NODE_NAME, Ready)
+                .endpoint("10.180.1.45", fx::OTHER_NODE, Ready)
+                .build()],
+        )
+        .case("the externalIP: the local endpoint, source kept", outside(fx::ALLOWED_CLIENT, "192.168.99.45", 80), fwd(&["10.180.0.45:80"], false))
+        .case("the ClusterIP: every endpoint", pod("172.30.0.45", 80), fwd(&["10.180.0.45:80", "10.180.1.45:80"], false))
 }
 
 fn load_balancer_range_holds_node() -> Scenario {

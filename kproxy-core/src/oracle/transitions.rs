@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -37,17 +38,30 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// One scenario holding every step's slices and cases, for building
-    /// the test topology (its pods and clients) once for the whole sequence.
+    /// One scenario for building the test topology (its pods and clients)
+    /// once for the whole sequence: every Service of any step (its first
+    /// version), every distinct version of every slice (renamed apart, so
+    /// each one's endpoints get a pod), and every step's cases.
     pub fn combined(&self) -> Scenario {
         let mut all = self.steps[0].clone();
-        let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-        for step in &self.steps {
-            for s in &step.slices {
-                slices.entry(s.metadata.name.clone().unwrap_or_default()).or_insert_with(|| s.clone());
+        let mut services: Vec<Service> = Vec::new();
+        for svc in self.steps.iter().flat_map(|step| &step.services) {
+            if !services.iter().any(|s| s.metadata.namespace == svc.metadata.namespace && s.metadata.name == svc.metadata.name) {
+                services.push(svc.clone());
             }
         }
-        all.slices = slices.into_values().collect();
+        let mut seen: Vec<&EndpointSlice> = Vec::new();
+        let mut slices = Vec::new();
+        for s in self.steps.iter().flat_map(|step| &step.slices) {
+            if !seen.contains(&s) {
+                seen.push(s);
+                let mut version = s.clone();
+                version.metadata.name = Some(format!("{}-v{}", s.metadata.name.as_deref().unwrap_or_default(), seen.len()));
+                slices.push(version);
+            }
+        }
+        all.services = services;
+        all.slices = slices;
         all.cases = self.steps.iter().flat_map(|s| s.cases.clone()).collect();
         all
     }
