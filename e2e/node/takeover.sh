@@ -64,6 +64,11 @@ spec:
     command: [bash, -c]
     args:
     - |
+      # First both targets must answer under upstream (the Service's
+      # endpoints and upstream's rules settle after the pod starts): the
+      # test judges the switch, not the set-up.
+      until curl -s -m 2 -o /dev/null http://$ip/hostname && curl -s -m 2 -o /dev/null http://10.78.0.12:$np/hostname; do sleep 0.2; done
+      touch /tmp/baseline
       # The held connection: one request every 200 ms on one keep-alive
       # connection; "%{num_connects}" is 1 only when curl had to connect.
       urls=(); for i in \$(seq 3000); do urls+=(http://$ip/hostname); done
@@ -79,6 +84,7 @@ spec:
       kill \$held; cat /tmp/held; echo done; sleep 3600
 EOF
 kc -n $NS wait --for=condition=Ready pod/client --timeout=120s >/dev/null
+for _ in $(seq 120); do kc -n $NS exec client -- test -e /tmp/baseline 2>/dev/null && break; sleep 1; done
 sleep 5
 
 # The switch, as an operator does it: upstream's DaemonSet deleted (its pods
