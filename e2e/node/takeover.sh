@@ -77,7 +77,7 @@ spec:
       held=\$!
       while [ ! -e /tmp/stop ]; do
         for target in $ip:80 10.78.0.12:$np; do
-          if curl -s -m 2 -o /dev/null http://\$target/hostname; then echo "new ok \$target"; else echo "new fail \$target \$EPOCHREALTIME \$?"; fi
+          if curl -s -m 5 -o /dev/null http://\$target/hostname; then echo "new ok \$target"; else echo "new fail \$target \$EPOCHREALTIME \$?"; fi
         done
         sleep 0.01
       done
