@@ -18,7 +18,10 @@
 //!   [`fake::FakeKernel`] applies them in memory with nft's reference checks.
 //! - [`trace::trace`] walks a packet through a ruleset and answers in the
 //!   vocabulary of the kproxy-core oracle, so every shared scenario can be
-//!   checked against the rules themselves.
+//!   checked against the rules themselves; [`trace::explain`] also gives
+//!   the rules each way went through.
+//! - [`listing::parse`] reads a live table (`nft -j list table`) back into
+//!   the typed model, for `kproxy trace` on the kernel's own rules.
 //!
 //! ```no_run
 //! use kproxy_backend_nft::{kernel::NftKernel, NftOptions, NftProxier};
@@ -31,6 +34,7 @@
 
 pub mod fake;
 pub mod kernel;
+pub mod listing;
 pub mod model;
 pub mod names;
 mod proxier;

@@ -40,6 +40,8 @@ struct State {
     dnat: bool,
     masquerade: bool,
     affinity: Option<u32>,
+    /// The rules that matched, as (chain, index in the chain).
+    path: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,28 @@ struct Tracer<'a> {
 
 /// Traces `packet` through `ruleset` on a node configured as `config`.
 pub fn trace(ruleset: &Ruleset, config: &ProxierConfig, packet: &Packet) -> Result<Outcome, TraceError> {
+    explain(ruleset, config, packet).map(|(outcome, _)| outcome)
+}
+
+/// The rules one way of a packet went through, in order: each is a chain's
+/// name and the rule's index in it. Only rules whose matches all held (and
+/// so acted) are listed.
+pub type Path = Vec<(String, usize)>;
+
+/// One way a packet can go: the rules it meets, and where it ends up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Way {
+    /// The rules that matched, in order.
+    pub path: Path,
+    /// The endpoint it is DNATed to, if any.
+    pub target: Option<std::net::SocketAddr>,
+    /// Whether it is masqueraded.
+    pub masquerade: bool,
+}
+
+/// Like [`trace`], with the ways too: one per distinct way the packet can
+/// go (one per `numgen` branch that leads to another endpoint).
+pub fn explain(ruleset: &Ruleset, config: &ProxierConfig, packet: &Packet) -> Result<(Outcome, Vec<Way>), TraceError> {
     let t = Tracer { rs: ruleset, packet };
     let start = State {
         src: packet.src,
@@ -71,6 +95,7 @@ pub fn trace(ruleset: &Ruleset, config: &ProxierConfig, packet: &Packet) -> Resu
         dnat: false,
         masquerade: false,
         affinity: None,
+        path: Vec::new(),
     };
     let first = if packet.origin == Origin::Node { Hook::Output } else { Hook::Prerouting };
     let mut finals = Vec::new();
@@ -99,7 +124,14 @@ pub fn trace(ruleset: &Ruleset, config: &ProxierConfig, packet: &Packet) -> Resu
             }
         }
     }
-    summarize(finals)
+    let mut ways: Vec<Way> = Vec::new();
+    for (s, _) in &finals {
+        let way = Way { path: s.path.clone(), target: s.dnat.then_some(std::net::SocketAddr::new(s.dst, s.dport)), masquerade: s.masquerade };
+        if !ways.contains(&way) {
+            ways.push(way);
+        }
+    }
+    Ok((summarize(finals)?, ways))
 }
 
 fn summarize(finals: Vec<(State, End)>) -> Result<Outcome, TraceError> {
@@ -162,13 +194,14 @@ impl Tracer<'_> {
         let chain = self.rs.chains.get(name).ok_or_else(|| TraceError::UnknownChain(name.into()))?;
         let mut live = vec![state];
         let mut done = Vec::new();
-        for rule in &chain.rules {
+        for (index, rule) in chain.rules.iter().enumerate() {
             let mut next = Vec::new();
-            for s in live {
+            for mut s in live {
                 if !self.matches(&rule.matches, &s)? {
                     next.push(s);
                     continue;
                 }
+                s.path.push((name.to_string(), index));
                 for (s, end) in self.stmts(&rule.stmts, s, depth)? {
                     match end {
                         End::Fall => next.push(s),
@@ -209,7 +242,12 @@ impl Tracer<'_> {
                                 b.dnat = true;
                                 out.push((b, End::Accept));
                             }
-                            _ => out.push((s.clone(), End::Fall)),
+                            _ => {
+                                // A missed lookup decided nothing: not on the path.
+                                let mut missed = s.clone();
+                                missed.path.pop();
+                                out.push((missed, End::Fall));
+                            }
                         }
                     }
                     // DNAT ends the chain; a missed lookup breaks the rule.

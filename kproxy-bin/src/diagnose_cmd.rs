@@ -1,6 +1,7 @@
 //! `kproxy diagnose`: what the API says should happen to each Service's
 //! ClusterIP traffic, next to what this node's live rules do (the tracer of
-//! `kproxy trace`, iptables mode), and one line per finding with its fix.
+//! `kproxy trace`: kproxy's nftables table, or the iptables rules of kproxy
+//! or upstream), and one line per finding with its fix.
 //!
 //! ```text
 //! kproxy diagnose (--manifests DIR | --kubeconfig FILE) --hostname-override NODE [NAMESPACE/SERVICE]
@@ -17,7 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_core::oracle::{Origin, Packet};
 use kproxy_core::Protocol;
 
-use crate::trace_cmd::{trace_listing, TraceArgs};
+use crate::trace_cmd::{trace_rules, TraceArgs};
 
 /// One finding: what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,18 +220,18 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     let local = crate::interfaces::local_addresses();
     let source = local.iter().copied().find(|ip| ip.is_ipv4() && !ip.is_loopback()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     // The listing is read once per family.
-    let listings: BTreeMap<bool, Result<(String, &'static str), String>> = [false, true]
+    let listings: BTreeMap<bool, Result<crate::trace_cmd::LiveRules, String>> = [false, true]
         .into_iter()
-        .map(|v6| (v6, crate::trace_cmd::live_rules(if v6 { kproxy_core::IpFamily::V6 } else { kproxy_core::IpFamily::V4 })))
+        .map(|v6| (v6, crate::trace_cmd::read_live(if v6 { kproxy_core::IpFamily::V6 } else { kproxy_core::IpFamily::V4 }, None)))
         .collect();
     let trace = |packet: &Packet| -> Result<serde_json::Value, String> {
         let v6 = packet.dst.is_ipv6();
-        let (save, flavour) = listings.get(&v6).cloned().unwrap_or_else(|| Err("no listing".into()))?;
+        let rules = listings.get(&v6).cloned().unwrap_or_else(|| Err("no listing".into()))?;
         let mut packet = packet.clone();
         if packet.src.is_ipv6() != v6 {
             packet.src = local.iter().copied().find(|ip| ip.is_ipv6() == v6 && !ip.is_loopback()).unwrap_or(packet.dst);
         }
-        let text = trace_listing(&TraceArgs { packet, json: true }, &save, &local, flavour)?;
+        let text = trace_rules(&TraceArgs { packet, json: true, mode: None }, &rules, &local)?;
         serde_json::from_str(&text).map_err(|e| e.to_string())
     };
     let inputs = Inputs { services: &services, slices: &slices, node: &args.node, trace: &trace, source };

@@ -33,7 +33,7 @@ fn trace_reads_upstream_kube_proxy_s_iptables_rules() {
             assert!(start.elapsed() < Duration::from_secs(30), "{}: upstream never served", s.name);
             std::thread::sleep(Duration::from_millis(200));
         }
-        failures.extend(common::trace::disagreements(&topo, &s, BIN, false));
+        failures.extend(common::trace::disagreements(&topo, &s, BIN, Dataplane::Iptables, false));
         drop(topo);
         scenario::delete(&api, &s).unwrap();
     }

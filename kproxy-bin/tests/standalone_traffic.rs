@@ -545,13 +545,14 @@ fn files_rewritten_in_place_never_withdraw_their_objects() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `kproxy trace` on the live kernel (kproxy in iptables mode, in the
-/// scenario's node namespace) gives, for every case of these scenarios, the
-/// verdict the oracle states and the real packets met: DNAT to the same
-/// endpoints with the same masquerading, REJECT, DROP, or left alone.
+/// `kproxy trace` on the live kernel (kproxy in nftables mode, then in
+/// iptables mode, in the scenario's node namespace) gives, for every case
+/// of these scenarios, the verdict the oracle states for that mode and the
+/// real packets met: DNAT to the same endpoints with the same
+/// masquerading, REJECT, DROP, or left alone.
 #[test]
-fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
-    if !kernel_tests_enabled("trace_agrees_with_the_oracle_on_the_live_iptables_rules") {
+fn trace_agrees_with_the_oracle_on_the_live_rules() {
+    if !kernel_tests_enabled("trace_agrees_with_the_oracle_on_the_live_rules") {
         return;
     }
     use kproxy_core::oracle::Dataplane;
@@ -567,17 +568,19 @@ fn trace_agrees_with_the_oracle_on_the_live_iptables_rules() {
         "internal_policy_local",
     ];
     let mut failures = Vec::new();
-    for scenario in scenarios::all().into_iter().filter(|s| wanted.contains(&s.name)) {
-        let mut topo = Topology::build(&scenario).unwrap();
-        let (dir, _) = start_kproxy_in(&mut topo, &scenario, "trace", "iptables");
-        let start = Instant::now();
-        while !kproxy_testkit::check_scenario_for(&topo, &scenario, Dataplane::Iptables).is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(30), "{}: never served", scenario.name);
-            std::thread::sleep(Duration::from_millis(200));
+    for (mode, name) in [(Dataplane::Nftables, "nftables"), (Dataplane::Iptables, "iptables")] {
+        for scenario in scenarios::all().into_iter().filter(|s| wanted.contains(&s.name)) {
+            let mut topo = Topology::build(&scenario).unwrap();
+            let (dir, _) = start_kproxy_in(&mut topo, &scenario, "trace", name);
+            let start = Instant::now();
+            while !kproxy_testkit::check_scenario_for(&topo, &scenario, mode).is_empty() {
+                assert!(start.elapsed() < Duration::from_secs(30), "{name}: {}: never served", scenario.name);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            failures.extend(common::trace::disagreements(&topo, &scenario, BIN, mode, true));
+            drop(topo);
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        failures.extend(common::trace::disagreements(&topo, &scenario, BIN, true));
-        drop(topo);
-        let _ = std::fs::remove_dir_all(&dir);
     }
     assert!(failures.is_empty(), "kproxy trace disagrees with the oracle:\n{}", failures.join("\n"));
 }
@@ -608,46 +611,60 @@ fn init_only_sets_up_and_exits_without_rules() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `kproxy diagnose` on a node kproxy programs (iptables mode, the example
-/// cluster): the Service without endpoints is reported, the others agree;
-/// then a rule removed by hand (kproxy stopped, as when a node is
-/// inspected) is reported as drift, naming the endpoint the kernel lost.
+/// `kproxy diagnose` on a node kproxy programs (the example cluster, in
+/// nftables mode and then in iptables mode): the Service without endpoints
+/// is reported, the others agree; then an endpoint removed by hand (kproxy
+/// stopped, as when a node is inspected) is reported as drift, naming the
+/// endpoint the kernel lost.
 #[test]
 fn diagnose_reports_missing_endpoints_and_drift() {
     if !kernel_tests_enabled("diagnose_reports_missing_endpoints_and_drift") {
         return;
     }
-    let mut ns = kproxy_testkit::Netns::new("diagnose").unwrap();
-    ns.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
-    ns.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]).unwrap();
-    ns.exec(&["ip", "link", "set", "eth0", "up"]).unwrap();
-    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster");
-    let handle = ns.spawn(&[BIN, "--proxy-mode", "iptables", "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16", "--manifests", cluster]).unwrap();
-    let start = Instant::now();
-    while !ns.exec(&["iptables-save", "-t", "nat"]).unwrap_or_default().contains("demo/web:http -> 10.244.1.11:8080") {
-        assert!(start.elapsed() < Duration::from_secs(20), "kproxy never programmed the node");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ns.kill(handle);
-    let diagnose = |only: &[&str]| {
-        let mut args = vec!["ip", "netns", "exec", ns.name(), BIN, "diagnose", "--manifests", cluster, "--hostname-override", "node-a"];
-        args.extend_from_slice(only);
-        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let (code, text) = diagnose(&[]);
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("demo/pending:"), "the Service without endpoints: {text}");
-    assert!(!text.contains("demo/web:") && !text.contains("demo/dns:"), "the others agree: {text}");
-    assert_eq!(diagnose(&["demo/web"]).0, Some(0), "one Service that agrees");
+    for mode in ["nftables", "iptables"] {
+        let mut ns = kproxy_testkit::Netns::new("diagnose").unwrap();
+        ns.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
+        ns.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]).unwrap();
+        ns.exec(&["ip", "link", "set", "eth0", "up"]).unwrap();
+        let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster");
+        let handle = ns.spawn(&[BIN, "--proxy-mode", mode, "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16", "--manifests", cluster]).unwrap();
+        let programmed = |ns: &kproxy_testkit::Netns| match mode {
+            "nftables" => ns.exec(&["nft", "list", "ruleset"]).unwrap_or_default().contains("10.96.0.10 . tcp . 80 . 1 : 10.244.1.11 . 8080"),
+            _ => ns.exec(&["iptables-save", "-t", "nat"]).unwrap_or_default().contains("demo/web:http -> 10.244.1.11:8080"),
+        };
+        let start = Instant::now();
+        while !programmed(&ns) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{mode}: kproxy never programmed the node");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ns.kill(handle);
+        let diagnose = |only: &[&str]| {
+            let mut args = vec!["ip", "netns", "exec", ns.name(), BIN, "diagnose", "--manifests", cluster, "--hostname-override", "node-a"];
+            args.extend_from_slice(only);
+            let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        };
+        let (code, text) = diagnose(&[]);
+        assert_eq!(code, Some(1), "{mode}: {text}");
+        assert!(text.contains("demo/pending:"), "{mode}: the Service without endpoints: {text}");
+        assert!(!text.contains("demo/web:") && !text.contains("demo/dns:"), "{mode}: the others agree: {text}");
+        assert_eq!(diagnose(&["demo/web"]).0, Some(0), "{mode}: one Service that agrees");
 
-    let rule = ns.exec(&["iptables", "-t", "nat", "-S"]).unwrap().lines().find(|l| l.contains("demo/web:http -> 10.244.1.10:8080")).unwrap().to_string();
-    let mut delete: Vec<String> = vec!["iptables".into(), "-t".into(), "nat".into()];
-    delete.extend(kproxy_backend_iptables::rule::tokenize(&rule.replacen("-A", "-D", 1)).unwrap());
-    ns.exec(&delete.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    let (code, text) = diagnose(&["demo/web"]);
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("the kernel does dnat [\"10.244.1.11:8080\"], the API says dnat [\"10.244.1.10:8080\", \"10.244.1.11:8080\"]"), "{text}");
+        if mode == "nftables" {
+            // 10.244.1.10's slot handed to 10.244.1.11 by hand.
+            let table = ns.exec(&["nft", "list", "tables", "ip"]).unwrap().lines().find_map(|l| l.strip_prefix("table ip ")).unwrap().trim().to_string();
+            ns.exec(&["nft", "delete", "element", "ip", &table, "cluster-slots-tcp-2", "{ 10.96.0.10 . tcp . 80 . 0 }"]).unwrap();
+            ns.exec(&["nft", "add", "element", "ip", &table, "cluster-slots-tcp-2", "{ 10.96.0.10 . tcp . 80 . 0 : 10.244.1.11 . 8080 }"]).unwrap();
+        } else {
+            let rule = ns.exec(&["iptables", "-t", "nat", "-S"]).unwrap().lines().find(|l| l.contains("demo/web:http -> 10.244.1.10:8080")).unwrap().to_string();
+            let mut delete: Vec<String> = vec!["iptables".into(), "-t".into(), "nat".into()];
+            delete.extend(kproxy_backend_iptables::rule::tokenize(&rule.replacen("-A", "-D", 1)).unwrap());
+            ns.exec(&delete.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        }
+        let (code, text) = diagnose(&["demo/web"]);
+        assert_eq!(code, Some(1), "{mode}: {text}");
+        assert!(text.contains("the kernel does dnat [\"10.244.1.11:8080\"], the API says dnat [\"10.244.1.10:8080\", \"10.244.1.11:8080\"]"), "{mode}: {text}");
+    }
 }
 
 /// `--vmodule=observer=2` raises the verbosity of that file only, as

@@ -2,29 +2,44 @@
 //! live Service rules, and why. It reads the kernel (never kproxy's
 //! memory), so it works while kproxy is stopped, shows drift, and works as
 //! well on a node that upstream kube-proxy programs in iptables mode (the
-//! same chain layout).
+//! same chain layout). In nftables mode it reads kproxy's table with
+//! `nft -j list table` ([`nft`]); in iptables mode, `iptables-save`
+//! ([`iptables`]). Without `--proxy-mode`, a kproxy nftables table of the
+//! destination's family decides for nftables, else iptables.
 //!
 //! ```text
 //! kproxy trace --source IP --destination IP:PORT [--protocol tcp|udp|sctp]
-//!              [--arrival external|local-pod|node] [--proxy-mode iptables]
+//!              [--arrival external|local-pod|node] [--proxy-mode nftables|iptables]
 //!              [--output text|json]
 //! ```
 //!
 //! JSON output: `{"verdict": "dnat"|"reject"|"drop"|"accept",
 //! "endpoints": ["IP:PORT", ...], "masquerade": bool,
-//! "affinitySeconds": N|null, "path": [rule, ...], "paths": [[rule, ...], ...]}`;
+//! "affinitySeconds": N|null, "path": [rule, ...], "paths": [[rule, ...], ...],
+//! "rules": "what was read"}`;
 //! `accept` means the Service rules leave the packet alone, `path` is the
 //! first way the packet can go and `paths` every way (one per random
-//! branch). A rule the tracer cannot follow stops it with
+//! branch). In nftables mode a rule line is `chain NAME: RULE # handle N`
+//! and a way that DNATs ends with `=> dnat to IP:PORT`. A rule the tracer cannot follow stops it with
 //! `cannot follow: <rule>`, never a guess.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod iptables;
+pub mod nft;
+
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use kproxy_backend_iptables::fake::FakeIptables;
-use kproxy_backend_iptables::kernel::Flavour;
 use kproxy_core::oracle::{Origin, Packet, Verdict};
 use kproxy_core::{IpFamily, Protocol};
+
+/// Which rules to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesMode {
+    /// kproxy's nftables table.
+    Nftables,
+    /// The `KUBE-*` iptables chains (kproxy's or upstream's).
+    Iptables,
+}
 
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +48,60 @@ pub struct TraceArgs {
     pub packet: Packet,
     /// JSON instead of text.
     pub json: bool,
+    /// The rules to read; `None` finds out.
+    pub mode: Option<RulesMode>,
+}
+
+/// What a trace found, whichever rules it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traced {
+    /// The outcome, in the oracle's words.
+    pub verdict: Verdict,
+    /// Each way the packet can go: the rules it met, one line each.
+    pub ways: Vec<Vec<String>>,
+    /// Whether a packet the Service rules leave alone is still masqueraded.
+    pub masquerade_if_untouched: bool,
+    /// Which rules were read (`iptables-nft rules, IPv4`, ...).
+    pub rules: String,
+}
+
+/// A family's live Service rules, read once.
+#[derive(Debug, Clone)]
+pub enum LiveRules {
+    /// `iptables-save` text and the flavour's name.
+    Iptables(String, &'static str),
+    /// kproxy's table: its name and `nft -j` listing.
+    Nftables(String, String),
+}
+
+/// Reads this namespace's Service rules for `family`, as `mode` says or,
+/// without it, from kproxy's nftables table if there is one, else iptables.
+pub fn read_live(family: IpFamily, mode: Option<RulesMode>) -> Result<LiveRules, String> {
+    let mode = mode.unwrap_or_else(|| if nft::tables(family).is_empty() { RulesMode::Iptables } else { RulesMode::Nftables });
+    Ok(match mode {
+        RulesMode::Nftables => {
+            let (table, json) = nft::read(family)?;
+            LiveRules::Nftables(table, json)
+        }
+        RulesMode::Iptables => {
+            let (save, flavour) = iptables::read(family)?;
+            LiveRules::Iptables(save, flavour)
+        }
+    })
+}
+
+/// The trace of `args` through `rules` on a node with `local` addresses:
+/// the text or JSON to print.
+pub fn trace_rules(args: &TraceArgs, rules: &LiveRules, local: &[IpAddr]) -> Result<String, String> {
+    let traced = match rules {
+        LiveRules::Iptables(save, flavour) => iptables::trace(args, save, local, flavour)?,
+        LiveRules::Nftables(table, json) => nft::trace(args, json, table, local)?,
+    };
+    Ok(render(args, &traced))
 }
 
 /// The command's usage line.
-pub const USAGE: &str = "kproxy trace --source IP --destination IP:PORT [--protocol tcp|udp|sctp] [--arrival external|local-pod|node] [--proxy-mode iptables] [--output text|json]";
+pub const USAGE: &str = "kproxy trace --source IP --destination IP:PORT [--protocol tcp|udp|sctp] [--arrival external|local-pod|node] [--proxy-mode nftables|iptables] [--output text|json]";
 
 /// A subcommand's arguments: `--name value` or `--name=value` for the
 /// `allowed` names, and the other words in order. One line per problem.
@@ -91,85 +156,39 @@ pub fn parse_args(args: &[String]) -> Result<TraceArgs, String> {
         "node" => Origin::Node,
         other => return Err(format!("--arrival {other:?}: expected external, local-pod or node")),
     };
-    match get("proxy-mode").as_deref().unwrap_or("iptables") {
-        "iptables" => {}
-        other => return Err(format!("--proxy-mode {other}: kproxy trace reads iptables rules only so far (kproxy's or upstream kube-proxy's iptables mode)")),
-    }
+    let mode = match get("proxy-mode").as_deref() {
+        None => None,
+        Some("nftables") => Some(RulesMode::Nftables),
+        Some("iptables") => Some(RulesMode::Iptables),
+        Some("ipvs") => return Err("--proxy-mode ipvs: kproxy trace does not read IPVS yet (it reads nftables and iptables rules)".into()),
+        Some(other) => return Err(format!("--proxy-mode {other:?}: expected nftables or iptables")),
+    };
     let json = match get("output").as_deref().unwrap_or("text") {
         "text" => false,
         "json" => true,
         other => return Err(format!("--output {other:?}: expected text or json")),
     };
-    Ok(TraceArgs { packet: Packet { src: source, dst: destination.ip(), protocol, dport: destination.port(), origin }, json })
+    Ok(TraceArgs { packet: Packet { src: source, dst: destination.ip(), protocol, dport: destination.port(), origin }, json, mode })
 }
 
-/// The Service rules of an `iptables-save` listing: the `nat` and `filter`
-/// tables' built-in chains' jumps into `KUBE-*` chains and those chains.
-pub fn service_rules(save: &str) -> String {
-    let mut out = String::new();
-    let mut keep_table = false;
-    for line in save.lines() {
-        if let Some(table) = line.strip_prefix('*') {
-            keep_table = table == "nat" || table == "filter";
-        }
-        if !keep_table {
-            continue;
-        }
-        let keep = line.starts_with('*')
-            || line == "COMMIT"
-            || line.starts_with(":KUBE-")
-            || (line.starts_with(':') && line[1..].starts_with(|c: char| c.is_ascii_uppercase()) && !line[1..].contains('-'))
-            || line.starts_with("-A KUBE-")
-            || (line.starts_with("-A ") && line.contains(" -j KUBE-"));
-        if keep {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// Reads this namespace's rules for `family` with the flavour in use.
-pub(crate) fn live_rules(family: IpFamily) -> Result<(String, &'static str), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let (flavour, _) = runtime.block_on(Flavour::detect(None));
-    let prefix = if family == IpFamily::V4 { "iptables" } else { "ip6tables" };
-    let tool = format!("{prefix}-{}-save", flavour.name());
-    let out = std::process::Command::new(&tool).output().map_err(|e| format!("cannot run {tool}: {e} (kproxy trace needs the iptables tools)"))?;
-    if !out.status.success() {
-        return Err(format!("{tool} failed: {} (kproxy trace needs root)", String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default()));
-    }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), flavour.name()))
-}
-
-/// The trace of `args` through `save` (an `iptables-save` listing) on a
-/// node with `local` addresses: the text or JSON to print.
-pub fn trace_listing(args: &TraceArgs, save: &str, local: &[IpAddr], flavour: &str) -> Result<String, String> {
+/// The text (or JSON) `kproxy trace` prints for `traced`.
+pub fn render(args: &TraceArgs, traced: &Traced) -> String {
     let packet = &args.packet;
-    let family = IpFamily::of(packet.dst);
-    let rules = service_rules(save);
-    if !rules.lines().any(|l| l.starts_with("-A KUBE-")) {
-        return Err(format!("no Service rules in iptables-{flavour} ({family}): is kproxy or kube-proxy running here, in iptables mode?"));
-    }
-    let mut kernel = FakeIptables::new();
-    kernel.restore(family, &rules).map_err(|e| format!("cannot follow: {e}"))?;
-    let local: BTreeSet<IpAddr> = local.iter().copied().filter(|ip| family.contains(*ip)).chain((packet.origin == Origin::Node).then_some(packet.src)).collect();
-    let (verdict, hops) = kproxy_backend_iptables::trace::explain(&kernel, family, local, packet).map_err(|e| format!("cannot follow: {e}"))?;
-    let (kind, endpoints, masquerade, affinity) = match &verdict {
+    let (kind, endpoints, masquerade, affinity) = match &traced.verdict {
         Verdict::Forward { targets, affinity_seconds } => {
             ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>(), targets.iter().any(|t| t.masquerade), *affinity_seconds)
         }
         Verdict::Reject => ("reject", Vec::new(), false, None),
         Verdict::Drop => ("drop", Vec::new(), false, None),
-        Verdict::NotService => ("accept", Vec::new(), hops.iter().any(|h| h.masquerade), None),
+        Verdict::NotService => ("accept", Vec::new(), traced.masquerade_if_untouched, None),
     };
-    let paths: Vec<Vec<String>> = hops.iter().map(|h| h.path.clone()).collect();
+    let paths = &traced.ways;
     if args.json {
         let value = serde_json::json!({
             "verdict": kind, "endpoints": endpoints, "masquerade": masquerade, "affinitySeconds": affinity,
-            "path": paths.first().cloned().unwrap_or_default(), "paths": paths,
+            "path": paths.first().cloned().unwrap_or_default(), "paths": paths, "rules": traced.rules,
         });
-        return Ok(format!("{value}\n"));
+        return format!("{value}\n");
     }
     let protocol = format!("{:?}", packet.protocol).to_lowercase();
     let arrival = match packet.origin {
@@ -177,12 +196,12 @@ pub fn trace_listing(args: &TraceArgs, save: &str, local: &[IpAddr], flavour: &s
         Origin::LocalPod => "from a pod on this node",
         Origin::Node => "from the node itself",
     };
-    let mut out = format!("{protocol} {} -> {}, {arrival} (iptables-{flavour} rules, {family})\n", packet.src, SocketAddr::new(packet.dst, packet.dport));
-    for (i, hop) in hops.iter().enumerate() {
-        if hops.len() > 1 {
-            out.push_str(&format!("way {} of {}:\n", i + 1, hops.len()));
+    let mut out = format!("{protocol} {} -> {}, {arrival} ({})\n", packet.src, SocketAddr::new(packet.dst, packet.dport), traced.rules);
+    for (i, way) in paths.iter().enumerate() {
+        if paths.len() > 1 {
+            out.push_str(&format!("way {} of {}:\n", i + 1, paths.len()));
         }
-        for rule in &hop.path {
+        for rule in way {
             out.push_str(&format!("  {rule}\n"));
         }
     }
@@ -193,15 +212,14 @@ pub fn trace_listing(args: &TraceArgs, save: &str, local: &[IpAddr], flavour: &s
         _ => "not a Service address: the Service rules leave it alone".into(),
     };
     out.push_str(&format!("verdict: {outcome}\n"));
-    Ok(out)
+    out
 }
 
 /// Runs `kproxy trace ARGS`: prints the trace, or one line and exit 1.
 pub fn main(args: &[String]) -> std::process::ExitCode {
     let result = parse_args(args).and_then(|a| {
-        let family = IpFamily::of(a.packet.dst);
-        let (save, flavour) = live_rules(family)?;
-        trace_listing(&a, &save, &crate::interfaces::local_addresses(), flavour)
+        let rules = read_live(IpFamily::of(a.packet.dst), a.mode)?;
+        trace_rules(&a, &rules, &crate::interfaces::local_addresses())
     });
     match result {
         Ok(text) => {
@@ -232,7 +250,8 @@ mod tests {
             (&["--source", "10.0.0.1", "--destination", "10.96.0.10"], "not IP:PORT"),
             (&["--source", "fd00::1", "--destination", "10.96.0.10:80"], "same IP family"),
             (&["--source", "10.0.0.1", "--destination", "10.96.0.10:80", "--protocol", "icmp"], "--protocol"),
-            (&["--source", "10.0.0.1", "--destination", "10.96.0.10:80", "--proxy-mode", "ipvs"], "iptables rules only"),
+            (&["--source", "10.0.0.1", "--destination", "10.96.0.10:80", "--proxy-mode", "ipvs"], "does not read IPVS yet"),
+            (&["--source", "10.0.0.1", "--destination", "10.96.0.10:80", "--proxy-mode", "userspace"], "expected nftables or iptables"),
             (&["--bogus", "1"], "unknown flag --bogus"),
         ] {
             let err = args(list).unwrap_err();
@@ -243,7 +262,37 @@ mod tests {
 
     /// `iptables-save` of a node kproxy programmed in iptables mode with
     /// `examples/cluster` (node-a, 192.168.0.2).
-    const SAVED: &str = include_str!("../testdata/iptables-save-example-cluster.txt");
+    const SAVED: &str = include_str!("../../testdata/iptables-save-example-cluster.txt");
+
+    fn trace_listing(args: &TraceArgs, save: &str, local: &[IpAddr], flavour: &str) -> Result<String, String> {
+        Ok(render(args, &iptables::trace(args, save, local, flavour)?))
+    }
+
+    /// `nft -j list table ip kproxy-a` of the table kproxy renders for
+    /// `examples/cluster` on node-a (see kproxy-backend-nft's testdata).
+    const NFT_JSON: &str = include_str!("../../../kproxy-backend-nft/testdata/example-cluster.json");
+
+    #[test]
+    fn a_kproxy_nftables_table_is_traced_with_its_path() {
+        let local: Vec<IpAddr> = vec!["192.168.50.2".parse().unwrap()];
+        let run = |list: &[&str]| render(&args(list).unwrap(), &nft::trace(&args(list).unwrap(), NFT_JSON, "kproxy-a", &local).unwrap());
+        let json: serde_json::Value = serde_json::from_str(&run(&["--source", "192.168.50.100", "--destination", "10.96.0.10:80", "--output", "json"])).unwrap();
+        assert_eq!(json["verdict"], "dnat", "{json}");
+        assert_eq!(json["endpoints"], serde_json::json!(["10.244.1.10:8080", "10.244.1.11:8080"]), "{json}");
+        assert_eq!(json["paths"].as_array().unwrap().len(), 2, "one way per endpoint: {json}");
+        let path: Vec<&str> = json["path"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert!(path.iter().any(|r| r.starts_with("chain services: ip daddr . meta l4proto . th dport @cluster-ip-services goto cluster-ip # handle ")), "{path:#?}");
+        let lb: Vec<&&str> = path.iter().filter(|r| r.starts_with("chain cluster-lb:")).collect();
+        assert_eq!(lb.len(), 1, "only the DNAT that hit: {path:#?}");
+        assert!(lb[0].starts_with("chain cluster-lb: meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @cluster-slots-tcp-2"), "{path:#?}");
+        assert_eq!(path.last().copied(), Some("=> dnat to 10.244.1.10:8080"), "{path:#?}");
+        let text = run(&["--source", "192.168.50.100", "--destination", "10.96.0.40:80"]);
+        assert!(text.contains("chain endpoints-check: ip daddr . meta l4proto . th dport @no-endpoint-reject reject") && text.contains("verdict: REJECT"), "{text}");
+        let text = run(&["--source", "192.168.50.100", "--destination", "192.168.50.2:30443"]);
+        assert!(text.contains("DNAT to 10.244.1.30:8443 (one chosen at random), not masqueraded"), "ETP=Local keeps the source: {text}");
+        let text = run(&["--source", "192.168.50.100", "--destination", "10.1.2.3:80"]);
+        assert!(text.ends_with("verdict: not a Service address: the Service rules leave it alone\n"), "{text}");
+    }
 
     #[test]
     fn a_saved_listing_is_traced_with_its_path() {
