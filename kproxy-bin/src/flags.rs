@@ -190,6 +190,12 @@ pub struct Flags {
 #[error("{0}")]
 pub struct FlagError(pub String);
 
+/// Whether `name` is a kproxy flag, and if so whether it takes a value
+/// (it is not a switch).
+pub fn takes_value(name: &str) -> Option<bool> {
+    spec(name).map(|s| !matches!(s.kind, Kind::Bool | Kind::Version))
+}
+
 fn spec(name: &str) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.name == name)
 }

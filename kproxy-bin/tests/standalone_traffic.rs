@@ -639,7 +639,8 @@ fn diagnose_reports_missing_endpoints_and_drift() {
         }
         ns.kill(handle);
         let diagnose = |only: &[&str]| {
-            let mut args = vec!["ip", "netns", "exec", ns.name(), BIN, "diagnose", "--manifests", cluster, "--hostname-override", "node-a"];
+            // The flags kproxy runs with: diagnose needs the same picture.
+            let mut args = vec!["ip", "netns", "exec", ns.name(), BIN, "diagnose", "--manifests", cluster, "--hostname-override", "node-a", "--proxy-mode", mode, "--cluster-cidr", "10.244.0.0/16"];
             args.extend_from_slice(only);
             let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
             (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
@@ -649,6 +650,9 @@ fn diagnose_reports_missing_endpoints_and_drift() {
         assert!(text.contains("demo/pending:"), "{mode}: the Service without endpoints: {text}");
         assert!(!text.contains("demo/web:") && !text.contains("demo/dns:"), "{mode}: the others agree: {text}");
         assert_eq!(diagnose(&["demo/web"]).0, Some(0), "{mode}: one Service that agrees");
+        let (code, text) = diagnose(&["--source", "198.51.100.9", "demo/shop"]);
+        assert_eq!(code, Some(1), "{mode}: {text}");
+        assert!(text.starts_with("demo/shop: loadBalancerSourceRanges (203.0.113.0/24) leave out the client 198.51.100.9") && !text.contains("the kernel"), "{mode}: the kernel drops it too: {text}");
 
         if mode == "nftables" {
             // 10.244.1.10's slot handed to 10.244.1.11 by hand.
