@@ -109,6 +109,10 @@ def probe_once(args):
     except OSError as e:
         if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "unreachable"
+        if e.errno == errno.EPERM:
+            # The node's own datagram stopped by a filter rule on its way
+            # out: the kernel says EPERM for a DROP and a REJECT alike.
+            return "filtered"
         return "error %s" % e
     finally:
         s.close()

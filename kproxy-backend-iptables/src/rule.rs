@@ -332,13 +332,28 @@ impl Rule {
                         matches.push(Match::Set { name, flags, negated });
                     }
                     Some("ipvs") => {
-                        expect(&mut t, "--vaddr")?;
-                        let addr = ipnet(t.next())?.addr();
-                        expect(&mut t, "--vproto")?;
-                        let protocol = protocol(t.next())?;
-                        expect(&mut t, "--vport")?;
-                        let port = u16::try_from(num(t.next(), "vport")?).map_err(|_| "vport: out of range")?;
-                        matches.push(Match::IpvsVirtual { addr, protocol, port });
+                        // In any order: kproxy writes `--vaddr A/32 --vproto
+                        // tcp --vport P`; iptables-save prints `--vproto 6
+                        // --vaddr A --vport P`.
+                        let (mut addr, mut proto, mut port) = (None, None, None);
+                        while let Some(option) = t.next_if(|o| ["--vaddr", "--vproto", "--vport"].contains(o)) {
+                            match option {
+                                "--vaddr" => addr = Some(ipnet(t.next())?.addr()),
+                                "--vproto" => {
+                                    proto = Some(match t.next() {
+                                        Some("6") => Protocol::Tcp,
+                                        Some("17") => Protocol::Udp,
+                                        Some("132") => Protocol::Sctp,
+                                        other => protocol(other)?,
+                                    })
+                                }
+                                _ => port = Some(u16::try_from(num(t.next(), "vport")?).map_err(|_| "vport: out of range")?),
+                            }
+                        }
+                        match (addr, proto, port) {
+                            (Some(addr), Some(protocol), Some(port)) => matches.push(Match::IpvsVirtual { addr, protocol, port }),
+                            _ => return Err("ipvs: expected --vaddr, --vproto and --vport".into()),
+                        }
                     }
                     Some("recent") => {
                         // In any order: kproxy writes `--name N --mask M
@@ -498,3 +513,19 @@ fn protocol(token: Option<&str>) -> Result<Protocol, String> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's `iptables-save` prints the ipvs match's options in its
+    /// own order and spelling; both read as the same match.
+    #[test]
+    fn the_ipvs_match_reads_in_either_order() {
+        let ours = Rule::parse("-s 1.2.3.4/32 -m ipvs --vaddr 1.2.3.4/32 --vproto tcp --vport 80 -j DROP", IpFamily::V4).unwrap();
+        let kernel = Rule::parse("-s 1.2.3.4/32 -m ipvs --vproto 6 --vaddr 1.2.3.4 --vport 80 -j DROP", IpFamily::V4).unwrap();
+        assert_eq!(ours, kernel);
+        assert!(matches!(kernel.matches[1], Match::IpvsVirtual { protocol: Protocol::Tcp, port: 80, .. }), "{kernel:?}");
+        assert!(Rule::parse("-m ipvs --vproto 6 --vport 80 -j DROP", IpFamily::V4).unwrap_err().contains("--vaddr"));
+    }
+}

@@ -126,6 +126,29 @@ impl FakeHost {
         FakeHost::default()
     }
 
+    /// A fake holding what a live node's tools print, for tracing the
+    /// node's own rules: its IPVS table, `ipset save` output (the `KUBE-*`
+    /// sets) and `family`'s Service rules in `iptables-restore` form.
+    pub fn from_live(family: IpFamily, ipvs: &CurrentIpvs, ipset_save: &str, iptables_rules: &str) -> Result<FakeHost, String> {
+        let mut host = FakeHost::new();
+        let mut ops = Vec::new();
+        for (key, service) in ipvs.iter().filter(|(k, _)| family.contains(k.addr)) {
+            ops.push(Op::AddService(service.server));
+            ops.extend(service.dests.iter().map(|d| Op::AddDest(*key, d.server)));
+        }
+        if let Some((op, e)) = host.ipvs.apply(&ops).into_iter().next() {
+            return Err(format!("the IPVS table cannot be read back ({op:?}: {e})"));
+        }
+        let kube_sets: String = ipset_save
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|name| name.starts_with("KUBE-")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        host.ipsets.restore(&kube_sets).map_err(|e| format!("ipset save: {e}"))?;
+        host.iptables.restore(family, iptables_rules).map_err(|e| format!("iptables-save: {e}"))?;
+        Ok(host)
+    }
+
     /// The addresses on the dummy interface.
     pub fn addresses(&self) -> BTreeSet<IpAddr> {
         self.device.as_ref().map(|(_, a)| a.clone()).unwrap_or_default()

@@ -21,7 +21,7 @@ use kproxy_core::oracle::{Origin, Packet, Target, Verdict};
 use kproxy_core::{IpFamily, Protocol, ProxierConfig};
 
 use crate::host::{FakeHost, FakeIpsets};
-use crate::model::VsKey;
+use crate::model::{RsKey, VsKey};
 
 impl SetLookup for FakeIpsets {
     fn contains(&self, name: &str, flags: &str, protocol: Protocol, hop: &Hop) -> bool {
@@ -32,6 +32,13 @@ impl SetLookup for FakeIpsets {
 /// Traces `packet` through `host` (`family`'s tables), on a node
 /// configured as `config`.
 pub fn trace(host: &FakeHost, family: IpFamily, config: &ProxierConfig, packet: &Packet) -> Result<Verdict, TraceError> {
+    explain(host, family, config, packet).map(|(v, _)| v)
+}
+
+/// Like [`trace`], with each way's steps: the iptables rules that matched
+/// (as `-A CHAIN ...`), and the IPVS virtual and real server (as
+/// `ipvsadm -A`/`-a` would add them). One way per real server.
+pub fn explain(host: &FakeHost, family: IpFamily, config: &ProxierConfig, packet: &Packet) -> Result<(Verdict, Vec<Vec<String>>), TraceError> {
     let mut local: BTreeSet<IpAddr> = config.node_ips.iter().chain(&config.node_port_ips).copied().collect();
     local.extend(host.addresses());
     if packet.origin == Origin::Node {
@@ -48,48 +55,65 @@ pub fn trace(host: &FakeHost, family: IpFamily, config: &ProxierConfig, packet: 
     };
     let (hop, outcome) = first(nat, if from_node { "OUTPUT" } else { "PREROUTING" }, Hop::new(packet))?;
     if let Some(v) = stopped(outcome) {
-        return Ok(v);
+        return Ok((v, vec![hop.path]));
     }
     let dst_local = hop.dst.is_loopback() || local.contains(&hop.dst);
     if !dst_local {
         // Forwarded past the node: IPVS never sees it.
-        return Ok(Verdict::NotService);
+        return Ok((Verdict::NotService, vec![hop.path]));
     }
-    if !from_node {
-        let (_, outcome) = first(filter, "INPUT", hop.clone())?;
+    let hop = if from_node {
+        hop
+    } else {
+        let (hop, outcome) = first(filter, "INPUT", hop)?;
         if let Some(v) = stopped(outcome) {
-            return Ok(v);
+            return Ok((v, vec![hop.path]));
         }
-    }
+        hop
+    };
     let key = VsKey { protocol: packet.protocol, addr: hop.dst, port: hop.dport };
     let table = host.ipvs.current();
     let Some(service) = table.get(&key) else {
         // Delivered to the node's own stack: not a service.
-        return Ok(Verdict::NotService);
+        return Ok((Verdict::NotService, vec![hop.path]));
     };
+    let flag = match key.protocol {
+        Protocol::Tcp => "-t",
+        Protocol::Udp => "-u",
+        Protocol::Sctp => "--sctp-service",
+    };
+    let vs = RsKey { addr: key.addr, port: key.port };
+    let persistence = service.server.persistence.map(|p| format!(" -p {p}")).unwrap_or_default();
+    let mut base = hop.clone();
+    base.path.push(format!("ipvs: -A {flag} {vs} -s {}{persistence}", service.server.scheduler.name()));
     let dests: Vec<_> = service.dests.iter().filter(|d| d.server.weight > 0).collect();
     if dests.is_empty() {
-        return Ok(Verdict::Reject);
+        base.path.push("ipvs: no real server of weight above 0: ICMP port unreachable".into());
+        return Ok((Verdict::Reject, vec![base.path]));
     }
     let mut targets = Vec::new();
+    let mut ways = Vec::new();
     for d in dests {
-        let mut h = hop.clone();
+        let mut h = base.clone();
+        h.path.push(format!("ipvs: -a {flag} {vs} -r {} -m -w {}", d.server.key, d.server.weight));
         h.dst = d.server.key.addr;
         h.dport = d.server.key.port;
         h.dnat = true;
         h.ipvs = Some((key.addr, key.port));
         if from_node {
-            let (_, outcome) = first(filter, "OUTPUT", h.clone())?;
+            let (after, outcome) = first(filter, "OUTPUT", h.clone())?;
             if let Some(v) = stopped(outcome) {
-                return Ok(v);
+                return Ok((v, vec![after.path]));
             }
+            h = after;
         }
         let (h, _) = first(nat, "POSTROUTING", h)?;
         targets.push(Target { endpoint: SocketAddr::new(d.server.key.addr, d.server.key.port), masquerade: h.masquerade });
+        ways.push(h.path);
     }
     targets.sort();
     targets.dedup();
-    Ok(Verdict::Forward { targets, affinity_seconds: service.server.persistence })
+    Ok((Verdict::Forward { targets, affinity_seconds: service.server.persistence }, ways))
 }
 
 fn stopped(outcome: Outcome) -> Option<Verdict> {

@@ -11,11 +11,17 @@ use kproxy_core::oracle::{evaluate_for, fixtures as fx, scenarios, Dataplane, Sc
 use kproxy_core::{Proxier, SyncRequest};
 
 fn check(scenario: &Scenario, host: &FakeHost, failures: &mut Vec<String>) {
+    check_with(scenario, host, &scenario.config, failures);
+}
+
+/// [`check`], tracing with `trace_config` (the oracle keeps the
+/// scenario's).
+fn check_with(scenario: &Scenario, host: &FakeHost, trace_config: &kproxy_core::ProxierConfig, failures: &mut Vec<String>) {
     let state = scenario.state();
     for case in &scenario.cases {
         let oracle = evaluate_for(Dataplane::Ipvs, &state, &scenario.config, &case.packet);
         let expected = case.expected_for(Dataplane::Ipvs);
-        match trace(host, scenario.family, &scenario.config, &case.packet) {
+        match trace(host, scenario.family, trace_config, &case.packet) {
             Ok(got) if got == *expected && got == oracle => {}
             Ok(got) => failures.push(format!("{} / {}: {}\n  expected {:?}\n  traced   {:?}", scenario.name, case.name, case.packet, expected, got)),
             Err(e) => failures.push(format!("{} / {}: trace failed: {e}", scenario.name, case.name)),
@@ -56,6 +62,46 @@ async fn partial_syncs_from_empty_meet_every_scenario() {
             assert!(!p.stats().rules_written, "{}: a partial sync rewrote the rules", scenario.name);
         }
         check(&scenario, p.kernel(), &mut failures);
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// What `kproxy trace` does on a live IPVS node: the IPVS table, the
+/// `ipset save` text and the `iptables-save` text read back into a fresh
+/// fake ([`FakeHost::from_live`]), with the dummy interface's addresses
+/// among the node's. Every scenario traces as on the proxier's own fake.
+#[tokio::test]
+async fn a_host_rebuilt_from_its_listings_traces_the_same() {
+    let mut failures = Vec::new();
+    for scenario in scenarios::all() {
+        let mut p = proxier(&scenario);
+        scenario.feed(&mut p);
+        p.sync(SyncRequest { full: true }).await.unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
+        let host = p.kernel();
+        let mut ipset_save = String::new();
+        for (name, set) in &host.ipsets.sets {
+            ipset_save.push_str(&format!("create {name} {} family inet hashsize 1024 maxelem 65536\n", set.kind));
+            for e in &set.entries {
+                ipset_save.push_str(&format!("add {name} {}\n", e.text()));
+            }
+        }
+        let save: String = kproxy_backend_iptables::Table::ALL.iter().map(|t| host.iptables.save(scenario.family, *t)).collect();
+        let rebuilt = FakeHost::from_live(scenario.family, &host.ipvs.current(), &ipset_save, &save).unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
+        // kproxy trace passes every local address as a node address.
+        let mut config = scenario.config.clone();
+        config.node_ips.extend(host.addresses().into_iter().filter(|ip| scenario.family.contains(*ip)));
+        let before = failures.len();
+        check_with(&scenario, &rebuilt, &config, &mut failures);
+        let live = &scenario;
+        // The ways name the IPVS servers the packet met.
+        if failures.len() == before {
+            if let Some(case) = live.cases.iter().find(|c| matches!(c.expected_for(Dataplane::Ipvs), kproxy_core::oracle::Verdict::Forward { .. })) {
+                let (_, ways) = kproxy_backend_ipvs::trace::explain(&rebuilt, live.family, &config, &case.packet).unwrap();
+                if !ways.iter().all(|w| w.iter().any(|l| l.starts_with("ipvs: -A ")) && w.iter().any(|l| l.starts_with("ipvs: -a "))) {
+                    failures.push(format!("{} / {}: ways without their IPVS servers: {ways:#?}", live.name, case.name));
+                }
+            }
+        }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

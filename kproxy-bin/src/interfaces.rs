@@ -12,6 +12,16 @@ const IPVS_DUMMY: &str = "kube-ipvs0";
 /// An error (no permission to list, which does not happen as root) is
 /// logged and gives no address.
 pub fn local_addresses() -> Vec<IpAddr> {
+    addresses(|name| name != IPVS_DUMMY)
+}
+
+/// The addresses on IPVS mode's dummy interface (`kube-ipvs0`): the
+/// Service addresses IPVS mode binds, sorted.
+pub fn ipvs_dummy_addresses() -> Vec<IpAddr> {
+    addresses(|name| name == IPVS_DUMMY)
+}
+
+fn addresses(keep: impl Fn(&str) -> bool) -> Vec<IpAddr> {
     let list = match nix::ifaddrs::getifaddrs() {
         Ok(list) => list,
         Err(e) => {
@@ -20,7 +30,7 @@ pub fn local_addresses() -> Vec<IpAddr> {
         }
     };
     let mut out: Vec<IpAddr> = list
-        .filter(|a| a.interface_name != IPVS_DUMMY)
+        .filter(|a| keep(&a.interface_name))
         .filter_map(|a| {
             let addr = a.address?;
             if let Some(v4) = addr.as_sockaddr_in() {

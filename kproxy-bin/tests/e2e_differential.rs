@@ -2,7 +2,7 @@
 //! suite's expectations are kproxy's own, so here upstream's binary is the
 //! judge. proptest generates random walks of cluster states (Services of
 //! every type, either traffic policy, affinity, externalIPs, source
-//! ranges; endpoints local or remote, ready, serving-terminating,
+//! ranges, TCP or UDP; endpoints local or remote, ready, serving-terminating,
 //! terminating or not ready; Services appearing and disappearing), each
 //! state a random edit of the one before, so transitions such as affinity
 //! switched off or an endpoint turning terminating are met too. Each walk
@@ -42,14 +42,15 @@ fn endpoint() -> impl Strategy<Value = EndpointChoice> {
 
 fn service() -> impl Strategy<Value = ServiceChoice> {
     let kind = prop_oneof![Just(ServiceKind::ClusterIp), Just(ServiceKind::NodePort), Just(ServiceKind::LoadBalancer)];
-    (kind, any::<bool>(), prop::bool::weighted(0.25), prop::bool::weighted(0.3), prop::bool::weighted(0.3), any::<bool>(), prop::collection::vec(endpoint(), 0..4))
-        .prop_map(|(kind, external_local, internal_local, affinity, external_ip, source_range, endpoints)| ServiceChoice {
+    (kind, any::<bool>(), prop::bool::weighted(0.25), prop::bool::weighted(0.3), prop::bool::weighted(0.3), any::<bool>(), prop::bool::weighted(0.3), prop::collection::vec(endpoint(), 0..4))
+        .prop_map(|(kind, external_local, internal_local, affinity, external_ip, source_range, udp, endpoints)| ServiceChoice {
             kind,
             external_local,
             internal_local,
             affinity,
             external_ip,
             source_range,
+            udp,
             endpoints,
         })
 }

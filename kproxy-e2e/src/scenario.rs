@@ -108,7 +108,12 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
         // The table size is global: tests leave it alone.
         "conntrack": {"maxPerCore": 0},
     });
-    config[section] = json!({"masqueradeAll": c.masquerade_all, "masqueradeBit": c.masquerade_bit, "minSyncPeriod": "0s", "syncPeriod": "30s"});
+    config[section] = json!({"minSyncPeriod": "0s", "syncPeriod": "30s"});
+    // IPVS mode takes its masquerade settings from the iptables section,
+    // as upstream's.
+    let masquerade = if mode == Dataplane::Ipvs { "iptables" } else { section };
+    config[masquerade]["masqueradeAll"] = json!(c.masquerade_all);
+    config[masquerade]["masqueradeBit"] = json!(c.masquerade_bit);
     if mode == Dataplane::Iptables {
         config["iptables"]["localhostNodePorts"] = json!(false);
     }

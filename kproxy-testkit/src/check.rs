@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{Dataplane, Packet, Scenario, Transition, Verdict};
+use kproxy_core::oracle::{Dataplane, Origin, Packet, Scenario, Transition, Verdict};
 use kproxy_core::{Protocol, Proxier, SyncRequest};
 
 use crate::topology::{Topology, KPT};
@@ -23,6 +23,10 @@ pub enum Seen {
     Refused,
     /// No answer within the timeout.
     Timeout,
+    /// The node's own datagram was stopped by a filter rule on its way out
+    /// (the kernel answers the send with EPERM, for a DROP and a REJECT
+    /// alike, so the two cannot be told apart from the node).
+    Filtered,
     /// No route, or another error.
     Other(String),
 }
@@ -63,6 +67,7 @@ pub fn probe(topo: &Topology, packet: &Packet, count: usize, timeout: Duration) 
                 },
                 ["refused"] => Seen::Refused,
                 ["timeout"] => Seen::Timeout,
+                ["filtered"] => Seen::Filtered,
                 _ => Seen::Other(l.to_string()),
             }
         })
@@ -121,10 +126,13 @@ const GENEROUS: Duration = Duration::from_secs(5);
 
 /// Checks one packet against its verdict.
 pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Result<(), String> {
+    // A DROP or REJECT of the node's own UDP or SCTP datagram fails its
+    // send (EPERM) before anything can time out or be refused.
+    let filtered_here = packet.origin == Origin::Node && packet.protocol != Protocol::Tcp;
     match expected {
         Verdict::Drop => {
             let seen = probe(topo, packet, 1, Duration::from_millis(800))?;
-            (seen == [Seen::Timeout]).then_some(()).ok_or_else(|| format!("expected a timeout (DROP), saw {seen:?}"))
+            (seen == [Seen::Timeout] || (filtered_here && seen == [Seen::Filtered])).then_some(()).ok_or_else(|| format!("expected a timeout (DROP), saw {seen:?}"))
         }
         Verdict::Reject => {
             // Judged by what happened, never by how fast: a refusal is a
@@ -132,7 +140,7 @@ pub fn check_case(topo: &Topology, packet: &Packet, expected: &Verdict) -> Resul
             // for software emulation on a loaded host).
             let start = Instant::now();
             let seen = probe(topo, packet, 1, GENEROUS)?;
-            (seen == [Seen::Refused])
+            (seen == [Seen::Refused] || (filtered_here && seen == [Seen::Filtered]))
                 .then_some(())
                 .ok_or_else(|| format!("expected a refusal (REJECT), saw {seen:?} after {:?}", start.elapsed()))
         }

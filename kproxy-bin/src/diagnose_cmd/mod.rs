@@ -6,7 +6,7 @@
 //! line per finding with its fix.
 //!
 //! ```text
-//! kproxy diagnose (--manifests DIR | --kubeconfig FILE) --hostname-override NODE
+//! kproxy diagnose (--manifests DIR | --kubeconfig FILE) [--hostname-override NODE]
 //!                 [--source CLIENT_IP] [KPROXY FLAGS...] [NAMESPACE/SERVICE]
 //! ```
 //!
@@ -33,7 +33,9 @@ use crate::trace_cmd::{read_live, trace_rules, LiveRules, RulesMode, TraceArgs};
 struct Args {
     manifests: Option<String>,
     kubeconfig: Option<String>,
-    node: String,
+    /// `--hostname-override`; without it, kproxy's own default (the
+    /// hostname).
+    node: Option<String>,
     only: Option<String>,
     client: Option<IpAddr>,
     /// The kproxy flags, as given.
@@ -41,7 +43,7 @@ struct Args {
 }
 
 /// The command's usage line.
-pub const USAGE: &str = "kproxy diagnose (--manifests DIR | --kubeconfig FILE) --hostname-override NODE [--source CLIENT_IP] [KPROXY FLAGS...] [NAMESPACE/SERVICE]";
+pub const USAGE: &str = "kproxy diagnose (--manifests DIR | --kubeconfig FILE) [--hostname-override NODE] [--source CLIENT_IP] [KPROXY FLAGS...] [NAMESPACE/SERVICE]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let own = ["manifests", "kubeconfig", "hostname-override", "source"];
@@ -80,7 +82,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         1 if words[0].contains('/') => words.pop(),
         _ => return Err(format!("unexpected argument {:?}; usage: {USAGE}", words.last().unwrap_or(&String::new()))),
     };
-    let node = values.get("hostname-override").cloned().ok_or("--hostname-override is required")?;
+    let node = values.get("hostname-override").cloned();
     let (manifests, kubeconfig) = (values.get("manifests").cloned(), values.get("kubeconfig").cloned());
     if manifests.is_some() == kubeconfig.is_some() {
         return Err(format!("give one of --manifests and --kubeconfig; usage: {USAGE}"));
@@ -95,7 +97,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
 /// The proxy's settings from the kproxy flags (and `--config` file) given.
 fn settings(args: &Args) -> Result<crate::settings::Settings, String> {
     let mut given = args.proxy_flags.clone();
-    given.extend(["--hostname-override".to_string(), args.node.clone()]);
+    given.extend(args.node.iter().flat_map(|n| ["--hostname-override".to_string(), n.clone()]));
     let flags = crate::flags::Flags::parse_from(given).map_err(|e| e.to_string())?;
     let effective = crate::config::effective(&flags).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
     crate::settings::resolve(&effective.config, &effective.path).map_err(|e| e.to_string())
@@ -104,11 +106,11 @@ fn settings(args: &Args) -> Result<crate::settings::Settings, String> {
 /// The cluster's Services, EndpointSlices and this node's Node (if any).
 type Objects = (Vec<Service>, Vec<EndpointSlice>, Option<Node>);
 
-/// The objects, from the manifests or the API.
-fn objects(args: &Args) -> Result<Objects, String> {
+/// The objects, from the manifests or the API, with `node`'s Node.
+fn objects(args: &Args, node: &str) -> Result<Objects, String> {
     if let Some(dir) = &args.manifests {
         let (m, _) = crate::manifests::Directory::default().load(std::path::Path::new(dir))?;
-        let node = m.nodes.get(&args.node).cloned();
+        let node = m.nodes.get(node).cloned();
         return Ok((m.services.into_values().collect(), m.slices.into_values().collect(), node));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -119,7 +121,7 @@ fn objects(args: &Args) -> Result<Objects, String> {
         let list = kube::api::ListParams::default();
         let services = kube::Api::<Service>::all(client.clone()).list(&list).await.map_err(|e| format!("cannot list Services: {e}"))?;
         let slices = kube::Api::<EndpointSlice>::all(client.clone()).list(&list).await.map_err(|e| format!("cannot list EndpointSlices: {e}"))?;
-        let node = kube::Api::<Node>::all(client).get_opt(&args.node).await.map_err(|e| format!("cannot get Node {}: {e}", args.node))?;
+        let node = kube::Api::<Node>::all(client).get_opt(node).await.map_err(|e| format!("cannot get Node {node}: {e}"))?;
         Ok((services.items, slices.items, node))
     })
 }
@@ -149,7 +151,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let (services, slices, node) = match objects(&args) {
+    let (services, slices, node) = match objects(&args, &settings.node_name) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
@@ -159,13 +161,13 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
         }
     }
     let local = crate::interfaces::local_addresses();
-    let node = node.unwrap_or_else(|| made_up_node(&args.node, &local));
+    let node = node.unwrap_or_else(|| made_up_node(&settings.node_name, &local));
     let info = kproxy_core::convert::node_info(&node);
     let families: Vec<IpFamily> = [IpFamily::V4, IpFamily::V6].into_iter().filter(|f| info.ips.iter().any(|ip| f.contains(*ip)) || *f == IpFamily::V4).collect();
     let configs: Vec<ProxierConfig> = families.iter().map(|f| settings.proxier_config(*f, &info, &local)).collect();
     let mode = match settings.mode {
         crate::settings::Mode::Nftables => Some(RulesMode::Nftables),
-        crate::settings::Mode::Ipvs => return fail("IPVS mode: kproxy diagnose does not read IPVS yet (it reads nftables and iptables rules)".into()),
+        crate::settings::Mode::Ipvs => Some(RulesMode::Ipvs),
         // iptables is also the default: without a mode given, the node's
         // rules decide.
         _ if args.proxy_flags.iter().any(|f| f.starts_with("--proxy-mode") || f.starts_with("--config")) => Some(RulesMode::Iptables),
@@ -175,6 +177,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     let rules: Vec<(IpFamily, Result<LiveRules, String>)> = families.iter().map(|f| (*f, read_live(*f, mode))).collect();
     let dataplane = match rules.first().map(|(_, r)| r) {
         Some(Ok(LiveRules::Nftables(..))) => Dataplane::Nftables,
+        Some(Ok(LiveRules::Ipvs(..))) => Dataplane::Ipvs,
         _ => Dataplane::Iptables,
     };
     let trace = |packet: &Packet| -> Result<serde_json::Value, String> {
@@ -206,8 +209,11 @@ mod tests {
 
     #[test]
     fn bad_input_is_one_line() {
-        assert!(args(&["--manifests", "d"]).unwrap_err().contains("--hostname-override is required"));
         assert!(args(&["--hostname-override", "n"]).unwrap_err().contains("one of --manifests and --kubeconfig"));
+        // The node defaults as kproxy's does (the hostname).
+        let a = args(&["--manifests", "d"]).unwrap();
+        assert_eq!(a.node, None);
+        assert!(!settings(&a).unwrap().node_name.is_empty());
         assert!(args(&["--hostname-override", "n", "--manifests", "d", "--source", "10.0.0.300"]).unwrap_err().contains("not an IP address"));
         assert_eq!(args(&["--hostname-override", "n", "--manifests", "d", "ns/web"]).unwrap().only.as_deref(), Some("ns/web"));
         // kproxy's own flags pass through, with their values.

@@ -17,6 +17,26 @@ pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Sc
     }
 }
 
+/// Starts kproxy in `mode` on `scenario` with the scenario's own
+/// configuration (`--config`, as the e2e harness writes it) and its
+/// manifests, ServiceCIDRs included; `bin` is the kproxy binary.
+pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_core::oracle::Scenario, mode: kproxy_core::oracle::Dataplane, bin: &str) -> (std::path::PathBuf, usize) {
+    let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-configured-{}", std::process::id(), scenario.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("m")).unwrap();
+    write_manifests(&dir.join("m"), scenario);
+    for (i, net) in scenario.service_cidrs.iter().enumerate() {
+        let object = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": format!("cidr-{i}")}, "spec": {"cidrs": [net.to_string()]}});
+        std::fs::write(dir.join("m").join(format!("cidr-{i}.yaml")), object.to_string()).unwrap();
+    }
+    let mut config = kproxy_e2e::scenario::config_in(scenario, std::path::Path::new("unused"), mode);
+    config.as_object_mut().unwrap().remove("clientConnection");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let handle = topo.node.spawn(&[bin, "--config", file.to_str().unwrap(), "--manifests", dir.join("m").to_str().unwrap()]).unwrap();
+    (dir, handle)
+}
+
 /// GET `url` from inside `topo`'s node namespace with curl: the status
 /// code and the body, whatever the status ("000" and "" when nothing
 /// answered).

@@ -9,7 +9,11 @@ use kproxy_testkit::Topology;
 /// `mode`: verdict and endpoints, and the masquerade flag too when
 /// `masquerade`.
 pub fn disagreements(topo: &Topology, scenario: &Scenario, bin: &str, mode: Dataplane, masquerade: bool) -> Vec<String> {
-    let mode_name = if mode == Dataplane::Nftables { "nftables" } else { "iptables" };
+    let mode_name = match mode {
+        Dataplane::Nftables => "nftables",
+        Dataplane::Iptables => "iptables",
+        Dataplane::Ipvs => "ipvs",
+    };
     let mut failures = Vec::new();
     for case in &scenario.cases {
         let p = &case.packet;

@@ -15,6 +15,7 @@
 //!     affinity: false,
 //!     external_ip: false,
 //!     source_range: false,
+//!     udp: false,
 //!     endpoints: vec![EndpointChoice { local: false, state: EndpointState::Ready }],
 //! };
 //! let s = state("one NodePort", &[svc]);
@@ -25,7 +26,7 @@
 use super::evaluate::{evaluate_for, Dataplane};
 use super::fixtures::{self as fx, service, slice, EndpointState};
 use super::scenarios::{node, outside, pod, Case, Scenario};
-use crate::model::IpFamily;
+use crate::model::{IpFamily, Protocol};
 
 /// What kind of Service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct ServiceChoice {
     /// `loadBalancerSourceRanges` that let [`fx::ALLOWED_CLIENT`] in and
     /// keep [`fx::BLOCKED_CLIENT`] out.
     pub source_range: bool,
+    /// Its port is UDP (else TCP); every probe of it is then UDP.
+    pub udp: bool,
     /// Its endpoints (at most 6), in one EndpointSlice.
     pub endpoints: Vec<EndpointChoice>,
 }
@@ -113,7 +116,8 @@ pub fn state(name: &'static str, services: &[ServiceChoice]) -> Scenario {
         let a = addresses(k);
         let external = choice.kind != ServiceKind::ClusterIp;
         let node_port = if external { i32::from(a.node_port) } else { 0 };
-        let mut b = service("ns1", &a.name, &[&a.cluster_ip]).port("p80", 80, "TCP", node_port);
+        let (protocol, proto_name) = if choice.udp { (Protocol::Udp, "UDP") } else { (Protocol::Tcp, "TCP") };
+        let mut b = service("ns1", &a.name, &[&a.cluster_ip]).port("p80", 80, proto_name, node_port);
         match choice.kind {
             ServiceKind::ClusterIp => {}
             ServiceKind::NodePort => b = b.type_("NodePort"),
@@ -136,25 +140,25 @@ pub fn state(name: &'static str, services: &[ServiceChoice]) -> Scenario {
             b = b.source_ranges(&[fx::SOURCE_RANGE]);
         }
         svcs.push(b.build());
-        let mut sb = slice("ns1", &a.name, &format!("{}-a", a.name), "IPv4").port("p80", 80, "TCP");
+        let mut sb = slice("ns1", &a.name, &format!("{}-a", a.name), "IPv4").port("p80", 80, proto_name);
         for (i, ep) in choice.endpoints.iter().enumerate() {
             let node = if ep.local { fx::NODE_NAME } else { fx::OTHER_NODE };
             sb = sb.endpoint(&endpoint_ip(k, i, ep.local), node, ep.state);
         }
         slices.push(sb.build());
 
-        packets.push(("a ClusterIP from a local pod", pod(&a.cluster_ip, 80)));
-        packets.push(("a ClusterIP from the node", node(&a.cluster_ip, 80)));
+        let mut probes = vec![("a ClusterIP from a local pod", pod(&a.cluster_ip, 80)), ("a ClusterIP from the node", node(&a.cluster_ip, 80))];
         if external {
-            packets.push(("a NodePort from outside", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, a.node_port)));
+            probes.push(("a NodePort from outside", outside(fx::ALLOWED_CLIENT, fx::NODE_IP, a.node_port)));
         }
         if choice.external_ip {
-            packets.push(("an externalIP from outside", outside(fx::ALLOWED_CLIENT, &a.external_ip, 80)));
+            probes.push(("an externalIP from outside", outside(fx::ALLOWED_CLIENT, &a.external_ip, 80)));
         }
         if choice.kind == ServiceKind::LoadBalancer {
-            packets.push(("an LB VIP from an allowed client", outside(fx::ALLOWED_CLIENT, &a.vip, 80)));
-            packets.push(("an LB VIP from a blocked client", outside(fx::BLOCKED_CLIENT, &a.vip, 80)));
+            probes.push(("an LB VIP from an allowed client", outside(fx::ALLOWED_CLIENT, &a.vip, 80)));
+            probes.push(("an LB VIP from a blocked client", outside(fx::BLOCKED_CLIENT, &a.vip, 80)));
         }
+        packets.extend(probes.into_iter().map(|(what, p)| (what, p.with_protocol(protocol))));
     }
     let mut s = Scenario::new(name, IpFamily::V4).with(svcs, slices);
     let state = s.state();
@@ -183,8 +187,19 @@ mod tests {
             affinity: false,
             external_ip: false,
             source_range: false,
+            udp: false,
             endpoints: vec![EndpointChoice { local: true, state: EndpointState::Ready }],
         }
+    }
+
+    #[test]
+    fn a_udp_service_is_probed_with_udp() {
+        let mut np = choice(ServiceKind::NodePort);
+        np.udp = true;
+        let s = state("udp", &[np]);
+        assert_eq!(s.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].protocol.as_deref(), Some("UDP"));
+        assert!(s.cases.iter().all(|c| c.packet.protocol == Protocol::Udp), "{:?}", s.cases);
+        assert!(matches!(s.cases[0].expected, Verdict::Forward { .. }));
     }
 
     #[test]
