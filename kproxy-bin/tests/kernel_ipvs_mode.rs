@@ -125,18 +125,7 @@ fn trace_agrees_with_the_oracle_on_the_live_ipvs_table() {
     for scenario in scenarios::all().into_iter().filter(|s| wanted.contains(&s.name)) {
         let mut topo = Topology::build(&scenario).unwrap();
         let (dir, handle) = common::start_configured(&mut topo, &scenario, Dataplane::Ipvs, BIN);
-        let start = Instant::now();
-        let served = loop {
-            let unmet = check_scenario_for(&topo, &scenario, Dataplane::Ipvs);
-            if unmet.is_empty() {
-                break true;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                failures.push(format!("{}: never served: {unmet:?}", scenario.name));
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let served = common::wait_served(&topo, &scenario, Dataplane::Ipvs).map_err(|unmet| failures.push(format!("{}: never served: {unmet:?}", scenario.name))).is_ok();
         if served {
             failures.extend(common::trace::disagreements(&topo, &scenario, BIN, Dataplane::Ipvs, true));
             traced += scenario.cases.len();

@@ -563,18 +563,7 @@ fn trace_agrees_with_the_oracle_on_the_live_rules() {
         for scenario in scenarios::all() {
             let mut topo = Topology::build(&scenario).unwrap();
             let (dir, handle) = common::start_configured(&mut topo, &scenario, mode, BIN);
-            let start = Instant::now();
-            let served = loop {
-                let unmet = kproxy_testkit::check_scenario_for(&topo, &scenario, mode);
-                if unmet.is_empty() {
-                    break true;
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    failures.push(format!("{name}: {}: never served: {unmet:?}", scenario.name));
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            };
+            let served = common::wait_served(&topo, &scenario, mode).map_err(|unmet| failures.push(format!("{name}: {}: never served: {unmet:?}", scenario.name))).is_ok();
             if served {
                 failures.extend(common::trace::disagreements(&topo, &scenario, BIN, mode, true));
                 traced += scenario.cases.len();

@@ -177,7 +177,7 @@ pub fn diagnose(inputs: &Inputs<'_>, only: Option<&str>) -> Vec<Finding> {
         if slices.is_empty() {
             find("no EndpointSlice".into(), "check that the Service's selector matches running pods (kubectl get endpointslices -l kubernetes.io/service-name=NAME)");
         }
-        api_findings(inputs, svc, &slices, &mut find);
+        api_findings(inputs, svc, &mut find);
         for port in spec.ports.clone().unwrap_or_default() {
             let shown = match port.name.as_deref().filter(|n| !n.is_empty()) {
                 Some(n) => format!("{n} ({})", port.port),
@@ -185,7 +185,7 @@ pub fn diagnose(inputs: &Inputs<'_>, only: Option<&str>) -> Vec<Finding> {
             };
             endpoint_findings(inputs, svc, &slices, &port, &shown, &mut find);
             for (config, state) in &states {
-                node_port_findings(inputs, config, &port, &shown, &mut find);
+                node_port_findings(config, &port, &shown, &mut find);
                 if unreadable {
                     continue;
                 }
@@ -246,7 +246,7 @@ fn local_pod(inputs: &Inputs<'_>, family: IpFamily) -> Option<IpAddr> {
 }
 
 /// The Service's own settings: source ranges that leave out the client.
-fn api_findings(inputs: &Inputs<'_>, svc: &Service, _slices: &[&EndpointSlice], find: &mut impl FnMut(String, &'static str)) {
+fn api_findings(inputs: &Inputs<'_>, svc: &Service, find: &mut impl FnMut(String, &'static str)) {
     let spec = svc.spec.clone().unwrap_or_default();
     let ranges: Vec<IpNet> = spec.load_balancer_source_ranges.clone().unwrap_or_default().iter().filter_map(|r| r.trim().parse().ok()).collect();
     if let Some(client) = inputs.client {
@@ -296,9 +296,9 @@ fn endpoint_findings(inputs: &Inputs<'_>, svc: &Service, slices: &[&EndpointSlic
 
 /// A NodePort that `nodePortAddresses` keeps off some or all of the
 /// node's addresses.
-fn node_port_findings(inputs: &Inputs<'_>, config: &ProxierConfig, port: &ServicePort, shown: &str, find: &mut impl FnMut(String, &'static str)) {
+fn node_port_findings(config: &ProxierConfig, port: &ServicePort, shown: &str, find: &mut impl FnMut(String, &'static str)) {
     let Some(np) = port.node_port.filter(|p| *p > 0) else { return };
-    if config.node_ports_on_every_address || inputs.configs.is_empty() {
+    if config.node_ports_on_every_address {
         return;
     }
     let fix = "widen nodePortAddresses (--nodeport-addresses) to a range holding the address, or send to an address it names";

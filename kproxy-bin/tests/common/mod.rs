@@ -37,6 +37,22 @@ pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_c
     (dir, handle)
 }
 
+/// Waits until `topo` meets every case of `scenario` with `mode`'s
+/// semantics, 30 s at most; on timeout, the cases still unmet.
+pub fn wait_served(topo: &kproxy_testkit::Topology, scenario: &kproxy_core::oracle::Scenario, mode: kproxy_core::oracle::Dataplane) -> Result<(), Vec<String>> {
+    let start = std::time::Instant::now();
+    loop {
+        let unmet = kproxy_testkit::check_scenario_for(topo, scenario, mode);
+        if unmet.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(unmet);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// GET `url` from inside `topo`'s node namespace with curl: the status
 /// code and the body, whatever the status ("000" and "" when nothing
 /// answered).
