@@ -20,15 +20,16 @@ done
 # (never rewritten), no workspace, no VCS stamping.
 export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOWORK=off
 
-# out_dir DIR: DIR made absolute and created; refused inside the repository
-# (builds are cached outside it).
+# out_dir DIR: DIR made absolute (symlinks resolved) and created; refused,
+# before anything is created, inside the repository (builds are cached
+# outside it).
 out_dir() {
   local repo dir
   repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-  mkdir -p "$1"
-  dir=$(cd "$1" && pwd -P)
+  dir=$(realpath -m -- "$1")
   case "$dir/" in
     "$repo"/*) echo "build.sh: refusing to put binaries inside the repository ($dir)" >&2; return 1 ;;
   esac
+  mkdir -p "$dir"
   echo "$dir"
 }

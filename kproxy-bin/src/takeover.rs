@@ -7,7 +7,8 @@
 //! kproxy does not use, and IPVS mode's virtual servers, sets and chains
 //! where IPVS mode's dummy interface `kube-ipvs0` shows it ran.
 
-use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
+use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
+use kproxy_backend_iptables::Table;
 use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_core::{IpFamily, Proxier};
@@ -42,7 +43,8 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
     // Every iptables flavour kproxy does not program (both, in nftables
     // mode).
     for other in [Flavour::Nft, Flavour::Legacy].into_iter().filter(|f| Some(*f) != flavour) {
-        if !IptablesCli::new(other, None).available().await {
+        let mut cli = IptablesCli::new(other, None);
+        if !cli.available().await || !has_kube_chains(&mut cli).await {
             continue;
         }
         match iptables_proxier(settings, IpFamily::V4, host, IptablesCli::new(other, None)) {
@@ -68,4 +70,17 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
         }
     }
     done
+}
+
+/// Whether `cli`'s flavour holds any `KUBE-*` chain (nat or filter, either
+/// family): only then is there something to remove (and to report).
+async fn has_kube_chains(cli: &mut IptablesCli) -> bool {
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for table in [Table::Nat, Table::Filter] {
+            if cli.chain_names(family, table).await.is_ok_and(|names| names.iter().any(|n| n.starts_with("KUBE-"))) {
+                return true;
+            }
+        }
+    }
+    false
 }

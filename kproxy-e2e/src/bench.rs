@@ -116,6 +116,7 @@ fn node_scenario() -> Scenario {
         node: fx::node(),
         config: fx::config(IpFamily::V4),
         service_cidrs: Vec::new(),
+        localhost_node_ports: false,
         cases: vec![Case { name: "client", packet, expected: Verdict::Reject, iptables: None, ipvs: None }],
     }
 }
@@ -299,7 +300,7 @@ impl SideBySide {
         let mut current = POD_A;
         self.api.apply(probe_slice(current))?;
         for (kind, p) in &probers {
-            wait_for(p, current, 0.0, Duration::from_secs(60)).map_err(|e| format!("{kind:?} never served the probe: {e}"))?;
+            wait_for(p, current, 0.0, Duration::from_secs(60), &mut None).map_err(|e| format!("{kind:?} never served the probe: {e}"))?;
         }
         let mut out: BTreeMap<ProxyKind, Vec<Duration>> = BTreeMap::new();
         let mut writes = Vec::new();
@@ -310,7 +311,21 @@ impl SideBySide {
             self.api.apply(probe_slice(current))?;
             writes.push(began.elapsed());
             for (kind, p) in &probers {
-                let seen = wait_for(p, current, t0, limit).unwrap_or(t0 + limit.as_secs_f64());
+                let mut before = None;
+                let seen = wait_for(p, current, t0, limit, &mut before);
+                if seen.is_err() || before.as_deref() == Some(current) {
+                    // Why a change was late: still the old pod, or the
+                    // new one already answering before the write (the
+                    // proxy went back to an older state, so no change
+                    // could be seen).
+                    eprintln!(
+                        "{kind:?}: change {} to {current}: {}; last answer before the write: {}",
+                        writes.len(),
+                        seen.as_ref().map_or_else(|e| e.clone(), |t| format!("seen after {:.3} s", t - t0)),
+                        before.as_deref().unwrap_or("none since the last change")
+                    );
+                }
+                let seen = seen.unwrap_or(t0 + limit.as_secs_f64());
                 out.entry(*kind).or_default().push(Duration::from_secs_f64((seen - t0).max(0.0)));
             }
             // Past the rate limiter's refill, with jitter against the
@@ -354,15 +369,17 @@ impl SideBySide {
 }
 
 /// Waits for a `follow` line naming `pod` at or after wall time `after`;
-/// returns its time.
-fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration) -> Result<f64, String> {
+/// returns its time. `before` gets the last pod named before `after`.
+fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Option<String>) -> Result<f64, String> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = p.lines.recv_timeout(left).map_err(|_| format!("{pod} not seen within {limit:?}"))?;
         let mut parts = line.split_whitespace();
         let (Some(t), Some(name)) = (parts.next().and_then(|t| t.parse::<f64>().ok()), parts.next()) else { continue };
-        if name == pod && t >= after {
+        if t < after {
+            *before = Some(name.to_string());
+        } else if name == pod {
             return Ok(t);
         }
     }

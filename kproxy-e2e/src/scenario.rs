@@ -115,7 +115,7 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
     config[masquerade]["masqueradeAll"] = json!(c.masquerade_all);
     config[masquerade]["masqueradeBit"] = json!(c.masquerade_bit);
     if mode == Dataplane::Iptables {
-        config["iptables"]["localhostNodePorts"] = json!(false);
+        config["iptables"]["localhostNodePorts"] = json!(scenario.localhost_node_ports);
     }
     match &c.local_detector {
         LocalDetector::None => {}

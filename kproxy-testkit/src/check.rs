@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{Dataplane, Origin, Packet, Scenario, Transition, Verdict};
-use kproxy_core::{Protocol, Proxier, SyncRequest};
+use kproxy_core::oracle::{scenarios, transitions, Dataplane, Origin, Packet, Scenario, Transition, Verdict};
+use kproxy_core::{Protocol, Proxier, ProxierConfig, SyncRequest};
 
 use crate::topology::{Topology, KPT};
 
@@ -115,6 +115,61 @@ pub async fn check_transition<P: Proxier + ?Sized>(
         }
         let found = tokio::task::block_in_place(|| check_scenario_for(topo, step, dataplane));
         failures.extend(found.into_iter().map(|f| format!("{} / step {i}: {f}", transition.name)));
+    }
+    failures
+}
+
+/// Every shared scenario (only `KPROXY_SCENARIO` when that is set), each on
+/// its own topology, programmed by a proxier that `make` builds for the
+/// scenario's configuration and the topology's node, fed the scenario and
+/// synced in full; every case checked with real traffic with `dataplane`'s
+/// semantics. Returns how many cases were checked and a line per failure.
+/// Call it from a multi-threaded runtime (probes block).
+pub async fn check_every_scenario<P, F>(dataplane: Dataplane, mut make: F) -> (usize, Vec<String>)
+where
+    P: Proxier,
+    F: FnMut(&ProxierConfig, &Topology) -> P,
+{
+    let only = std::env::var("KPROXY_SCENARIO").ok();
+    let (mut checked, mut failures) = (0, Vec::new());
+    for scenario in scenarios::all().into_iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name)) {
+        let topo = match Topology::build(&scenario) {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{}: topology: {e}", scenario.name));
+                continue;
+            }
+        };
+        let mut proxier = make(&scenario.config, &topo);
+        scenario.feed(&mut proxier);
+        if let Err(e) = proxier.sync(SyncRequest { full: true }).await {
+            failures.push(format!("{}: sync failed: {e}", scenario.name));
+            continue;
+        }
+        failures.extend(tokio::task::block_in_place(|| check_scenario_for(&topo, &scenario, dataplane)));
+        checked += scenario.cases.len();
+    }
+    (checked, failures)
+}
+
+/// Every shared transition, each on its own topology (built from
+/// [`Transition::combined`]) and through one proxier that `make` builds
+/// for the first step's configuration: see [`check_transition`]. Returns
+/// a line per failure.
+pub async fn check_every_transition<P, F>(dataplane: Dataplane, mut make: F) -> Vec<String>
+where
+    P: Proxier,
+    F: FnMut(&ProxierConfig, &Topology) -> P,
+{
+    let mut failures = Vec::new();
+    for t in transitions::all() {
+        match Topology::build(&t.combined()) {
+            Ok(topo) => {
+                let mut proxier = make(&t.steps[0].config, &topo);
+                failures.extend(check_transition(&topo, &t, dataplane, &mut proxier).await);
+            }
+            Err(e) => failures.push(format!("{}: topology: {e}", t.name)),
+        }
     }
     failures
 }

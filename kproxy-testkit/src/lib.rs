@@ -24,6 +24,6 @@ mod netns;
 mod topology;
 
 pub use golden::check_golden;
-pub use check::{check_case, check_scenario, check_scenario_for, check_transition, probe, Seen};
+pub use check::{check_case, check_every_scenario, check_every_transition, check_scenario, check_scenario_for, check_transition, probe, Seen};
 pub use netns::{kernel_tests_enabled, missing_tools, root_tests_enabled, run, skipped, Netns};
 pub use topology::{Topology, KPT};

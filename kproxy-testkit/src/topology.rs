@@ -107,10 +107,10 @@ impl Topology {
         let outside_sources: BTreeSet<IpAddr> =
             scenario.cases.iter().filter(|c| c.packet.origin == Origin::Outside).map(|c| c.packet.src).collect();
         // Node-origin sources that are not the node's addresses (a VIP the
-        // node holds locally) go on its loopback.
+        // node holds locally) go on its loopback (which has 127.0.0.1).
         for case in scenario.cases.iter().filter(|c| c.packet.origin == Origin::Node) {
             let src = case.packet.src;
-            if src.to_string() != fx::NODE_IP && src.to_string() != fx::NODE_IP_V6 {
+            if src.to_string() != fx::NODE_IP && src.to_string() != fx::NODE_IP_V6 && !src.is_loopback() {
                 let plen = if v4(&src) { 32 } else { 128 };
                 add_addr(&node, &format!("{src}/{plen}"), "lo")?;
             }

@@ -42,6 +42,9 @@ pub const POD_CIDR: &str = "10.0.0.0/8";
 pub const POD_CIDR_V6: &str = "fd00:10::/32";
 /// A pod on this node that is no service's endpoint.
 pub const LOCAL_CLIENT_POD: &str = "10.180.0.100";
+/// A pod on another node: its connections to this node's frontends
+/// arrive from outside with a pod-range source.
+pub const REMOTE_CLIENT_POD: &str = "10.180.1.200";
 /// An off-cluster client allowed by the fixture source range.
 pub const ALLOWED_CLIENT: &str = "203.0.113.2";
 /// An off-cluster client blocked by the fixture source range.
@@ -181,6 +184,14 @@ impl ServiceBuilder {
     /// Sets `internalTrafficPolicy: Local`.
     pub fn internal_policy_local(mut self) -> Self {
         self.spec().internal_traffic_policy = Some("Local".into());
+        self
+    }
+
+    /// Sets `trafficDistribution` (`PreferClose`, `PreferSameZone` or
+    /// `PreferSameNode`). Proxies read the slices' hints, which the
+    /// EndpointSlice controller derives from it, not this field.
+    pub fn traffic_distribution(mut self, value: &str) -> Self {
+        self.spec().traffic_distribution = Some(value.into());
         self
     }
 

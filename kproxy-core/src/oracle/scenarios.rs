@@ -60,6 +60,11 @@ pub struct Scenario {
     pub config: ProxierConfig,
     /// The cluster's ServiceCIDRs (both families; empty: none known).
     pub service_cidrs: Vec<IpNet>,
+    /// iptables mode's `localhostNodePorts` (IPv4 NodePorts also on
+    /// 127.0.0.1 when the NodePort addresses hold loopback). Off in the
+    /// shared scenarios; only the verdicts of cases to 127.0.0.1 depend
+    /// on it.
+    pub localhost_node_ports: bool,
     /// The packets and verdicts.
     pub cases: Vec<Case>,
 }
@@ -74,6 +79,7 @@ impl Scenario {
             node: fx::node(),
             config: fx::config(family),
             service_cidrs: Vec::new(),
+            localhost_node_ports: false,
             cases: Vec::new(),
         }
     }
