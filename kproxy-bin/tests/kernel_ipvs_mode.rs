@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane, Scenario, Verdict};
-use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology};
+use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology, KPT};
 
 mod common;
 use common::write_manifests;
@@ -136,4 +136,100 @@ fn trace_agrees_with_the_oracle_on_the_live_ipvs_table() {
     }
     println!("kproxy trace agreed with the oracle on {traced} IPVS cases");
     assert!(failures.is_empty(), "kproxy trace disagrees with the oracle:\n{}", failures.join("\n"));
+}
+
+/// What the mode that ran before left in the node, now that kproxy runs in
+/// the other one: IPVS mode's virtual servers, dummy interface, ipsets and
+/// chains, or nftables mode's tables.
+fn leftovers_of(topo: &Topology, mode: &str) -> Vec<&'static str> {
+    let mut left = Vec::new();
+    if mode == "ipvs" {
+        let table = topo.node.exec(&["ipvsadm", "-Ln"]).unwrap_or_default();
+        if table.lines().any(|l| ["TCP", "UDP", "SCTP"].iter().any(|p| l.starts_with(p))) {
+            left.push("IPVS virtual servers");
+        }
+        if topo.node.exec(&["ip", "link", "show", "kube-ipvs0"]).is_ok() {
+            left.push("kube-ipvs0");
+        }
+        if topo.node.exec(&["ipset", "list", "-n"]).unwrap_or_default().contains("KUBE-") {
+            left.push("KUBE-* ipsets");
+        }
+        if topo.node.exec(&["iptables-nft-save"]).unwrap_or_default().contains("KUBE-IPVS-FILTER") {
+            left.push("IPVS mode's iptables chains");
+        }
+    } else if topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
+        left.push("kproxy's nftables tables");
+    }
+    left
+}
+
+/// Switching a running node between IPVS mode and nftables mode, both
+/// ways (issue 13's takeover where the kernel has IPVS): kproxy serves in
+/// one mode, stops (its rules stay, as on a DaemonSet rollout), and starts
+/// in the other with the same configuration and manifests; throughout, a
+/// pod holds one connection to the ClusterIP and opens a new one every
+/// 10 ms to the ClusterIP and to the NodePort. The new mode removes the
+/// old one's leftovers once its own rules are in place (make before
+/// break). No new connection may fail, and the held one must survive.
+#[test]
+fn switching_between_ipvs_and_nftables_modes_keeps_new_connections() {
+    if !kernel_tests_enabled("switching_between_ipvs_and_nftables_modes_keeps_new_connections") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "node_port").unwrap();
+    let mode = |name: &str| if name == "ipvs" { Dataplane::Ipvs } else { Dataplane::Nftables };
+    let mut failures = Vec::new();
+    for (from, to) in [("ipvs", "nftables"), ("nftables", "ipvs")] {
+        let pair = format!("{from} -> {to}");
+        let mut topo = Topology::build(&scenario).unwrap();
+        let (dir, first) = common::start_configured(&mut topo, &scenario, mode(from), BIN);
+        common::wait_served(&topo, &scenario, mode(from)).unwrap_or_else(|unmet| panic!("{pair}: {from} mode never served: {unmet:?}"));
+
+        let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
+        let pod = topo.pods.get_mut(&client).unwrap();
+        let src = fx::LOCAL_CLIENT_POD;
+        let cluster_ip = "172.30.0.42";
+        let held = pod.spawn(&["python3", KPT, "hold", "--src", src, "--dst", cluster_ip, "--port", "80", "--seconds", "40"]).unwrap();
+        let watches = [("ClusterIP", cluster_ip, "80"), ("NodePort", fx::NODE_IP, "3001")]
+            .map(|(what, dst, port)| (what, pod.spawn(&["python3", KPT, "watch", "--src", src, "--dst", dst, "--port", port, "--seconds", "36", "--interval", "0.01"]).unwrap()));
+        std::thread::sleep(Duration::from_secs(2));
+
+        stop(&mut topo, first);
+        let start = Instant::now();
+        let (_, second) = common::start_configured(&mut topo, &scenario, mode(to), BIN);
+        while !leftovers_of(&topo, from).is_empty() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let gone = start.elapsed();
+        let left = leftovers_of(&topo, from);
+        if !left.is_empty() {
+            failures.push(format!("{pair}: still there after 60 s: {}", left.join(", ")));
+        }
+        if let Err(unmet) = common::wait_served(&topo, &scenario, mode(to)) {
+            failures.push(format!("{pair}: {to} mode never served: {unmet:?}"));
+        }
+        let pod = topo.pods.get_mut(&client).unwrap();
+        let results = watches.map(|(what, h)| (what, pod.wait_output(h).unwrap_or_else(|e| e)));
+        let held = pod.wait_output(held).unwrap_or_else(|e| e);
+        println!(
+            "{pair}: leftovers gone {:.2} s after the start in {to} mode; held connection: {}; new connections: {}",
+            gone.as_secs_f64(),
+            held.trim(),
+            results.iter().map(|(w, r)| format!("{w} {}", r.trim())).collect::<Vec<_>>().join(", ")
+        );
+        for (what, r) in &results {
+            let failed = r.split_whitespace().nth(3).and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX);
+            if failed > 0 {
+                failures.push(format!("{pair}: new connections to the {what} failed: {}", r.trim()));
+            }
+        }
+        if !held.starts_with("held") {
+            failures.push(format!("{pair}: the held connection broke: {}", held.trim()));
+        }
+        stop(&mut topo, second);
+        topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
+        drop(topo);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -197,7 +197,11 @@ pub fn state(name: &'static str, services: &[ServiceChoice]) -> Scenario {
 /// allowed outside client, from a pod on another node, from the node, and
 /// on 127.0.0.1 from the node; the externalIP and the LB VIP from an
 /// allowed outside client, and the VIP from a blocked one. Each case's
-/// verdicts, per dataplane, are the oracle's.
+/// verdicts, per dataplane, are the oracle's; 127.0.0.1 serves NodePorts
+/// only in iptables mode with localhost NodePorts on and every address
+/// serving (IPVS mode's verdict there is the oracle's "not a service",
+/// which no test compares with upstream: the differential test runs
+/// nftables and iptables modes).
 ///
 /// # Panics
 /// With more than 12 Services or more than 6 endpoints in one.
