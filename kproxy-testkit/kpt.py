@@ -13,10 +13,12 @@ hold --src IP --dst IP --port N --seconds S
 watch --src IP --dst IP --port N --seconds S [--interval S]
     Opens a new TCP connection every 50 ms (or INTERVAL) for S seconds;
     prints "ok N failed F" and the first failure, if any.
-follow --src IP --dst IP --port N --seconds S
+follow --src IP --dst IP --port N --seconds S [--show-failures]
     Connects over TCP every 2 ms for S seconds and prints "WALLTIME NAME"
     whenever the answering pod changes (the first answer included), for
-    measuring when a change reached the dataplane.
+    measuring when a change reached the dataplane. With --show-failures,
+    a change to connections failing (200 ms timeout) prints
+    "WALLTIME -".
 reach --src IP --targets IP:PORT,... --seconds S
     Tries every target over TCP (100 ms timeout) in rounds until each has
     answered once; prints "WALLTIME all N" then, or "timeout K of N".
@@ -178,6 +180,8 @@ def follow(args):
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         name = answer(args.src, args.dst, args.port, 0.2)
+        if name is None and args.show_failures:
+            name = "-"
         if name is not None and name != last:
             print("%.6f %s" % (time.time(), name), flush=True)
             last = name
@@ -247,6 +251,7 @@ def main():
     f.add_argument("--dst", required=True)
     f.add_argument("--port", type=int, required=True)
     f.add_argument("--seconds", type=float, required=True)
+    f.add_argument("--show-failures", action="store_true")
     r = sub.add_parser("reach")
     r.add_argument("--src", required=True)
     r.add_argument("--targets", required=True)

@@ -229,6 +229,7 @@ fn main() -> Result<(), String> {
     let svg = latency_chart(&title, &chart);
     std::fs::write(format!("{}/latency.svg", args.out), svg).map_err(|e| e.to_string())?;
     std::fs::write(format!("{}/side-by-side.json", args.out), serde_json::to_string_pretty(&results).expect("json")).map_err(|e| e.to_string())?;
-    println!("\nwrote {0}/latency.svg and {0}/side-by-side.json", args.out);
+    bench.keep_logs(std::path::Path::new(&args.out))?;
+    println!("\nwrote {0}/latency.svg, {0}/side-by-side.json and both proxies' logs", args.out);
     Ok(())
 }

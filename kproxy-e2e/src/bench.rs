@@ -232,6 +232,11 @@ impl SideBySide {
         node.topo.node.exec(&["nft", "flush", "ruleset"])?;
         let mut config = scenario::config_in(&node_scenario(), &kubeconfig, mode);
         config["hostnameOverride"] = json!(node.name);
+        // KPROXY_BENCH_VERBOSITY=N: kproxy logs at -v=N (4: every event
+        // and sync), to look into a slow change.
+        if let Some(v) = std::env::var("KPROXY_BENCH_VERBOSITY").ok().and_then(|v| v.parse::<u32>().ok()).filter(|_| kind == ProxyKind::Kproxy) {
+            config["logging"] = json!({"verbosity": v});
+        }
         let started = SystemTime::now();
         let binary = node.binary.clone();
         node.proxy = Some(scenario::start_proxy(kind, &mut node.topo.node, &config, &dir, &binary)?);
@@ -250,6 +255,19 @@ impl SideBySide {
     pub fn usage(&mut self, kind: ProxyKind) -> Usage {
         let node = self.node(kind);
         node.proxy.and_then(|h| node.topo.node.pid(h)).map(proc_usage).unwrap_or_default()
+    }
+
+    /// Copies both proxies' logs into `dir` (`kproxy.log`,
+    /// `kube-proxy.log`).
+    pub fn keep_logs(&self, dir: &std::path::Path) -> Result<(), String> {
+        for node in &self.nodes {
+            let to = dir.join(match node.kind {
+                ProxyKind::Kproxy => "kproxy.log",
+                ProxyKind::Upstream => "kube-proxy.log",
+            });
+            std::fs::copy(scenario::log_path(node.kind, &node.topo.node, self.cp.dir()), &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        Ok(())
     }
 
     /// Resets `kind`'s peak-memory mark (VmHWM), to measure one phase.
@@ -293,7 +311,7 @@ impl SideBySide {
         let seconds = (changes as f64 * (spacing + limit).as_secs_f64() + 30.0).to_string();
         let mut probers = Vec::new();
         for kind in kinds {
-            let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds];
+            let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds, "--show-failures"];
             probers.push((kind, Prober::start(&self.client(kind), &args)?));
         }
         // Settle: both answer from the current pod.
@@ -313,13 +331,14 @@ impl SideBySide {
             for (kind, p) in &probers {
                 let mut before = None;
                 let seen = wait_for(p, current, t0, limit, &mut before);
-                if seen.is_err() || before.as_deref() == Some(current) {
+                let slow = seen.as_ref().is_ok_and(|t| t - t0 > 1.0);
+                if seen.is_err() || slow || before.as_deref() == Some(current) {
                     // Why a change was late: still the old pod, or the
                     // new one already answering before the write (the
                     // proxy went back to an older state, so no change
                     // could be seen).
                     eprintln!(
-                        "{kind:?}: change {} to {current}: {}; last answer before the write: {}",
+                        "{kind:?}: change {} to {current}, written at {t0:.3}: {}; last answer before the write: {}",
                         writes.len(),
                         seen.as_ref().map_or_else(|e| e.clone(), |t| format!("seen after {:.3} s", t - t0)),
                         before.as_deref().unwrap_or("none since the last change")
