@@ -18,7 +18,8 @@ follow --src IP --dst IP --port N --seconds S [--show-failures]
     whenever the answering pod changes (the first answer included), for
     measuring when a change reached the dataplane. With --show-failures,
     a change to connections failing (200 ms timeout) prints
-    "WALLTIME -".
+    "WALLTIME - WHY" (timeout, or the error's name such as ECONNREFUSED
+    or EADDRINUSE).
 reach --src IP --targets IP:PORT,... --seconds S
     Tries every target over TCP (100 ms timeout) in rounds until each has
     answered once; prints "WALLTIME all N" then, or "timeout K of N".
@@ -175,13 +176,30 @@ def answer(src, dst, port, timeout):
         s.close()
 
 
+def answer_or_failure(src, dst, port, timeout):
+    """The answering pod's name, or "-" and why the connection failed."""
+    s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        s.connect((dst, port))
+        return s.recv(2048).decode().split()[0]
+    except socket.timeout:
+        return "- timeout"
+    except OSError as e:
+        return "- " + (errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__)
+    finally:
+        s.close()
+
+
 def follow(args):
     last = None
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
-        name = answer(args.src, args.dst, args.port, 0.2)
-        if name is None and args.show_failures:
-            name = "-"
+        if args.show_failures:
+            name = answer_or_failure(args.src, args.dst, args.port, 0.2)
+        else:
+            name = answer(args.src, args.dst, args.port, 0.2)
         if name is not None and name != last:
             print("%.6f %s" % (time.time(), name), flush=True)
             last = name

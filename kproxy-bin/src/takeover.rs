@@ -6,6 +6,15 @@
 //! nftables tables, the `KUBE-*` chains and jumps of an iptables flavour
 //! kproxy does not use, and IPVS mode's virtual servers, sets and chains
 //! where IPVS mode's dummy interface `kube-ipvs0` shows it ran.
+//!
+//! IPVS mode's leftovers wait for its established connections to end
+//! (at most [`IPVS_DRAIN_LIMIT`]): IPVS forwards a connection it accepted
+//! itself, with its own address translation, which no netfilter rule can
+//! take over. Until they are removed, the ClusterIPs stay on `kube-ipvs0`
+//! so those connections keep reaching IPVS; new connections meet
+//! kproxy's own rules first (at prerouting), as they do from the start.
+
+use std::time::Duration;
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
 use kproxy_backend_iptables::Table;
@@ -60,6 +69,7 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
     // nftables mode).
     let ipvs_ran = std::path::Path::new("/sys/class/net").join(&settings.ipvs.device).exists();
     if settings.mode == Mode::Nftables && ipvs_ran && kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
+        drain_ipvs(&settings.ipvs.exclude_cidrs, IPVS_DRAIN_LIMIT, DRAIN_POLL).await;
         let (flavour, _) = Flavour::detect(None).await;
         match ipvs_proxier(settings, IpFamily::V4, host, IpvsHost::new(None, IptablesCli::new(flavour, None))) {
             Ok(mut p) => match p.cleanup().await {
@@ -70,6 +80,51 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
         }
     }
     done
+}
+
+/// The longest kproxy waits for connections through IPVS mode's virtual
+/// servers to end before it removes them anyway.
+pub const IPVS_DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
+/// How often the drain looks at IPVS's connection counts.
+const DRAIN_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until no virtual server (outside `exclude`) has an established
+/// connection, or `limit` has passed; logs what it waits for once.
+async fn drain_ipvs(exclude: &[ipnet::IpNet], limit: Duration, poll: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut told = false;
+    loop {
+        let busy = match established_ipvs_connections(exclude) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count IPVS mode's connections; removing its leftovers now");
+                return;
+            }
+        };
+        if busy == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(connections = busy, "IPVS mode's connections did not end within {}s; removing its leftovers, which breaks them", limit.as_secs());
+            return;
+        }
+        if !std::mem::replace(&mut told, true) {
+            tracing::info!(connections = busy, "taking the node over: IPVS mode's leftovers stay until its established connections end (at most {}s)", limit.as_secs());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Established connections through IPVS's virtual servers (those outside
+/// `exclude`), summed over their real servers.
+fn established_ipvs_connections(exclude: &[ipnet::IpNet]) -> Result<u64, kproxy_netfilter::NetlinkError> {
+    let mut socket = kproxy_backend_ipvs::netlink::IpvsSocket::open()?;
+    let mut total = 0u64;
+    for vs in socket.services()?.into_iter().filter(|vs| !exclude.iter().any(|n| n.contains(&vs.key.addr))) {
+        total += socket.destinations(&vs.key)?.iter().map(|rs| u64::from(rs.active)).sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// Whether `cli`'s flavour holds any `KUBE-*` chain (nat or filter, either

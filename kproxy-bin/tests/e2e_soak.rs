@@ -30,6 +30,12 @@ fn now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
+/// How many TCP sockets of the client's namespace are in TIME-WAIT (the
+/// client opens one connection every few ms; each port rests 60 s).
+fn time_wait(netns: &str) -> Result<usize, String> {
+    kproxy_testkit::run(&["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait"]).map(|o| o.lines().count())
+}
+
 #[test]
 fn endpoint_moves_all_arrive_for_as_long_as_they_come() {
     let Some(bins) = e2e_binaries("endpoint_moves_all_arrive_for_as_long_as_they_come") else { return };
@@ -76,7 +82,7 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
     let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
     let follow_for = (seconds + 60).to_string();
-    let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for]).unwrap();
+    let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for, "--show-failures"]).unwrap();
 
     let limit = SYNC_PERIOD * 2;
     let mut latencies = Vec::new();
@@ -96,30 +102,39 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
         // Lines are "TIME POD", one at each change of the answering pod.
         let deadline = Instant::now() + limit;
         let mut seen_at = None;
+        // What the client saw meanwhile (the old pod, or failed
+        // connections and why), to tell a late move's cause.
+        let mut meanwhile = Vec::new();
         while seen_at.is_none() {
             let Some(line) = prober.next_line(deadline.saturating_duration_since(Instant::now())) else { break };
             let mut parts = line.split_whitespace();
             if let (Some(t), Some(pod)) = (parts.next().and_then(|t| t.parse::<f64>().ok()), parts.next()) {
                 if pod == wanted {
                     seen_at = Some(t);
+                } else {
+                    meanwhile.push(line.clone());
                 }
             }
         }
+        let meanwhile = if meanwhile.is_empty() { "no other answer or failure".to_string() } else { meanwhile.join("; ") };
         match seen_at {
             Some(t) if moves > 0 => {
                 if t - written_at > 2.0 {
-                    slow.push(format!("move {moves}: {:.2} s, of which the API write {write_took:.2} s (written at {written_at:.3})", t - written_at));
+                    slow.push(format!("move {moves}: {:.2} s, of which the API write {write_took:.2} s (written at {written_at:.3}); meanwhile: {meanwhile}", t - written_at));
                 }
                 latencies.push(Duration::from_secs_f64((t - written_at).max(0.0)))
             }
             Some(_) => {}
-            None => problems.push(format!("move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s)")),
+            None => problems.push(format!("move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}", time_wait(&client))),
         }
         // Hold a little, watching for a flap back to the other pod.
         let hold_until = Instant::now() + Duration::from_millis(300 + (u64::from(moves) * 37) % 200);
         while let Some(line) = prober.next_line(hold_until.saturating_duration_since(Instant::now())) {
             let pod = line.split_whitespace().nth(1).unwrap_or_default().to_string();
-            if pod != wanted {
+            if pod == "-" {
+                // A failed connection is not a flap; printed for the record.
+                println!("soak ({kind:?}): move {moves}: a connection failed after {wanted} answered: {line}");
+            } else if pod != wanted {
                 problems.push(format!("move {moves}: {pod} answered again after {wanted} did"));
             }
         }

@@ -318,7 +318,7 @@ impl SideBySide {
         let mut current = POD_A;
         self.api.apply(probe_slice(current))?;
         for (kind, p) in &probers {
-            wait_for(p, current, 0.0, Duration::from_secs(60), &mut None).map_err(|e| format!("{kind:?} never served the probe: {e}"))?;
+            wait_for(p, current, 0.0, Duration::from_secs(60), &mut None, &mut Vec::new()).map_err(|e| format!("{kind:?} never served the probe: {e}"))?;
         }
         let mut out: BTreeMap<ProxyKind, Vec<Duration>> = BTreeMap::new();
         let mut writes = Vec::new();
@@ -330,7 +330,8 @@ impl SideBySide {
             writes.push(began.elapsed());
             for (kind, p) in &probers {
                 let mut before = None;
-                let seen = wait_for(p, current, t0, limit, &mut before);
+                let mut between = Vec::new();
+                let seen = wait_for(p, current, t0, limit, &mut before, &mut between);
                 let slow = seen.as_ref().is_ok_and(|t| t - t0 > 1.0);
                 if seen.is_err() || slow || before.as_deref() == Some(current) {
                     // Why a change was late: still the old pod, or the
@@ -343,6 +344,12 @@ impl SideBySide {
                         seen.as_ref().map_or_else(|e| e.clone(), |t| format!("seen after {:.3} s", t - t0)),
                         before.as_deref().unwrap_or("none since the last change")
                     );
+                    for line in &between {
+                        eprintln!("{kind:?}:   meanwhile {line}");
+                    }
+                    let client = self.client(*kind);
+                    let time_wait = kproxy_testkit::run(&["ip", "netns", "exec", &client, "ss", "-Htan", "state", "time-wait"]).map(|o| o.lines().count());
+                    eprintln!("{kind:?}:   client sockets in TIME-WAIT now: {time_wait:?}");
                 }
                 let seen = seen.unwrap_or(t0 + limit.as_secs_f64());
                 out.entry(*kind).or_default().push(Duration::from_secs_f64((seen - t0).max(0.0)));
@@ -388,8 +395,9 @@ impl SideBySide {
 }
 
 /// Waits for a `follow` line naming `pod` at or after wall time `after`;
-/// returns its time. `before` gets the last pod named before `after`.
-fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Option<String>) -> Result<f64, String> {
+/// returns its time. `before` gets the last pod named before `after`, and
+/// `between` the other lines seen after `after` (another pod, failures).
+fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Option<String>, between: &mut Vec<String>) -> Result<f64, String> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -400,6 +408,8 @@ fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Opt
             *before = Some(name.to_string());
         } else if name == pod {
             return Ok(t);
+        } else {
+            between.push(line.clone());
         }
     }
 }

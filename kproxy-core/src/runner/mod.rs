@@ -73,7 +73,8 @@ pub struct SyncEvent<'a> {
 ///
 /// - No sync before both initial lists are complete.
 /// - At most `burst` syncs back to back, then one per `min_sync_period`.
-/// - A full resync every `sync_period` even with no changes.
+/// - A full resync `sync_period` after the last full one, with or without
+///   changes, however many partial syncs came between.
 /// - After a failed sync, a full retry with exponential backoff (from
 ///   `min_sync_period` up to `sync_period`).
 /// - A [`SyncHealth`] signal: unhealthy while an update has been pending for
@@ -187,7 +188,7 @@ impl SyncRunner {
         let full = !*synced_once || schedule.full_due(started);
         let result = proxier.sync(SyncRequest { full }).await;
         let duration = started.elapsed();
-        schedule.record(started, result.is_ok());
+        schedule.record(started, full, result.is_ok());
         let ok = result.is_ok();
         match &result {
             Ok(_) => {

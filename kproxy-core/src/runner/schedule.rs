@@ -69,14 +69,19 @@ impl Schedule {
         now >= self.next_full || self.retry_at.is_some()
     }
 
-    /// Records a sync that started at `started` and its outcome.
-    pub(crate) fn record(&mut self, started: Instant, ok: bool) {
+    /// Records a sync that started at `started`, whether it was `full`, and
+    /// its outcome. Only a full sync puts the next one off: partial syncs,
+    /// however frequent, never delay the periodic full sync (and its
+    /// repair of changes made from outside) past `sync_period`.
+    pub(crate) fn record(&mut self, started: Instant, full: bool, ok: bool) {
         self.refill(started);
         self.tokens = (self.tokens - 1.0).max(0.0);
         if ok {
             self.retry_at = None;
             self.backoff = initial_backoff(self.config);
-            self.next_full = started + self.config.sync_period;
+            if full {
+                self.next_full = started + self.config.sync_period;
+            }
         } else {
             self.retry_at = Some(started + self.backoff);
             self.backoff = (self.backoff * 2).min(self.config.sync_period.max(initial_backoff(self.config)));
@@ -129,19 +134,38 @@ mod tests {
     async fn a_burst_of_two_then_one_per_min_sync_period() {
         let (mut s, t0) = schedule();
         assert_eq!(s.next_sync(t0, true), Some(t0));
-        s.record(t0, true);
+        s.record(t0, true, true);
         assert_eq!(s.next_sync(t0, true), Some(t0), "second sync of the burst");
-        s.record(t0, true);
+        s.record(t0, true, true);
         assert_eq!(s.next_sync(t0, true), Some(t0 + S), "bucket empty: wait one period");
     }
 
     #[tokio::test(start_paused = true)]
     async fn periodic_full_resync_without_changes() {
         let (mut s, t0) = schedule();
-        s.record(t0, true);
+        s.record(t0, true, true);
         assert_eq!(s.next_sync(t0, false), Some(t0 + 30 * S));
         assert!(!s.full_due(t0 + 29 * S));
         assert!(s.full_due(t0 + 30 * S));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_syncs_never_put_off_the_periodic_full_sync() {
+        let (mut s, t0) = schedule();
+        s.record(t0, true, true);
+        // A change every second: each sync is partial until syncPeriod.
+        for i in 1..30 {
+            let t = t0 + i * S;
+            assert!(!s.full_due(t), "{i} s");
+            assert_eq!(s.next_sync(t, true), Some(t));
+            s.record(t, false, true);
+        }
+        assert!(s.full_due(t0 + 30 * S), "the full sync is due after syncPeriod however busy");
+        s.record(t0 + 30 * S, true, true);
+        assert!(!s.full_due(t0 + 31 * S));
+        assert!(s.full_due(t0 + 60 * S));
+        // With nothing changing, the next sync is the periodic one.
+        assert_eq!(s.next_sync(t0 + 31 * S, false), Some(t0 + 60 * S));
     }
 
     #[tokio::test(start_paused = true)]
@@ -150,14 +174,14 @@ mod tests {
         let mut t = t0;
         let mut waits = Vec::new();
         for _ in 0..8 {
-            s.record(t, false);
+            s.record(t, true, false);
             let next = s.next_sync(t, true).unwrap();
             waits.push((next - t).as_secs());
             assert!(s.full_due(next), "a retry is a full sync");
             t = next;
         }
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30, 30]);
-        s.record(t, true);
+        s.record(t, true, true);
         assert!(!s.full_due(t));
     }
 }
