@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
 use kproxy_core::{select_endpoints, IpFamily, Proxier, ProxyState, Result, SyncReport, SyncRequest};
 use tokio::sync::mpsc;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::render::jumps;
 use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 

@@ -7,7 +7,7 @@
 
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "cluster_ip".into());

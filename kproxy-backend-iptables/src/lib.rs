@@ -14,7 +14,7 @@
 //!   Services that changed.
 //! - [`restore`]: full and partial `iptables-restore --noflush` input.
 //! - [`fake`]: an in-memory iptables that reads that input with the
-//!   kernel's checks; [`trace`] walks packets through it.
+//!   kernel's checks; `trace` (feature `trace`) walks packets through it.
 //! - [`kernel`]: the kernel step (`iptables-restore`, `iptables-save`) and
 //!   the choice between `iptables-legacy` and `iptables-nft`.
 //! - [`proxier`]: [`IptablesProxier`], the `Proxier` with partial syncs.
@@ -26,6 +26,7 @@ pub mod proxier;
 pub mod render;
 pub mod restore;
 pub mod rule;
+#[cfg(feature = "trace")]
 pub mod trace;
 
 pub use render::{render, Renderer, Ruleset, Table};

@@ -1,12 +1,12 @@
 //! A packet tracer over the fake kernel's typed rules: walks the first
 //! packet of a connection through the built-in chains in netfilter's
 //! order, follows both branches of every `statistic` match, and reports
-//! the kproxy-core oracle's [`Verdict`] vocabulary.
+//! the oracle (`kproxy-oracle`)'s [`Verdict`] vocabulary.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use kproxy_core::oracle::{Origin, Packet, Target as Endpoint, Verdict};
+use kproxy_oracle::{Origin, Packet, Target as Endpoint, Verdict};
 use kproxy_core::{IpFamily, ProxierConfig};
 
 use crate::fake::{FakeIptables, FakeTable};

@@ -6,7 +6,7 @@
 
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 use kproxy_testkit::check_golden;
 
 fn check(name: &str) {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::render::{jumps, Renderer, Table};
 use kproxy_backend_iptables::{names, restore};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 

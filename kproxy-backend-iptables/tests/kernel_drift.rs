@@ -9,7 +9,7 @@
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
 use kproxy_backend_iptables::render::Table;
 use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
-use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane};
+use kproxy_oracle::{fixtures as fx, scenarios, Dataplane};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, probe, Seen, Topology};
 

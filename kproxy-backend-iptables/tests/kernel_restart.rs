@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier};
-use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane, Scenario};
+use kproxy_oracle::{fixtures as fx, scenarios, Dataplane, Scenario};
 use kproxy_core::{Proxier, Protocol, ServicePortName, SyncRequest};
 use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, probe, Seen, Topology, KPT};
 

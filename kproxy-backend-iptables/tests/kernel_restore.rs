@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
-use kproxy_core::oracle::fixtures as fx;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::fixtures as fx;
+use kproxy_oracle::scenarios;
 use kproxy_core::{IpFamily, ProxyState};
 use kproxy_testkit::hostile::hostile_state;
 use kproxy_testkit::{kernel_tests_enabled, Netns};

@@ -6,7 +6,7 @@
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
-use kproxy_core::oracle::{fixtures as fx, Dataplane};
+use kproxy_oracle::{fixtures as fx, Dataplane};
 use kproxy_core::ProxierConfig;
 use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_enabled, Topology};
 

@@ -6,7 +6,7 @@ use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::render::{jumps, Renderer};
 use kproxy_backend_iptables::restore;
 use kproxy_backend_iptables::trace::trace;
-use kproxy_core::oracle::{evaluate_for, scenarios, Dataplane, Scenario};
+use kproxy_oracle::{evaluate_for, scenarios, Dataplane, Scenario};
 
 fn check(scenario: &Scenario, kernel: &FakeIptables, failures: &mut Vec<String>) {
     let state = scenario.state();
@@ -50,7 +50,7 @@ fn partial_restores_from_empty_meet_every_scenario() {
     for scenario in scenarios::all() {
         let mut r = Renderer::new(scenario.config.clone());
         let mut kernel = FakeIptables::new();
-        let empty = kproxy_core::ProxyState::new(scenario.family, kproxy_core::oracle::fixtures::NODE_NAME);
+        let empty = kproxy_core::ProxyState::new(scenario.family, kproxy_oracle::fixtures::NODE_NAME);
         r.refresh_all(&empty);
         r.take_journal();
         kernel.restore(scenario.family, &restore::full(&r, &Default::default(), &jumps())).unwrap();

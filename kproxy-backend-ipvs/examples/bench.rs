@@ -23,7 +23,7 @@ use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary};
 

@@ -1,7 +1,7 @@
 //! An in-memory kernel for IPVS mode: an IPVS table ([`FakeIpvs`]), the
 //! dummy interface's addresses, ipsets read from `ipset restore` scripts
 //! with ipset's checks, iptables ([`FakeIptables`]) and sysctls. The
-//! proxier's tests and the tracer ([`crate::trace`]) run on it.
+//! proxier's tests and the tracer (`trace`, feature `trace`) run on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

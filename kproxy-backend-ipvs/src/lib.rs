@@ -18,7 +18,7 @@
 //! - [`kernel`]: the kernel step behind one trait; [`netlink`] speaks
 //!   IPVS over generic netlink.
 //! - [`fake`] and [`host`]: an in-memory IPVS table and a whole fake
-//!   kernel; [`trace`] walks packets through it.
+//!   kernel; `trace` (feature `trace`) walks packets through it.
 //! - [`proxier`]: [`IpvsProxier`], the `Proxier`.
 
 pub mod diff;
@@ -32,6 +32,7 @@ pub mod proxier;
 pub mod render;
 pub mod rules;
 pub mod sets;
+#[cfg(feature = "trace")]
 pub mod trace;
 
 pub use proxier::{IpvsOptions, IpvsProxier};

@@ -276,7 +276,7 @@ pub fn cleanup_text(saved: &[(Table, Listing)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_core::oracle::fixtures as fx;
+    use kproxy_oracle::fixtures as fx;
 
     #[test]
     fn the_ruleset_reads_back_and_only_missing_jumps_are_inserted() {

@@ -1,7 +1,7 @@
 //! A packet tracer over the fake kernel ([`FakeHost`]): the first packet of
 //! a connection walks the iptables rules (with the ipsets the fake holds)
 //! and the IPVS table in netfilter's order, and the result is told in the
-//! kproxy-core oracle's [`Verdict`] vocabulary.
+//! kproxy-oracle oracle's [`Verdict`] vocabulary.
 //!
 //! The order, as in the kernel: nat PREROUTING (OUTPUT for the node's own
 //! packets) marks for masquerade; a packet for a local address then passes
@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use kproxy_backend_iptables::trace::{walk, Hop, Outcome, SetLookup, TraceError};
 use kproxy_backend_iptables::Table;
-use kproxy_core::oracle::{Origin, Packet, Target, Verdict};
+use kproxy_oracle::{Origin, Packet, Target, Verdict};
 use kproxy_core::{IpFamily, Protocol, ProxierConfig};
 
 use crate::host::{FakeHost, FakeIpsets};

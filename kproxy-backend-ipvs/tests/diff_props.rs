@@ -14,7 +14,7 @@ use kproxy_backend_ipvs::diff::diff;
 use kproxy_backend_ipvs::fake::FakeIpvs;
 use kproxy_backend_ipvs::model::{Op, RealServer, RsKey, Scheduler, VirtualServer, VsKey};
 use kproxy_backend_ipvs::render::render_ipvs;
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Protocol, ProxyState};
 use kproxy_testkit::events::{event, step, World};
 use proptest::prelude::*;

@@ -7,7 +7,7 @@
 
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
-use kproxy_core::oracle::{fixtures as fx, scenarios};
+use kproxy_oracle::{fixtures as fx, scenarios};
 use kproxy_core::{Proxier, SyncRequest};
 use kproxy_testkit::check_golden;
 

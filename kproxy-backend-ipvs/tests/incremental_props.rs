@@ -11,7 +11,7 @@ use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::render::{no_local_endpoints, render_ipvs};
 use kproxy_backend_ipvs::rules::render_sets;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::events::{sharing_event, replay, step_proxier, World};
 use proptest::prelude::*;

@@ -13,8 +13,8 @@ use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_ipvs::model::{Op, RsKey, VsKey};
 use kproxy_backend_ipvs::netlink::IpvsSocket;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
-use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState::Ready};
-use kproxy_core::oracle::{scenarios, Dataplane, Scenario, Verdict};
+use kproxy_oracle::fixtures::{self as fx, slice, EndpointState::Ready};
+use kproxy_oracle::{scenarios, Dataplane, Scenario, Verdict};
 use kproxy_core::{Protocol, Proxier, SyncRequest};
 use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology, KPT};
 

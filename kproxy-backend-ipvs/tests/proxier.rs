@@ -6,7 +6,7 @@
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::model::{Op, RealServer, RsKey, VirtualServer, VsKey};
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState::Ready};
+use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState::Ready};
 use kproxy_core::{IpFamily, Protocol, Proxier, SyncRequest};
 
 const PARTIAL: SyncRequest = SyncRequest { full: false };

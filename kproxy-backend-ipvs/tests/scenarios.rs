@@ -7,7 +7,7 @@
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::trace::trace;
 use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
-use kproxy_core::oracle::{evaluate_for, fixtures as fx, scenarios, Dataplane, Scenario};
+use kproxy_oracle::{evaluate_for, fixtures as fx, scenarios, Dataplane, Scenario};
 use kproxy_core::{Proxier, SyncRequest};
 
 fn check(scenario: &Scenario, host: &FakeHost, failures: &mut Vec<String>) {
@@ -95,7 +95,7 @@ async fn a_host_rebuilt_from_its_listings_traces_the_same() {
         let live = &scenario;
         // The ways name the IPVS servers the packet met.
         if failures.len() == before {
-            if let Some(case) = live.cases.iter().find(|c| matches!(c.expected_for(Dataplane::Ipvs), kproxy_core::oracle::Verdict::Forward { .. })) {
+            if let Some(case) = live.cases.iter().find(|c| matches!(c.expected_for(Dataplane::Ipvs), kproxy_oracle::Verdict::Forward { .. })) {
                 let (_, ways) = kproxy_backend_ipvs::trace::explain(&rebuilt, live.family, &config, &case.packet).unwrap();
                 if !ways.iter().all(|w| w.iter().any(|l| l.starts_with("ipvs: -A ")) && w.iter().any(|l| l.starts_with("ipvs: -a "))) {
                     failures.push(format!("{} / {}: ways without their IPVS servers: {ways:#?}", live.name, case.name));

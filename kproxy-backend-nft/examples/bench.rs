@@ -20,7 +20,7 @@ use std::time::Instant;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 

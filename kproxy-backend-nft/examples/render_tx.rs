@@ -3,7 +3,7 @@
 //! `cargo run -p kproxy-backend-nft --example render_tx -- cluster_ip`
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "cluster_ip".into());
-    let scenario = kproxy_core::oracle::scenarios::all().into_iter().find(|s| s.name == name).expect("unknown scenario");
+    let scenario = kproxy_oracle::scenarios::all().into_iter().find(|s| s.name == name).expect("unknown scenario");
     let rendered = kproxy_backend_nft::render(&scenario.state(), &scenario.config);
     let mut tx = kproxy_backend_nft::transaction::Transaction::new(scenario.family);
     tx.create("kproxy-a", &rendered.ruleset, true);

@@ -8,7 +8,7 @@
 
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::{fixtures as fx, scenarios};
+use kproxy_oracle::{fixtures as fx, scenarios};
 use kproxy_core::{Proxier, SyncRequest};
 
 #[tokio::main(flavor = "current_thread")]

@@ -16,10 +16,10 @@
 //! - [`kernel::NftKernel`] applies transactions: set elements as atomic
 //!   netlink batches, structure with `nft -f`; it lists over netlink.
 //!   [`fake::FakeKernel`] applies them in memory with nft's reference checks.
-//! - [`trace::trace`] walks a packet through a ruleset and answers in the
-//!   vocabulary of the kproxy-core oracle, so every shared scenario can be
-//!   checked against the rules themselves; [`trace::explain`] also gives
-//!   the rules each way went through.
+//! - `trace::trace` (feature `trace`) walks a packet through a ruleset and
+//!   answers in the vocabulary of the `kproxy-oracle` oracle, so every
+//!   shared scenario can be checked against the rules themselves;
+//!   `trace::explain` also gives the rules each way went through.
 //! - [`listing::parse`] reads a live table (`nft -j list table`) back into
 //!   the typed model, for `kproxy trace` on the kernel's own rules.
 //!
@@ -40,6 +40,7 @@ pub mod names;
 mod proxier;
 mod render;
 pub mod text;
+#[cfg(feature = "trace")]
 pub mod trace;
 pub mod transaction;
 

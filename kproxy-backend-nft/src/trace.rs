@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use kproxy_core::oracle::{Origin, Packet, Target, Verdict as Outcome};
+use kproxy_oracle::{Origin, Packet, Target, Verdict as Outcome};
 use kproxy_core::ProxierConfig;
 
 use crate::model::{Expr, Hook, Key, Match, Ruleset, Stmt, Value, Verdict};

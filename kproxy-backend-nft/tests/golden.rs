@@ -4,7 +4,7 @@
 //! kproxy-backend-nft --test golden` after checking the diff is intended.
 
 use kproxy_backend_nft::{render, text};
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 use kproxy_testkit::check_golden;
 
 fn check(name: &str) {

@@ -11,7 +11,7 @@ use kproxy_backend_nft::fake::FakeKernel;
 use kproxy_backend_nft::kernel::Kernel;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{render, Renderer, Structure};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kproxy_backend_nft::kernel::{Kernel, NftKernel};
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState};
-use kproxy_core::oracle::{scenarios, Origin, Packet};
+use kproxy_oracle::fixtures::{self as fx, slice, EndpointState};
+use kproxy_oracle::{scenarios, Origin, Packet};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::{kernel_tests_enabled, probe, Seen, Topology};
 

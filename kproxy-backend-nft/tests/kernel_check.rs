@@ -5,8 +5,8 @@
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_backend_nft::render;
 use kproxy_backend_nft::transaction::Transaction;
-use kproxy_core::oracle::fixtures as fx;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::fixtures as fx;
+use kproxy_oracle::scenarios;
 use kproxy_core::{IpFamily, ProxyState};
 use kproxy_testkit::hostile::hostile_state;
 use kproxy_testkit::{kernel_tests_enabled, Netns};

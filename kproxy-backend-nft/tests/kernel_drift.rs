@@ -5,8 +5,8 @@
 
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures as fx;
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::fixtures as fx;
+use kproxy_oracle::scenarios;
 use kproxy_core::{Proxier, SyncRequest};
 use kproxy_testkit::{check_scenario, kernel_tests_enabled, probe, Seen, Topology};
 

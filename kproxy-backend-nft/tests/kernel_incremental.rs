@@ -6,7 +6,7 @@
 use kproxy_backend_nft::kernel::{Kernel, NftCli, NftKernel, Outline};
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{Renderer, Structure};
-use kproxy_core::oracle::fixtures as fx;
+use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, ProxyState};
 use kproxy_testkit::{kernel_tests_enabled, Netns};
 use proptest::prelude::*;

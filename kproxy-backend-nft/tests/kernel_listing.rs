@@ -5,7 +5,7 @@
 //! `kproxy trace` relies on in nftables mode. Needs root.
 
 use kproxy_backend_nft::{listing, render, text};
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 use kproxy_testkit::{kernel_tests_enabled, Netns};
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kproxy_core::oracle::{fixtures as fx, scenarios};
+use kproxy_oracle::{fixtures as fx, scenarios};
 use kproxy_testkit::{kernel_tests_enabled, Topology, KPT};
 
 /// The `kproxy-nft-scenario` example, built if this test runs alone.

@@ -5,7 +5,7 @@
 
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftOptions, NftProxier};
-use kproxy_core::oracle::{fixtures as fx, Dataplane};
+use kproxy_oracle::{fixtures as fx, Dataplane};
 use kproxy_core::ProxierConfig;
 use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_enabled, Topology};
 

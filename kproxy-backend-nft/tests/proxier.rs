@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use kproxy_backend_nft::model::Key;
 use kproxy_backend_nft::transaction::{Op, Transaction};
 use kproxy_backend_nft::{names, render, NftOptions, NftProxier};
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_oracle::scenarios;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 const V4: IpFamily = IpFamily::V4;
@@ -232,8 +232,8 @@ async fn affinity_to_a_removed_endpoint_is_forgotten() {
 
 /// What a pod's TCP packet to `dst`:80 meets in the rules the fake kernel
 /// holds now.
-fn fate(p: &NftProxier<FakeKernel>, dst: &str) -> kproxy_core::oracle::Verdict {
-    use kproxy_core::oracle::{Origin, Packet};
+fn fate(p: &NftProxier<FakeKernel>, dst: &str) -> kproxy_oracle::Verdict {
+    use kproxy_oracle::{Origin, Packet};
     let table = p.kernel().table(V4, p.table().expect("a table")).expect("committed");
     let packet = Packet::tcp(Origin::LocalPod, fx::LOCAL_CLIENT_POD.parse().unwrap(), dst.parse().unwrap(), 80);
     kproxy_backend_nft::trace::trace(table, &fx::config(V4), &packet).expect("traced")
@@ -241,7 +241,7 @@ fn fate(p: &NftProxier<FakeKernel>, dst: &str) -> kproxy_core::oracle::Verdict {
 
 #[tokio::test]
 async fn service_cidrs_follow_their_objects_and_the_services_in_them() {
-    use kproxy_core::oracle::Verdict;
+    use kproxy_oracle::Verdict;
     let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
     let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(100)).unwrap();
     p.on_node_update(&fx::node());

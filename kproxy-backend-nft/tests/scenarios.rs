@@ -7,7 +7,7 @@ use kproxy_backend_nft::kernel::Kernel;
 use kproxy_backend_nft::trace::trace;
 use kproxy_backend_nft::transaction::Transaction;
 use kproxy_backend_nft::{model::Ruleset, render};
-use kproxy_core::oracle::{evaluate, scenarios, Scenario};
+use kproxy_oracle::{evaluate, scenarios, Scenario};
 
 fn check(scenario: &Scenario, ruleset: &Ruleset, failures: &mut Vec<String>) {
     let state = scenario.state();

@@ -3,7 +3,7 @@
 
 use kproxy_backend_nft::model::{Ruleset, Stmt, Verdict};
 use kproxy_backend_nft::{names, render, trace::trace};
-use kproxy_core::oracle::scenarios;
+use kproxy_oracle::scenarios;
 
 /// How many cases of all scenarios fail after `mutate` edits each ruleset.
 fn failures_after(mutate: impl Fn(&mut Ruleset)) -> usize {

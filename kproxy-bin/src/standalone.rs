@@ -134,7 +134,7 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_core::oracle::fixtures::service;
+    use kproxy_oracle::fixtures::service;
 
     #[test]
     fn a_lasting_problem_is_logged_again_now_and_then() {

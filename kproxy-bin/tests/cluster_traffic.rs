@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fake_api::{FakeApi, Resource};
-use kproxy_core::oracle::{fixtures as fx, scenarios, Scenario, Verdict};
+use kproxy_oracle::{fixtures as fx, scenarios, Scenario, Verdict};
 use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kproxy");

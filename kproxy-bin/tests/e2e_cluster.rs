@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::fixtures::{self as fx, EndpointState, EndpointState::*};
-use kproxy_core::oracle::{scenarios, Dataplane, Origin, Packet, Scenario, Verdict};
+use kproxy_oracle::fixtures::{self as fx, EndpointState, EndpointState::*};
+use kproxy_oracle::{scenarios, Dataplane, Origin, Packet, Scenario, Verdict};
 use kproxy_core::IpFamily;
 use kproxy_e2e::nodes::{within, ProxyRun, TestNode};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};

@@ -24,9 +24,9 @@
 //! test with larger numbers. Needs root and the e2e binaries; skips
 //! without, must run in CI.
 
-use kproxy_core::oracle::fixtures::EndpointState;
-use kproxy_core::oracle::random::{state_on, DetectorChoice, EndpointChoice, NodeChoice, NodePortChoice, ServiceChoice, ServiceKind};
-use kproxy_core::oracle::{Dataplane, Transition};
+use kproxy_oracle::fixtures::EndpointState;
+use kproxy_oracle::random::{state_on, DetectorChoice, EndpointChoice, NodeChoice, NodePortChoice, ServiceChoice, ServiceKind};
+use kproxy_oracle::{Dataplane, Transition};
 use kproxy_e2e::differential::{differences, run};
 use kproxy_e2e::{e2e_binaries, ProxyKind};
 use proptest::prelude::*;

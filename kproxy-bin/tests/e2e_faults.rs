@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, Verdict};
+use kproxy_oracle::{scenarios, Verdict};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_case, check_scenario, run, Topology, KPT};
 use serde_json::json;

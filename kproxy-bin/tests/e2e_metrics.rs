@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, Dataplane};
+use kproxy_oracle::{scenarios, Dataplane};
 use kproxy_e2e::api::Api;
 use kproxy_e2e::control_plane::ControlPlane;
 use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};

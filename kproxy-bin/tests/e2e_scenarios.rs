@@ -5,7 +5,7 @@
 //! namespace, and every case is checked with real traffic. Needs root and
 //! the e2e binaries (`e2e/k8s/build.sh`); skips without, must run in CI.
 
-use kproxy_core::oracle::Dataplane;
+use kproxy_oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};
 
 #[test]

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use kproxy_core::oracle::{scenarios, Verdict};
+use kproxy_oracle::{scenarios, Verdict};
 use kproxy_e2e::bench::{quantile_ms, Prober};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_case, check_scenario, Topology};

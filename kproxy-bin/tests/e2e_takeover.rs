@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::fixtures as fx;
-use kproxy_core::oracle::{scenarios, Dataplane};
+use kproxy_oracle::fixtures as fx;
+use kproxy_oracle::{scenarios, Dataplane};
 use kproxy_e2e::scenario::{apply, config_in, log_path, start_proxy};
 use kproxy_e2e::{e2e_binaries, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_scenario_for, Topology, KPT};
@@ -61,7 +61,7 @@ fn wait_synced(topo: &Topology, what: &str) {
 }
 
 /// Waits until `topo` serves the scenario as `mode` must (30 s at most).
-fn wait_served(topo: &Topology, scenario: &kproxy_core::oracle::Scenario, mode: Dataplane, what: &str) {
+fn wait_served(topo: &Topology, scenario: &kproxy_oracle::Scenario, mode: Dataplane, what: &str) {
     let start = Instant::now();
     loop {
         let failures = check_scenario_for(topo, scenario, mode);

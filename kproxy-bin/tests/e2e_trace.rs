@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use kproxy_core::oracle::{scenarios, Dataplane};
+use kproxy_oracle::{scenarios, Dataplane};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_scenario_for, Topology};
 

@@ -3,7 +3,7 @@
 //! behaviour, not only kproxy's. Needs root and the e2e binaries; skips
 //! without, must run in CI.
 
-use kproxy_core::oracle::Dataplane;
+use kproxy_oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, scenario, ProxyKind};
 
 #[test]

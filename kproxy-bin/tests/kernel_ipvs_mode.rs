@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{fixtures as fx, scenarios, Dataplane, Scenario, Verdict};
+use kproxy_oracle::{fixtures as fx, scenarios, Dataplane, Scenario, Verdict};
 use kproxy_testkit::{check_case, check_scenario_for, kernel_tests_enabled, Topology, KPT};
 
 mod common;
@@ -102,7 +102,7 @@ fn ipvs_mode_serves_scenarios_follows_changes_and_cleans_up() {
 }
 
 /// Traffic still flows with kproxy stopped.
-fn still_served(topo: &Topology, packet: &kproxy_core::oracle::Packet, expected: &Verdict) {
+fn still_served(topo: &Topology, packet: &kproxy_oracle::Packet, expected: &Verdict) {
     check_case(topo, packet, expected).unwrap_or_else(|e| panic!("traffic stopped with kproxy: {e}"));
 }
 

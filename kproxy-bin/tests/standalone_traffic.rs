@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{fixtures as fx, scenarios, Verdict};
+use kproxy_oracle::{fixtures as fx, scenarios, Verdict};
 use kproxy_core::IpFamily;
 use kproxy_netfilter::Conntrack;
 use kproxy_testkit::{check_case, check_scenario, kernel_tests_enabled, Topology, KPT};
@@ -18,17 +18,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
 /// Starts `kproxy --manifests` for `scenario` in its topology's node and
 /// waits for the table; returns the manifests directory.
-fn start_kproxy(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str) -> std::path::PathBuf {
+fn start_kproxy(topo: &mut Topology, scenario: &kproxy_oracle::Scenario, tag: &str) -> std::path::PathBuf {
     start_kproxy_with(topo, scenario, tag, &[])
 }
 
 /// [`start_kproxy`] with extra flags.
-fn start_kproxy_with(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, extra: &[&str]) -> std::path::PathBuf {
+fn start_kproxy_with(topo: &mut Topology, scenario: &kproxy_oracle::Scenario, tag: &str, extra: &[&str]) -> std::path::PathBuf {
     start_kproxy_handle(topo, scenario, tag, extra).0
 }
 
 /// [`start_kproxy_with`], also returning the process's handle in the node.
-fn start_kproxy_handle(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, extra: &[&str]) -> (std::path::PathBuf, usize) {
+fn start_kproxy_handle(topo: &mut Topology, scenario: &kproxy_oracle::Scenario, tag: &str, extra: &[&str]) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -174,7 +174,7 @@ fn udp_flows_move_off_an_endpoint_that_leaves_the_service() {
 /// Starts `kproxy --manifests` in `mode` for `scenario` and waits until
 /// its first case is served; returns the manifests directory and the
 /// process's handle in the node.
-fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario, tag: &str, mode: &str) -> (std::path::PathBuf, usize) {
+fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_oracle::Scenario, tag: &str, mode: &str) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-{tag}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -182,7 +182,7 @@ fn start_kproxy_in(topo: &mut Topology, scenario: &kproxy_core::oracle::Scenario
     let args = [BIN, "--proxy-mode", mode, "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
     let handle = topo.node.spawn(&args).unwrap();
     let case = &scenario.cases[0];
-    let dataplane = if mode == "iptables" { kproxy_core::oracle::Dataplane::Iptables } else { kproxy_core::oracle::Dataplane::Nftables };
+    let dataplane = if mode == "iptables" { kproxy_oracle::Dataplane::Iptables } else { kproxy_oracle::Dataplane::Nftables };
     let start = Instant::now();
     while let Err(e) = check_case(topo, &case.packet, case.expected_for(dataplane)) {
         assert!(start.elapsed() < Duration::from_secs(30), "{mode}: kproxy never served {}: {e}", case.name);
@@ -556,7 +556,7 @@ fn trace_agrees_with_the_oracle_on_the_live_rules() {
     if !kernel_tests_enabled("trace_agrees_with_the_oracle_on_the_live_rules") {
         return;
     }
-    use kproxy_core::oracle::Dataplane;
+    use kproxy_oracle::Dataplane;
     let mut failures = Vec::new();
     let mut traced = 0;
     for (mode, name) in [(Dataplane::Nftables, "nftables"), (Dataplane::Iptables, "iptables")] {

@@ -10,8 +10,10 @@
 //! - endpoint selection: traffic policies, terminating fallback and topology
 //!   hints ([`select_endpoints`]);
 //! - which conntrack entries a sync left stale ([`conntrack`]);
-//! - the [`Proxier`] contract and the bounded-frequency [`runner`];
-//! - a behaviour [`oracle`] with named scenarios every backend must pass.
+//! - the [`Proxier`] contract and the bounded-frequency [`runner`].
+//!
+//! The behaviour oracle, the scenarios every backend must pass and the
+//! API object fixtures are test equipment, in the `kproxy-oracle` crate.
 //!
 //! The crate does no I/O: backends own the kernel, the binary owns the API
 //! server.
@@ -22,7 +24,6 @@ pub mod convert;
 mod endpoints_map;
 mod error;
 pub mod model;
-pub mod oracle;
 mod proxier;
 pub mod runner;
 mod selection;

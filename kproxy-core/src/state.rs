@@ -215,7 +215,7 @@ pub struct HealthCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oracle::fixtures::{self as fx, service, slice, EndpointState};
+    use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
 
     #[test]
     fn health_checks_count_local_ready_endpoints_over_ports() {

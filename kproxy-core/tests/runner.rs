@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::fixtures::service;
+use kproxy_oracle::fixtures::service;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
 use kproxy_core::{Error, IpFamily, Proxier, ProxyState, Result, SyncReport, SyncRequest};
 use tokio::sync::mpsc;

@@ -100,7 +100,7 @@ use kproxy_core::convert::{
     merge_slices, node_info, service_ports, slice_info, SliceInfo, HEADLESS_LABEL, MAX_NAME_LEN, SERVICE_NAME_LABEL,
     SERVICE_PROXY_NAME_LABEL, TRIGGER_TIME_ANNOTATION,
 };
-use kproxy_core::oracle::fixtures::{self, EndpointState};
+use kproxy_oracle::fixtures::{self, EndpointState};
 use kproxy_core::tracker::{EndpointsUpdate, ServiceUpdate};
 use kproxy_core::{
     Endpoint, EndpointsChangeTracker, EndpointsMap, IpFamily, NamespacedName, ProxyState, ServiceChangeTracker,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use kproxy_e2e::bench::{quantile_ms, SideBySide};
 use kproxy_e2e::svg::{latency_chart, Series};
-use kproxy_core::oracle::Dataplane;
+use kproxy_oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, ProxyKind};
 use serde_json::json;
 

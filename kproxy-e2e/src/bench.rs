@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::fixtures::{self as fx, slice, EndpointState};
-use kproxy_core::oracle::{Case, Dataplane, Origin, Packet, Scenario, Verdict};
+use kproxy_oracle::fixtures::{self as fx, slice, EndpointState};
+use kproxy_oracle::{Case, Dataplane, Origin, Packet, Scenario, Verdict};
 use kproxy_core::IpFamily;
 use kproxy_testkit::{Topology, KPT};
 use serde_json::{json, Value};

@@ -1,5 +1,5 @@
 //! Differential runs: the same random walks of cluster states (see
-//! `kproxy_core::oracle::random`) through the real API server, once with
+//! `kproxy_oracle::random`) through the real API server, once with
 //! upstream kube-proxy and once with kproxy in the same mode, each on a
 //! fresh node, every state's probes sent with real traffic. A probe that
 //! one proxy answers as the oracle says and the other does not is a
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{LoadBalancerStatus, Service, ServiceStatus};
-use kproxy_core::oracle::{Dataplane, Scenario, Transition};
+use kproxy_oracle::{Dataplane, Scenario, Transition};
 use kproxy_testkit::{check_case, Topology};
 
 use crate::api::Api;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
-use kproxy_core::oracle::{fixtures as fx, Dataplane, Scenario};
+use kproxy_oracle::{fixtures as fx, Dataplane, Scenario};
 use kproxy_core::model::ZONE_LABEL;
 use kproxy_testkit::Topology;
 use serde_json::json;

@@ -1,11 +1,11 @@
-//! A shared scenario (`kproxy_core::oracle::scenarios`) on the real API:
+//! A shared scenario (`kproxy_oracle::scenarios`) on the real API:
 //! its objects applied through the API server, the proxy's configuration
 //! file, and the proxies that can run it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, Dataplane, Scenario};
+use kproxy_oracle::{scenarios, Dataplane, Scenario};
 use kproxy_core::LocalDetector;
 use kproxy_testkit::{check_scenario_for, Netns, Topology};
 use serde_json::{json, Value};
@@ -103,7 +103,7 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
         "kind": "KubeProxyConfiguration",
         "mode": section,
         "nodePortAddresses": node_ports,
-        "hostnameOverride": kproxy_core::oracle::fixtures::NODE_NAME,
+        "hostnameOverride": kproxy_oracle::fixtures::NODE_NAME,
         "clientConnection": {"kubeconfig": kubeconfig.to_string_lossy()},
         // The table size is global: tests leave it alone.
         "conntrack": {"maxPerCore": 0},

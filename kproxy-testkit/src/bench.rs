@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
 use kproxy_core::{Proxier, SyncRequest};
 
 /// The ClusterIP of benchmark Service `i` (172.16.0.0/12, unique below 2^20).

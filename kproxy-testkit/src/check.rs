@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kproxy_core::oracle::{scenarios, transitions, Dataplane, Origin, Packet, Scenario, Transition, Verdict};
+use kproxy_oracle::{scenarios, transitions, Dataplane, Origin, Packet, Scenario, Transition, Verdict};
 use kproxy_core::{Protocol, Proxier, ProxierConfig, SyncRequest};
 
 use crate::topology::{Topology, KPT};

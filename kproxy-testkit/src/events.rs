@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
 use kproxy_core::ProxyState;
 use proptest::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Names as hostile as hand-written objects can carry, for checking that
 //! no name reaches rule text it could break or extend.
 
-use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState};
+use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
 use kproxy_core::{IpFamily, ProxyState};
 use proptest::prelude::*;
 

@@ -24,8 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use kproxy_core::oracle::{fixtures as fx, Origin, Scenario};
-use kproxy_core::oracle::POD_INTERFACE;
+use kproxy_oracle::{fixtures as fx, Origin, Scenario};
+use kproxy_oracle::POD_INTERFACE;
 use kproxy_core::{LocalDetector, Protocol};
 
 use crate::netns::Netns;

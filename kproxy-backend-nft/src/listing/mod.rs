@@ -1,6 +1,6 @@
 //! Reading a live kproxy table back into the typed model: the output of
 //! `nft -j list table ip|ip6 NAME` becomes a [`Ruleset`], so the
-//! [`crate::trace`] tracer can walk packets through what the kernel holds
+//! tracer (`trace`, feature `trace`) can walk packets through what the kernel holds
 //! (drift included), not through what kproxy meant to write.
 //!
 //! Only what kproxy writes is understood. A rule, set or chain of any other

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::{evaluate_for, Dataplane, Origin, Packet, Verdict};
+use kproxy_oracle::{evaluate_for, Dataplane, Origin, Packet, Verdict};
 use kproxy_core::{IpFamily, LocalDetector, ProxierConfig, ProxyState, Protocol};
 
 /// One finding: what is wrong and how to fix it.

@@ -1,5 +1,5 @@
 //! `kproxy diagnose`: what the API says should happen to each frontend of
-//! each Service (the kproxy-core oracle, from the Service, its
+//! each Service (the oracle (`kproxy-oracle`), from the Service, its
 //! EndpointSlices, the Node and the proxy's configuration), next to what
 //! this node's live rules do (the tracer of `kproxy trace`: kproxy's
 //! nftables table, or the iptables rules of kproxy or upstream), and one
@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::oracle::{Dataplane, Packet};
+use kproxy_oracle::{Dataplane, Packet};
 use kproxy_core::{IpFamily, ProxierConfig};
 
 pub use checks::{diagnose, key, Inputs};
@@ -201,7 +201,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_core::oracle::fixtures::{self as fx, service, slice, EndpointState, NODE_NAME};
+    use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState, NODE_NAME};
 
     fn args(list: &[&str]) -> Result<Args, String> {
         parse_args(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -275,12 +275,12 @@ mod tests {
             s
         };
         let faithful = |p: &Packet| -> Result<serde_json::Value, String> {
-            let v = kproxy_core::oracle::evaluate_for(Dataplane::Nftables, &state, &configs[0], p);
+            let v = kproxy_oracle::evaluate_for(Dataplane::Nftables, &state, &configs[0], p);
             let (kind, eps, masq) = match v {
-                kproxy_core::oracle::Verdict::Forward { targets, .. } => ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>(), targets.iter().any(|t| t.masquerade)),
-                kproxy_core::oracle::Verdict::Reject => ("reject", vec![], false),
-                kproxy_core::oracle::Verdict::Drop => ("drop", vec![], false),
-                kproxy_core::oracle::Verdict::NotService => ("accept", vec![], false),
+                kproxy_oracle::Verdict::Forward { targets, .. } => ("dnat", targets.iter().map(|t| t.endpoint.to_string()).collect::<Vec<_>>(), targets.iter().any(|t| t.masquerade)),
+                kproxy_oracle::Verdict::Reject => ("reject", vec![], false),
+                kproxy_oracle::Verdict::Drop => ("drop", vec![], false),
+                kproxy_oracle::Verdict::NotService => ("accept", vec![], false),
             };
             Ok(serde_json::json!({"verdict": kind, "endpoints": eps, "masquerade": masq}))
         };

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::kernel::Flavour;
-use kproxy_core::oracle::Origin;
+use kproxy_oracle::Origin;
 use kproxy_core::IpFamily;
 
 use super::{TraceArgs, Traced};

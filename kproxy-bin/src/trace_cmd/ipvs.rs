@@ -9,7 +9,7 @@ use kproxy_backend_iptables::kernel::IptablesCli;
 use kproxy_backend_ipvs::diff::CurrentIpvs;
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::kernel::{IpvsHost, IpvsKernel};
-use kproxy_core::oracle::Origin;
+use kproxy_oracle::Origin;
 use kproxy_core::{IpFamily, ProxierConfig};
 
 use super::{TraceArgs, Traced};

@@ -32,7 +32,7 @@ pub mod nft;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use kproxy_core::oracle::{Origin, Packet, Verdict};
+use kproxy_oracle::{Origin, Packet, Verdict};
 use kproxy_core::{IpFamily, Protocol};
 
 /// Which rules to read.

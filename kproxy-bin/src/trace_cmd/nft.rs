@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use kproxy_backend_nft::{listing, model::family_keyword, text};
-use kproxy_core::oracle::Origin;
+use kproxy_oracle::Origin;
 use kproxy_core::{IpFamily, ProxierConfig};
 
 use super::{TraceArgs, Traced};

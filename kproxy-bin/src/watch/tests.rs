@@ -1,7 +1,7 @@
 //! The watcher event → update logic, relists included.
 
 use super::*;
-use kproxy_core::oracle::fixtures::service;
+use kproxy_oracle::fixtures::service;
 
 fn svc(name: &str, rv: &str) -> Service {
     let mut s = service("ns", name, &["172.30.0.1"]).port("p", 80, "TCP", 0).build();

@@ -8,7 +8,7 @@ pub mod trace;
 
 /// Writes `scenario`'s Node, Services and EndpointSlices into `dir`, one
 /// object per file (JSON is YAML), for `kproxy --manifests DIR`.
-pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Scenario) {
+pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_oracle::Scenario) {
     let objects = std::iter::once(serde_json::to_string(&scenario.node).unwrap())
         .chain(scenario.services.iter().map(|s| serde_json::to_string(s).unwrap()))
         .chain(scenario.slices.iter().map(|s| serde_json::to_string(s).unwrap()));
@@ -20,7 +20,7 @@ pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_core::oracle::Sc
 /// Starts kproxy in `mode` on `scenario` with the scenario's own
 /// configuration (`--config`, as the e2e harness writes it) and its
 /// manifests, ServiceCIDRs included; `bin` is the kproxy binary.
-pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_core::oracle::Scenario, mode: kproxy_core::oracle::Dataplane, bin: &str) -> (std::path::PathBuf, usize) {
+pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_oracle::Scenario, mode: kproxy_oracle::Dataplane, bin: &str) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-configured-{}", std::process::id(), scenario.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("m")).unwrap();
@@ -39,7 +39,7 @@ pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_c
 
 /// Waits until `topo` meets every case of `scenario` with `mode`'s
 /// semantics, 30 s at most; on timeout, the cases still unmet.
-pub fn wait_served(topo: &kproxy_testkit::Topology, scenario: &kproxy_core::oracle::Scenario, mode: kproxy_core::oracle::Dataplane) -> Result<(), Vec<String>> {
+pub fn wait_served(topo: &kproxy_testkit::Topology, scenario: &kproxy_oracle::Scenario, mode: kproxy_oracle::Dataplane) -> Result<(), Vec<String>> {
     let start = std::time::Instant::now();
     loop {
         let unmet = kproxy_testkit::check_scenario_for(topo, scenario, mode);

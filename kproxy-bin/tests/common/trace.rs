@@ -1,7 +1,7 @@
 //! Running `kproxy trace` on every case of a scenario in its node
 //! namespace, and comparing with the oracle's verdicts for that mode.
 
-use kproxy_core::oracle::{Dataplane, Origin, Scenario, Verdict};
+use kproxy_oracle::{Dataplane, Origin, Scenario, Verdict};
 use kproxy_testkit::Topology;
 
 /// One line per case where `kproxy trace --proxy-mode MODE` (the binary at

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::LoadBalancerIngress;
 
 use super::*;
 use crate::model::{IpFamily, Protocol, ServicePortName, SourceRanges};
-use crate::oracle::fixtures::{service, slice, EndpointState};
+use kproxy_oracle::fixtures::{service, slice, EndpointState};
 
 fn ports(svc: &k8s_openapi::api::core::v1::Service, family: IpFamily) -> Vec<String> {
     service_ports(svc, family).keys().map(|k| format!("{k}/{}", k.protocol)).collect()
@@ -205,7 +205,7 @@ fn merging_prefers_the_non_terminating_then_the_local_copy() {
 
 #[test]
 fn node_info_reads_addresses_labels_and_cidrs() {
-    let node = crate::oracle::fixtures::node();
+    let node = kproxy_oracle::fixtures::node();
     let info = node_info(&node);
     assert_eq!(info.name, "node-a");
     assert_eq!(info.zone(), "zone-a");

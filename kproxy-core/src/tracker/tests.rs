@@ -7,7 +7,7 @@ use super::*;
 use crate::convert::{SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION};
 use crate::endpoints_map::EndpointsMap;
 use crate::model::{IpFamily, NamespacedName, Protocol, ServicePortName};
-use crate::oracle::fixtures::{service, slice, EndpointState};
+use kproxy_oracle::fixtures::{service, slice, EndpointState};
 use crate::service_map::ServiceMap;
 
 fn spn(name: &str, port: &str, protocol: Protocol) -> ServicePortName {

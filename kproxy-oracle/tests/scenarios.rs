@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use kproxy_core::oracle::{evaluate, evaluate_for, scenarios, transitions, Dataplane};
+use kproxy_oracle::{evaluate, evaluate_for, scenarios, transitions, Dataplane};
 
 #[test]
 fn oracle_meets_every_scenario() {

@@ -4,11 +4,11 @@
 //! the API server and whose cases (the probes every state gets) have the
 //! oracle's verdicts. A sequence of such states, with the same Service
 //! names and the same [`NodeChoice`], is a
-//! [`Transition`](super::Transition) of random edits.
+//! [`Transition`](crate::Transition) of random edits.
 //!
 //! ```
-//! use kproxy_core::oracle::random::{state, EndpointChoice, ServiceChoice, ServiceKind};
-//! use kproxy_core::oracle::fixtures::EndpointState;
+//! use kproxy_oracle::random::{state, EndpointChoice, ServiceChoice, ServiceKind};
+//! use kproxy_oracle::fixtures::EndpointState;
 //! let svc = ServiceChoice {
 //!     kind: ServiceKind::NodePort,
 //!     endpoints: vec![EndpointChoice { local: false, state: EndpointState::Ready, ..Default::default() }],
@@ -21,12 +21,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::evaluate::{evaluate_for, Dataplane};
-use super::fixtures::{self as fx, service, slice, EndpointState};
-use super::packet::{Origin, Packet, POD_INTERFACE};
-use super::scenarios::{node, outside, pod, Case, Scenario};
-use crate::config::LocalDetector;
-use crate::model::{IpFamily, Protocol};
+use crate::evaluate::{evaluate_for, Dataplane};
+use crate::fixtures::{self as fx, service, slice, EndpointState};
+use crate::packet::{Origin, Packet, POD_INTERFACE};
+use crate::scenarios::{node, outside, pod, Case, Scenario};
+use kproxy_core::config::LocalDetector;
+use kproxy_core::model::{IpFamily, Protocol};
 
 /// How the node of a walk is configured (the same in every state of the
 /// walk: the proxy starts once).
@@ -297,7 +297,7 @@ pub fn state_on(name: &'static str, node_choice: &NodeChoice, services: &[Servic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oracle::Verdict;
+    use crate::Verdict;
 
     fn choice(kind: ServiceKind) -> ServiceChoice {
         ServiceChoice { kind, endpoints: vec![EndpointChoice::default()], ..Default::default() }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::model::Protocol;
+use kproxy_core::model::Protocol;
 
 /// The interface packets from this node's pods arrive on in the fixtures
 /// (and in the kernel tests' node namespace).
@@ -154,7 +154,7 @@ impl Verdict {
 /// The forward targets of `endpoints` for `packet`: each with its
 /// masquerade flag (set for every one when `masquerade`, and for a packet
 /// that would come back to its own sender), sorted.
-pub(super) fn targets(endpoints: &[crate::model::Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
+pub(super) fn targets(endpoints: &[kproxy_core::model::Endpoint], masquerade: bool, short_circuit: bool, packet: &Packet) -> Vec<Target> {
     let mut out: Vec<Target> = endpoints
         .iter()
         .map(|e| Target {

@@ -7,13 +7,13 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::fixtures::{self as fx, service, slice, EndpointState::*};
-use super::evaluate::Dataplane;
-use super::packet::{Origin, Packet, Verdict};
-use crate::config::{LocalDetector, ProxierConfig};
-use crate::model::{IpFamily, Protocol};
-use crate::proxier::Proxier;
-use crate::state::ProxyState;
+use crate::fixtures::{self as fx, service, slice, EndpointState::*};
+use crate::evaluate::Dataplane;
+use crate::packet::{Origin, Packet, Verdict};
+use kproxy_core::config::{LocalDetector, ProxierConfig};
+use kproxy_core::model::{IpFamily, Protocol};
+use kproxy_core::Proxier;
+use kproxy_core::ProxyState;
 
 /// One packet and what must happen to it.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct Case {
     /// from nftables mode.
     pub iptables: Option<Verdict>,
     /// The verdict in upstream's IPVS mode, where its layout makes it
-    /// differ from iptables mode (see [`evaluate_for`](super::evaluate_for)).
+    /// differ from iptables mode (see [`evaluate_for`](crate::evaluate_for)).
     pub ipvs: Option<Verdict>,
 }
 
@@ -637,7 +637,7 @@ fn bridge_interface_detector() -> Scenario {
             Packet::tcp(Origin::Outside, ip("10.99.0.1"), ip("172.30.0.63"), 80),
             fwd(&["10.180.1.26:80"], true),
         );
-    s.config.local_detector = LocalDetector::BridgeInterface(super::packet::POD_INTERFACE.to_string());
+    s.config.local_detector = LocalDetector::BridgeInterface(crate::packet::POD_INTERFACE.to_string());
     s
 }
 
@@ -656,7 +656,7 @@ fn interface_prefix_detector() -> Scenario {
             Packet::tcp(Origin::Outside, ip("10.99.0.2"), ip("172.30.0.66"), 80),
             fwd(&["10.180.1.29:80"], true),
         );
-    let prefix = super::packet::POD_INTERFACE.trim_end_matches(|c: char| c.is_ascii_digit());
+    let prefix = crate::packet::POD_INTERFACE.trim_end_matches(|c: char| c.is_ascii_digit());
     s.config.local_detector = LocalDetector::InterfaceNamePrefix(prefix.to_string());
     s
 }

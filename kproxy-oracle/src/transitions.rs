@@ -6,7 +6,7 @@
 //! address still owned by a deleted Service).
 //!
 //! ```no_run
-//! use kproxy_core::oracle::transitions;
+//! use kproxy_oracle::transitions;
 //! for t in transitions::all() {
 //!     for (i, step) in t.steps.iter().enumerate() {
 //!         // Feed the first step, then each step's changes, sync, and check
@@ -22,11 +22,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::fixtures::{self as fx, service, slice, EndpointState::*};
-use super::scenarios::{fwd, outside, pod, Scenario};
-use super::Verdict;
-use crate::model::IpFamily;
-use crate::proxier::Proxier;
+use crate::fixtures::{self as fx, service, slice, EndpointState::*};
+use crate::scenarios::{fwd, outside, pod, Scenario};
+use crate::Verdict;
+use kproxy_core::model::IpFamily;
+use kproxy_core::Proxier;
 
 /// A named sequence of states.
 #[derive(Debug, Clone)]

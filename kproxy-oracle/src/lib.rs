@@ -1,4 +1,10 @@
-//! The behaviour oracle and the scenario kit shared by every backend.
+//! # kproxy-oracle
+//!
+//! The behaviour oracle and the scenario kit shared by every backend: test
+//! equipment, kept out of `kproxy-core` so that an embedder's build never
+//! compiles it. It uses only `kproxy-core`'s public API. kproxy's own
+//! backends use it in their tests and in their tracers (behind their
+//! `trace` feature, for `kproxy trace` and `kproxy diagnose`).
 //!
 //! [`evaluate`] says what kube-proxy semantics require for a packet;
 //! [`scenarios::all`] lists named cluster states with hand-written
@@ -9,7 +15,7 @@
 //! A backend proves itself by running every scenario through its own rules:
 //!
 //! ```no_run
-//! use kproxy_core::oracle::{evaluate, scenarios};
+//! use kproxy_oracle::{evaluate, scenarios};
 //! for scenario in scenarios::all() {
 //!     let state = scenario.state();
 //!     for case in &scenario.cases {

@@ -20,9 +20,9 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::config::{LocalDetector, ProxierConfig};
-use crate::convert::SERVICE_NAME_LABEL;
-use crate::model::{IpFamily, ZONE_LABEL};
+use kproxy_core::config::{LocalDetector, ProxierConfig};
+use kproxy_core::convert::SERVICE_NAME_LABEL;
+use kproxy_core::model::{IpFamily, ZONE_LABEL};
 
 /// The node the proxier runs on.
 pub const NODE_NAME: &str = "node-a";

@@ -1,5 +1,5 @@
 //! What upstream's IPVS mode does with a packet, where its layout makes it
-//! differ from the iptables and nftables modes (see [`super::evaluate_for`]).
+//! differ from the iptables and nftables modes (see [`crate::evaluate_for`]).
 //!
 //! Upstream's IPVS proxier (v1.26 on, the layout kproxy's IPVS backend
 //! follows):
@@ -23,11 +23,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use super::packet::{targets, Origin, Packet, Verdict};
-use crate::config::ProxierConfig;
-use crate::model::{ServicePortInfo, ServicePortName};
-use crate::selection::select_endpoints;
-use crate::state::ProxyState;
+use crate::packet::{targets, Origin, Packet, Verdict};
+use kproxy_core::config::ProxierConfig;
+use kproxy_core::model::{ServicePortInfo, ServicePortName};
+use kproxy_core::select_endpoints;
+use kproxy_core::ProxyState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {

@@ -1,10 +1,10 @@
 //! The oracle: what must happen to a packet, from the desired state alone.
 
-use super::packet::{targets, Origin, Packet, Verdict};
-use crate::config::ProxierConfig;
-use crate::model::{ServicePortInfo, ServicePortName};
-use crate::selection::select_endpoints;
-use crate::state::ProxyState;
+use crate::packet::{targets, Origin, Packet, Verdict};
+use kproxy_core::config::ProxierConfig;
+use kproxy_core::model::{ServicePortInfo, ServicePortName};
+use kproxy_core::select_endpoints;
+use kproxy_core::ProxyState;
 
 /// Which of upstream's dataplanes the semantics are those of. They agree
 /// except where noted on [`evaluate_for`].
@@ -60,7 +60,7 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
 /// other ports of every bound address rejected); its module documents each.
 pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
     if dataplane == Dataplane::Ipvs {
-        return super::ipvs::evaluate_ipvs(state, config, packet);
+        return crate::ipvs::evaluate_ipvs(state, config, packet);
     }
     let services = state.services();
     let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
