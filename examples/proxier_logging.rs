@@ -1,56 +1,42 @@
-//! A backend written outside kproxy: it implements `Proxier` by printing
-//! what a dataplane would program, and runs under kproxy's own sync runner.
+//! A backend written outside kproxy: it implements core's `Dataplane` by
+//! printing what a dataplane would program, becomes a `Proxier` through
+//! core's `StateProxier` (which adds the health checks and the conntrack
+//! cleanup to every report), and runs under kproxy's own sync runner.
 //!
 //! Run it with `cargo run -p kproxy-examples --example proxier_logging`.
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_oracle::scenarios;
 use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
-use kproxy_core::{select_endpoints, IpFamily, Proxier, ProxyState, Result, SyncReport, SyncRequest};
+use kproxy_core::skeleton::{Applied, Dataplane, Refresh, StateProxier};
+use kproxy_core::{select_endpoints, IpFamily, Proxier, ProxyState, Result, StateChanges, SyncRequest};
+use kproxy_oracle::scenarios;
 use tokio::sync::mpsc;
 
 /// Prints, on every sync, each service port and the endpoints this node
 /// would send its traffic to.
-struct LoggingProxier {
-    state: ProxyState,
+struct Logging {
     syncs: usize,
 }
 
 #[async_trait]
-impl Proxier for LoggingProxier {
+impl Dataplane for Logging {
     fn backend(&self) -> &'static str {
         "logging"
     }
 
-    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
-        self.state.on_service(previous, current)
-    }
-
-    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
-        self.state.on_endpoint_slice(slice, removed)
-    }
-
-    fn on_node_update(&mut self, node: &Node) -> bool {
-        self.state.on_node(node)
-    }
-
-    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
-        let changes = self.state.apply();
+    async fn apply(&mut self, state: &ProxyState, changes: &StateChanges, refresh: Refresh, request: SyncRequest) -> Result<Applied> {
         self.syncs += 1;
-        println!(
-            "sync #{} (full: {}), {} service(s) changed",
-            self.syncs,
-            request.full,
-            changes.updated_services().len()
-        );
-        for (name, info) in self.state.services().iter() {
-            let selected = select_endpoints(self.state.endpoints().get(name), info, self.state.node());
+        let what = match refresh {
+            Refresh::All => "everything".to_string(),
+            Refresh::Services(s) => format!("{} service(s)", s.len()),
+        };
+        println!("sync #{} (full: {}), rendering {what}; {} service(s) changed", self.syncs, request.full, changes.updated_services().len());
+        for (name, info) in state.services().iter() {
+            let selected = select_endpoints(state.endpoints().get(name), info, state.node());
             let endpoints: Vec<String> = selected.cluster.iter().map(ToString::to_string).collect();
             println!("  {name} {}:{}/{} -> [{}]", info.cluster_ip, info.port, info.protocol, endpoints.join(", "));
         }
-        Ok(SyncReport::new(request.full, changes))
+        Ok(Applied::default())
     }
 
     async fn cleanup(&mut self) -> Result<()> {
@@ -62,10 +48,7 @@ impl Proxier for LoggingProxier {
 #[tokio::main]
 async fn main() -> Result<()> {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").expect("shipped scenario");
-    let mut proxier = LoggingProxier {
-        state: ProxyState::new(IpFamily::V4, "node-a"),
-        syncs: 0,
-    };
+    let mut proxier = StateProxier::new(ProxyState::new(IpFamily::V4, "node-a"), Logging { syncs: 0 });
     let runner = SyncRunner::new(RunnerConfig::default())?;
     let (tx, rx) = mpsc::channel(64);
 

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_iptables::render::jumps;
-use kproxy_backend_iptables::{restore, IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{restore, IptablesOptions, IptablesDataplane};
 use kproxy_oracle::fixtures as fx;
 use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
 async fn one_size(flavour: Flavour, services: usize, eps: usize) {
     let kernel = IptablesCli::new(flavour, None);
-    let mut p = IptablesProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IptablesOptions::default()).expect("config");
+    let mut p = IptablesDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IptablesOptions::default()).expect("config");
     load(&mut p, services, eps);
     let start = Instant::now();
     p.sync(SyncRequest { full: true }).await.expect("cold sync");

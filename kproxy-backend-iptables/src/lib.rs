@@ -17,7 +17,8 @@
 //!   kernel's checks; `trace` (feature `trace`) walks packets through it.
 //! - [`kernel`]: the kernel step (`iptables-restore`, `iptables-save`) and
 //!   the choice between `iptables-legacy` and `iptables-nft`.
-//! - [`proxier`]: [`IptablesProxier`], the `Proxier` with partial syncs.
+//! - [`proxier`]: [`IptablesDataplane`] (partial syncs, drift repair) and
+//!   [`IptablesProxier`], core's `StateProxier` over it.
 
 pub mod fake;
 pub mod kernel;
@@ -30,4 +31,4 @@ pub mod rule;
 pub mod trace;
 
 pub use render::{render, Renderer, Ruleset, Table};
-pub use proxier::{IptablesOptions, IptablesProxier};
+pub use proxier::{IptablesDataplane, IptablesOptions, IptablesProxier};

@@ -12,9 +12,8 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::{Error, IpFamily, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+use kproxy_core::skeleton::{Applied, Dataplane, Refresh, StateProxier};
+use kproxy_core::{Error, IpFamily, ProxierConfig, ProxyState, Result, StateChanges, SyncRequest};
 
 use crate::kernel::{Kernel, KernelError};
 use crate::names;
@@ -55,19 +54,20 @@ impl Default for IptablesOptions {
 /// A configuration the backend cannot program (the same for every backend).
 pub use kproxy_core::InvalidConfig as ConfigError;
 
-/// The iptables backend for one IP family.
+/// The iptables backend for one IP family: a [`StateProxier`] over
+/// [`IptablesDataplane`].
+pub type IptablesProxier<K> = StateProxier<IptablesDataplane<K>>;
+
+/// The iptables backend's own part: rendering and the kernel.
 #[derive(Debug)]
-pub struct IptablesProxier<K: Kernel> {
-    state: ProxyState,
+pub struct IptablesDataplane<K: Kernel> {
     config: ProxierConfig,
     renderer: Renderer,
     kernel: K,
     options: IptablesOptions,
     /// Whether the kernel holds what the renderer last produced.
     trusted: bool,
-    rendered_once: bool,
     periodic: u32,
-    unreported: StateChanges,
     localnet_safeguard_removed: bool,
     /// Whether the kernel reads rules cheaply (asked once).
     reads_rules: Option<bool>,
@@ -78,12 +78,12 @@ pub struct IptablesProxier<K: Kernel> {
     written: std::collections::BTreeMap<Table, usize>,
 }
 
-impl<K: Kernel> IptablesProxier<K> {
+impl<K: Kernel + 'static> IptablesDataplane<K> {
     /// A proxier for `config.family` on node `node_name`, programming `kernel`.
-    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: IptablesOptions) -> Result<Self, ConfigError> {
+    pub fn proxier(node_name: &str, config: ProxierConfig, kernel: K, options: IptablesOptions) -> Result<IptablesProxier<K>, ConfigError> {
         config.validate()?;
-        Ok(IptablesProxier {
-            state: ProxyState::new(config.family, node_name),
+        let state = ProxyState::new(config.family, node_name);
+        Ok(StateProxier::new(state, IptablesDataplane {
             renderer: Renderer::new(config.clone()).with_options(crate::render::FixedOptions {
                 localhost_node_ports: options.localhost_node_ports,
                 tcp_be_liberal: options.tcp_be_liberal,
@@ -93,18 +93,18 @@ impl<K: Kernel> IptablesProxier<K> {
             kernel,
             options,
             trusted: false,
-            rendered_once: false,
             periodic: 0,
-            unreported: StateChanges::default(),
             localnet_safeguard_removed: false,
             reads_rules: None,
             baseline: std::collections::BTreeMap::new(),
             repaired: 0,
             written: std::collections::BTreeMap::new(),
-        })
+        }))
     }
+}
 
-    /// Whether [`Proxier::cleanup`] removed the localnet safeguard
+impl<K: Kernel> IptablesDataplane<K> {
+    /// Whether [`Dataplane::cleanup`] removed the localnet safeguard
     /// (`KUBE-FIREWALL`): the caller then sets `route_localnet` back to 0.
     pub fn localnet_safeguard_removed(&self) -> bool {
         self.localnet_safeguard_removed
@@ -130,11 +130,6 @@ impl<K: Kernel> IptablesProxier<K> {
     /// The renderer (for tests and tools).
     pub fn renderer(&self) -> &Renderer {
         &self.renderer
-    }
-
-    /// The proxy state (for tests and tools).
-    pub fn state(&self) -> &ProxyState {
-        &self.state
     }
 
     fn family(&self) -> IpFamily {
@@ -261,7 +256,7 @@ impl<K: Kernel> IptablesProxier<K> {
     /// the record). Changed chains are rewritten whole, with the sync's
     /// own changes. With iptables-legacy, which has no cheap reading of
     /// rules, each periodic sync is a full restore.
-    async fn apply(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
+    async fn write_rules(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let journal = self.renderer.take_journal();
         let reads_rules = self.reads_rules().await?;
         let mut full = journal.full || !self.trusted;
@@ -342,47 +337,23 @@ fn kernel_error(e: KernelError) -> Error {
 }
 
 #[async_trait]
-impl<K: Kernel + 'static> Proxier for IptablesProxier<K> {
+impl<K: Kernel + 'static> Dataplane for IptablesDataplane<K> {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
-        self.state.on_service(previous, current)
-    }
-
-    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
-        self.state.on_endpoint_slice(slice, removed)
-    }
-
-    fn on_node_update(&mut self, node: &Node) -> bool {
-        self.state.on_node(node)
-    }
-
-    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
-        let mut changes = std::mem::take(&mut self.unreported);
-        changes.absorb(self.state.apply());
-        if changes.node_changed || !self.rendered_once {
-            self.renderer.refresh_all(&self.state);
-            self.rendered_once = true;
-        } else {
-            let services: Vec<_> = changes.updated_services().into_iter().cloned().collect();
-            self.renderer.refresh(&self.state, services.iter());
+    async fn apply(&mut self, state: &ProxyState, _changes: &StateChanges, refresh: Refresh, request: SyncRequest) -> Result<Applied> {
+        match refresh {
+            Refresh::All => self.renderer.refresh_all(state),
+            Refresh::Services(services) => self.renderer.refresh(state, services.iter()),
         }
-        match self.apply(request).await {
-            Ok(full) => {
-                let mut report = self.state.report(request.full || full, changes, self.renderer.no_local_endpoints());
-                for (table, total) in self.renderer.rule_totals() {
-                    let written = self.written.get(&table).copied().unwrap_or(0);
-                    report.rule_counts.insert(table.name(), kproxy_core::RuleCount { total, written });
-                }
-                Ok(report)
-            }
-            Err(e) => {
-                self.unreported = changes;
-                Err(kernel_error(e))
-            }
+        let full = self.write_rules(request).await.map_err(kernel_error)?;
+        let mut applied = Applied { full, no_local_endpoints: self.renderer.no_local_endpoints(), ..Applied::default() };
+        for (table, total) in self.renderer.rule_totals() {
+            let written = self.written.get(&table).copied().unwrap_or(0);
+            applied.rule_counts.insert(table.name(), kproxy_core::RuleCount { total, written });
         }
+        Ok(applied)
     }
 
     async fn cleanup(&mut self) -> Result<()> {

@@ -8,7 +8,7 @@
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
 use kproxy_backend_iptables::render::Table;
-use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{IptablesOptions, IptablesDataplane};
 use kproxy_oracle::{fixtures as fx, scenarios, Dataplane};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, probe, Seen, Topology};
@@ -24,7 +24,7 @@ async fn a_periodic_sync_repairs_rules_changed_in_place() {
         let ns = topo.node.name().to_string();
         // No forced hourly restore: only the comparison may repair.
         let options = IptablesOptions { full_restore_every: 0, ..IptablesOptions::default() };
-        let mut p = IptablesProxier::new(fx::NODE_NAME, scenario.config.clone(), IptablesCli::new(flavour, Some(&ns)), options).unwrap();
+        let mut p = IptablesDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), IptablesCli::new(flavour, Some(&ns)), options).unwrap();
         scenario.feed(&mut p);
         p.sync(SyncRequest::default()).await.unwrap();
         let check = || tokio::task::block_in_place(|| check_scenario_for(&topo, &scenario, Dataplane::Iptables));

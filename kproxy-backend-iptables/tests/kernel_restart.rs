@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
-use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier, IptablesDataplane};
 use kproxy_oracle::{fixtures as fx, scenarios, Dataplane, Scenario};
 use kproxy_core::{Proxier, Protocol, ServicePortName, SyncRequest};
 use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, probe, Seen, Topology, KPT};
@@ -17,7 +17,7 @@ use kproxy_testkit::{check_scenario_for, kernel_tests_enabled, probe, Seen, Topo
 const VIP: &str = "172.30.0.41";
 
 async fn proxier(s: &Scenario, topo: &Topology, flavour: Flavour) -> IptablesProxier<IptablesCli> {
-    let mut p = IptablesProxier::new(fx::NODE_NAME, s.config.clone(), IptablesCli::new(flavour, Some(topo.node.name())), IptablesOptions::default()).unwrap();
+    let mut p = IptablesDataplane::proxier(fx::NODE_NAME, s.config.clone(), IptablesCli::new(flavour, Some(topo.node.name())), IptablesOptions::default()).unwrap();
     s.feed(&mut p);
     p.sync(SyncRequest::default()).await.unwrap();
     p

@@ -5,7 +5,7 @@
 //! CI). `KPROXY_SCENARIO=name` runs one scenario only.
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
-use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{IptablesOptions, IptablesProxier, IptablesDataplane};
 use kproxy_oracle::{fixtures as fx, Dataplane};
 use kproxy_core::ProxierConfig;
 use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_enabled, Topology};
@@ -14,7 +14,7 @@ use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_
 fn proxier(flavour: Flavour) -> impl FnMut(&ProxierConfig, &Topology) -> IptablesProxier<IptablesCli> {
     move |config, topo| {
         let kernel = IptablesCli::new(flavour, Some(topo.node.name()));
-        IptablesProxier::new(fx::NODE_NAME, config.clone(), kernel, IptablesOptions::default()).expect("valid config")
+        IptablesDataplane::proxier(fx::NODE_NAME, config.clone(), kernel, IptablesOptions::default()).expect("valid config")
     }
 }
 

@@ -9,7 +9,7 @@ use kproxy_backend_iptables::fake::FakeIptables;
 use kproxy_backend_iptables::kernel::{Digests, Kernel, KernelError, Listing};
 use kproxy_backend_iptables::render::Table;
 use kproxy_backend_iptables::trace::trace;
-use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{names, IptablesOptions, IptablesProxier, IptablesDataplane};
 use kproxy_oracle::{scenarios, Dataplane, Scenario};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 
@@ -54,7 +54,7 @@ fn scenario(name: &str) -> Scenario {
 }
 
 fn proxier(s: &Scenario) -> IptablesProxier<Recording> {
-    let mut p = IptablesProxier::new(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), IptablesOptions::default()).unwrap();
+    let mut p = IptablesDataplane::proxier(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), IptablesOptions::default()).unwrap();
     s.feed(&mut p);
     p
 }
@@ -200,7 +200,7 @@ async fn a_change_from_outside_is_never_folded_into_a_partial_sync() {
 #[tokio::test]
 async fn without_cheap_reads_each_periodic_sync_is_a_full_restore() {
     let s = scenario("cluster_ip");
-    let mut p = IptablesProxier::new(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording { legacy: true, ..Recording::default() }, IptablesOptions::default()).unwrap();
+    let mut p = IptablesDataplane::proxier(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording { legacy: true, ..Recording::default() }, IptablesOptions::default()).unwrap();
     s.feed(&mut p);
     p.sync(SyncRequest::default()).await.unwrap();
     replace_in(&mut p, Table::Nat, "KUBE-SERVICES", "172.30.0.41", "172.30.0.42");
@@ -216,7 +216,7 @@ async fn without_cheap_reads_each_periodic_sync_is_a_full_restore() {
 async fn nfacct_counters_are_written_as_upstream_s() {
     let s = scenario("node_port");
     let options = IptablesOptions { nfacct: true, localhost_node_ports: true, ..IptablesOptions::default() };
-    let mut p = IptablesProxier::new(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), options).unwrap();
+    let mut p = IptablesDataplane::proxier(kproxy_oracle::fixtures::NODE_NAME, s.config.clone(), Recording::default(), options).unwrap();
     s.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap();
     let filter = p.kernel().inner.save(V4, Table::Filter);

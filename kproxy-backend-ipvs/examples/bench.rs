@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_ipvs::kernel::IpvsHost;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftProxier, NftDataplane};
 use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::bench::{bench_endpoints, bench_service, load, peak_rss_kib, run_isolated, sizes_and_endpoints, summary};
@@ -40,12 +40,12 @@ async fn one_size(backend: &str, services: usize, eps: usize) {
     match backend {
         "ipvs" => {
             let kernel = IpvsHost::new(None, IptablesCli::new(Flavour::Nft, None));
-            let p = IpvsProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IpvsOptions::default()).expect("config");
+            let p = IpvsDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, IpvsOptions::default()).expect("config");
             measure(p, |p: &IpvsProxier<IpvsHost>| (p.stats().ipvs_messages, p.stats().dumped_services), backend, services, eps).await;
         }
         "nftables" => {
             let kernel = NftKernel::new().expect("netlink socket");
-            let p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, NftOptions::default()).expect("config");
+            let p = NftDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), kernel, NftOptions::default()).expect("config");
             measure(p, |_: &NftProxier<NftKernel>| (0, 0), backend, services, eps).await;
         }
         other => panic!("unknown backend {other:?} (ipvs or nftables)"),

@@ -19,7 +19,8 @@
 //!   IPVS over generic netlink.
 //! - [`fake`] and [`host`]: an in-memory IPVS table and a whole fake
 //!   kernel; `trace` (feature `trace`) walks packets through it.
-//! - [`proxier`]: [`IpvsProxier`], the `Proxier`.
+//! - [`proxier`]: [`IpvsDataplane`] and [`IpvsProxier`], core's
+//!   `StateProxier` over it.
 
 pub mod diff;
 pub mod fake;
@@ -35,4 +36,4 @@ pub mod sets;
 #[cfg(feature = "trace")]
 pub mod trace;
 
-pub use proxier::{IpvsOptions, IpvsProxier};
+pub use proxier::{IpvsDataplane, IpvsOptions, IpvsProxier};

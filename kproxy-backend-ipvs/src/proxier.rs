@@ -16,11 +16,10 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_backend_iptables::render::Chains;
 use kproxy_backend_iptables::Table;
-use kproxy_core::{Error, IpFamily, NamespacedName, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+use kproxy_core::skeleton::{Applied, Dataplane, Refresh, StateProxier};
+use kproxy_core::{Error, IpFamily, NamespacedName, ProxierConfig, ProxyState, Result, StateChanges, SyncRequest};
 
 use crate::diff::diff;
 use crate::kernel::{IpvsKernel, KernelError};
@@ -78,44 +77,45 @@ pub struct SyncStats {
 /// A configuration the backend cannot program (the same for every backend).
 pub use kproxy_core::InvalidConfig as ConfigError;
 
-/// The IPVS backend for one IP family.
+/// The IPVS backend for one IP family: a [`StateProxier`] over
+/// [`IpvsDataplane`].
+pub type IpvsProxier<K> = StateProxier<IpvsDataplane<K>>;
+
+/// The IPVS backend's own part: rendering and the kernel.
 #[derive(Debug)]
-pub struct IpvsProxier<K: IpvsKernel> {
-    state: ProxyState,
+pub struct IpvsDataplane<K: IpvsKernel> {
     config: ProxierConfig,
     options: IpvsOptions,
     kernel: K,
     chains: (Chains, Chains),
     renderer: Renderer,
-    rendered_once: bool,
     /// Whether the kernel holds what the last sync wrote.
     trusted: bool,
     started: bool,
     draining: BTreeSet<VsKey>,
-    unreported: StateChanges,
     stats: SyncStats,
 }
 
-impl<K: IpvsKernel> IpvsProxier<K> {
+impl<K: IpvsKernel + 'static> IpvsDataplane<K> {
     /// A proxier for `config.family` on node `node_name`, programming `kernel`.
-    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: IpvsOptions) -> Result<Self, ConfigError> {
+    pub fn proxier(node_name: &str, config: ProxierConfig, kernel: K, options: IpvsOptions) -> Result<IpvsProxier<K>, ConfigError> {
         config.validate()?;
-        Ok(IpvsProxier {
-            state: ProxyState::new(config.family, node_name),
+        let state = ProxyState::new(config.family, node_name);
+        Ok(StateProxier::new(state, IpvsDataplane {
             chains: render_chains(&config),
             renderer: Renderer::new(config.clone(), options.scheduler),
-            rendered_once: false,
             config,
             options,
             kernel,
             trusted: false,
             started: false,
             draining: BTreeSet::new(),
-            unreported: StateChanges::default(),
             stats: SyncStats::default(),
-        })
+        }))
     }
+}
 
+impl<K: IpvsKernel> IpvsDataplane<K> {
     /// The kernel this proxier programs (for tests and tools).
     pub fn kernel(&self) -> &K {
         &self.kernel
@@ -124,11 +124,6 @@ impl<K: IpvsKernel> IpvsProxier<K> {
     /// Mutable access to the kernel (for tests that simulate drift).
     pub fn kernel_mut(&mut self) -> &mut K {
         &mut self.kernel
-    }
-
-    /// The proxy state (for tests and tools).
-    pub fn state(&self) -> &ProxyState {
-        &self.state
     }
 
     /// The desired IPVS side, as last rendered.
@@ -175,7 +170,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         self.family().contains(key.addr) && !self.options.exclude_cidrs.iter().any(|n| n.contains(&key.addr))
     }
 
-    async fn apply(&mut self, full: bool, journal: Journal) -> Result<SyncStats, KernelError> {
+    async fn write(&mut self, full: bool, journal: Journal) -> Result<SyncStats, KernelError> {
         let mut stats = SyncStats::default();
         if !self.started {
             self.start().await?;
@@ -259,49 +254,27 @@ fn kernel_error(e: KernelError) -> Error {
 }
 
 #[async_trait]
-impl<K: IpvsKernel + 'static> Proxier for IpvsProxier<K> {
+impl<K: IpvsKernel + 'static> Dataplane for IpvsDataplane<K> {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
-        self.state.on_service(previous, current)
-    }
-
-    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
-        self.state.on_endpoint_slice(slice, removed)
-    }
-
-    fn on_node_update(&mut self, node: &Node) -> bool {
-        self.state.on_node(node)
-    }
-
-    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
-        let mut changes = std::mem::take(&mut self.unreported);
-        changes.absorb(self.state.apply());
-        if changes.node_changed || !self.rendered_once {
-            self.renderer.refresh_all(&self.state);
-            self.rendered_once = true;
-        } else {
-            let changed: BTreeSet<NamespacedName> = changes.updated_services().into_iter().cloned().collect();
-            self.renderer.refresh(&self.state, &changed);
+    async fn apply(&mut self, state: &ProxyState, changes: &StateChanges, refresh: Refresh, request: SyncRequest) -> Result<Applied> {
+        match refresh {
+            Refresh::All => self.renderer.refresh_all(state),
+            Refresh::Services(services) => {
+                let changed: BTreeSet<NamespacedName> = services.into_iter().collect();
+                self.renderer.refresh(state, &changed);
+            }
         }
         let journal = self.renderer.take_journal();
         let full = request.full || !self.trusted || changes.node_changed;
         // If a step fails, the kernel may hold part of this sync: the next
         // one looks at everything.
         self.trusted = false;
-        match self.apply(full, journal).await {
-            Ok(stats) => {
-                self.trusted = true;
-                self.stats = stats;
-                Ok(self.state.report(full, changes, self.renderer.no_local_endpoints()))
-            }
-            Err(e) => {
-                self.unreported = changes;
-                Err(kernel_error(e))
-            }
-        }
+        self.stats = self.write(full, journal).await.map_err(kernel_error)?;
+        self.trusted = true;
+        Ok(Applied { full, no_local_endpoints: self.renderer.no_local_endpoints(), ..Applied::default() })
     }
 
     async fn cleanup(&mut self) -> Result<()> {

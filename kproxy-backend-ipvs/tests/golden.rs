@@ -6,14 +6,14 @@
 //! intended.
 
 use kproxy_backend_ipvs::host::FakeHost;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsDataplane};
 use kproxy_oracle::{fixtures as fx, scenarios};
 use kproxy_core::{Proxier, SyncRequest};
 use kproxy_testkit::check_golden;
 
 async fn check(name: &str) {
     let scenario = scenarios::all().into_iter().find(|s| s.name == name).expect("scenario exists");
-    let mut p = IpvsProxier::new(fx::NODE_NAME, scenario.config.clone(), FakeHost::new(), IpvsOptions::default()).unwrap();
+    let mut p = IpvsDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), FakeHost::new(), IpvsOptions::default()).unwrap();
     scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap();
     let text = p.kernel().dump(scenario.family);

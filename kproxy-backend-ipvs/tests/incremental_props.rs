@@ -10,14 +10,14 @@
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::render::{no_local_endpoints, render_ipvs};
 use kproxy_backend_ipvs::rules::render_sets;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_oracle::fixtures as fx;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
 use kproxy_testkit::events::{sharing_event, replay, step_proxier, World};
 use proptest::prelude::*;
 
 fn proxier() -> IpvsProxier<FakeHost> {
-    let mut p = IpvsProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), FakeHost::new(), IpvsOptions::default()).unwrap();
+    let mut p = IpvsDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), FakeHost::new(), IpvsOptions::default()).unwrap();
     p.on_node_update(&fx::node());
     p
 }

@@ -12,7 +12,7 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_ipvs::model::{Op, RsKey, VsKey};
 use kproxy_backend_ipvs::netlink::IpvsSocket;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_oracle::fixtures::{self as fx, slice, EndpointState::Ready};
 use kproxy_oracle::{scenarios, Dataplane, Scenario, Verdict};
 use kproxy_core::{Protocol, Proxier, SyncRequest};
@@ -23,7 +23,7 @@ const PARTIAL: SyncRequest = SyncRequest { full: false };
 fn proxier(topo: &Topology, s: &Scenario) -> IpvsProxier<IpvsHost> {
     let ns = topo.node.name();
     let kernel = IpvsHost::new(Some(ns), IptablesCli::new(Flavour::Legacy, Some(ns)));
-    IpvsProxier::new(fx::NODE_NAME, s.config.clone(), kernel, IpvsOptions::default()).expect("valid config")
+    IpvsDataplane::proxier(fx::NODE_NAME, s.config.clone(), kernel, IpvsOptions::default()).expect("valid config")
 }
 
 fn scenario(name: &str) -> Scenario {

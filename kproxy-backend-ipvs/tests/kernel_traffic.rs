@@ -6,7 +6,7 @@
 
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_ipvs::kernel::IpvsHost;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_oracle::{fixtures as fx, Dataplane};
 use kproxy_core::ProxierConfig;
 use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_enabled, Topology};
@@ -15,7 +15,7 @@ use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_
 fn proxier(config: &ProxierConfig, topo: &Topology) -> IpvsProxier<IpvsHost> {
     let ns = topo.node.name();
     let kernel = IpvsHost::new(Some(ns), IptablesCli::new(Flavour::Nft, Some(ns)));
-    IpvsProxier::new(fx::NODE_NAME, config.clone(), kernel, IpvsOptions::default()).expect("valid config")
+    IpvsDataplane::proxier(fx::NODE_NAME, config.clone(), kernel, IpvsOptions::default()).expect("valid config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::model::{Op, RealServer, RsKey, VirtualServer, VsKey};
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState::Ready};
 use kproxy_core::{IpFamily, Protocol, Proxier, SyncRequest};
 
@@ -21,7 +21,7 @@ fn rs(addr: &str, port: u16) -> RsKey {
 }
 
 fn proxier(options: IpvsOptions) -> IpvsProxier<FakeHost> {
-    let mut p = IpvsProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), FakeHost::new(), options).unwrap();
+    let mut p = IpvsDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), FakeHost::new(), options).unwrap();
     p.on_node_update(&fx::node());
     p
 }

@@ -6,7 +6,7 @@
 
 use kproxy_backend_ipvs::host::FakeHost;
 use kproxy_backend_ipvs::trace::trace;
-use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier};
+use kproxy_backend_ipvs::{IpvsOptions, IpvsProxier, IpvsDataplane};
 use kproxy_oracle::{evaluate_for, fixtures as fx, scenarios, Dataplane, Scenario};
 use kproxy_core::{Proxier, SyncRequest};
 
@@ -30,7 +30,7 @@ fn check_with(scenario: &Scenario, host: &FakeHost, trace_config: &kproxy_core::
 }
 
 fn proxier(scenario: &Scenario) -> IpvsProxier<FakeHost> {
-    IpvsProxier::new(fx::NODE_NAME, scenario.config.clone(), FakeHost::new(), IpvsOptions::default()).expect("valid config")
+    IpvsDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), FakeHost::new(), IpvsOptions::default()).expect("valid config")
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::transaction::Transaction;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftDataplane};
 use kproxy_oracle::fixtures as fx;
 use kproxy_testkit::bench::{change_rounds, load, peak_rss_kib, rss_kib, run_isolated, sizes_and_endpoints, summary, Changes};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
@@ -32,7 +32,7 @@ fn stage(name: &str) {
 }
 
 async fn one_size(services: usize, eps: usize) {
-    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
     load(&mut p, services, eps);
     stage("objects handled");
     let start = Instant::now();

@@ -7,7 +7,7 @@
 //! (built by `cargo build -p kproxy-backend-nft --example kproxy-nft-scenario`).
 
 use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftDataplane};
 use kproxy_oracle::{fixtures as fx, scenarios};
 use kproxy_core::{Proxier, SyncRequest};
 
@@ -18,7 +18,7 @@ async fn main() {
         eprintln!("kproxy-nft-scenario: unknown scenario {name:?}");
         std::process::exit(2);
     };
-    let mut proxier = match NftProxier::new(fx::NODE_NAME, scenario.config.clone(), NftKernel::new().expect("netlink socket"), NftOptions::default()) {
+    let mut proxier = match NftDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), NftKernel::new().expect("netlink socket"), NftOptions::default()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("kproxy-nft-scenario: {e}");

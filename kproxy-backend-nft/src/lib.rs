@@ -1,7 +1,8 @@
 //! # kproxy-backend-nft
 //!
-//! kproxy's nftables dataplane. It implements [`kproxy_core::Proxier`] as
-//! [`NftProxier`].
+//! kproxy's nftables dataplane. [`NftDataplane`] renders and programs the
+//! kernel; [`NftProxier`], core's `StateProxier` over it, is the
+//! [`kproxy_core::Proxier`] (built with [`NftDataplane::proxier`]).
 //!
 //! - [`render`] turns the desired state into a typed [`model::Ruleset`]:
 //!   pure and deterministic.
@@ -24,11 +25,11 @@
 //!   the typed model, for `kproxy trace` on the kernel's own rules.
 //!
 //! ```no_run
-//! use kproxy_backend_nft::{kernel::NftKernel, NftOptions, NftProxier};
+//! use kproxy_backend_nft::{kernel::NftKernel, NftDataplane, NftOptions};
 //! use kproxy_core::{IpFamily, ProxierConfig};
 //!
 //! let kernel = NftKernel::new().expect("a netlink socket (needs CAP_NET_ADMIN)");
-//! let proxier = NftProxier::new("node-a", ProxierConfig::new(IpFamily::V4), kernel, NftOptions::default());
+//! let proxier = NftDataplane::proxier("node-a", ProxierConfig::new(IpFamily::V4), kernel, NftOptions::default());
 //! assert!(proxier.is_ok());
 //! ```
 
@@ -44,5 +45,5 @@ pub mod text;
 pub mod trace;
 pub mod transaction;
 
-pub use proxier::{ConfigError, NftOptions, NftProxier};
+pub use proxier::{ConfigError, NftDataplane, NftOptions, NftProxier};
 pub use render::{render, Journal, Rendered, Renderer, Structure};

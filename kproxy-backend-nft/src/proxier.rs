@@ -9,10 +9,8 @@
 //! never without rules, and the kernel is never held for one giant commit.
 
 use async_trait::async_trait;
-use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_core::{Error, IpFamily, Protocol, Proxier, ProxierConfig, ProxyState, Result, StateChanges, SyncReport, SyncRequest};
+use kproxy_core::skeleton::{Applied, Dataplane, Refresh, StateProxier};
+use kproxy_core::{Error, IpFamily, Protocol, ProxierConfig, ProxyState, Result, StateChanges, SyncRequest};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -69,21 +67,19 @@ fn key_half(key: &Key) -> u32 {
     (crate::kernel::elements_digest([(key, None)]).1 & 1) as u32
 }
 
-/// The nftables backend for one IP family.
+/// The nftables backend for one IP family: a [`StateProxier`] over
+/// [`NftDataplane`].
+pub type NftProxier<K> = StateProxier<NftDataplane<K>>;
+
+/// The nftables backend's own part: rendering and the kernel.
 #[derive(Debug)]
-pub struct NftProxier<K: Kernel> {
-    state: ProxyState,
+pub struct NftDataplane<K: Kernel> {
     config: ProxierConfig,
     renderer: Renderer,
     kernel: K,
     options: NftOptions,
     committed: Option<Committed>,
     full_syncs: u32,
-    /// Whether the renderer has seen the whole state once.
-    rendered_once: bool,
-    /// Changes applied by syncs that failed, handed out with the next
-    /// successful sync so conntrack cleanup is not lost.
-    unreported: StateChanges,
     /// The affinity map may hold entries (some Service had affinity, or
     /// the table predates this process).
     affinity_entries_may_exist: bool,
@@ -92,25 +88,25 @@ pub struct NftProxier<K: Kernel> {
 /// A configuration the backend cannot program (the same for every backend).
 pub use kproxy_core::InvalidConfig as ConfigError;
 
-impl<K: Kernel> NftProxier<K> {
+impl<K: Kernel + 'static> NftDataplane<K> {
     /// A proxier for `config.family` on node `node_name`, programming
     /// `kernel`.
-    pub fn new(node_name: &str, config: ProxierConfig, kernel: K, options: NftOptions) -> Result<Self, ConfigError> {
+    pub fn proxier(node_name: &str, config: ProxierConfig, kernel: K, options: NftOptions) -> Result<NftProxier<K>, ConfigError> {
         config.validate()?;
-        Ok(NftProxier {
-            state: ProxyState::new(config.family, node_name),
+        let dataplane = NftDataplane {
             renderer: Renderer::new(config.clone()),
-            config,
             kernel,
             options,
             committed: None,
             full_syncs: 0,
-            rendered_once: false,
-            unreported: StateChanges::default(),
             affinity_entries_may_exist: true,
-        })
+            config,
+        };
+        Ok(StateProxier::new(ProxyState::new(dataplane.config.family, node_name), dataplane))
     }
+}
 
+impl<K: Kernel> NftDataplane<K> {
     /// The kernel this proxier programs (for tests and tools).
     pub fn kernel(&self) -> &K {
         &self.kernel
@@ -131,18 +127,13 @@ impl<K: Kernel> NftProxier<K> {
         self.renderer.ruleset()
     }
 
-    /// The proxy state (for tests and tools).
-    pub fn state(&self) -> &ProxyState {
-        &self.state
-    }
-
     fn family(&self) -> IpFamily {
         self.config.family
     }
 
     /// Whether this sync must rebuild: no trusted table, the periodic
     /// forced rebuild, or (on a full sync) a kernel table that differs from
-    /// what was committed ([`NftProxier::drift`]).
+    /// what was committed (`structure_drift`).
     async fn needs_rebuild(&mut self, request: SyncRequest) -> Result<bool, KernelError> {
         let Some(committed) = &self.committed else { return Ok(true) };
         if !request.full {
@@ -408,52 +399,23 @@ fn kernel_error(e: KernelError) -> Error {
 }
 
 #[async_trait]
-impl<K: Kernel + 'static> Proxier for NftProxier<K> {
+impl<K: Kernel + 'static> Dataplane for NftDataplane<K> {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    fn on_service_update(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
-        self.state.on_service(previous, current)
-    }
-
-    fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
-        self.state.on_endpoint_slice(slice, removed)
-    }
-
-    fn on_node_update(&mut self, node: &Node) -> bool {
-        self.state.on_node(node)
-    }
-
-    fn on_service_cidrs_update(&mut self, cidrs: &[IpNet]) -> bool {
-        self.state.on_service_cidrs(cidrs)
-    }
-
-    async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
-        let mut changes = std::mem::take(&mut self.unreported);
-        changes.absorb(self.state.apply());
-        if changes.node_changed || !self.rendered_once {
-            self.renderer.refresh_all(&self.state);
-            self.rendered_once = true;
-        } else {
-            let services: Vec<_> = changes.updated_services().into_iter().cloned().collect();
-            self.renderer.refresh(&self.state, services.iter());
+    async fn apply(&mut self, state: &ProxyState, changes: &StateChanges, refresh: Refresh, request: SyncRequest) -> Result<Applied> {
+        match refresh {
+            Refresh::All => self.renderer.refresh_all(state),
+            Refresh::Services(services) => self.renderer.refresh(state, services.iter()),
         }
-        let result = self.apply_changes(request).await;
-        if result.is_ok() && !changes.updated_services().is_empty() {
+        let rebuilt = self.apply_changes(request).await.map_err(kernel_error)?;
+        if !changes.updated_services().is_empty() {
             if let Err(e) = self.forget_stale_affinity().await {
                 tracing::warn!(error = %e, "could not clean up affinity entries; they will expire on their own");
             }
         }
-        match result {
-            Ok(rebuilt) => {
-                Ok(self.state.report(request.full || rebuilt, changes, self.renderer.no_local_endpoints()))
-            }
-            Err(e) => {
-                self.unreported = changes;
-                Err(kernel_error(e))
-            }
-        }
+        Ok(Applied { full: rebuilt, no_local_endpoints: self.renderer.no_local_endpoints(), ..Applied::default() })
     }
 
     async fn cleanup(&mut self) -> Result<()> {

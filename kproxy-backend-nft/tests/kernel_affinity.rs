@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use kproxy_backend_nft::kernel::{Kernel, NftKernel};
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftDataplane};
 use kproxy_oracle::fixtures::{self as fx, slice, EndpointState};
 use kproxy_oracle::{scenarios, Origin, Packet};
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
@@ -29,7 +29,7 @@ async fn affinity_follows_endpoint_removal() {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
     let topo = Topology::build(&scenario).unwrap();
     let kernel = NftKernel::in_netns(topo.node.name()).unwrap();
-    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
     scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap();
 
@@ -64,7 +64,7 @@ async fn affinity_switched_off_balances_at_once() {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
     let topo = Topology::build(&scenario).unwrap();
     let kernel = NftKernel::in_netns(topo.node.name()).unwrap();
-    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), kernel, NftOptions::default()).unwrap();
     scenario.feed(&mut p);
     // A second ClientIP Service on the same pods keeps the affinity rules.
     let other = fx::service("ns1", "sticky", &["172.30.0.59"]).port("p80", 80, "TCP", 0).affinity(3600).build();

@@ -4,7 +4,7 @@
 //! policy. Each is checked with real traffic before and after. Needs root.
 
 use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftDataplane};
 use kproxy_oracle::fixtures as fx;
 use kproxy_oracle::scenarios;
 use kproxy_core::{Proxier, SyncRequest};
@@ -27,7 +27,7 @@ async fn a_full_sync_repairs_damage_that_keeps_the_outline() {
     let kernel = NftKernel::in_netns(topo.node.name()).unwrap();
     // No forced periodic rebuild: only the drift check may repair.
     let options = NftOptions { rebuild_every_full_syncs: 0, ..NftOptions::default() };
-    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), kernel, options).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), kernel, options).unwrap();
     scenario.feed(&mut p);
     p.sync(SyncRequest { full: true }).await.unwrap();
     let check = || tokio::task::block_in_place(|| check_scenario(&topo, &scenario));

@@ -4,7 +4,7 @@
 //! run in CI). `KPROXY_SCENARIO=name` runs one scenario only.
 
 use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftProxier, NftDataplane};
 use kproxy_oracle::{fixtures as fx, Dataplane};
 use kproxy_core::ProxierConfig;
 use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_enabled, Topology};
@@ -12,7 +12,7 @@ use kproxy_testkit::{check_every_scenario, check_every_transition, kernel_tests_
 /// A proxier programming the topology's node.
 fn proxier(config: &ProxierConfig, topo: &Topology) -> NftProxier<NftKernel> {
     let kernel = NftKernel::in_netns(topo.node.name()).expect("netlink socket in the node namespace");
-    NftProxier::new(fx::NODE_NAME, config.clone(), kernel, NftOptions::default()).expect("valid config")
+    NftDataplane::proxier(fx::NODE_NAME, config.clone(), kernel, NftOptions::default()).expect("valid config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

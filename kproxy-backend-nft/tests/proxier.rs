@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use kproxy_backend_nft::model::Key;
 use kproxy_backend_nft::transaction::{Op, Transaction};
-use kproxy_backend_nft::{names, render, NftOptions, NftProxier};
+use kproxy_backend_nft::{names, render, NftOptions, NftProxier, NftDataplane};
 use kproxy_oracle::fixtures::{self as fx, service, slice, EndpointState};
 use kproxy_oracle::scenarios;
 use kproxy_core::{IpFamily, Proxier, SyncRequest};
@@ -49,7 +49,7 @@ impl Kernel for Flaky {
 /// A proxier loaded with every object of the shared `node_port` and
 /// `session_affinity` scenarios.
 fn loaded<K: Kernel + 'static>(kernel: K, chunk: usize) -> NftProxier<K> {
-    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), kernel, options(chunk)).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, fx::config(V4), kernel, options(chunk)).unwrap();
     p.on_node_update(&fx::node());
     for s in scenarios::all().into_iter().filter(|s| s.name == "node_port" || s.name == "session_affinity") {
         for svc in &s.services {
@@ -187,7 +187,7 @@ async fn cleanup_removes_every_kproxy_table() {
 
 #[tokio::test]
 async fn two_services_claiming_one_nodeport_do_not_break_the_table() {
-    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(1000)).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(1000)).unwrap();
     let a = service("ns", "a", &["172.30.1.1"]).type_("NodePort").port("p", 80, "TCP", 30500).build();
     let b = service("ns", "b", &["172.30.1.2"]).type_("NodePort").port("p", 80, "TCP", 30500).build();
     for (name, svc) in [("a", &a), ("b", &b)] {
@@ -206,14 +206,14 @@ fn hostile_interface_names_are_refused() {
     for bad in ["", "has space", "quote\"d", "sixteen-chars-xx", "semi;colon"] {
         let mut config = fx::config(V4);
         config.local_detector = kproxy_core::LocalDetector::BridgeInterface(bad.into());
-        assert!(NftProxier::new("n", config, FakeKernel::new(), NftOptions::default()).is_err(), "{bad:?}");
+        assert!(NftDataplane::proxier("n", config, FakeKernel::new(), NftOptions::default()).is_err(), "{bad:?}");
     }
 }
 
 #[tokio::test]
 async fn affinity_to_a_removed_endpoint_is_forgotten() {
     let scenario = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
-    let mut p = NftProxier::new(fx::NODE_NAME, scenario.config.clone(), FakeKernel::new(), options(1000)).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, scenario.config.clone(), FakeKernel::new(), options(1000)).unwrap();
     scenario.feed(&mut p);
     p.sync(SyncRequest::default()).await.unwrap();
     let vip: IpAddr = "172.30.0.50".parse().unwrap();
@@ -243,7 +243,7 @@ fn fate(p: &NftProxier<FakeKernel>, dst: &str) -> kproxy_oracle::Verdict {
 async fn service_cidrs_follow_their_objects_and_the_services_in_them() {
     use kproxy_oracle::Verdict;
     let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
-    let mut p = NftProxier::new(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(100)).unwrap();
+    let mut p = NftDataplane::proxier(fx::NODE_NAME, fx::config(V4), FakeKernel::new(), options(100)).unwrap();
     p.on_node_update(&fx::node());
     assert!(p.on_service_cidrs_update(&[net("172.30.0.0/16"), net("fd00:172:30::/112")]), "a change is pending");
     p.sync(full()).await.unwrap();

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use anyhow::Result;
-use kproxy_backend_iptables::{IptablesOptions, IptablesProxier};
+use kproxy_backend_iptables::{IptablesOptions, IptablesProxier, IptablesDataplane};
 use kproxy_backend_ipvs::kernel::IpvsKernel;
-use kproxy_backend_ipvs::IpvsProxier;
+use kproxy_backend_ipvs::{IpvsDataplane, IpvsProxier};
 use kproxy_backend_nft::kernel::Kernel;
-use kproxy_backend_nft::{NftOptions, NftProxier};
+use kproxy_backend_nft::{NftOptions, NftProxier, NftDataplane};
 use kproxy_core::{IpFamily, NodeInfo};
 
 use crate::settings::{Mode, Settings};
@@ -22,17 +22,17 @@ pub(crate) fn iptables_proxier<K: kproxy_backend_iptables::kernel::Kernel + 'sta
         tcp_be_liberal: settings.conntrack.tcp_be_liberal || host.tcp_be_liberal,
         ..IptablesOptions::default()
     };
-    Ok(IptablesProxier::new(&settings.node_name, host.config(settings, family), kernel, options)?)
+    Ok(IptablesDataplane::proxier(&settings.node_name, host.config(settings, family), kernel, options)?)
 }
 
 /// The IPVS proxier for `family`.
 pub(crate) fn ipvs_proxier<K: IpvsKernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<IpvsProxier<K>> {
-    Ok(IpvsProxier::new(&settings.node_name, host.config(settings, family), kernel, settings.ipvs.clone())?)
+    Ok(IpvsDataplane::proxier(&settings.node_name, host.config(settings, family), kernel, settings.ipvs.clone())?)
 }
 
 /// The nftables proxier for `family`.
 pub(crate) fn nft_proxier<K: Kernel + 'static>(settings: &Settings, family: IpFamily, host: &Host, kernel: K) -> Result<NftProxier<K>> {
-    Ok(NftProxier::new(&settings.node_name, host.config(settings, family), kernel, NftOptions::default())?)
+    Ok(NftDataplane::proxier(&settings.node_name, host.config(settings, family), kernel, NftOptions::default())?)
 }
 
 /// The node a proxier runs on: its Node object and its interfaces'

@@ -10,7 +10,9 @@
 //! - endpoint selection: traffic policies, terminating fallback and topology
 //!   hints ([`select_endpoints`]);
 //! - which conntrack entries a sync left stale ([`conntrack`]);
-//! - the [`Proxier`] contract and the bounded-frequency [`runner`].
+//! - the [`Proxier`] contract, the one skeleton every backend uses
+//!   ([`skeleton::StateProxier`] over a [`skeleton::Dataplane`]), and the
+//!   bounded-frequency [`runner`].
 //!
 //! The behaviour oracle, the scenarios every backend must pass and the
 //! API object fixtures are test equipment, in the `kproxy-oracle` crate.
@@ -28,6 +30,7 @@ mod proxier;
 pub mod runner;
 mod selection;
 mod service_map;
+pub mod skeleton;
 mod state;
 pub mod tracker;
 mod vec_map;

@@ -98,35 +98,35 @@ pub struct NoLocalEndpoints {
 /// Handlers record a change and return whether anything is now pending;
 /// they never touch the kernel and never schedule a sync. The
 /// [`SyncRunner`](crate::runner::SyncRunner) decides when to call
-/// [`Proxier::sync`]. Most backends embed a [`ProxyState`](crate::ProxyState)
-/// and forward the handlers to it.
+/// [`Proxier::sync`].
+///
+/// Write a backend as a [`Dataplane`](crate::skeleton::Dataplane) and wrap
+/// it in a [`StateProxier`](crate::skeleton::StateProxier), as kproxy's
+/// three backends do: the skeleton forwards the handlers to a
+/// [`ProxyState`](crate::ProxyState), carries a failed sync's changes
+/// over, and fills every [`SyncReport`] with the health checks and the
+/// conntrack cleanup, which a hand-written `Proxier` can forget:
 ///
 /// ```no_run
 /// use async_trait::async_trait;
-/// use k8s_openapi::api::core::v1::{Node, Service};
-/// use k8s_openapi::api::discovery::v1::EndpointSlice;
-/// use kproxy_core::{IpFamily, Proxier, ProxyState, Result, SyncReport, SyncRequest};
+/// use kproxy_core::skeleton::{Applied, Dataplane, Refresh, StateProxier};
+/// use kproxy_core::{IpFamily, Proxier, ProxyState, Result, StateChanges, SyncRequest};
 ///
-/// struct Printer(ProxyState);
+/// struct Printer;
 ///
 /// #[async_trait]
-/// impl Proxier for Printer {
+/// impl Dataplane for Printer {
 ///     fn backend(&self) -> &'static str { "printer" }
-///     fn on_service_update(&mut self, old: Option<&Service>, new: Option<&Service>) -> bool {
-///         self.0.on_service(old, new)
-///     }
-///     fn on_endpoint_slice_update(&mut self, slice: &EndpointSlice, removed: bool) -> bool {
-///         self.0.on_endpoint_slice(slice, removed)
-///     }
-///     fn on_node_update(&mut self, node: &Node) -> bool { self.0.on_node(node) }
-///     async fn sync(&mut self, request: SyncRequest) -> Result<SyncReport> {
-///         let changes = self.0.apply();
-///         println!("{} service ports", self.0.services().len());
-///         Ok(SyncReport::new(request.full, changes))
+///     async fn apply(&mut self, state: &ProxyState, _: &StateChanges, _: Refresh, _: SyncRequest) -> Result<Applied> {
+///         println!("{} service ports", state.services().len());
+///         Ok(Applied::default())
 ///     }
 ///     async fn cleanup(&mut self) -> Result<()> { Ok(()) }
 /// }
-/// let _ = Printer(ProxyState::new(IpFamily::V4, "node-a"));
+/// fn proxier() -> impl Proxier {
+///     StateProxier::new(ProxyState::new(IpFamily::V4, "node-a"), Printer)
+/// }
+/// let _ = proxier();
 /// ```
 #[async_trait]
 pub trait Proxier: Send {
