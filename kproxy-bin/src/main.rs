@@ -21,14 +21,12 @@ mod proxy;
 mod readme_check;
 mod run;
 mod servers;
-mod service_cidrs;
 mod settings;
 mod standalone;
 mod sysctls;
 mod takeover;
 mod trace_cmd;
 mod watch;
-mod watched;
 
 use std::process::ExitCode;
 

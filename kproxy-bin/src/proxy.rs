@@ -19,22 +19,7 @@ use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
 
-/// Labels that keep an object away from this proxy, as upstream's
-/// informers select: Services another proxy implements
-/// (`service.kubernetes.io/service-proxy-name`) and headless Services'
-/// objects (`service.kubernetes.io/headless`).
-pub const IGNORED_LABELS: [&str; 2] = ["service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless"];
-
-/// The label selector for the API watchers (both labels absent).
-pub fn label_selector() -> String {
-    IGNORED_LABELS.map(|l| format!("!{l}")).join(",")
-}
-
-/// Whether an object with `labels` is this proxy's (the selector, applied
-/// locally, for standalone mode).
-pub fn is_proxied(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
-    labels.is_none_or(|l| IGNORED_LABELS.iter().all(|k| !l.contains_key(*k)))
-}
+pub use kproxy_agent::selector::is_proxied;
 
 /// Where the health-check NodePorts listen: on the NodePort addresses,
 /// or on every address when a family serves NodePorts on all of them (as

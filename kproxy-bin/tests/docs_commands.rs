@@ -72,6 +72,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("bash scripts/demo.sh", "scripts/test.sh runs the demo and checks every answer"),
     ("bash scripts/test.sh", ".ci/run runs it"),
     ("cargo build -p kproxy-bin", "every cargo test builds it"),
+    ("cargo build -p kproxy-examples --example embed_agent", "cargo test builds every example; it needs a cluster to run, and kproxy-e2e/tests/agent_in_process.rs runs the same pieces in process against a real API server"),
     ("cargo build --release -p kproxy-bin", "a benchmark's build (BENCHMARKS.md)"),
     ("cargo run --release ", "a benchmark, run by hand; results in BENCHMARKS.md"),
     ("cargo build --release -p kproxy-backend-ipvs --example kproxy-ipvs-bench", "the IPVS benchmark's build (BENCHMARKS.md)"),

@@ -2,6 +2,7 @@
 
 use super::*;
 use kproxy_oracle::fixtures::service;
+use kube::ResourceExt;
 
 fn svc(name: &str, rv: &str) -> Service {
     let mut s = service("ns", name, &["172.30.0.1"]).port("p", 80, "TCP", 0).build();
@@ -88,11 +89,6 @@ fn changes_become_runner_updates() {
     assert!(matches!(service_update(Change::Delete(svc("a", "2").into())), Update::Service { previous: Some(_), current: None }));
     assert!(matches!(service_update(Change::Synced), Update::ServicesSynced));
     assert!(matches!(slice_update(Change::Synced), Update::EndpointSlicesSynced));
-}
-
-#[test]
-fn the_label_selector_is_upstreams() {
-    assert_eq!(label_selector(), "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless");
 }
 
 #[test]

@@ -1,0 +1,38 @@
+//! Embedding kproxy in your own program (a CNI or node agent): the API
+//! server through kproxy-agent's kube source, kproxy's sync runner, and
+//! the nftables backend for this node's IPv4 Services. NodePorts are
+//! served on the Node's own addresses; the pod CIDRs tell local pods.
+//!
+//! Build it with `cargo build -p kproxy-examples --example embed_agent`;
+//! run it as root on a node, with a kubeconfig (`$KUBECONFIG`, or the
+//! in-cluster account): `target/debug/examples/embed_agent NODE_NAME`.
+
+use kproxy_agent::kube_source;
+use kproxy_backend_nft::kernel::NftKernel;
+use kproxy_backend_nft::{NftDataplane, NftOptions};
+use kproxy_core::runner::{RunnerConfig, SyncRunner};
+use kproxy_core::{convert, IpFamily, LocalDetector, Proxier, ProxierConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let node_name = std::env::args().nth(1).ok_or("usage: embed_agent NODE_NAME")?;
+    let client = kube::Client::try_default().await?;
+    let node = kube_source::fetch_node(&client, &node_name, 30).await.ok_or("no Node object for this node")?;
+    let node = convert::node_info(&node);
+
+    let mut config = ProxierConfig::new(IpFamily::V4);
+    config.node_ips = node.ips.iter().copied().filter(|ip| ip.is_ipv4()).collect();
+    config.node_port_ips = config.node_ips.clone();
+    config.local_detector = LocalDetector::ClusterCidr(node.pod_cidrs.iter().copied().filter(|c| c.addr().is_ipv4()).collect());
+    let mut proxier = NftDataplane::proxier(&node_name, config, NftKernel::new()?, NftOptions::default())?;
+
+    let runner = SyncRunner::new(RunnerConfig::default())?;
+    let updates = kube_source::updates(client, &node_name);
+    tokio::select! {
+        done = runner.run_stream(&mut proxier, updates, |sync| println!("synced in {:?} (full: {})", sync.duration, sync.full)) => done?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Leave nothing behind when this program stops.
+    proxier.cleanup().await?;
+    Ok(())
+}
