@@ -1,6 +1,7 @@
 //! Embedding kproxy in your own program (a CNI or node agent): the API
-//! server through kproxy-agent's kube source, kproxy's sync runner, and
-//! the nftables backend for this node's IPv4 Services. NodePorts are
+//! server through kproxy-agent's kube source, kproxy's sync runner, the
+//! nftables backend for this node's IPv4 Services, and the agent's
+//! observer for the conntrack cleanup after each sync. NodePorts are
 //! served on the Node's own addresses; the pod CIDRs tell local pods.
 //!
 //! Build it with `cargo build -p kproxy-examples --example embed_agent`;
@@ -8,9 +9,10 @@
 //! in-cluster account): `target/debug/examples/embed_agent NODE_NAME`.
 
 use kproxy_agent::kube_source;
+use kproxy_agent::observer::SyncObserver;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftDataplane, NftOptions};
-use kproxy_core::runner::{RunnerConfig, SyncRunner};
+use kproxy_core::runner::{RunnerConfig, SyncEvent, SyncRunner};
 use kproxy_core::{convert, IpFamily, LocalDetector, Proxier, ProxierConfig};
 
 #[tokio::main]
@@ -28,8 +30,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let runner = SyncRunner::new(RunnerConfig::default())?;
     let updates = kube_source::updates(client, &node_name);
+    let mut observer = SyncObserver::new(IpFamily::V4, ());
+    let observe = |sync: &SyncEvent<'_>| {
+        observer.observe(sync);
+        println!("synced in {:?} (full: {})", sync.duration, sync.full);
+    };
     tokio::select! {
-        done = runner.run_stream(&mut proxier, updates, |sync| println!("synced in {:?} (full: {})", sync.duration, sync.full)) => done?,
+        done = runner.run_stream(&mut proxier, updates, observe) => done?,
         _ = tokio::signal::ctrl_c() => {}
     }
     // Leave nothing behind when this program stops.

@@ -7,6 +7,8 @@
 //!   for a [`SyncRunner`](kproxy_core::runner::SyncRunner): kube watchers
 //!   on Services and EndpointSlices with upstream's label selector, this
 //!   node's Node and the ServiceCIDRs, relisting after any failure;
+//! - [`observer`]: what follows each sync: the conntrack cleanup the
+//!   report asks for, and the embedder's hooks (metrics, health checks);
 //! - [`selector`]: which objects are this proxy's, from core's label
 //!   constants;
 //! - [`service_cidrs`]: ServiceCIDR objects as the one list of ranges the
@@ -14,9 +16,9 @@
 //!
 //! The `kproxy` binary is built on it. The rest of what the binary runs
 //! between the API server and the runner (the per-family fan-out, the
-//! conntrack cleanup after a sync, the health servers) is to move here
-//! next (issue 17).
+//! health servers, settings resolution) is to move here next (issue 17).
 
 pub mod kube_source;
+pub mod observer;
 pub mod selector;
 pub mod service_cidrs;

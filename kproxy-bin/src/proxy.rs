@@ -14,7 +14,8 @@ use kproxy_core::{IpFamily, Proxier};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::observer::SyncObserver;
+use crate::observer::Hooks;
+use kproxy_agent::observer::SyncObserver;
 use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
@@ -116,7 +117,7 @@ impl Proxy {
         }
         let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared), health_check_addresses(settings, node, families)));
         for (family, mut proxier, runner, rx) in runners {
-            let mut observer = SyncObserver::new(family, Arc::clone(&metrics), Arc::clone(&health_checks));
+            let mut observer = SyncObserver::new(family, Hooks { metrics: Arc::clone(&metrics), health_checks: Arc::clone(&health_checks) });
             tokio::spawn(async move {
                 if let Err(e) = runner.run(&mut *proxier, rx, |event| observer.observe(event)).await {
                     tracing::error!(%family, error = %e, "the sync runner stopped");

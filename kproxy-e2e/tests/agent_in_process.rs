@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use kproxy_agent::kube_source;
+use kproxy_agent::observer::SyncObserver;
 use kproxy_backend_nft::kernel::NftKernel;
 use kproxy_backend_nft::{NftDataplane, NftOptions};
-use kproxy_core::runner::{RunnerConfig, SyncRunner};
-use kproxy_core::Proxier;
+use kproxy_core::runner::{RunnerConfig, SyncEvent, SyncRunner};
+use kproxy_core::{IpFamily, Proxier};
 use kproxy_e2e::nodes::within;
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane};
 use kproxy_oracle::{fixtures as fx, scenarios, Verdict};
@@ -44,8 +45,9 @@ fn the_agent_runs_the_nftables_backend_in_process_from_the_api_server() {
             let mut proxier = NftDataplane::proxier(fx::NODE_NAME, config, kernel, NftOptions::default()).map_err(|e| e.to_string())?;
             let runner = SyncRunner::new(RunnerConfig::default()).map_err(|e| e.to_string())?;
             let updates = kube_source::updates(client, fx::NODE_NAME);
+            let mut observer = SyncObserver::new(IpFamily::V4, ());
             tokio::select! {
-                r = runner.run_stream(&mut proxier, updates, |_| {}) => r.map_err(|e| e.to_string())?,
+                r = runner.run_stream(&mut proxier, updates, |e: &SyncEvent<'_>| observer.observe(e)) => r.map_err(|e| e.to_string())?,
                 _ = stopped => {}
             }
             proxier.cleanup().await.map_err(|e| e.to_string())
