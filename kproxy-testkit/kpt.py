@@ -163,19 +163,6 @@ def watch(args):
     print("ok %d failed %d%s %s" % (ok, failed, slow_part, first), flush=True)
 
 
-def answer(src, dst, port, timeout):
-    s = socket.socket(family_of(dst), socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.bind((src, 0))
-        s.connect((dst, port))
-        return s.recv(2048).decode().split()[0]
-    except OSError:
-        return None
-    finally:
-        s.close()
-
-
 def answer_or_failure(src, dst, port, timeout):
     """The answering pod's name, or "-" and why the connection failed."""
     s = socket.socket(family_of(dst), socket.SOCK_STREAM)
@@ -192,14 +179,19 @@ def answer_or_failure(src, dst, port, timeout):
         s.close()
 
 
+def answer(src, dst, port, timeout):
+    """The answering pod's name, or None if the connection failed."""
+    name = answer_or_failure(src, dst, port, timeout)
+    return None if name.startswith("- ") else name
+
+
 def follow(args):
     last = None
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
-        if args.show_failures:
-            name = answer_or_failure(args.src, args.dst, args.port, 0.2)
-        else:
-            name = answer(args.src, args.dst, args.port, 0.2)
+        name = answer_or_failure(args.src, args.dst, args.port, 0.2)
+        if not args.show_failures and name.startswith("- "):
+            name = None
         if name is not None and name != last:
             print("%.6f %s" % (time.time(), name), flush=True)
             last = name
