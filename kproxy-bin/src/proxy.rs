@@ -9,13 +9,12 @@ use anyhow::{bail, Result};
 use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
 use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_core::runner::{RunnerConfig, SyncRunner, Update};
+use kproxy_agent::fanout::FanOut;
+use kproxy_core::runner::{RunnerConfig, Update};
 use kproxy_core::{IpFamily, Proxier};
-use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::observer::Hooks;
-use kproxy_agent::observer::SyncObserver;
 use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::servers::{self, HealthChecks, Kind, Shared};
 use crate::settings::{Mode, Settings};
@@ -39,7 +38,8 @@ fn health_check_addresses(settings: &Settings, node: &Host, families: &[IpFamily
 /// The running proxy.
 #[derive(Debug)]
 pub struct Proxy {
-    senders: Vec<mpsc::Sender<Update>>,
+    /// One proxier and runner per family.
+    fan_out: FanOut,
     /// The family of each sender.
     families: Vec<IpFamily>,
     shared: Arc<Shared>,
@@ -76,8 +76,7 @@ impl Proxy {
     pub async fn start(settings: &Settings, node: &Host, families: &[IpFamily], configz: String, metrics: Arc<Metrics>) -> Result<Proxy> {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
         metrics.count_nfacct(node.nfacct);
-        let mut senders = Vec::new();
-        let mut runners = Vec::new();
+        let mut fan_out = FanOut::new();
         let flavour = match settings.mode {
             Mode::Iptables | Mode::Ipvs => {
                 let (flavour, why) = Flavour::detect(None).await;
@@ -93,13 +92,10 @@ impl Proxy {
                 (Mode::Ipvs, Some(flavour)) => Box::new(ipvs_proxier(settings, family, node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?),
                 (mode, None) => bail!("proxy mode {mode:?}: no iptables flavour was picked"),
             };
-            let runner = SyncRunner::new(runner_config)?;
-            let (tx, rx) = mpsc::channel(1024);
-            senders.push(tx);
-            runners.push((family, proxier, runner, rx));
+            fan_out.add(family, proxier, runner_config)?;
         }
         let shared = Arc::new(Shared {
-            healths: runners.iter().map(|(family, _, r, _)| (*family, r.health())).collect(),
+            healths: fan_out.healths().to_vec(),
             metrics: Arc::clone(&metrics),
             node_eligible: AtomicBool::new(true),
             mode: settings.mode.name(),
@@ -116,14 +112,7 @@ impl Proxy {
             tracing::warn!("{warning}");
         }
         let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared), health_check_addresses(settings, node, families)));
-        for (family, mut proxier, runner, rx) in runners {
-            let mut observer = SyncObserver::new(family, Hooks { metrics: Arc::clone(&metrics), health_checks: Arc::clone(&health_checks) });
-            tokio::spawn(async move {
-                if let Err(e) = runner.run(&mut *proxier, rx, |event| observer.observe(event)).await {
-                    tracing::error!(%family, error = %e, "the sync runner stopped");
-                }
-            });
-        }
+        fan_out.start(|_| Hooks { metrics: Arc::clone(&metrics), health_checks: Arc::clone(&health_checks) });
         // Make before break: the other proxies' leftovers go once every
         // family has synced.
         let (takeover_settings, takeover_host, takeover_shared) = (settings.clone(), node.clone(), Arc::clone(&shared));
@@ -139,7 +128,7 @@ impl Proxy {
             ips: node.node.ips.clone(),
             pod_cidrs: (settings.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),
         };
-        Ok(Proxy { senders, families: families.to_vec(), shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
+        Ok(Proxy { fan_out, families: families.to_vec(), shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
     }
 
     /// Waits until the Node changed in a way the configuration depends on
@@ -186,11 +175,7 @@ impl Proxy {
                 self.shared.metrics.queued(*family);
             }
         }
-        for tx in &self.senders {
-            for u in &updates {
-                let _ = tx.send(u.clone()).await;
-            }
-        }
+        self.fan_out.send(&updates).await;
     }
 
     /// Sets whether the node may receive traffic (false while it is being
