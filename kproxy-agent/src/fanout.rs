@@ -134,7 +134,8 @@ mod tests {
         assert_eq!(fan.families(), [IpFamily::V4, IpFamily::V6]);
         let dual = kproxy_oracle::fixtures::service("ns", "web", &["172.30.0.1", "fd00::1"]).port("p", 80, "TCP", 0).build();
         fan.send(&[Update::Service { previous: None, current: Some(Arc::new(dual)) }, Update::ServicesSynced, Update::EndpointSlicesSynced]).await;
-        for _ in 0..200 {
+        // A generous bound: judged is whether both synced, not how fast.
+        for _ in 0..3000 {
             if fan.all_synced() {
                 break;
             }

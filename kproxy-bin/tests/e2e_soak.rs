@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use kproxy_oracle::{scenarios, Verdict};
-use kproxy_e2e::bench::{quantile_ms, Prober};
+use kproxy_e2e::bench::{quantile_ms, time_wait, Prober};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_case, check_scenario, Topology};
 use serde_json::json;
@@ -28,12 +28,6 @@ const SYNC_PERIOD: Duration = Duration::from_secs(5);
 
 fn now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
-}
-
-/// How many TCP sockets of the client's namespace are in TIME-WAIT (the
-/// client opens one connection every few ms; each port rests 60 s).
-fn time_wait(netns: &str) -> Result<usize, String> {
-    kproxy_testkit::run(&["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait"]).map(|o| o.lines().count())
 }
 
 #[test]

@@ -347,8 +347,7 @@ impl SideBySide {
                     for line in &between {
                         eprintln!("{kind:?}:   meanwhile {line}");
                     }
-                    let client = self.client(*kind);
-                    let time_wait = kproxy_testkit::run(&["ip", "netns", "exec", &client, "ss", "-Htan", "state", "time-wait"]).map(|o| o.lines().count());
+                    let time_wait = time_wait(&self.client(*kind));
                     eprintln!("{kind:?}:   client sockets in TIME-WAIT now: {time_wait:?}");
                 }
                 let seen = seen.unwrap_or(t0 + limit.as_secs_f64());
@@ -392,6 +391,12 @@ impl SideBySide {
         }
         Ok(out)
     }
+}
+
+/// How many TCP sockets of `netns` rest in TIME-WAIT (a prober opens one
+/// connection every few ms; each port rests 60 s before reuse).
+pub fn time_wait(netns: &str) -> Result<usize, String> {
+    kproxy_testkit::run(&["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait"]).map(|o| o.lines().count())
 }
 
 /// Waits for a `follow` line naming `pod` at or after wall time `after`;
