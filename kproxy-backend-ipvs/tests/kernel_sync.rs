@@ -69,12 +69,21 @@ async fn a_removed_real_server_drains_its_open_connection() {
 
     // One long-lived connection through the ClusterIP.
     let client: IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
-    let args = ["python3", KPT, "hold", "--src", fx::LOCAL_CLIENT_POD, "--dst", "172.30.0.41", "--port", "80", "--seconds", "6"];
+    // It lasts long enough for the steps below even under emulation, where
+    // the client alone can take seconds to start.
+    let args = ["python3", KPT, "hold", "--src", fx::LOCAL_CLIENT_POD, "--dst", "172.30.0.41", "--port", "80", "--seconds", "20"];
     let held = topo.pods.get_mut(&client).unwrap().spawn(&args).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut socket = IpvsSocket::open_in_netns(topo.node.name()).unwrap();
-    let dests = socket.destinations(&vip).unwrap();
-    let busy = dests.iter().find(|d| d.active > 0).unwrap_or_else(|| panic!("no real server has the connection: {dests:?}")).server.key;
+    // Wait (generously) for IPVS to count the connection on a real server.
+    let mut dests = socket.destinations(&vip).unwrap();
+    for _ in 0..300 {
+        if dests.iter().any(|d| d.active > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dests = socket.destinations(&vip).unwrap();
+    }
+    let busy = dests.iter().find(|d| d.active > 0).unwrap_or_else(|| panic!("no real server has the connection after 30 s: {dests:?}")).server.key;
     let other = dests.iter().map(|d| d.server.key).find(|k| *k != busy).unwrap();
 
     // The endpoint behind the connection goes away.
