@@ -1,32 +1,33 @@
 //! Embedding kproxy in your own program (a CNI or node agent): the API
 //! server through kproxy-agent's kube source, kproxy's sync runner, the
-//! nftables backend for this node's IPv4 Services, and the agent's
-//! observer for the conntrack cleanup after each sync. NodePorts are
-//! served on the Node's own addresses; the pod CIDRs tell local pods.
+//! nftables backend (built by the agent from a mode and kube-proxy's
+//! options) for this node's IPv4 Services, and the agent's observer for
+//! the conntrack cleanup after each sync. NodePorts are served on the
+//! Node's own addresses; the Node's pod CIDRs tell local pods.
 //!
 //! Build it with `cargo build -p kproxy-examples --example embed_agent`;
 //! run it as root on a node, with a kubeconfig (`$KUBECONFIG`, or the
 //! in-cluster account): `target/debug/examples/embed_agent NODE_NAME`.
 
+use kproxy_agent::backend::{Backend, DetectLocal, Host, Mode, ProxyOptions};
 use kproxy_agent::kube_source;
 use kproxy_agent::observer::SyncObserver;
-use kproxy_backend_nft::kernel::NftKernel;
-use kproxy_backend_nft::{NftDataplane, NftOptions};
 use kproxy_core::runner::{RunnerConfig, SyncEvent, SyncRunner};
-use kproxy_core::{convert, IpFamily, LocalDetector, Proxier, ProxierConfig};
+use kproxy_core::{convert, IpFamily, NodePortAddresses};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node_name = std::env::args().nth(1).ok_or("usage: embed_agent NODE_NAME")?;
     let client = kube::Client::try_default().await?;
     let node = kube_source::fetch_node(&client, &node_name, 30).await.ok_or("no Node object for this node")?;
-    let node = convert::node_info(&node);
 
-    let mut config = ProxierConfig::new(IpFamily::V4);
-    config.node_ips = node.ips.iter().copied().filter(|ip| ip.is_ipv4()).collect();
-    config.node_port_ips = config.node_ips.clone();
-    config.local_detector = LocalDetector::ClusterCidr(node.pod_cidrs.iter().copied().filter(|c| c.addr().is_ipv4()).collect());
-    let mut proxier = NftDataplane::proxier(&node_name, config, NftKernel::new()?, NftOptions::default())?;
+    let options = ProxyOptions {
+        detect_local: DetectLocal::NodeCidr,
+        node_port_addresses: NodePortAddresses::Primary,
+        ..ProxyOptions::new(Mode::Nftables, &node_name)
+    };
+    let host = Host::here(convert::node_info(&node));
+    let mut proxier = Backend::detect(Mode::Nftables).await.proxier(&options, IpFamily::V4, &host)?;
 
     let runner = SyncRunner::new(RunnerConfig::default())?;
     let updates = kube_source::updates(client, &node_name);
@@ -36,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("synced in {:?} (full: {})", sync.duration, sync.full);
     };
     tokio::select! {
-        done = runner.run_stream(&mut proxier, updates, observe) => done?,
+        done = runner.run_stream(&mut *proxier, updates, observe) => done?,
         _ = tokio::signal::ctrl_c() => {}
     }
     // Leave nothing behind when this program stops.

@@ -3,13 +3,11 @@
 //! standalone mode (`--manifests`).
 
 mod api_client;
-mod backends;
 mod config;
 mod diagnose_cmd;
 mod dir_events;
 mod events;
 mod flags;
-mod interfaces;
 mod logging;
 mod manifests;
 mod metrics;

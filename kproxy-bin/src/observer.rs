@@ -10,7 +10,7 @@ use kproxy_core::runner::SyncEvent;
 use kproxy_core::{IpFamily, SyncReport};
 
 use crate::metrics::Metrics;
-use crate::servers::HealthChecks;
+use kproxy_agent::health::HealthCheckServers;
 
 /// The binary's [`SyncHooks`]: metrics and health-check NodePorts.
 #[derive(Debug, Clone)]
@@ -18,7 +18,7 @@ pub struct Hooks {
     /// Upstream's metrics.
     pub metrics: Arc<Metrics>,
     /// The health-check NodePort servers.
-    pub health_checks: Arc<HealthChecks>,
+    pub health_checks: Arc<HealthCheckServers>,
 }
 
 impl SyncHooks for Hooks {

@@ -2,38 +2,21 @@
 //! IP family, the health and metrics servers, and health-check NodePorts.
 //! A source (the manifest reloader or the API watchers) hands it updates.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use kproxy_backend_iptables::kernel::{Flavour, IptablesCli};
-use kproxy_backend_ipvs::kernel::IpvsHost;
-use kproxy_backend_nft::kernel::NftKernel;
+use anyhow::Result;
+use kproxy_agent::backend::{Backend, Host};
 use kproxy_agent::fanout::FanOut;
+use kproxy_agent::health::{HealthCheckServers, ProxyHealth};
 use kproxy_core::runner::{RunnerConfig, Update};
-use kproxy_core::{IpFamily, Proxier};
+use kproxy_core::IpFamily;
 
 use crate::metrics::Metrics;
 use crate::observer::Hooks;
-use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
-use crate::servers::{self, HealthChecks, Kind, Shared};
-use crate::settings::{Mode, Settings};
+use crate::servers::{self, Shared};
+use crate::settings::Settings;
 
 pub use kproxy_agent::selector::is_proxied;
-
-/// Where the health-check NodePorts listen: on the NodePort addresses,
-/// or on every address when a family serves NodePorts on all of them (as
-/// upstream; a list that matches no address opens no listener).
-fn health_check_addresses(settings: &Settings, node: &Host, families: &[IpFamily]) -> Option<Vec<std::net::IpAddr>> {
-    let mut out = Vec::new();
-    for &family in families {
-        if settings.node_port_addresses.matches_all(family, &node.node.ips) {
-            return None;
-        }
-        out.extend(settings.node_port_addresses.resolve(family, &node.node.ips, &node.local_ips));
-    }
-    Some(out)
-}
 
 /// The running proxy.
 #[derive(Debug)]
@@ -77,47 +60,34 @@ impl Proxy {
         let runner_config = RunnerConfig { min_sync_period: settings.min_sync_period, sync_period: settings.sync_period, burst: 2 };
         metrics.count_nfacct(node.nfacct);
         let mut fan_out = FanOut::new();
-        let flavour = match settings.mode {
-            Mode::Iptables | Mode::Ipvs => {
-                let (flavour, why) = Flavour::detect(None).await;
-                tracing::info!("using iptables-{} ({why})", flavour.name());
-                Some(flavour)
-            }
-            _ => None,
-        };
+        let backend = Backend::detect(settings.proxy.mode).await;
+        let flavour = backend.flavour();
         for &family in families {
-            let proxier: Box<dyn Proxier> = match (settings.mode, flavour) {
-                (Mode::Nftables, _) => Box::new(nft_proxier(settings, family, node, NftKernel::new()?)?),
-                (Mode::Iptables, Some(flavour)) => Box::new(iptables_proxier(settings, family, node, IptablesCli::new(flavour, None))?),
-                (Mode::Ipvs, Some(flavour)) => Box::new(ipvs_proxier(settings, family, node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?),
-                (mode, None) => bail!("proxy mode {mode:?}: no iptables flavour was picked"),
-            };
-            fan_out.add(family, proxier, runner_config)?;
+            fan_out.add(family, backend.proxier(&settings.proxy, family, node)?, runner_config)?;
         }
         let shared = Arc::new(Shared {
-            healths: fan_out.healths().to_vec(),
+            health: Arc::new(ProxyHealth::new(fan_out.healths().to_vec())),
             metrics: Arc::clone(&metrics),
-            node_eligible: AtomicBool::new(true),
-            mode: settings.mode.name(),
+            mode: settings.proxy.mode.name(),
             configz,
         });
         let hard_fail = settings.bind_address_hard_fail;
         if let Some(addr) = settings.healthz_bind_address {
-            servers::serve(Kind::Health, addr, Arc::clone(&shared), hard_fail).await?;
+            servers::serve_health_server(addr, Arc::clone(&shared), hard_fail).await?;
         }
         if let Some(addr) = settings.metrics_bind_address {
-            servers::serve(Kind::Metrics, addr, Arc::clone(&shared), hard_fail).await?;
+            servers::serve_metrics_server(addr, Arc::clone(&shared), hard_fail).await?;
         }
-        for warning in settings.node_port_warnings(families) {
+        for warning in settings.proxy.node_port_warnings(families) {
             tracing::warn!("{warning}");
         }
-        let health_checks = Arc::new(HealthChecks::new(Arc::clone(&shared), health_check_addresses(settings, node, families)));
+        let health_checks = Arc::new(HealthCheckServers::new(Arc::clone(&shared.health), settings.proxy.health_check_addresses(node, families)));
         fan_out.start(|_| Hooks { metrics: Arc::clone(&metrics), health_checks: Arc::clone(&health_checks) });
         // Make before break: the other proxies' leftovers go once every
         // family has synced.
-        let (takeover_settings, takeover_host, takeover_shared) = (settings.clone(), node.clone(), Arc::clone(&shared));
+        let (takeover_settings, takeover_host, health) = (settings.clone(), node.clone(), Arc::clone(&shared.health));
         tokio::spawn(async move {
-            while !takeover_shared.healths.iter().all(|(_, h)| h.snapshot(tokio::time::Instant::now()).last_updated.is_some()) {
+            while !health.all_synced() {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             for line in crate::takeover::remove_leftovers(&takeover_settings, &takeover_host, flavour).await {
@@ -126,7 +96,7 @@ impl Proxy {
         });
         let started_on = StartedOn {
             ips: node.node.ips.clone(),
-            pod_cidrs: (settings.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),
+            pod_cidrs: (settings.proxy.detect_local == crate::settings::DetectLocal::NodeCidr).then(|| node.node.pod_cidrs.clone()),
         };
         Ok(Proxy { fan_out, families: families.to_vec(), shared, started_on, restart: tokio::sync::watch::Sender::new(None) })
     }
@@ -181,7 +151,7 @@ impl Proxy {
     /// Sets whether the node may receive traffic (false while it is being
     /// deleted: `/healthz` then fails).
     pub fn set_node_eligible(&self, eligible: bool) {
-        self.shared.node_eligible.store(eligible, Ordering::Relaxed);
+        self.shared.health.set_node_eligible(eligible);
     }
 }
 

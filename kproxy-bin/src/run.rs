@@ -13,7 +13,7 @@ use kproxy_core::runner::Update;
 use kproxy_core::{convert, IpFamily, NodeInfo, Proxier, SyncRequest};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::backends::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
+use kproxy_agent::backend::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::config::Effective;
 use crate::flags::Flags;
 use crate::manifests::{self, Manifests};
@@ -73,7 +73,7 @@ struct Run<'a> {
 /// present, then IPVS mode's virtual servers, sets, chains and dummy
 /// interface (when the kernel has IPVS).
 async fn cleanup(settings: &Settings) -> Result<()> {
-    let node = Host::pictured(NodeInfo::named(&settings.node_name));
+    let node = Host::pictured(NodeInfo::named(&settings.proxy.node_name));
     let cli = NftCli::new();
     for family in [IpFamily::V4, IpFamily::V6] {
         for table in kproxy_backend_nft::names::TABLES.iter().chain(&[crate::takeover::UPSTREAM_NFT_TABLE]) {
@@ -87,7 +87,7 @@ async fn cleanup(settings: &Settings) -> Result<()> {
         if !tools.available().await {
             continue;
         }
-        let mut p = iptables_proxier(settings, IpFamily::V4, &node, tools)?;
+        let mut p = iptables_proxier(&settings.proxy, IpFamily::V4, &node, tools)?;
         match p.cleanup().await {
             Ok(()) => say(&format!("removed the KUBE-* chains and their jumps of iptables-{}", flavour.name())),
             Err(e) => tracing::warn!("iptables-{}: {e}", flavour.name()),
@@ -103,8 +103,8 @@ async fn cleanup(settings: &Settings) -> Result<()> {
     }
     if kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
         let (flavour, _) = Flavour::detect(None).await;
-        ipvs_proxier(settings, IpFamily::V4, &node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?.cleanup().await?;
-        say(&format!("removed IPVS virtual servers, {}, the KUBE-* ipsets and IPVS mode's chains", settings.ipvs.device));
+        ipvs_proxier(&settings.proxy, IpFamily::V4, &node, IpvsHost::new(None, IptablesCli::new(flavour, None)))?.cleanup().await?;
+        say(&format!("removed IPVS virtual servers, {}, the KUBE-* ipsets and IPVS mode's chains", settings.proxy.ipvs.device));
     }
     Ok(())
 }
@@ -189,7 +189,7 @@ async fn check_kernel_support(mode: Mode) -> Result<()> {
 /// NodePorts), logging what changed.
 fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
     let mut applied = sysctls::apply(Path::new("/"), &settings.conntrack).map_err(anyhow::Error::msg)?;
-    if settings.localhost_node_ports(node) {
+    if settings.proxy.localhost_node_ports(node) {
         tracing::info!("setting route_localnet=1 to allow NodePorts on localhost; to change this either disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses");
         applied.changed.extend(sysctls::route_localnet(Path::new("/")).map_err(anyhow::Error::msg)?);
     }
@@ -210,25 +210,25 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     for p in &problems {
         tracing::warn!("manifest problem: {p}");
     }
-    let node = state.nodes.get(&settings.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.node_name));
+    let node = state.nodes.get(&settings.proxy.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
     let node = with_primary_ip(node, settings.primary_ip);
     let families = families_of(&node);
     if run.flags.on("dry-run") {
         let node = Host::pictured(node);
         for &family in &families {
-            let text = match settings.mode {
+            let text = match settings.proxy.mode {
                 Mode::Ipvs => {
-                    let mut p = ipvs_proxier(settings, family, &node, FakeHost::new())?;
+                    let mut p = ipvs_proxier(&settings.proxy, family, &node, FakeHost::new())?;
                     first_sync(&mut p, &state).await?;
                     p.kernel().dump(family)
                 }
                 Mode::Iptables => {
-                    let mut p = iptables_proxier(settings, family, &node, FakeIptables::new())?;
+                    let mut p = iptables_proxier(&settings.proxy, family, &node, FakeIptables::new())?;
                     first_sync(&mut p, &state).await?;
                     kproxy_backend_iptables::Table::ALL.iter().map(|t| p.kernel().save(family, *t)).collect::<Vec<_>>().join("")
                 }
                 _ => {
-                    let mut p = nft_proxier(settings, family, &node, FakeKernel::new())?;
+                    let mut p = nft_proxier(&settings.proxy, family, &node, FakeKernel::new())?;
                     first_sync(&mut p, &state).await?;
                     p.kernel().dump()
                 }
@@ -237,7 +237,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    check_kernel_support(settings.mode).await?;
+    check_kernel_support(settings.proxy.mode).await?;
     set_sysctls(settings, &node)?;
     if run.flags.on("init-only") {
         tracing::info!("System initialized and --init-only specified");
@@ -245,8 +245,8 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     }
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
     let families = families_to_proxy(&node, Path::new("/"));
-    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.mode), &families, run.configz.clone(), Arc::new(Metrics::new(settings.mode))).await?;
-    let follow = standalone::follow(&proxy, &settings.node_name, dir, state, directory);
+    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.proxy.mode), &families, run.configz.clone(), Arc::new(Metrics::new(settings.proxy.mode))).await?;
+    let follow = standalone::follow(&proxy, &settings.proxy.node_name, dir, state, directory);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
 
@@ -256,21 +256,21 @@ async fn cluster(run: &Run<'_>) -> Result<()> {
     if run.flags.on("dry-run") {
         bail!("--dry-run needs --manifests DIR");
     }
-    check_kernel_support(settings.mode).await?;
+    check_kernel_support(settings.proxy.mode).await?;
     let limits = crate::api_client::Limits { qps: settings.api_qps, burst: settings.api_burst };
-    let metrics = Arc::new(Metrics::new(settings.mode));
+    let metrics = Arc::new(Metrics::new(settings.proxy.mode));
     let client = watch::client(run.kubeconfig.as_deref(), run.flags.text("master").as_deref(), limits, Arc::clone(&metrics)).await?;
     // Like upstream, wait a while for the Node (its addresses decide the
     // families and the primary NodePort addresses).
-    let fetched = watch::fetch_node(&client, &settings.node_name, 30).await;
+    let fetched = watch::fetch_node(&client, &settings.proxy.node_name, 30).await;
     // As upstream, a node never seen is not eligible (`/healthz` fails)
     // until its Node object appears.
     let found = fetched.is_some();
     let node = match fetched {
         Some(n) => convert::node_info(&n),
         None => {
-            tracing::warn!(node = %settings.node_name, "no Node object; proxying IPv4 with no node addresses");
-            NodeInfo::named(&settings.node_name)
+            tracing::warn!(node = %settings.proxy.node_name, "no Node object; proxying IPv4 with no node addresses");
+            NodeInfo::named(&settings.proxy.node_name)
         }
     };
     let node = with_primary_ip(node, settings.primary_ip);
@@ -281,12 +281,12 @@ async fn cluster(run: &Run<'_>) -> Result<()> {
         return Ok(());
     }
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
-    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.mode), &families, run.configz.clone(), metrics).await?;
+    let proxy = Proxy::start(settings, &Host::here(node).counting(settings.proxy.mode), &families, run.configz.clone(), metrics).await?;
     if !found {
         proxy.set_node_eligible(false);
     }
-    tokio::spawn(crate::events::record_start(client.clone(), settings.node_name.clone()));
-    let follow = watch::follow(&proxy, client, &settings.node_name);
+    tokio::spawn(crate::events::record_start(client.clone(), settings.proxy.node_name.clone()));
+    let follow = watch::follow(&proxy, client, &settings.proxy.node_name);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
 

@@ -6,65 +6,21 @@ use std::time::Duration;
 use ipnet::IpNet;
 use kproxy_backend_ipvs::model::{Scheduler, Timeouts};
 use kproxy_backend_ipvs::IpvsOptions;
-use kproxy_core::{IpFamily, LocalDetector, NodeInfo, NodePortAddresses, ProxierConfig};
+use kproxy_agent::backend::ProxyOptions;
+use kproxy_core::NodePortAddresses;
 
 use crate::config::{ConfigError, GoDuration, KubeProxyConfiguration};
 use crate::sysctls::ConntrackSysctls;
 
-/// A proxy mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// nftables.
-    Nftables,
-    /// iptables (upstream's default), with `iptables-legacy` or
-    /// `iptables-nft` as the host already uses.
-    Iptables,
-    /// IPVS (virtual servers over generic netlink, ipsets and a small
-    /// iptables ruleset, as upstream).
-    Ipvs,
-}
-
-impl Mode {
-    /// The mode as the configuration spells it (and `/proxyMode` says).
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Nftables => "nftables",
-            Mode::Iptables => "iptables",
-            Mode::Ipvs => "ipvs",
-        }
-    }
-}
-
-/// How pods are recognised, before it is resolved for a family.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DetectLocal {
-    /// No detector.
-    None,
-    /// Sources in the cluster CIDRs.
-    ClusterCidr(Vec<IpNet>),
-    /// Sources in the node's pod CIDRs.
-    NodeCidr,
-    /// Packets from this bridge.
-    Bridge(String),
-    /// Packets from interfaces with this prefix.
-    Prefix(String),
-}
+pub use kproxy_agent::backend::{DetectLocal, Mode};
 
 /// Everything kproxy runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The proxy mode.
-    pub mode: Mode,
-    /// This node's name.
-    pub node_name: String,
-    /// The local detector.
-    pub detect_local: DetectLocal,
-    /// Masquerade all ClusterIP traffic.
-    pub masquerade_all: bool,
-    /// The masquerade mark bit.
-    pub masquerade_bit: u8,
-    /// NodePort addresses.
-    pub node_port_addresses: NodePortAddresses,
+    /// What every family's proxier is built with: the mode, the node's
+    /// name, masquerading, the local detector, NodePort addresses, IPVS
+    /// options.
+    pub proxy: ProxyOptions,
     /// Full resync period.
     pub sync_period: Duration,
     /// Minimum time between syncs.
@@ -85,13 +41,6 @@ pub struct Settings {
     pub api_burst: u32,
     /// The conntrack sysctls to set at start.
     pub conntrack: ConntrackSysctls,
-    /// iptables mode: `iptables.localhostNodePorts` (default true, as
-    /// upstream). Whether NodePorts are really served on 127.0.0.1 also
-    /// depends on `nodePortAddresses`: see
-    /// [`Settings::localhost_node_ports`].
-    pub localhost_node_ports_wanted: bool,
-    /// IPVS mode's options (`ipvs.*`).
-    pub ipvs: IpvsOptions,
 }
 
 fn bind_address(path: &str, field: &str, value: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
@@ -178,17 +127,20 @@ pub fn resolve(config: &KubeProxyConfiguration, path: &str) -> Result<Settings, 
     let client = config.client_connection.clone().unwrap_or_default();
     let bind_ip = config.bind_address.as_deref().and_then(|a| a.parse::<std::net::IpAddr>().ok()).filter(|ip| !ip.is_unspecified());
     Ok(Settings {
-        ipvs: ipvs_options(config, path)?,
-        localhost_node_ports_wanted,
-        mode,
+        proxy: ProxyOptions {
+            ipvs: ipvs_options(config, path)?,
+            localhost_node_ports_wanted,
+            mode,
+            node_name,
+            detect_local,
+            masquerade_all: masquerade_all.unwrap_or(false),
+            masquerade_bit,
+            node_port_addresses,
+            tcp_be_liberal: conntrack.tcp_be_liberal,
+        },
         conntrack,
-        node_name,
         healthz_bind_address,
         metrics_bind_address,
-        detect_local,
-        masquerade_all: masquerade_all.unwrap_or(false),
-        masquerade_bit,
-        node_port_addresses,
         sync_period: std_duration(sync),
         min_sync_period: std_duration(min_sync),
         oom_score_adj: config.oom_score_adj.unwrap_or(-999),
@@ -235,46 +187,4 @@ fn node_ports(path: &str, list: &[String], mode: Mode) -> Result<NodePortAddress
         }
     }
     Ok(NodePortAddresses::Cidrs(nets))
-}
-
-impl Settings {
-    /// Whether iptables mode serves NodePorts on 127.0.0.1 on `node`:
-    /// `localhostNodePorts` is on and the IPv4 NodePort ranges hold a
-    /// loopback address (true when they are unset), as upstream decides.
-    pub fn localhost_node_ports(&self, node: &NodeInfo) -> bool {
-        self.localhost_node_ports_wanted && self.node_port_addresses.contains_ipv4_loopback(&node.ips)
-    }
-
-    /// Upstream's warnings about `nodePortAddresses` for these families,
-    /// to log once at start.
-    pub fn node_port_warnings(&self, families: &[IpFamily]) -> Vec<String> {
-        if self.node_port_addresses == NodePortAddresses::Cidrs(Vec::new()) {
-            return vec!["nodePortAddresses is unset; NodePort connections will be accepted on all local IPs. Consider using `--nodeport-addresses primary`".into()];
-        }
-        families.iter().filter_map(|f| self.node_port_addresses.warning(*f)).collect()
-    }
-
-    /// The proxier configuration for `family` on `node`, whose interfaces
-    /// have `local_ips` (`nodePortAddresses` is matched against them, as
-    /// upstream does).
-    pub fn proxier_config(&self, family: IpFamily, node: &NodeInfo, local_ips: &[std::net::IpAddr]) -> ProxierConfig {
-        let node_ips: Vec<_> = node.ips.iter().copied().filter(|ip| family.contains(*ip)).collect();
-        let of_family = |nets: &[IpNet]| nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect::<Vec<_>>();
-        let local_detector = match &self.detect_local {
-            DetectLocal::None => LocalDetector::None,
-            DetectLocal::ClusterCidr(nets) => LocalDetector::ClusterCidr(of_family(nets)),
-            DetectLocal::NodeCidr => LocalDetector::NodeCidr(of_family(&node.pod_cidrs)),
-            DetectLocal::Bridge(b) => LocalDetector::BridgeInterface(b.clone()),
-            DetectLocal::Prefix(p) => LocalDetector::InterfaceNamePrefix(p.clone()),
-        };
-        ProxierConfig {
-            family,
-            masquerade_all: self.masquerade_all,
-            masquerade_bit: self.masquerade_bit,
-            local_detector,
-            node_port_ips: self.node_port_addresses.resolve(family, &node.ips, local_ips),
-            node_ports_on_every_address: self.node_port_addresses.matches_all(family, &node.ips),
-            node_ips,
-        }
-    }
 }

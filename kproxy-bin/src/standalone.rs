@@ -58,10 +58,10 @@ fn selected(m: &Manifests) -> Manifests {
     m
 }
 
-/// Whether the node may receive traffic (see [`crate::servers::node_eligible`]);
+/// Whether the node may receive traffic (see [`kproxy_agent::health::node_eligible`]);
 /// standalone, a node with no manifest is eligible.
 pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
-    state.nodes.get(node_name).is_none_or(|n| crate::servers::node_eligible(Some(n)))
+    state.nodes.get(node_name).is_none_or(|n| kproxy_agent::health::node_eligible(Some(n)))
 }
 
 /// How often a problem that lasts is logged again.

@@ -71,13 +71,6 @@ fn read(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Whether conntrack here is liberal with out-of-window TCP packets
-/// (`nf_conntrack_tcp_be_liberal` reads non-zero under `root`), set by
-/// kproxy or by anyone else: upstream reads it back the same way.
-pub fn tcp_be_liberal(root: &Path) -> bool {
-    read(&root.join(NETFILTER).join("nf_conntrack_tcp_be_liberal")).is_some_and(|v| v != 0)
-}
-
 /// Writes `value` to `path` unless it already holds it; says what changed.
 fn set(path: &Path, value: u64) -> Result<Option<String>, String> {
     if read(path) == Some(value) {
@@ -135,19 +128,6 @@ pub fn route_localnet_off(root: &Path) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tcp_be_liberal_is_read_back_from_the_sysctl() {
-        let root = std::env::temp_dir().join(format!("kproxy-sysctl-liberal-{}", std::process::id()));
-        let dir = root.join(NETFILTER);
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(!tcp_be_liberal(&root), "absent");
-        std::fs::write(dir.join("nf_conntrack_tcp_be_liberal"), "0\n").unwrap();
-        assert!(!tcp_be_liberal(&root));
-        std::fs::write(dir.join("nf_conntrack_tcp_be_liberal"), "1\n").unwrap();
-        assert!(tcp_be_liberal(&root));
-        let _ = std::fs::remove_dir_all(&root);
-    }
 
     fn defaulted(c: ConntrackConfiguration) -> ConntrackConfiguration {
         let file = crate::config::KubeProxyConfiguration { conntrack: Some(c), ..Default::default() };

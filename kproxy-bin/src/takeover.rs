@@ -22,13 +22,13 @@ use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftCli;
 use kproxy_core::{IpFamily, Proxier};
 
-use crate::backends::{iptables_proxier, ipvs_proxier, Host};
+use kproxy_agent::backend::{iptables_proxier, ipvs_proxier, Host};
 use crate::settings::{Mode, Settings};
 
 /// Upstream kube-proxy's nftables table (in the `ip` and `ip6` families).
 pub const UPSTREAM_NFT_TABLE: &str = "kube-proxy";
 
-/// Removes the other proxies' leftovers for a node running `settings.mode`
+/// Removes the other proxies' leftovers for a node running `settings.proxy.mode`
 /// (with iptables `flavour` in iptables and IPVS modes); returns one line
 /// per kind of thing removed. Failures are logged: the node keeps working
 /// with kproxy's rules in front, as before.
@@ -38,7 +38,7 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
     for family in [IpFamily::V4, IpFamily::V6] {
         let keyword = if family == IpFamily::V4 { "ip" } else { "ip6" };
         let mut tables = vec![UPSTREAM_NFT_TABLE.to_string()];
-        if settings.mode != Mode::Nftables {
+        if settings.proxy.mode != Mode::Nftables {
             tables.extend(kproxy_backend_nft::names::TABLES.iter().map(|t| t.to_string()));
         }
         for table in tables {
@@ -49,37 +49,49 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
             }
         }
     }
-    // Every iptables flavour kproxy does not program (both, in nftables
-    // mode).
-    for other in [Flavour::Nft, Flavour::Legacy].into_iter().filter(|f| Some(*f) != flavour) {
-        let mut cli = IptablesCli::new(other, None);
-        if !cli.available().await || !has_kube_chains(&mut cli).await {
-            continue;
-        }
-        match iptables_proxier(settings, IpFamily::V4, host, IptablesCli::new(other, None)) {
-            Ok(mut p) => match p.cleanup().await {
-                Ok(()) => done.push(format!("removed iptables-{} KUBE-* chains and their jumps", other.name())),
-                Err(e) => tracing::warn!(flavour = other.name(), error = %e, "cannot remove leftover iptables chains"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot remove leftover iptables chains"),
-        }
-    }
     // IPVS mode's leftovers, where it ran (its iptables chains live in the
     // flavour kproxy now programs in iptables mode, so only from
     // nftables mode).
-    let ipvs_ran = std::path::Path::new("/sys/class/net").join(&settings.ipvs.device).exists();
-    if settings.mode == Mode::Nftables && ipvs_ran && kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok() {
-        drain_ipvs(&settings.ipvs.exclude_cidrs, IPVS_DRAIN_LIMIT, DRAIN_POLL).await;
-        let (flavour, _) = Flavour::detect(None).await;
-        match ipvs_proxier(settings, IpFamily::V4, host, IpvsHost::new(None, IptablesCli::new(flavour, None))) {
+    let ipvs_ran = settings.proxy.mode == Mode::Nftables
+        && std::path::Path::new("/sys/class/net").join(&settings.proxy.ipvs.device).exists()
+        && kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok();
+    let ipvs_flavour = if ipvs_ran { Some(Flavour::detect(None).await.0) } else { None };
+    // Every iptables flavour kproxy does not program (both, in nftables
+    // mode). IPVS mode's flavour waits for IPVS mode's own cleanup: its
+    // chains refer to chains of the same names, so removing them first
+    // fails ("busy").
+    for other in [Flavour::Nft, Flavour::Legacy].into_iter().filter(|f| Some(*f) != flavour && Some(*f) != ipvs_flavour) {
+        remove_iptables_leftovers(settings, host, other, &mut done).await;
+    }
+    if let Some(ipvs_flavour) = ipvs_flavour {
+        drain_ipvs(&settings.proxy.ipvs.exclude_cidrs, IPVS_DRAIN_LIMIT, DRAIN_POLL).await;
+        match ipvs_proxier(&settings.proxy, IpFamily::V4, host, IpvsHost::new(None, IptablesCli::new(ipvs_flavour, None))) {
             Ok(mut p) => match p.cleanup().await {
-                Ok(()) => done.push(format!("removed IPVS virtual servers, {}, ipsets and chains", settings.ipvs.device)),
+                Ok(()) => done.push(format!("removed IPVS virtual servers, {}, ipsets and chains", settings.proxy.ipvs.device)),
                 Err(e) => tracing::warn!(error = %e, "cannot remove IPVS mode's leftovers"),
             },
             Err(e) => tracing::warn!(error = %e, "cannot remove IPVS mode's leftovers"),
         }
+        // Whatever iptables mode left in the same flavour, if anything.
+        remove_iptables_leftovers(settings, host, ipvs_flavour, &mut done).await;
     }
     done
+}
+
+/// Removes iptables mode's `KUBE-*` chains and jumps from `flavour`, if it
+/// has any; says so in `done`, or logs why not.
+async fn remove_iptables_leftovers(settings: &Settings, host: &Host, flavour: Flavour, done: &mut Vec<String>) {
+    let mut cli = IptablesCli::new(flavour, None);
+    if !cli.available().await || !has_kube_chains(&mut cli).await {
+        return;
+    }
+    match iptables_proxier(&settings.proxy, IpFamily::V4, host, IptablesCli::new(flavour, None)) {
+        Ok(mut p) => match p.cleanup().await {
+            Ok(()) => done.push(format!("removed iptables-{} KUBE-* chains and their jumps", flavour.name())),
+            Err(e) => tracing::warn!(flavour = flavour.name(), error = %e, "cannot remove leftover iptables chains"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot remove leftover iptables chains"),
+    }
 }
 
 /// The longest kproxy waits for connections through IPVS mode's virtual

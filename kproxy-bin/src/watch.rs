@@ -42,7 +42,7 @@ impl Sink for Proxy {
     async fn send(&self, updates: Vec<Update>) {
         for u in &updates {
             if let Update::Node(node) = u {
-                self.set_node_eligible(crate::servers::node_eligible(Some(node)));
+                self.set_node_eligible(kproxy_agent::health::node_eligible(Some(node)));
             }
         }
         Proxy::send(self, updates).await;

@@ -154,8 +154,10 @@ fn leftovers_of(topo: &Topology, mode: &str) -> Vec<&'static str> {
         if topo.node.exec(&["ipset", "list", "-n"]).unwrap_or_default().contains("KUBE-") {
             left.push("KUBE-* ipsets");
         }
-        if topo.node.exec(&["iptables-nft-save"]).unwrap_or_default().contains("KUBE-IPVS-FILTER") {
-            left.push("IPVS mode's iptables chains");
+        // Every KUBE-* chain, not only IPVS mode's own: the takeover must
+        // remove the chains it shares with iptables mode too.
+        if topo.node.exec(&["iptables-nft-save"]).unwrap_or_default().lines().any(|l| l.starts_with(":KUBE-")) {
+            left.push("KUBE-* iptables chains");
         }
     } else if topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default().contains("kproxy-") {
         left.push("kproxy's nftables tables");
@@ -200,7 +202,8 @@ fn switching_between_ipvs_and_nftables_modes_keeps_new_connections() {
 
         stop(&mut topo, first);
         let start = Instant::now();
-        let (_, second) = common::start_configured(&mut topo, &scenario, mode(to), BIN);
+        let log = dir.join(format!("{to}.log"));
+        let (_, second) = common::start_configured_to(&mut topo, &scenario, mode(to), BIN, Some(&log));
         // IPVS mode's leftovers wait for the held connection (40 s) to end.
         while !leftovers_of(&topo, from).is_empty() && start.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(50));
@@ -208,7 +211,8 @@ fn switching_between_ipvs_and_nftables_modes_keeps_new_connections() {
         let gone = start.elapsed();
         let left = leftovers_of(&topo, from);
         if !left.is_empty() {
-            failures.push(format!("{pair}: still there after 120 s: {}", left.join(", ")));
+            let connections = topo.node.exec(&["ipvsadm", "-Lnc"]).unwrap_or_default();
+            failures.push(format!("{pair}: still there after 120 s: {}; IPVS's connections:\n{connections}", left.join(", ")));
         }
         if let Err(unmet) = common::wait_served(&topo, &scenario, mode(to)) {
             failures.push(format!("{pair}: {to} mode never served: {unmet:?}"));
@@ -234,6 +238,13 @@ fn switching_between_ipvs_and_nftables_modes_keeps_new_connections() {
             failures.push(format!("{pair}: the held connection broke: {}", held.trim()));
         }
         stop(&mut topo, second);
+        // The takeover removes everything without a complaint (a chain
+        // removed before the chains that refer to it is "busy").
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        print!("{output}");
+        for line in output.lines().filter(|l| l.contains("cannot remove")) {
+            failures.push(format!("{pair}: {line}"));
+        }
         topo.node.exec(&[BIN, "--cleanup", "--hostname-override", fx::NODE_NAME]).unwrap();
         drop(topo);
         let _ = std::fs::remove_dir_all(&dir);

@@ -151,7 +151,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let (services, slices, node) = match objects(&args, &settings.node_name) {
+    let (services, slices, node) = match objects(&args, &settings.proxy.node_name) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
@@ -160,12 +160,12 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
             return fail(format!("no Service {only}"));
         }
     }
-    let local = crate::interfaces::local_addresses();
-    let node = node.unwrap_or_else(|| made_up_node(&settings.node_name, &local));
+    let local = kproxy_agent::interfaces::local_addresses();
+    let node = node.unwrap_or_else(|| made_up_node(&settings.proxy.node_name, &local));
     let info = kproxy_core::convert::node_info(&node);
     let families: Vec<IpFamily> = [IpFamily::V4, IpFamily::V6].into_iter().filter(|f| info.ips.iter().any(|ip| f.contains(*ip)) || *f == IpFamily::V4).collect();
-    let configs: Vec<ProxierConfig> = families.iter().map(|f| settings.proxier_config(*f, &info, &local)).collect();
-    let mode = match settings.mode {
+    let configs: Vec<ProxierConfig> = families.iter().map(|f| settings.proxy.proxier_config(*f, &info, &local)).collect();
+    let mode = match settings.proxy.mode {
         crate::settings::Mode::Nftables => Some(RulesMode::Nftables),
         crate::settings::Mode::Ipvs => Some(RulesMode::Ipvs),
         // iptables is also the default: without a mode given, the node's
@@ -213,7 +213,7 @@ mod tests {
         // The node defaults as kproxy's does (the hostname).
         let a = args(&["--manifests", "d"]).unwrap();
         assert_eq!(a.node, None);
-        assert!(!settings(&a).unwrap().node_name.is_empty());
+        assert!(!settings(&a).unwrap().proxy.node_name.is_empty());
         assert!(args(&["--hostname-override", "n", "--manifests", "d", "--source", "10.0.0.300"]).unwrap_err().contains("not an IP address"));
         assert_eq!(args(&["--hostname-override", "n", "--manifests", "d", "ns/web"]).unwrap().only.as_deref(), Some("ns/web"));
         // kproxy's own flags pass through, with their values.

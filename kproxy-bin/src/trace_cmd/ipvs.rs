@@ -49,7 +49,7 @@ pub(crate) fn read(family: IpFamily) -> Result<IpvsListing, String> {
     if !out.status.success() {
         return Err(format!("ipset save failed: {}", String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default()));
     }
-    Ok(IpvsListing { table, ipsets: String::from_utf8_lossy(&out.stdout).into_owned(), save, flavour, bound: crate::interfaces::ipvs_dummy_addresses() })
+    Ok(IpvsListing { table, ipsets: String::from_utf8_lossy(&out.stdout).into_owned(), save, flavour, bound: kproxy_agent::interfaces::ipvs_dummy_addresses() })
 }
 
 /// The trace of `args` through `live` on a node with `local` addresses.

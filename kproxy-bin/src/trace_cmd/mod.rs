@@ -245,7 +245,7 @@ pub fn render(args: &TraceArgs, traced: &Traced) -> String {
 pub fn main(args: &[String]) -> std::process::ExitCode {
     let result = parse_args(args).and_then(|a| {
         let rules = read_live(IpFamily::of(a.packet.dst), a.mode)?;
-        trace_rules(&a, &rules, &crate::interfaces::local_addresses())
+        trace_rules(&a, &rules, &kproxy_agent::interfaces::local_addresses())
     });
     match result {
         Ok(text) => {

@@ -21,6 +21,18 @@ pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_oracle::Scenario
 /// configuration (`--config`, as the e2e harness writes it) and its
 /// manifests, ServiceCIDRs included; `bin` is the kproxy binary.
 pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_oracle::Scenario, mode: kproxy_oracle::Dataplane, bin: &str) -> (std::path::PathBuf, usize) {
+    start_configured_to(topo, scenario, mode, bin, None)
+}
+
+/// [`start_configured`] with kproxy's output appended to `log` (when
+/// given) instead of the test's own.
+pub fn start_configured_to(
+    topo: &mut kproxy_testkit::Topology,
+    scenario: &kproxy_oracle::Scenario,
+    mode: kproxy_oracle::Dataplane,
+    bin: &str,
+    log: Option<&std::path::Path>,
+) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-standalone-{}-configured-{}", std::process::id(), scenario.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("m")).unwrap();
@@ -33,7 +45,13 @@ pub fn start_configured(topo: &mut kproxy_testkit::Topology, scenario: &kproxy_o
     config.as_object_mut().unwrap().remove("clientConnection");
     let file = dir.join("config.yaml");
     std::fs::write(&file, config.to_string()).unwrap();
-    let handle = topo.node.spawn(&[bin, "--config", file.to_str().unwrap(), "--manifests", dir.join("m").to_str().unwrap()]).unwrap();
+    let manifests = dir.join("m");
+    let args = [bin, "--config", file.to_str().unwrap(), "--manifests", manifests.to_str().unwrap()];
+    let handle = match log {
+        Some(log) => topo.node.spawn_logged(&args, log),
+        None => topo.node.spawn(&args),
+    }
+    .unwrap();
     (dir, handle)
 }
 
