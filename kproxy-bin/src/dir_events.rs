@@ -11,6 +11,9 @@ use std::time::Duration;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::sync::mpsc;
 
+/// How long after an event the reload waits for the writer to finish.
+const QUIET: Duration = Duration::from_millis(20);
+
 /// Events of one directory.
 #[derive(Debug)]
 pub struct DirEvents {
@@ -36,6 +39,10 @@ impl DirEvents {
             .spawn(move || {
                 // Ends when the receiver is gone (the next event finds it so).
                 while inotify.read_events().is_ok() {
+                    // A short quiet moment, so that a burst of writes (an
+                    // editor's, a `kubectl` dump's) is mostly one reload;
+                    // events during it are one more wake-up at most.
+                    std::thread::sleep(QUIET);
                     match tx.try_send(()) {
                         Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
                         Err(mpsc::error::TrySendError::Closed(())) => return,
@@ -46,14 +53,12 @@ impl DirEvents {
         Ok(DirEvents { rx })
     }
 
-    /// Waits for the next change, then for a short quiet moment, so that a
-    /// burst of writes (an editor's, a `kubectl` dump's) is one reload.
+    /// Waits for the next change (and its quiet moment). Cancel-safe: a
+    /// change is not lost when the wait is dropped in a `select!`.
     pub async fn changed(&mut self) {
         if self.rx.recv().await.is_none() {
-            return std::future::pending().await;
+            std::future::pending().await
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while self.rx.try_recv().is_ok() {}
     }
 }
 

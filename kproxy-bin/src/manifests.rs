@@ -19,10 +19,12 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use serde::Deserialize;
 use serde_json::Value;
 
 use kproxy_agent::service_cidrs::ranges_of;
@@ -31,17 +33,20 @@ use kproxy_agent::service_cidrs::ranges_of;
 /// EndpointSlices in one file (about 1.3 KiB each).
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
-/// The objects read from a directory, by namespace/name.
+/// The objects read from a directory, by namespace/name. Objects are
+/// shared (`Arc`): merging files and handing objects to the proxiers copy
+/// no object, and an object that was not read again is the same
+/// allocation as before (so comparing it is a pointer comparison).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Manifests {
     /// Services.
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, Arc<Service>>,
     /// EndpointSlices.
-    pub slices: BTreeMap<String, EndpointSlice>,
+    pub slices: BTreeMap<String, Arc<EndpointSlice>>,
     /// Nodes, by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
     /// ServiceCIDRs (`networking.k8s.io/v1`), by name.
-    pub service_cidrs: BTreeMap<String, ServiceCIDR>,
+    pub service_cidrs: BTreeMap<String, Arc<ServiceCIDR>>,
 }
 
 impl Manifests {
@@ -125,6 +130,18 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// Parses one document: JSON (which is YAML) with the JSON parser, many
+/// times faster on generated files; anything else, or JSON it refuses,
+/// as YAML with budgets sized for a large `List`.
+fn parse_document(text: &str) -> Result<Value, String> {
+    if text.trim_start().starts_with('{') {
+        if let Ok(value) = serde_json::from_str(text) {
+            return Ok(value);
+        }
+    }
+    parse_yaml(text)
+}
+
 /// Parses one document's YAML with budgets sized for a large `List`.
 fn parse_yaml(text: &str) -> Result<Value, String> {
     let mut budget = serde_saphyr::Budget::default();
@@ -162,19 +179,19 @@ impl FileRead {
                 }
                 Ok(())
             }
-            "Service" => serde_json::from_value::<Service>(doc.clone()).map(|s| {
-                self.objects.services.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
+            "Service" => Service::deserialize(&doc).map(|s| {
+                self.objects.services.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), Arc::new(s));
             }),
-            "EndpointSlice" => serde_json::from_value::<EndpointSlice>(doc.clone()).map(|s| {
-                self.objects.slices.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), s);
+            "EndpointSlice" => EndpointSlice::deserialize(&doc).map(|s| {
+                self.objects.slices.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), Arc::new(s));
             }),
-            "Node" => serde_json::from_value::<Node>(doc.clone()).map(|n| {
-                self.objects.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
+            "Node" => Node::deserialize(&doc).map(|n| {
+                self.objects.nodes.insert(n.metadata.name.clone().unwrap_or_default(), Arc::new(n));
             }),
-            "ServiceCIDR" => match serde_json::from_value::<ServiceCIDR>(doc.clone()) {
+            "ServiceCIDR" => match ServiceCIDR::deserialize(&doc) {
                 Ok(c) => match ranges_of(&c) {
                     Ok(_) => {
-                        self.objects.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), c);
+                        self.objects.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), Arc::new(c));
                         Ok(())
                     }
                     Err(e) => {
@@ -231,7 +248,7 @@ fn read_file(path: &Path) -> FileRead {
     };
     for (line, doc) in documents(&text) {
         let where_ = format!("{shown}: document at line {line}");
-        match parse_yaml(&doc) {
+        match parse_document(&doc) {
             Ok(Value::Null) => {}
             Ok(value) => out.object(value, &where_),
             Err(e) => {
@@ -276,6 +293,8 @@ impl FileState {
 #[derive(Debug, Default)]
 pub struct Directory {
     files: BTreeMap<PathBuf, FileState>,
+    /// The objects in two files, as of the last [`Directory::objects`].
+    duplicates: Vec<String>,
 }
 
 impl Directory {
@@ -285,6 +304,20 @@ impl Directory {
     /// only once its file reads the same, without a problem, on two reads
     /// in a row: a file caught half-written withdraws nothing.
     pub fn load(&mut self, dir: &Path) -> Result<(Manifests, Vec<String>), String> {
+        let (_, mut problems) = self.refresh(dir)?;
+        let objects = self.objects();
+        problems.extend(self.duplicates.iter().cloned());
+        Ok((objects, problems))
+    }
+
+    /// Reads `dir` again like [`Directory::load`], without merging the
+    /// objects: says whether any file's objects changed (a file re-read,
+    /// added or gone, or a half-written file's kept objects withdrawn),
+    /// and every file's problems. Nothing changed means the last
+    /// [`Directory::objects`] still holds, so a caller polling a large
+    /// directory does no more than a `stat` per file.
+    pub fn refresh(&mut self, dir: &Path) -> Result<(bool, Vec<String>), String> {
+        let mut changed = false;
         let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read the manifests directory: {e}", dir.display()))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -298,6 +331,8 @@ impl Directory {
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
+                    // Gone between the listing and now: its objects go.
+                    changed |= previous.is_some();
                     problems.push(format!("{}: {e}", path.display()));
                     continue;
                 }
@@ -313,12 +348,14 @@ impl Directory {
             let state = match previous {
                 // Unchanged: settled, unless it still has a problem.
                 Some(mut p) if p.stamp == now => {
-                    if !p.partial {
+                    if !p.partial && p.kept != Manifests::default() {
                         p.kept = Manifests::default();
+                        changed = true;
                     }
                     p
                 }
                 previous => {
+                    changed = true;
                     let read = read_file(&path);
                     let mut kept = Manifests::default();
                     if let Some(before) = previous.map(|p| p.objects()) {
@@ -334,19 +371,36 @@ impl Directory {
             problems.extend(state.problems.iter().cloned());
             files.insert(path, state);
         }
+        // Files gone since the last read.
+        changed |= !self.files.is_empty();
         self.files = files;
+        Ok((changed, problems))
+    }
+
+    /// Every file's objects as of the last refresh, merged (a later file's
+    /// object wins over an earlier file's of the same kind and name; see
+    /// [`Directory::duplicates`]).
+    pub fn objects(&mut self) -> Manifests {
         let mut all = Manifests::default();
+        let mut duplicates = Vec::new();
         let mut origin: BTreeMap<(&'static str, String), &Path> = BTreeMap::new();
         for (path, state) in &self.files {
             let objects = state.objects();
             for (kind, key) in objects.keys() {
                 if let Some(first) = origin.insert((kind, key.clone()), path) {
-                    problems.push(format!("{kind} {key} is in both {} and {}; the latter's is used", first.display(), path.display()));
+                    duplicates.push(format!("{kind} {key} is in both {} and {}; the latter's is used", first.display(), path.display()));
                 }
             }
             all.extend(objects);
         }
-        Ok((all, problems))
+        self.duplicates = duplicates;
+        all
+    }
+
+    /// One message per object found in two files, as of the last
+    /// [`Directory::objects`].
+    pub fn duplicates(&self) -> &[String] {
+        &self.duplicates
     }
 }
 
@@ -369,6 +423,43 @@ mod tests {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// JSON documents take the JSON parser's fast path and read the same
+    /// as YAML; a flow mapping JSON refuses is still YAML.
+    #[test]
+    fn json_documents_read_as_their_yaml() {
+        let yaml = parse_yaml(WEB).unwrap();
+        assert_eq!(parse_document(&serde_json::to_string(&yaml).unwrap()).unwrap(), yaml);
+        assert_eq!(parse_document("{kind: Service, metadata: {name: web}}").unwrap()["metadata"]["name"], "web");
+        assert!(parse_document("{kind: [}").is_err());
+    }
+
+    /// A refresh says whether the objects changed, so the one-second poll
+    /// of a large, quiet directory costs a `stat` per file: a file
+    /// written, a Service withdrawn once its file settles, a file removed
+    /// are changes; reading the same files again is not.
+    #[test]
+    fn a_refresh_says_whether_anything_changed() {
+        let d = dir("refresh");
+        let (a, b) = (d.join("a.yaml"), d.join("b.yaml"));
+        write(&a, &format!("{WEB}---\n{API}"));
+        write(&b, &API.replace("name: api", "name: other"));
+        let mut directory = Directory::default();
+        assert!(directory.refresh(&d).unwrap().0, "first read");
+        assert_eq!(directory.objects().services.len(), 3);
+        assert!(!directory.refresh(&d).unwrap().0, "the same files");
+        write(&a, WEB);
+        assert!(directory.refresh(&d).unwrap().0, "a written");
+        assert_eq!(directory.objects().services.len(), 3, "api is kept until a.yaml settles");
+        assert!(directory.refresh(&d).unwrap().0, "settled: api withdrawn");
+        assert_eq!(directory.objects().services.len(), 2);
+        assert!(!directory.refresh(&d).unwrap().0);
+        std::fs::remove_file(&b).unwrap();
+        assert!(directory.refresh(&d).unwrap().0, "b removed");
+        assert_eq!(directory.objects().services.len(), 1);
+        assert!(!directory.refresh(&d).unwrap().0);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

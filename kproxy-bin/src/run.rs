@@ -210,7 +210,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     for p in &problems {
         tracing::warn!("manifest problem: {p}");
     }
-    let node = state.nodes.get(&settings.proxy.node_name).map(convert::node_info).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
+    let node = state.nodes.get(&settings.proxy.node_name).map(|n| convert::node_info(n)).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
     let node = with_primary_ip(node, settings.primary_ip);
     let families = families_of(&node);
     if run.flags.on("dry-run") {

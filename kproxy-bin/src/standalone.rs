@@ -16,31 +16,36 @@ use crate::proxy::{is_proxied, Proxy};
 /// The updates that take `old` to `new` (objects the label selector
 /// excludes count as absent).
 pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
-    let (old, new) = (selected(old), selected(new));
     let mut out = Vec::new();
-    for (k, s) in &new.services {
-        if old.services.get(k) != Some(s) {
-            out.push(Update::Service { previous: old.services.get(k).cloned().map(Arc::new), current: Some(Arc::new(s.clone())) });
+    for k in new.services.keys() {
+        let (before, now) = (service(old, k), service(new, k));
+        if !same(before, now) {
+            out.push(Update::Service { previous: before.cloned(), current: now.cloned() });
         }
     }
-    for (k, s) in &old.services {
-        if !new.services.contains_key(k) {
-            out.push(Update::Service { previous: Some(Arc::new(s.clone())), current: None });
+    for k in old.services.keys().filter(|k| !new.services.contains_key(*k)) {
+        if let Some(s) = service(old, k) {
+            out.push(Update::Service { previous: Some(Arc::clone(s)), current: None });
         }
     }
-    for (k, s) in &new.slices {
-        if old.slices.get(k) != Some(s) {
-            out.push(Update::EndpointSlice { slice: Arc::new(s.clone()), removed: false });
+    for k in new.slices.keys() {
+        let (before, now) = (slice(old, k), slice(new, k));
+        if !same(before, now) {
+            match (before, now) {
+                (_, Some(s)) => out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: false }),
+                (Some(s), None) => out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: true }),
+                (None, None) => {}
+            }
         }
     }
-    for (k, s) in &old.slices {
-        if !new.slices.contains_key(k) {
-            out.push(Update::EndpointSlice { slice: Arc::new(s.clone()), removed: true });
+    for k in old.slices.keys().filter(|k| !new.slices.contains_key(*k)) {
+        if let Some(s) = slice(old, k) {
+            out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: true });
         }
     }
     for (k, n) in &new.nodes {
-        if old.nodes.get(k) != Some(n) {
-            out.push(Update::Node(Arc::new(n.clone())));
+        if !same(old.nodes.get(k), Some(n)) {
+            out.push(Update::Node(Arc::clone(n)));
         }
     }
     let ranges = new.service_cidr_ranges();
@@ -50,12 +55,24 @@ pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
     out
 }
 
-/// `m` without the objects upstream's label selector excludes.
-fn selected(m: &Manifests) -> Manifests {
-    let mut m = m.clone();
-    m.services.retain(|_, s| is_proxied(s.metadata.labels.as_ref()));
-    m.slices.retain(|_, s| is_proxied(s.metadata.labels.as_ref()));
-    m
+/// Whether two versions of an object are equal: the same allocation (not
+/// read again), or equal fields.
+fn same<T: PartialEq>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// `m`'s Service `k`, unless upstream's label selector excludes it.
+fn service<'a>(m: &'a Manifests, k: &str) -> Option<&'a Arc<k8s_openapi::api::core::v1::Service>> {
+    m.services.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref()))
+}
+
+/// `m`'s EndpointSlice `k`, unless upstream's label selector excludes it.
+fn slice<'a>(m: &'a Manifests, k: &str) -> Option<&'a Arc<k8s_openapi::api::discovery::v1::EndpointSlice>> {
+    m.slices.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref()))
 }
 
 /// Whether the node may receive traffic (see [`kproxy_agent::health::node_eligible`]);
@@ -110,8 +127,8 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
                 }
             } => {}
         }
-        let (state, problems) = match directory.load(dir) {
-            Ok(loaded) => loaded,
+        let (changed, mut problems) = match directory.refresh(dir) {
+            Ok(refreshed) => refreshed,
             Err(e) => {
                 for p in problems_to_log(&mut problems_seen, vec![e], std::time::Instant::now()) {
                     tracing::warn!("{p}");
@@ -119,15 +136,19 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
                 continue;
             }
         };
+        // Nothing changed (the usual poll): no merge, no comparison.
+        let state = changed.then(|| directory.objects());
+        problems.extend(directory.duplicates().iter().cloned());
         for p in problems_to_log(&mut problems_seen, problems, std::time::Instant::now()) {
             tracing::warn!("manifest problem: {p}");
         }
+        let Some(state) = state else { continue };
         proxy.set_node_eligible(node_eligible(&state, node_name));
         let updates = diff(&known, &state);
         if !updates.is_empty() {
             proxy.send(updates).await;
-            known = state;
         }
+        known = state;
     }
 }
 
@@ -151,10 +172,10 @@ mod tests {
     #[test]
     fn services_another_proxy_owns_are_left_out() {
         let mut mine = Manifests::default();
-        mine.services.insert("ns/a".into(), service("ns", "a", &["172.30.0.1"]).port("p", 80, "TCP", 0).build());
+        mine.services.insert("ns/a".into(), Arc::new(service("ns", "a", &["172.30.0.1"]).port("p", 80, "TCP", 0).build()));
         let mut theirs = service("ns", "b", &["172.30.0.2"]).port("p", 80, "TCP", 0).build();
         theirs.metadata.labels = Some([("service.kubernetes.io/service-proxy-name".to_string(), "other".to_string())].into());
-        mine.services.insert("ns/b".into(), theirs);
+        mine.services.insert("ns/b".into(), Arc::new(theirs));
         let updates = diff(&Manifests::default(), &mine);
         assert_eq!(updates.len(), 1, "{updates:?}");
         assert!(matches!(&updates[0], Update::Service { current: Some(s), .. } if s.metadata.name.as_deref() == Some("a")));

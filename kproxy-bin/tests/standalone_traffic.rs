@@ -696,3 +696,23 @@ fn vmodule_raises_one_file_s_verbosity() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The standalone benchmark's set-up at a small size (the command in
+/// BENCHMARKS.md runs it at 10,000 Services): every sampled Service
+/// answers, and every whole-file rewrite that moves the probe Service is
+/// followed by a connection answered by the new pod within the generous
+/// 10 s bound (a change never seen counts as exactly the bound).
+#[test]
+fn the_standalone_benchmark_sees_every_file_rewrite() {
+    if !kernel_tests_enabled("the_standalone_benchmark_sees_every_file_rewrite") {
+        return;
+    }
+    let mut bench = kproxy_e2e::standalone_bench::StandaloneBench::new(300, 3, 4).unwrap();
+    let started = bench.start(BIN).unwrap();
+    bench.time_to_serve(started, 10, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", bench.log()));
+    let limit = Duration::from_secs(10);
+    let changes = bench.write_to_traffic(4, Duration::from_millis(300), limit).unwrap();
+    assert_eq!(changes.len(), 4);
+    assert!(changes.iter().all(|d| *d < limit), "a rewrite was never followed: {changes:?}\n{}", bench.log());
+    assert!(bench.usage().peak_rss_mib > 0.0, "the proxy's memory is read");
+}

@@ -121,7 +121,7 @@ fn node_scenario() -> Scenario {
     }
 }
 
-fn proc_usage(pid: u32) -> Usage {
+pub(crate) fn proc_usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -402,7 +402,7 @@ pub fn time_wait(netns: &str) -> Result<usize, String> {
 /// Waits for a `follow` line naming `pod` at or after wall time `after`;
 /// returns its time. `before` gets the last pod named before `after`, and
 /// `between` the other lines seen after `after` (another pod, failures).
-fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Option<String>, between: &mut Vec<String>) -> Result<f64, String> {
+pub(crate) fn wait_for(p: &Prober, pod: &str, after: f64, limit: Duration, before: &mut Option<String>, between: &mut Vec<String>) -> Result<f64, String> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

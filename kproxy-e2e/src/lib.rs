@@ -23,6 +23,7 @@ pub mod control_plane;
 pub mod differential;
 pub mod nodes;
 pub mod scenario;
+pub mod standalone_bench;
 pub mod svg;
 
 pub use api::Api;

@@ -110,8 +110,8 @@ type Objects = (Vec<Service>, Vec<EndpointSlice>, Option<Node>);
 fn objects(args: &Args, node: &str) -> Result<Objects, String> {
     if let Some(dir) = &args.manifests {
         let (m, _) = crate::manifests::Directory::default().load(std::path::Path::new(dir))?;
-        let node = m.nodes.get(node).cloned();
-        return Ok((m.services.into_values().collect(), m.slices.into_values().collect(), node));
+        let node = m.nodes.get(node).map(|n| Node::clone(n));
+        return Ok((m.services.into_values().map(std::sync::Arc::unwrap_or_clone).collect(), m.slices.into_values().map(std::sync::Arc::unwrap_or_clone).collect(), node));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {

@@ -56,7 +56,8 @@ pub fn start_configured_to(
 }
 
 /// Waits until `topo` meets every case of `scenario` with `mode`'s
-/// semantics, 30 s at most; on timeout, the cases still unmet.
+/// semantics, 90 s at most (generous: the IPVS tests run in an emulated
+/// VM, at times beside other work); on timeout, the cases still unmet.
 pub fn wait_served(topo: &kproxy_testkit::Topology, scenario: &kproxy_oracle::Scenario, mode: kproxy_oracle::Dataplane) -> Result<(), Vec<String>> {
     let start = std::time::Instant::now();
     loop {
@@ -64,7 +65,7 @@ pub fn wait_served(topo: &kproxy_testkit::Topology, scenario: &kproxy_oracle::Sc
         if unmet.is_empty() {
             return Ok(());
         }
-        if start.elapsed() > std::time::Duration::from_secs(30) {
+        if start.elapsed() > std::time::Duration::from_secs(90) {
             return Err(unmet);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
