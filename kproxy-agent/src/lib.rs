@@ -7,6 +7,9 @@
 //!   for a [`SyncRunner`](kproxy_core::runner::SyncRunner): kube watchers
 //!   on Services and EndpointSlices with upstream's label selector, this
 //!   node's Node and the ServiceCIDRs, relisting after any failure;
+//! - [`manifests_source`]: a directory of manifests as the cluster
+//!   (standalone mode), which no bad or half-written file can break,
+//!   followed on file events;
 //! - [`fanout`]: one proxier and sync runner per IP family, fed the same
 //!   updates (a [`kube_source::Sink`]);
 //! - [`observer`]: what follows each sync: the conntrack cleanup the
@@ -34,6 +37,7 @@ pub mod health;
 pub mod http;
 pub mod interfaces;
 pub mod kube_source;
+pub mod manifests_source;
 pub mod observer;
 pub mod selector;
 pub mod service_cidrs;

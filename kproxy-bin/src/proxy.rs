@@ -16,8 +16,6 @@ use crate::observer::Hooks;
 use crate::servers::{self, Shared};
 use crate::settings::Settings;
 
-pub use kproxy_agent::selector::is_proxied;
-
 /// The running proxy.
 #[derive(Debug)]
 pub struct Proxy {

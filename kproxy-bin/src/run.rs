@@ -16,12 +16,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use kproxy_agent::backend::{iptables_proxier, ipvs_proxier, nft_proxier, Host};
 use crate::config::Effective;
 use crate::flags::Flags;
-use crate::manifests::{self, Manifests};
+use kproxy_agent::manifests_source::{self as standalone, Directory, Manifests};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use std::sync::Arc;
 use crate::settings::{self, Mode, Settings};
-use crate::{standalone, sysctls, watch};
+use crate::{sysctls, watch};
 
 /// Runs kproxy as the flags and the effective configuration say.
 pub async fn run(flags: Flags, effective: Effective) -> Result<()> {
@@ -205,7 +205,7 @@ fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
 /// Standalone mode: the cluster state comes from a manifests directory.
 async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     let settings = run.settings;
-    let mut directory = manifests::Directory::default();
+    let mut directory = Directory::default();
     let (state, problems) = directory.load(dir).map_err(anyhow::Error::msg)?;
     for p in &problems {
         tracing::warn!("manifest problem: {p}");

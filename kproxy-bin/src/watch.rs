@@ -51,6 +51,10 @@ impl Sink for Proxy {
     fn node_deleted(&self) {
         self.set_node_eligible(false);
     }
+
+    fn node_eligible(&self, eligible: bool) {
+        self.set_node_eligible(eligible);
+    }
 }
 
 /// Feeds `proxy` from the API server until the future is dropped.

@@ -50,6 +50,12 @@ pub trait Sink: Sync {
     /// This node's Node object was deleted (no update: the proxiers keep
     /// the last Node they had). The default does nothing.
     fn node_deleted(&self) {}
+
+    /// Whether the node may receive load-balancer traffic, as a source
+    /// without Node events decides it (the manifests directory: see
+    /// [`crate::manifests_source::node_eligible`]). The default does
+    /// nothing.
+    fn node_eligible(&self, _eligible: bool) {}
 }
 
 /// Feeds `sink` from the API server until the future is dropped.
@@ -108,12 +114,20 @@ pub fn updates(client: Client, node_name: &str) -> Updates {
     Updates { rx, task }
 }
 
-/// A [`Stream`](futures::Stream) of [`Update`]s from the API server (see
-/// [`updates`]); dropping it stops the watchers.
+/// A [`Stream`](futures::Stream) of [`Update`]s from a source: the API
+/// server ([`updates`]) or a manifests directory
+/// ([`crate::manifests_source::updates`]); dropping it stops the source.
 #[derive(Debug)]
 pub struct Updates {
     rx: mpsc::Receiver<Update>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Updates {
+    /// The stream of `rx`, fed by `task` (aborted when dropped).
+    pub(crate) fn new(rx: mpsc::Receiver<Update>, task: tokio::task::JoinHandle<()>) -> Updates {
+        Updates { rx, task }
+    }
 }
 
 impl futures::Stream for Updates {
@@ -130,7 +144,7 @@ impl Drop for Updates {
 }
 
 /// A channel as a [`Sink`].
-struct ChannelSink(mpsc::Sender<Update>);
+pub(crate) struct ChannelSink(pub(crate) mpsc::Sender<Update>);
 
 impl Sink for ChannelSink {
     async fn send(&self, updates: Vec<Update>) {

@@ -27,7 +27,7 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::Deserialize;
 use serde_json::Value;
 
-use kproxy_agent::service_cidrs::ranges_of;
+use crate::service_cidrs::ranges_of;
 
 /// The largest manifest file read: enough for 50,000 Services with their
 /// EndpointSlices in one file (about 1.3 KiB each).
@@ -53,7 +53,7 @@ impl Manifests {
     /// Every range of every ServiceCIDR, sorted (see
     /// [`crate::service_cidrs`]); ranges were checked when read.
     pub fn service_cidr_ranges(&self) -> Vec<ipnet::IpNet> {
-        let mut all = kproxy_agent::service_cidrs::ServiceCidrs::default();
+        let mut all = crate::service_cidrs::ServiceCidrs::default();
         for o in self.service_cidrs.values() {
             all.upsert(o);
         }

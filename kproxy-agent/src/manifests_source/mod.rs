@@ -1,6 +1,13 @@
-//! Standalone mode's source: the manifests directory, read again when a
-//! file event says it changed (inotify) and every second, its differences
-//! sent as updates.
+//! A directory of manifests as the cluster (kproxy's standalone mode):
+//! Services, EndpointSlices, the Node and ServiceCIDRs read from YAML (or
+//! JSON) files by [`Directory`], which no file can break, and followed
+//! on file events (inotify) with a one-second poll as the fallback, their
+//! differences handed to a [`Sink`] ([`follow`]) or a stream
+//! ([`updates`]).
+//!
+//! A poll that finds no file changed costs a `stat` per file; a changed
+//! file is parsed again alone, and objects are shared (`Arc`) between the
+//! files, the merged state and the updates, so nothing is copied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,8 +17,13 @@ use std::sync::Arc;
 
 use kproxy_core::runner::Update;
 
-use crate::manifests::{self, Manifests};
-use crate::proxy::{is_proxied, Proxy};
+use crate::kube_source::{ChannelSink, Sink, Updates};
+use crate::selector::is_proxied;
+
+mod directory;
+mod events;
+
+pub use directory::{Directory, Manifests, MAX_FILE_BYTES};
 
 /// The updates that take `old` to `new` (objects the label selector
 /// excludes count as absent).
@@ -78,7 +90,7 @@ fn slice<'a>(m: &'a Manifests, k: &str) -> Option<&'a Arc<k8s_openapi::api::disc
 /// Whether the node may receive traffic (see [`kproxy_agent::health::node_eligible`]);
 /// standalone, a node with no manifest is eligible.
 pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
-    state.nodes.get(node_name).is_none_or(|n| kproxy_agent::health::node_eligible(Some(n)))
+    state.nodes.get(node_name).is_none_or(|n| crate::health::node_eligible(Some(n)))
 }
 
 /// How often a problem that lasts is logged again.
@@ -100,20 +112,22 @@ pub fn problems_to_log(seen: &mut BTreeMap<String, std::time::Instant>, problems
         .collect()
 }
 
-/// Feeds `proxy` from `dir`, starting from `state` (already loaded by
-/// `directory`), until the task is dropped. Only changed files are read
-/// again.
-pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests, mut directory: manifests::Directory) {
+/// Feeds `sink` from `dir`, starting from `state` (already loaded by
+/// `directory`), until the future is dropped: the initial objects and the
+/// `*Synced` markers first, then the differences whenever files change,
+/// with the node's eligibility ([`node_eligible`]) after each. Problems
+/// are logged: new ones at once, lasting ones once a minute.
+pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manifests, mut directory: Directory) {
     let mut initial = diff(&Manifests::default(), &state);
     initial.push(Update::ServicesSynced);
     initial.push(Update::EndpointSlicesSynced);
-    proxy.set_node_eligible(node_eligible(&state, node_name));
-    proxy.send(initial).await;
+    sink.node_eligible(node_eligible(&state, node_name));
+    sink.send(initial).await;
     let mut known = state;
     let mut problems_seen = BTreeMap::new();
     // File events wake the source at once; the one-second poll stays as
     // the fallback (and settles files caught half-written).
-    let mut events = crate::dir_events::DirEvents::watch(dir)
+    let mut events = events::DirEvents::watch(dir)
         .inspect_err(|e| tracing::warn!("{e}; the manifests directory is read every second only"))
         .ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -143,13 +157,29 @@ pub async fn follow(proxy: &Proxy, node_name: &str, dir: &Path, state: Manifests
             tracing::warn!("manifest problem: {p}");
         }
         let Some(state) = state else { continue };
-        proxy.set_node_eligible(node_eligible(&state, node_name));
+        sink.node_eligible(node_eligible(&state, node_name));
         let updates = diff(&known, &state);
         if !updates.is_empty() {
-            proxy.send(updates).await;
+            sink.send(updates).await;
         }
         known = state;
     }
+}
+
+/// Loads `dir` (logging its problems) and returns its updates for one
+/// runner, from a task that runs [`follow`] until the stream is dropped;
+/// an error when the directory cannot be read. Spawns on the current
+/// tokio runtime.
+pub fn updates(dir: &Path, node_name: &str) -> Result<Updates, String> {
+    let mut directory = Directory::default();
+    let (state, problems) = directory.load(dir)?;
+    for p in &problems {
+        tracing::warn!("manifest problem: {p}");
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let (dir, node_name) = (dir.to_path_buf(), node_name.to_string());
+    let task = tokio::spawn(async move { follow(&ChannelSink(tx), &node_name, &dir, state, directory).await });
+    Ok(Updates::new(rx, task))
 }
 
 #[cfg(test)]
@@ -167,6 +197,30 @@ mod tests {
         assert_eq!(problems_to_log(&mut seen, p("a"), t0 + REPEAT_PROBLEMS), ["a"], "but while it lasts");
         assert!(problems_to_log(&mut seen, Vec::new(), t0 + REPEAT_PROBLEMS).is_empty());
         assert_eq!(problems_to_log(&mut seen, p("a"), t0 + REPEAT_PROBLEMS), ["a"], "a problem that comes back is new");
+    }
+
+    /// The stream form: the directory's objects, then the `*Synced`
+    /// markers, then a file written later as one more update.
+    #[tokio::test]
+    async fn a_directory_is_a_stream_of_updates_that_follows_its_files() {
+        use futures::StreamExt;
+        let dir = std::env::temp_dir().join(format!("kproxy-agent-manifests-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let web = |ip: &str| serde_json::to_string(&service("demo", "web", &[ip]).port("http", 80, "TCP", 0).build()).unwrap();
+        std::fs::write(dir.join("web.yaml"), web("10.96.0.10")).unwrap();
+        let mut updates = updates(&dir, "node-a").unwrap();
+        let mut first = Vec::new();
+        while !matches!(first.last(), Some(Update::EndpointSlicesSynced)) {
+            first.push(tokio::time::timeout(Duration::from_secs(30), updates.next()).await.unwrap().unwrap());
+        }
+        assert!(matches!(&first[0], Update::Service { previous: None, current: Some(s) } if s.spec.as_ref().unwrap().cluster_ip.as_deref() == Some("10.96.0.10")), "{first:?}");
+        std::fs::write(dir.join("web.yaml"), web("10.96.0.11")).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(30), updates.next()).await.unwrap().unwrap();
+        assert!(matches!(&next, Update::Service { previous: Some(_), current: Some(s) } if s.spec.as_ref().unwrap().cluster_ip.as_deref() == Some("10.96.0.11")), "{next:?}");
+        let err = super::updates(&dir.join("nothing"), "node-a").unwrap_err();
+        assert!(err.contains("cannot read the manifests directory"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
