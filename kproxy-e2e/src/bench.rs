@@ -81,7 +81,8 @@ fn probe_slice(endpoint: &str) -> EndpointSlice {
     slice("bench", "probe", "probe-a", "IPv4").port("http", 8080, "TCP").endpoint(endpoint, "node-k", EndpointState::Ready).build()
 }
 
-fn bg_ip(i: usize) -> String {
+/// The ClusterIP of background Service `i`.
+pub(crate) fn bg_ip(i: usize) -> String {
     format!("172.30.{}.{}", 1 + i / 250, 1 + i % 250)
 }
 
@@ -175,7 +176,8 @@ impl Drop for Prober {
     }
 }
 
-fn wall(t: SystemTime) -> f64 {
+/// `t` as seconds since the epoch (as `kpt.py` prints times).
+pub(crate) fn wall(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
@@ -286,19 +288,7 @@ impl SideBySide {
     /// Time from `started` until the probe service, the last background
     /// service and `sample` others answer from `kind`'s client pod.
     pub fn time_to_serve(&self, kind: ProxyKind, started: SystemTime, sample: usize, limit: Duration) -> Result<Duration, String> {
-        let mut targets = vec![format!("{PROBE_IP}:80")];
-        if self.services > 0 {
-            let step = (self.services / sample.max(1)).max(1);
-            targets.extend((0..self.services).step_by(step).map(|i| format!("{}:80", bg_ip(i))));
-            targets.push(format!("{}:80", bg_ip(self.services - 1)));
-        }
-        let out = kproxy_testkit::run(&[
-            "ip", "netns", "exec", &self.client(kind), "python3", KPT, "reach", "--src", CLIENT, "--targets", &targets.join(","),
-            "--seconds", &limit.as_secs().to_string(),
-        ])?;
-        let line = out.lines().next().unwrap_or_default();
-        let at: f64 = line.split_whitespace().next().and_then(|t| t.parse().ok()).filter(|_| line.contains(" all ")).ok_or_else(|| format!("{kind:?}: not all served: {line}"))?;
-        Ok(Duration::from_secs_f64((at - wall(started)).max(0.0)))
+        time_to_serve(&self.client(kind), CLIENT, self.services, started, sample, limit).map_err(|e| format!("{kind:?}: {e}"))
     }
 
     /// Moves the probe service between pods A and B `changes` times, each
@@ -391,6 +381,22 @@ impl SideBySide {
         }
         Ok(out)
     }
+}
+
+/// Time from `started` until the probe Service, the last of `services`
+/// background Services and `sample` others answer a client at `src` in
+/// the namespace `client`, within `limit`.
+pub(crate) fn time_to_serve(client: &str, src: &str, services: usize, started: SystemTime, sample: usize, limit: Duration) -> Result<Duration, String> {
+    let mut targets = vec![format!("{PROBE_IP}:80")];
+    if services > 0 {
+        let step = (services / sample.max(1)).max(1);
+        targets.extend((0..services).step_by(step).map(|i| format!("{}:80", bg_ip(i))));
+        targets.push(format!("{}:80", bg_ip(services - 1)));
+    }
+    let out = kproxy_testkit::run(&["ip", "netns", "exec", client, "python3", KPT, "reach", "--src", src, "--targets", &targets.join(","), "--seconds", &limit.as_secs().to_string()])?;
+    let line = out.lines().next().unwrap_or_default();
+    let at: f64 = line.split_whitespace().next().and_then(|t| t.parse().ok()).filter(|_| line.contains(" all ")).ok_or_else(|| format!("not all served: {line}"))?;
+    Ok(Duration::from_secs_f64((at - wall(started)).max(0.0)))
 }
 
 /// How many TCP sockets of `netns` rest in TIME-WAIT (a prober opens one

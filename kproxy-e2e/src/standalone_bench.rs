@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 use kproxy_core::IpFamily;
 use kproxy_oracle::fixtures::{self as fx, slice, EndpointState};
 use kproxy_oracle::{Case, Dataplane, Origin, Packet, Scenario, Verdict};
-use kproxy_testkit::{Topology, KPT};
+use kproxy_testkit::Topology;
 use serde_json::{json, Value};
 
-use crate::bench::{proc_usage, wait_for, Prober, Usage, PROBE_IP};
+use crate::bench::{bg_ip, proc_usage, wait_for, wall, Prober, Usage, PROBE_IP};
 
 const CLIENT: &str = "10.180.0.100";
 /// The pods every Service's endpoints are (so any of them answers).
@@ -49,10 +49,6 @@ pub struct StandaloneResults {
     pub write_to_traffic: Vec<Duration>,
     /// Peak RSS at the end, MiB.
     pub end_peak_rss_mib: f64,
-}
-
-fn bg_ip(i: usize) -> String {
-    format!("172.30.{}.{}", 1 + i / 250, 1 + i % 250)
 }
 
 fn service(name: &str, ip: &str) -> Value {
@@ -161,19 +157,7 @@ impl StandaloneBench {
     /// Time from `started` until the probe Service, the last Service and
     /// `sample` others answer from the client pod, within `limit`.
     pub fn time_to_serve(&self, started: SystemTime, sample: usize, limit: Duration) -> Result<Duration, String> {
-        let mut targets = vec![format!("{PROBE_IP}:80")];
-        let step = (self.services / sample.max(1)).max(1);
-        targets.extend((0..self.services).step_by(step).map(|i| format!("{}:80", bg_ip(i))));
-        if self.services > 0 {
-            targets.push(format!("{}:80", bg_ip(self.services - 1)));
-        }
-        let out = kproxy_testkit::run(&[
-            "ip", "netns", "exec", &self.client(), "python3", KPT, "reach", "--src", CLIENT, "--targets", &targets.join(","), "--seconds", &limit.as_secs().to_string(),
-        ])?;
-        let line = out.lines().next().unwrap_or_default();
-        let at: f64 = line.split_whitespace().next().and_then(|t| t.parse().ok()).filter(|_| line.contains(" all ")).ok_or_else(|| format!("not all served: {line}"))?;
-        let started = started.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        Ok(Duration::from_secs_f64((at - started).max(0.0)))
+        crate::bench::time_to_serve(&self.client(), CLIENT, self.services, started, sample, limit)
     }
 
     /// The CPU share of one core the proxy used over `period` with nothing
@@ -197,7 +181,7 @@ impl StandaloneBench {
         let mut out = Vec::new();
         for _ in 0..changes {
             current = if current == PODS[0] { PODS[1] } else { PODS[0] };
-            let t0 = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let t0 = wall(SystemTime::now());
             let began = Instant::now();
             self.write_file(0, current)?;
             if std::env::var_os("KPROXY_BENCH_VERBOSITY").is_some() {
