@@ -69,8 +69,17 @@ fn kproxy_rides_out_api_and_dataplane_faults() {
     cp.compact_etcd().unwrap();
     run(&["kill", "-CONT", &pid]).unwrap();
     within("after 410 Gone, the relist brings the change", Duration::from_secs(30), || check_case(&topo, &packet, &both));
-    let log = std::fs::read_to_string(scenario::log_path(ProxyKind::Kproxy, &topo.node, cp.dir())).unwrap();
-    assert!(log.contains("Expired") || log.contains("too old resource version"), "kproxy never saw 410 Gone:\n{log}");
+    // The change may arrive through one watch while another is still in
+    // its retry back-off: wait (generously) for the 410 to be logged.
+    let log_path = scenario::log_path(ProxyKind::Kproxy, &topo.node, cp.dir());
+    let saw_gone = |log: &str| log.contains("Expired") || log.contains("too old resource version");
+    let gone_at = Instant::now();
+    let mut log = std::fs::read_to_string(&log_path).unwrap();
+    while !saw_gone(&log) && gone_at.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        log = std::fs::read_to_string(&log_path).unwrap();
+    }
+    assert!(saw_gone(&log), "kproxy never saw 410 Gone:\n{log}");
 
     // kproxy is killed and restarted while a client opens connections
     // every 50 ms: none fails.
