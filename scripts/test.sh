@@ -19,7 +19,7 @@ if command -v go >/dev/null && [ "$(id -u)" = 0 ]; then
     bash e2e/k8s/build.sh >/dev/null
     echo "e2e binaries ready in $((SECONDS - start)) s"
 fi
-cargo test --workspace 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # The IPVS backend's kernel tests, in a VM with an IPVS kernel.
 bash scripts/test-ipvs-vm.sh 2>&1 | tr -d '\r' | tee -a "$log" || status=$?
 # The README's first command, the demo, as a test: every answer it gets

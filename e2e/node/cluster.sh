@@ -335,8 +335,24 @@ cmd_wait_proxy() {
   wait_for 180 "DaemonSet $ds ready on $NODES nodes" ds_ready "$ds" || {
     kc -n kube-system get pods -o wide >&2 || true
     kc -n kube-system logs "ds/$ds" --tail=30 >&2 || true
+    why_not_running
     return 1
   }
+}
+
+# Why pods are not running (for a stuck ContainerCreating): the newest
+# events, the state directory's free space and each node's newest kubelet
+# and containerd errors.
+why_not_running() {
+  local n
+  log "the newest events:"
+  kc get events -A --sort-by=.lastTimestamp 2>&1 | tail -15 >&2 || true
+  log "free space: $(df -h --output=avail,pcent "$WORK" 2>/dev/null | tail -1)"
+  log "inotify instances open: $(find /proc/[0-9]*/fd -lname 'anon_inode:inotify' 2>/dev/null | wc -l) of $(sysctl -n fs.inotify.max_user_instances) per user; processes: $(ls -d /proc/[0-9]* | wc -l)"
+  for n in $(seq "$NODES"); do
+    log "node$n's newest kubelet and containerd errors:"
+    grep -hE '^E[0-9]{4}|level=error' "$WORK/logs/kubelet$n.log" "$WORK/logs/containerd$n.log" 2>/dev/null | tail -5 | cut -c1-400 >&2 || true
+  done
 }
 
 ds_ready() {

@@ -248,11 +248,21 @@ impl Vmodule {
 }
 
 
-/// Whether an event at `level` from `file` is logged at `verbosity` with
-/// `vmodule`.
-fn enabled(level: &Level, file: Option<&str>, verbosity: u32, vmodule: &Vmodule) -> bool {
+/// How much higher a dependency's debug and trace events sit than
+/// kproxy's own: its debug needs `-v=6` (where upstream's client-go starts
+/// logging each request), its trace `-v=8`.
+const DEPENDENCY_EXTRA: u32 = 4;
+
+/// Whether an event at `level` from `file`, logged by the module `target`,
+/// is logged at `verbosity` with `vmodule`. kproxy's own debug lines (a
+/// sync summary, say) show from `-v=2`; the HTTP, TLS and runtime crates'
+/// from `-v=6`.
+fn enabled(level: &Level, file: Option<&str>, target: &str, verbosity: u32, vmodule: &Vmodule) -> bool {
     let wanted = file.and_then(|f| vmodule.level(f)).unwrap_or(verbosity);
-    u32::from(self::verbosity(level)) <= wanted
+    let v = u32::from(self::verbosity(level));
+    let own = target.starts_with("kproxy");
+    let v = if own || v == 0 { v } else { v + DEPENDENCY_EXTRA };
+    v <= wanted
 }
 
 /// Installs the global logger on stderr. `RUST_LOG`, when set, overrides
@@ -272,7 +282,7 @@ pub fn init(format: Format, verbosity: u32, vmodule: Vmodule) {
     // kube's client logs every failed request at error level; kproxy's own
     // warnings already say what failed and that it retries.
     let filter = tracing_subscriber::filter::filter_fn(move |meta| {
-        !meta.target().starts_with("kube_client") && enabled(meta.level(), meta.file(), verbosity, &vmodule)
+        !meta.target().starts_with("kube_client") && enabled(meta.level(), meta.file(), meta.target(), verbosity, &vmodule)
     });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -309,13 +319,18 @@ mod tests {
     #[test]
     fn vmodule_raises_the_verbosity_of_the_files_it_names() {
         let v = Vmodule(vec![("observer".into(), 2), ("*proxier*".into(), 4), ("src/watch*".into(), 4)]);
-        assert!(!enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), 0, &v), "-v=0 elsewhere");
-        assert!(enabled(&Level::INFO, Some("kproxy-bin/src/run.rs"), 0, &v));
-        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/observer.rs"), 0, &v), "observer=2");
-        assert!(!enabled(&Level::TRACE, Some("kproxy-bin/src/observer.rs"), 0, &v));
-        assert!(enabled(&Level::TRACE, Some("kproxy-backend-nft/src/proxier.rs"), 0, &v), "a glob");
-        assert!(enabled(&Level::TRACE, Some("kproxy-bin/src/watch.rs"), 0, &v), "a path pattern");
-        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), 2, &Vmodule::default()), "-v=2 everywhere");
+        assert!(!enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), "kproxy_bin", 0, &v), "-v=0 elsewhere");
+        assert!(enabled(&Level::INFO, Some("kproxy-bin/src/run.rs"), "kproxy_bin", 0, &v));
+        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/observer.rs"), "kproxy_bin", 0, &v), "observer=2");
+        assert!(!enabled(&Level::TRACE, Some("kproxy-bin/src/observer.rs"), "kproxy_bin", 0, &v));
+        assert!(enabled(&Level::TRACE, Some("kproxy-backend-nft/src/proxier.rs"), "kproxy_bin", 0, &v), "a glob");
+        assert!(enabled(&Level::TRACE, Some("kproxy-bin/src/watch.rs"), "kproxy_bin", 0, &v), "a path pattern");
+        assert!(enabled(&Level::DEBUG, Some("kproxy-bin/src/run.rs"), "kproxy_bin", 2, &Vmodule::default()), "-v=2 everywhere");
+        let hyper = Some("/root/.cargo/registry/src/x/hyper-util/src/client/legacy/pool.rs");
+        assert!(!enabled(&Level::DEBUG, hyper, "hyper_util::client::legacy::pool", 2, &Vmodule::default()), "a dependency's debug: not at -v=2");
+        assert!(enabled(&Level::DEBUG, hyper, "hyper_util::client::legacy::pool", 6, &Vmodule::default()), "a dependency's debug at -v=6");
+        assert!(!enabled(&Level::TRACE, hyper, "hyper_util::client::legacy::pool", 6, &Vmodule::default()));
+        assert!(enabled(&Level::WARN, hyper, "hyper_util::client::legacy::pool", 0, &Vmodule::default()), "its warnings always");
         let from_config = Vmodule::from_config(Some(&serde_json::json!([{"filePattern": "observer", "verbosity": 2}])));
         assert_eq!(from_config, Vmodule(vec![("observer".into(), 2)]));
     }

@@ -8,11 +8,17 @@
 //! target), and on any flap: the old pod answering again after the new one
 //! did. Prints how many moves ran and their latency from the start of the
 //! API write (median, p99, worst), how long the writes took, each move
-//! slower than 2 s with its write's share, and how many watch failures
-//! the proxy logged meanwhile.
+//! slower than 2 s with its write's share, how many watch failures the
+//! proxy logged meanwhile, and how many connections failed after a move
+//! was seen (the first five, and the rules naming the Service at the
+//! first). A move not seen in time is reported with what five fresh
+//! connections see then and the rules naming the Service; both proxies
+//! run at `-v=2`, so the log tail shows the syncs around it.
 //!
 //! `KPROXY_SOAK_SECONDS` sets the length (default 60; CI uses the
-//! default); `KPROXY_SOAK_DEBUG=1` prints the proxy's whole log. Needs
+//! default); `KPROXY_SOAK_DEBUG=1` prints the proxy's whole log;
+//! `KPROXY_SOAK_PORT_RANGE="LOW HIGH"` narrows the client's ephemeral
+//! ports, to run the soak while they run out or are reused. Needs
 //! root and the e2e binaries; skips without, must run in CI.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kproxy_oracle::{scenarios, Verdict};
 use kproxy_e2e::bench::{quantile_ms, time_wait, Prober};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
-use kproxy_testkit::{check_case, check_scenario, Topology};
+use kproxy_testkit::{check_case, check_scenario, probe, Topology};
 use serde_json::json;
 
 const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
@@ -55,7 +61,9 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     let kubeconfig = cp.kubeconfig(kind.user()).unwrap();
     let mut config = scenario::config(&s, &kubeconfig);
     config["nftables"]["syncPeriod"] = json!(format!("{}s", SYNC_PERIOD.as_secs()));
-    scenario::start_proxy(kind, &mut topo.node, &config, cp.dir(), binary).unwrap();
+    // -v=2: both proxies log a line per sync, so a late move's log tail
+    // shows whether a sync ran meanwhile.
+    scenario::start_proxy_with(kind, &mut topo.node, &config, cp.dir(), binary, &["--v=2"]).unwrap();
     kproxy_e2e::nodes::within("every case passes", Duration::from_secs(30), || {
         let f = check_scenario(&topo, &s);
         if f.is_empty() { Ok(()) } else { Err(f.join("\n")) }
@@ -75,6 +83,9 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     let only_a = Verdict::forward(&[&format!("{}:8080", pods[0])], false);
     kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
     let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
+    if let Ok(range) = std::env::var("KPROXY_SOAK_PORT_RANGE") {
+        kproxy_testkit::run(&["ip", "netns", "exec", &client, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).unwrap();
+    }
     let follow_for = (seconds + 60).to_string();
     let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for, "--show-failures"]).unwrap();
 
@@ -88,6 +99,10 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     let mut problems = Vec::new();
     let mut current = 0;
     let mut moves = 0u32;
+    // Connections that failed after the move was seen (each change to a
+    // failure is one line from `follow`): the first few are printed with
+    // the rules of the moment, the rest counted.
+    let mut failed_after = 0usize;
     let mut written_at = now();
     let mut write_took = 0.0;
     let started = Instant::now();
@@ -119,7 +134,12 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
                 latencies.push(Duration::from_secs_f64((t - written_at).max(0.0)))
             }
             Some(_) => {}
-            None => problems.push(format!("move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}", time_wait(&client))),
+            None => problems.push(format!(
+                "move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}; now {}; {}",
+                time_wait(&client),
+                probes(&topo, packet),
+                rules_naming(&topo, &pods, &packet.dst.to_string()),
+            )),
         }
         // Hold a little, watching for a flap back to the other pod.
         let hold_until = Instant::now() + Duration::from_millis(300 + (u64::from(moves) * 37) % 200);
@@ -127,7 +147,13 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
             let pod = line.split_whitespace().nth(1).unwrap_or_default().to_string();
             if pod == "-" {
                 // A failed connection is not a flap; printed for the record.
-                println!("soak ({kind:?}): move {moves}: a connection failed after {wanted} answered: {line}");
+                failed_after += 1;
+                if failed_after <= 5 {
+                    println!("soak ({kind:?}): move {moves}: a connection failed after {wanted} answered: {line}");
+                }
+                if failed_after == 1 {
+                    println!("soak ({kind:?}): {}", rules_naming(&topo, &pods, &packet.dst.to_string()));
+                }
             } else if pod != wanted {
                 problems.push(format!("move {moves}: {pod} answered again after {wanted} did"));
             }
@@ -146,7 +172,7 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     // kproxy's words, and client-go's reflector's.
     let watch_failures = log.lines().filter(|l| l.contains("watch failed") || l.contains("Failed to watch")).count();
     println!(
-        "soak ({kind:?}): {} moves in {} s, latency median {:.1} ms, p99 {:.1} ms, worst {:.1} ms; API write median {:.1} ms, worst {:.1} ms; {} not seen within {limit:?}; {watch_failures} watch failures logged",
+        "soak ({kind:?}): {} moves in {} s, latency median {:.1} ms, p99 {:.1} ms, worst {:.1} ms; API write median {:.1} ms, worst {:.1} ms; {} not seen within {limit:?}; {watch_failures} watch failures logged; {failed_after} connections failed after a move was seen; client sockets in TIME-WAIT at the end: {:?}",
         latencies.len(),
         seconds,
         quantile_ms(&latencies, 0.5),
@@ -155,6 +181,7 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
         quantile_ms(&writes, 0.5),
         writes.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         problems.iter().filter(|p| p.contains("not seen")).count(),
+        time_wait(&client),
     );
     for s in &slow {
         println!("soak ({kind:?}): slow {s}");
@@ -162,6 +189,27 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     if std::env::var_os("KPROXY_SOAK_DEBUG").is_some() {
         eprintln!("{log}");
     }
-    assert!(latencies.len() >= 10, "the soak made too few moves to mean anything: {}", latencies.len());
     assert!(problems.is_empty(), "{}\n--- the {kind:?} log (last 40 lines):\n{}", problems.join("\n"), log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    assert!(latencies.len() >= 10, "the soak made too few moves to mean anything: {}", latencies.len());
+}
+
+/// Who answers five fresh connections now, from the soak's client.
+fn probes(topo: &Topology, packet: &kproxy_oracle::Packet) -> String {
+    match probe(topo, packet, 5, Duration::from_secs(1)) {
+        Ok(seen) => format!("5 fresh connections saw {seen:?}"),
+        Err(e) => format!("could not probe: {e}"),
+    }
+}
+
+/// The node's nftables lines that name the Service's address or either
+/// pod (upstream's iptables-nft rules included): what the proxy has
+/// programmed for this Service at the moment.
+fn rules_naming(topo: &Topology, pods: &[&str], vip: &str) -> String {
+    match kproxy_testkit::run(&["ip", "netns", "exec", topo.node.name(), "nft", "list", "ruleset"]) {
+        Ok(rules) => {
+            let lines: Vec<&str> = rules.lines().map(str::trim).filter(|l| l.contains(vip) || pods.iter().any(|p| l.contains(p))).collect();
+            format!("the rules naming {vip} or the pods: {}", lines.join(" | "))
+        }
+        Err(e) => format!("could not list the rules: {e}"),
+    }
 }

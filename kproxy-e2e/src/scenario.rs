@@ -147,10 +147,19 @@ pub fn log_path(kind: ProxyKind, node: &Netns, dir: &Path) -> PathBuf {
 /// Starts `kind` in `node` with `config` (written to `dir`, where its log
 /// goes too); returns the process handle in `node`.
 pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path, binary: &str) -> Result<usize, String> {
+    start_proxy_with(kind, node, config, dir, binary, &[])
+}
+
+/// [`start_proxy`] with more command-line arguments after `--config`
+/// (`--v=2` for a sync summary in the log, say).
+pub fn start_proxy_with(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path, binary: &str, extra: &[&str]) -> Result<usize, String> {
     let path: PathBuf = dir.join(format!("config-{}.json", node.name()));
     std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
     let log = log_path(kind, node, dir);
-    node.spawn_logged(&[binary, &format!("--config={}", path.display())], &log)
+    let config_arg = format!("--config={}", path.display());
+    let mut args = vec![binary, config_arg.as_str()];
+    args.extend_from_slice(extra);
+    node.spawn_logged(&args, &log)
 }
 
 /// Runs every shared scenario with `kind` (its binary at `binary`) against
