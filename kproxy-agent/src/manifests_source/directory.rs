@@ -13,13 +13,17 @@
 //!   read, and an object defined in two files (the later file's wins), are
 //!   reported.
 //! - [`Directory`] keeps each file's last good objects and re-parses only
-//!   files whose size, time or inode changed.
+//!   files whose size, time or inode changed. It keeps their merge up to
+//!   date one changed file at a time and remembers which objects a
+//!   refresh touched ([`Directory::take_touched`]), so a rewritten file
+//!   costs its own objects, however large the directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -61,7 +65,7 @@ impl Manifests {
     }
 
     /// Every object's kind and key.
-    fn keys(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn keys(&self) -> Vec<(&'static str, String)> {
         let mut out: Vec<(&'static str, String)> = Vec::new();
         out.extend(self.services.keys().map(|k| ("Service", k.clone())));
         out.extend(self.slices.keys().map(|k| ("EndpointSlice", k.clone())));
@@ -87,6 +91,17 @@ impl Manifests {
             "EndpointSlice" => self.slices.extend(other.slices.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
             "Node" => self.nodes.extend(other.nodes.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
             "ServiceCIDR" => self.service_cidrs.extend(other.service_cidrs.get_key_value(key).map(|(k, v)| (k.clone(), v.clone()))),
+            _ => {}
+        }
+    }
+
+    /// Removes `kind`/`key`, if present.
+    fn remove(&mut self, kind: &str, key: &str) {
+        match kind {
+            "Service" => drop(self.services.remove(key)),
+            "EndpointSlice" => drop(self.slices.remove(key)),
+            "Node" => drop(self.nodes.remove(key)),
+            "ServiceCIDR" => drop(self.service_cidrs.remove(key)),
             _ => {}
         }
     }
@@ -172,10 +187,17 @@ impl FileRead {
             let field = |f: &str| m.and_then(|m| m.get(f)).and_then(Value::as_str).map(String::from);
             key(field("namespace").as_ref(), field("name").as_ref())
         };
+        // The name for a message, taken before the document is consumed.
+        let name = named(&doc);
+        // Objects are read by value: their text moves into them instead of
+        // being copied, and their lists are allocated at their length.
         let result: Result<(), serde_json::Error> = match kind.as_str() {
             "List" => {
-                for item in doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                    self.object(item, where_);
+                let mut doc = doc;
+                if let Some(Value::Array(items)) = doc.get_mut("items").map(Value::take) {
+                    for item in items {
+                        self.object(item, where_);
+                    }
                 }
                 Ok(())
             }
@@ -212,7 +234,7 @@ impl FileRead {
             }
         };
         if let Err(e) = result {
-            self.problems.push(format!("{where_} ({kind} {}): {e}; it keeps its last good state", named(&doc).trim_start_matches("default/")));
+            self.problems.push(format!("{where_} ({kind} {}): {e}; it keeps its last good state", name.trim_start_matches("default/")));
             self.partial = true;
         }
     }
@@ -267,6 +289,17 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
     (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino())
 }
 
+/// How long a file must have gone unmodified before the objects it no
+/// longer holds are withdrawn: a writer that pauses mid-file (or a reader
+/// woken twice while a file is still empty) withdraws nothing.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Whether the file was last modified at least [`SETTLE`] ago (or, with
+/// a clock that disagrees, in the future: a time that says nothing).
+fn settled(meta: &std::fs::Metadata) -> bool {
+    meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age >= SETTLE)
+}
+
 /// One file as last read.
 #[derive(Debug, Clone)]
 struct FileState {
@@ -274,8 +307,8 @@ struct FileState {
     /// What the file holds now.
     parsed: Manifests,
     /// Objects the file held before and not now, kept until the file
-    /// reads the same twice in a row without a problem (a writer may be
-    /// half-way through it).
+    /// reads the same twice in a row without a problem and has gone
+    /// [`SETTLE`] unmodified (a writer may be half-way through it).
     kept: Manifests,
     problems: Vec<String>,
     partial: bool,
@@ -289,12 +322,26 @@ impl FileState {
     }
 }
 
-/// A manifests directory as last read: each file's last good objects.
+/// An object's kind and namespace/name (a Node's or ServiceCIDR's name).
+pub(crate) type ObjectKey = (&'static str, String);
+
+/// A manifests directory as last read: each file's last good objects, and
+/// their merge, kept up to date one changed file at a time (a rewritten
+/// file costs its own objects, not the directory's).
 #[derive(Debug, Default)]
 pub struct Directory {
     files: BTreeMap<PathBuf, FileState>,
-    /// The objects in two files, as of the last [`Directory::objects`].
-    duplicates: Vec<String>,
+    /// Which files hold each object (the last one's is used).
+    owners: HashMap<ObjectKey, BTreeSet<Arc<Path>>>,
+    /// Every file's objects, merged.
+    merged: Manifests,
+    /// The objects in more than one file.
+    shared: BTreeSet<ObjectKey>,
+    /// The objects the refreshes since the last [`Directory::take_touched`]
+    /// may have changed, and their merged state before the first of them
+    /// (absent when they were).
+    touched: BTreeSet<ObjectKey>,
+    before: Manifests,
 }
 
 impl Directory {
@@ -302,12 +349,13 @@ impl Directory {
     /// the objects and one message per problem (bad documents, skipped
     /// files, unsupported kinds, objects in two files). An object leaves
     /// only once its file reads the same, without a problem, on two reads
-    /// in a row: a file caught half-written withdraws nothing.
+    /// in a row, and has gone [`SETTLE`] unmodified: a file caught
+    /// half-written withdraws nothing.
     pub fn load(&mut self, dir: &Path) -> Result<(Manifests, Vec<String>), String> {
         let (_, mut problems) = self.refresh(dir)?;
-        let objects = self.objects();
-        problems.extend(self.duplicates.iter().cloned());
-        Ok((objects, problems))
+        self.take_touched();
+        problems.extend(self.duplicates());
+        Ok((self.objects(), problems))
     }
 
     /// Reads `dir` again like [`Directory::load`], without merging the
@@ -326,13 +374,17 @@ impl Directory {
         paths.sort();
         let mut problems = Vec::new();
         let mut files = BTreeMap::new();
+        // The files whose objects changed, with their objects before.
+        let mut rewritten: Vec<(PathBuf, Option<Manifests>)> = Vec::new();
         for path in paths {
             let previous = self.files.remove(&path);
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
                     // Gone between the listing and now: its objects go.
-                    changed |= previous.is_some();
+                    if let Some(p) = previous {
+                        rewritten.push((path.clone(), Some(p.objects())));
+                    }
                     problems.push(format!("{}: {e}", path.display()));
                     continue;
                 }
@@ -348,23 +400,24 @@ impl Directory {
             let state = match previous {
                 // Unchanged: settled, unless it still has a problem.
                 Some(mut p) if p.stamp == now => {
-                    if !p.partial && p.kept != Manifests::default() {
+                    if !p.partial && p.kept != Manifests::default() && settled(&meta) {
+                        rewritten.push((path.clone(), Some(p.objects())));
                         p.kept = Manifests::default();
-                        changed = true;
                     }
                     p
                 }
                 previous => {
-                    changed = true;
                     let read = read_file(&path);
                     let mut kept = Manifests::default();
-                    if let Some(before) = previous.map(|p| p.objects()) {
+                    let before = previous.map(|p| p.objects());
+                    if let Some(before) = &before {
                         for (kind, key) in before.keys() {
                             if !read.objects.has(kind, &key) {
-                                kept.keep(&before, kind, &key);
+                                kept.keep(before, kind, &key);
                             }
                         }
                     }
+                    rewritten.push((path.clone(), before));
                     FileState { stamp: now, parsed: read.objects, kept, problems: read.problems, partial: read.partial }
                 }
             };
@@ -372,35 +425,109 @@ impl Directory {
             files.insert(path, state);
         }
         // Files gone since the last read.
-        changed |= !self.files.is_empty();
+        for (path, state) in std::mem::take(&mut self.files) {
+            rewritten.push((path, Some(state.objects())));
+        }
         self.files = files;
+        changed |= !rewritten.is_empty();
+        for (path, before) in rewritten {
+            self.merge_file(&path, before);
+        }
         Ok((changed, problems))
+    }
+
+    /// Brings the merge up to date with `path`'s objects, which were
+    /// `before` (`None`: a new file).
+    fn merge_file(&mut self, path: &Path, before: Option<Manifests>) {
+        let owner: Arc<Path> = Arc::from(path);
+        let now = self.files.get(path).map(FileState::objects).unwrap_or_default();
+        let mut keys: BTreeSet<ObjectKey> = before.map(|b| b.keys()).unwrap_or_default().into_iter().collect();
+        for k in &keys {
+            if let Some(owners) = self.owners.get_mut(k) {
+                owners.remove(&owner);
+            }
+        }
+        for k in now.keys() {
+            self.owners.entry(k.clone()).or_default().insert(Arc::clone(&owner));
+            keys.insert(k);
+        }
+        for k in keys {
+            self.merge_object(k);
+        }
+    }
+
+    /// Sets object `k` of the merge to its last owner's (or removes it),
+    /// remembering its state before the first change since
+    /// [`Directory::take_touched`].
+    fn merge_object(&mut self, k: ObjectKey) {
+        let (kind, key) = (k.0, k.1.as_str());
+        if !self.touched.contains(&k) {
+            self.before.keep(&self.merged, kind, key);
+        }
+        self.merged.remove(kind, key);
+        let owners = self.owners.get(&k);
+        if let Some(state) = owners.and_then(|o| o.last()).and_then(|p| self.files.get(&**p)) {
+            self.merged.keep(&state.parsed, kind, key);
+            self.merged.keep(&state.kept, kind, key);
+        }
+        match owners.map_or(0, BTreeSet::len) {
+            0 => {
+                self.owners.remove(&k);
+                self.shared.remove(&k);
+            }
+            1 => {
+                self.shared.remove(&k);
+            }
+            _ => {
+                self.shared.insert(k.clone());
+            }
+        }
+        self.touched.insert(k);
     }
 
     /// Every file's objects as of the last refresh, merged (a later file's
     /// object wins over an earlier file's of the same kind and name; see
     /// [`Directory::duplicates`]).
-    pub fn objects(&mut self) -> Manifests {
-        let mut all = Manifests::default();
-        let mut duplicates = Vec::new();
-        let mut origin: BTreeMap<(&'static str, String), &Path> = BTreeMap::new();
-        for (path, state) in &self.files {
-            let objects = state.objects();
-            for (kind, key) in objects.keys() {
-                if let Some(first) = origin.insert((kind, key.clone()), path) {
-                    duplicates.push(format!("{kind} {key} is in both {} and {}; the latter's is used", first.display(), path.display()));
-                }
-            }
-            all.extend(objects);
-        }
-        self.duplicates = duplicates;
-        all
+    pub fn objects(&self) -> Manifests {
+        self.merged.clone()
     }
 
-    /// One message per object found in two files, as of the last
-    /// [`Directory::objects`].
-    pub fn duplicates(&self) -> &[String] {
-        &self.duplicates
+    /// The merged objects, as [`Directory::objects`] without a copy.
+    pub fn merged(&self) -> &Manifests {
+        &self.merged
+    }
+
+    /// The objects the refreshes since the last call may have changed, and
+    /// their merged state before (a partial [`Manifests`]: an object it
+    /// lacks was absent); [`Directory::merged`] has their state now.
+    pub fn take_touched(&mut self) -> (Manifests, Vec<(&'static str, String)>) {
+        (std::mem::take(&mut self.before), std::mem::take(&mut self.touched).into_iter().collect())
+    }
+
+    /// One message per object found in two files (the later file's is
+    /// used), as of the last refresh.
+    pub fn duplicates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for k in &self.shared {
+            let owners: Vec<&Arc<Path>> = self.owners.get(k).into_iter().flatten().collect();
+            for pair in owners.windows(2) {
+                out.push(format!("{} {} is in both {} and {}; the latter's is used", k.0, k.1, pair[0].display(), pair[1].display()));
+            }
+        }
+        out
+    }
+}
+
+impl Directory {
+    /// The merge computed from every file's objects at once (the
+    /// incremental merge's oracle).
+    #[cfg(test)]
+    pub(crate) fn merged_from_scratch(&self) -> Manifests {
+        let mut all = Manifests::default();
+        for state in self.files.values() {
+            all.extend(state.objects());
+        }
+        all
     }
 }
 
@@ -418,11 +545,40 @@ mod tests {
         d
     }
 
+    /// Writes `path` whole, settled: modified long enough ago that a
+    /// second read of it may withdraw what it no longer holds.
     fn write(path: &Path, text: &str) {
+        write_at(path, text, std::time::SystemTime::now() - 2 * SETTLE);
+    }
+
+    fn write_at(path: &Path, text: &str, modified: std::time::SystemTime) {
         // A new inode each time, as editors and ConfigMap updates do.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
+        std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(modified).unwrap();
         std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// A file just emptied (a writer that truncated it and has not written
+    /// yet) withdraws nothing however often it is read; once it has gone
+    /// [`SETTLE`] unmodified, its objects leave.
+    #[test]
+    fn a_file_just_emptied_withdraws_nothing_until_it_settles() {
+        let d = dir("settle");
+        let a = d.join("a.yaml");
+        write(&a, &format!("{WEB}---\n{API}"));
+        let mut directory = Directory::default();
+        directory.refresh(&d).unwrap();
+        write_at(&a, "", std::time::SystemTime::now());
+        for _ in 0..3 {
+            directory.refresh(&d).unwrap();
+            assert_eq!(directory.objects().services.len(), 2, "a fresh empty file withdraws nothing");
+        }
+        std::fs::File::options().write(true).open(&a).unwrap().set_modified(std::time::SystemTime::now() - 2 * SETTLE).unwrap();
+        directory.refresh(&d).unwrap();
+        directory.refresh(&d).unwrap();
+        assert_eq!(directory.objects().services.len(), 0, "settled: withdrawn");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// JSON documents take the JSON parser's fast path and read the same

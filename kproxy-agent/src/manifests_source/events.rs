@@ -5,14 +5,27 @@
 //! A thread blocks on the inotify descriptor and wakes the async side
 //! through a channel (no unsafe registration with the reactor).
 
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, InotifyEvent, Inotify};
 use tokio::sync::mpsc;
 
-/// How long after an event the reload waits for the writer to finish.
+/// How long a write under way (a file modified, not yet closed) may go on
+/// before the reload runs anyway: a writer that keeps its file open is
+/// read then (a half-written file withdraws nothing, and its next write
+/// is one more reload).
 const QUIET: Duration = Duration::from_millis(20);
+
+/// Whether an event ends a change: a file closed after writing, moved in
+/// or out (a ConfigMap's symlink swap, an editor's rename), removed, or
+/// changed in its metadata. A bare write or a new file's creation is the
+/// start of one, and waits for its end (up to [`QUIET`]).
+fn ends_a_change(e: &InotifyEvent) -> bool {
+    e.mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_ATTRIB)
+}
 
 /// Events of one directory.
 #[derive(Debug)]
@@ -38,11 +51,23 @@ impl DirEvents {
             .name("manifest-events".into())
             .spawn(move || {
                 // Ends when the receiver is gone (the next event finds it so).
-                while inotify.read_events().is_ok() {
-                    // A short quiet moment, so that a burst of writes (an
-                    // editor's, a `kubectl` dump's) is mostly one reload;
-                    // events during it are one more wake-up at most.
-                    std::thread::sleep(QUIET);
+                while let Ok(events) = inotify.read_events() {
+                    // A change that has ended wakes the source at once; a
+                    // write under way waits for its end, up to QUIET.
+                    let mut ended = events.iter().any(ends_a_change);
+                    let until = Instant::now() + QUIET;
+                    while !ended {
+                        let left = until.saturating_duration_since(Instant::now());
+                        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
+                        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                        if left.is_zero() || !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+                            break;
+                        }
+                        match inotify.read_events() {
+                            Ok(more) => ended = more.iter().any(ends_a_change),
+                            Err(_) => break,
+                        }
+                    }
                     match tx.try_send(()) {
                         Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
                         Err(mpsc::error::TrySendError::Closed(())) => return,
@@ -77,6 +102,13 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(30), events.changed()).await.expect("the write is seen");
         std::fs::rename(dir.join("a.yaml"), dir.join("b.yaml")).unwrap();
         tokio::time::timeout(Duration::from_secs(30), events.changed()).await.expect("the move is seen");
+        // A writer that keeps its file open: no close ever comes, and the
+        // write is seen all the same.
+        use std::io::Write;
+        let mut open = std::fs::OpenOptions::new().append(true).open(dir.join("b.yaml")).unwrap();
+        open.write_all(b"y").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), events.changed()).await.expect("a write still under way is seen");
+        drop(open);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

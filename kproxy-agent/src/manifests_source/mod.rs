@@ -6,10 +6,13 @@
 //! ([`updates`]).
 //!
 //! A poll that finds no file changed costs a `stat` per file; a changed
-//! file is parsed again alone, and objects are shared (`Arc`) between the
-//! files, the merged state and the updates, so nothing is copied.
+//! file is parsed again alone and only its objects are compared, and
+//! objects are shared (`Arc`) between the files, the merged state and the
+//! updates, so nothing is copied. A file event that ends a change (a file
+//! closed after writing, moved, removed) wakes the source at once; a
+//! write still under way waits up to 20 ms for its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,23 +27,32 @@ mod directory;
 mod events;
 
 pub use directory::{Directory, Manifests, MAX_FILE_BYTES};
+use directory::ObjectKey;
 
 /// The updates that take `old` to `new` (objects the label selector
 /// excludes count as absent).
 pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
+    let keys: BTreeSet<ObjectKey> = old.keys().into_iter().chain(new.keys()).collect();
+    let mut out = diff_objects(old, new, &keys);
+    let ranges = new.service_cidr_ranges();
+    if ranges != old.service_cidr_ranges() {
+        out.push(Update::ServiceCidrs(Arc::new(ranges)));
+    }
+    out
+}
+
+/// The updates for the objects `keys` from `old` to `new` (ServiceCIDRs
+/// aside): Services first, then EndpointSlices, then Nodes.
+fn diff_objects(old: &Manifests, new: &Manifests, keys: &BTreeSet<ObjectKey>) -> Vec<Update> {
     let mut out = Vec::new();
-    for k in new.services.keys() {
+    let of = |kind: &'static str| keys.iter().filter(move |k| k.0 == kind).map(|k| k.1.as_str());
+    for k in of("Service") {
         let (before, now) = (service(old, k), service(new, k));
         if !same(before, now) {
             out.push(Update::Service { previous: before.cloned(), current: now.cloned() });
         }
     }
-    for k in old.services.keys().filter(|k| !new.services.contains_key(*k)) {
-        if let Some(s) = service(old, k) {
-            out.push(Update::Service { previous: Some(Arc::clone(s)), current: None });
-        }
-    }
-    for k in new.slices.keys() {
+    for k in of("EndpointSlice") {
         let (before, now) = (slice(old, k), slice(new, k));
         if !same(before, now) {
             match (before, now) {
@@ -50,19 +62,13 @@ pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
             }
         }
     }
-    for k in old.slices.keys().filter(|k| !new.slices.contains_key(*k)) {
-        if let Some(s) = slice(old, k) {
-            out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: true });
+    // A Node gone from the files changes nothing (as before it came).
+    for k in of("Node") {
+        if let Some(n) = new.nodes.get(k) {
+            if !same(old.nodes.get(k), Some(n)) {
+                out.push(Update::Node(Arc::clone(n)));
+            }
         }
-    }
-    for (k, n) in &new.nodes {
-        if !same(old.nodes.get(k), Some(n)) {
-            out.push(Update::Node(Arc::clone(n)));
-        }
-    }
-    let ranges = new.service_cidr_ranges();
-    if ranges != old.service_cidr_ranges() {
-        out.push(Update::ServiceCidrs(Arc::new(ranges)));
     }
     out
 }
@@ -123,7 +129,9 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
     initial.push(Update::EndpointSlicesSynced);
     sink.node_eligible(node_eligible(&state, node_name));
     sink.send(initial).await;
-    let mut known = state;
+    let mut ranges = state.service_cidr_ranges();
+    // From here on the directory's own merge is the state.
+    drop(state);
     let mut problems_seen = BTreeMap::new();
     // File events wake the source at once; the one-second poll stays as
     // the fallback (and settles files caught half-written).
@@ -141,6 +149,7 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
                 }
             } => {}
         }
+        let woken = std::time::Instant::now();
         let (changed, mut problems) = match directory.refresh(dir) {
             Ok(refreshed) => refreshed,
             Err(e) => {
@@ -150,19 +159,34 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
                 continue;
             }
         };
-        // Nothing changed (the usual poll): no merge, no comparison.
-        let state = changed.then(|| directory.objects());
-        problems.extend(directory.duplicates().iter().cloned());
+        problems.extend(directory.duplicates());
         for p in problems_to_log(&mut problems_seen, problems, std::time::Instant::now()) {
             tracing::warn!("manifest problem: {p}");
         }
-        let Some(state) = state else { continue };
-        sink.node_eligible(node_eligible(&state, node_name));
-        let updates = diff(&known, &state);
+        // Nothing changed (the usual poll): no comparison.
+        if !changed {
+            continue;
+        }
+        let read = woken.elapsed();
+        // Only the objects of the files that changed are compared.
+        let (before, touched) = directory.take_touched();
+        let state = directory.merged();
+        sink.node_eligible(node_eligible(state, node_name));
+        let mut updates = diff_objects(&before, state, &touched.into_iter().collect());
+        let now_ranges = state.service_cidr_ranges();
+        if now_ranges != ranges {
+            updates.push(Update::ServiceCidrs(Arc::new(now_ranges.clone())));
+            ranges = now_ranges;
+        }
+        tracing::trace!(
+            read_ms = read.as_secs_f64() * 1000.0,
+            compare_ms = (woken.elapsed() - read).as_secs_f64() * 1000.0,
+            updates = updates.len(),
+            "manifests changed"
+        );
         if !updates.is_empty() {
             sink.send(updates).await;
         }
-        known = state;
     }
 }
 
@@ -233,5 +257,89 @@ mod tests {
         let updates = diff(&Manifests::default(), &mine);
         assert_eq!(updates.len(), 1, "{updates:?}");
         assert!(matches!(&updates[0], Update::Service { current: Some(s), .. } if s.metadata.name.as_deref() == Some("a")));
+    }
+}
+
+/// The incremental merge against a merge from scratch, over random
+/// sequences of whole-file writes (objects added, changed, moved between
+/// files, duplicated), half-written files and removed files: after every
+/// refresh the merge is the same, and the updates computed from the
+/// touched objects alone are those of comparing everything.
+#[cfg(test)]
+mod incremental {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What one step does to one of three files.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Writes the file whole: Services (and slices) by number, each
+        /// with a port (a changed port is a changed object).
+        Write(usize, Vec<(u8, u16)>),
+        /// Writes its first half only (a writer caught mid-way).
+        Half(usize, Vec<(u8, u16)>),
+        Remove(usize),
+        /// Reads without a change (settles half-written files).
+        Nothing,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let objects = proptest::collection::vec((0u8..8, 80u16..83), 0..6);
+        prop_oneof![
+            4 => (0usize..3, objects.clone()).prop_map(|(f, o)| Step::Write(f, o)),
+            1 => (0usize..3, objects).prop_map(|(f, o)| Step::Half(f, o)),
+            1 => (0usize..3).prop_map(Step::Remove),
+            1 => Just(Step::Nothing),
+        ]
+    }
+
+    fn text(objects: &[(u8, u16)]) -> String {
+        let docs: Vec<String> = objects
+            .iter()
+            .flat_map(|(n, port)| {
+                [
+                    format!("{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"s{n}\",\"namespace\":\"d\"}},\"spec\":{{\"clusterIP\":\"10.96.0.{n}\",\"ports\":[{{\"port\":{port}}}]}}}}"),
+                    format!("{{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{{\"name\":\"s{n}-x\",\"namespace\":\"d\",\"labels\":{{\"kubernetes.io/service-name\":\"s{n}\"}}}},\"addressType\":\"IPv4\",\"endpoints\":[{{\"addresses\":[\"10.0.0.{port}\"]}}]}}"),
+                ]
+            })
+            .collect();
+        docs.join("\n---\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_incremental_merge_is_the_merge_from_scratch(steps in proptest::collection::vec(step(), 1..12)) {
+            let dir = std::env::temp_dir().join(format!("kproxy-incremental-{}-{:?}", std::process::id(), std::thread::current().id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = |f: usize| dir.join(format!("f{f}.yaml"));
+            let write = |f: usize, t: &str| {
+                // A new inode each time, as editors and ConfigMap updates do.
+                let tmp = dir.join("tmp");
+                std::fs::write(&tmp, t).unwrap();
+                std::fs::rename(&tmp, file(f)).unwrap();
+            };
+            let mut directory = Directory::default();
+            let mut last = Manifests::default();
+            for s in steps {
+                match &s {
+                    Step::Write(f, o) => write(*f, &text(o)),
+                    Step::Half(f, o) => { let t = text(o); write(*f, &t[..t.len() / 2]); }
+                    Step::Remove(f) => { let _ = std::fs::remove_file(file(*f)); }
+                    Step::Nothing => {}
+                }
+                directory.refresh(&dir).unwrap();
+                let now = directory.merged_from_scratch();
+                prop_assert_eq!(directory.merged(), &now, "after {:?}", s);
+                let (before, touched) = directory.take_touched();
+                let incremental = format!("{:?}", diff_objects(&before, directory.merged(), &touched.into_iter().collect()));
+                let mut full = diff(&last, &now);
+                full.retain(|u| !matches!(u, Update::ServiceCidrs(_)));
+                prop_assert_eq!(incremental, format!("{full:?}"), "after {:?}", s);
+                last = now;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
