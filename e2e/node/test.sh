@@ -45,6 +45,9 @@ K8S_BIN=$(bash "$REPO/e2e/k8s/build.sh" | tail -1) || exit 1
 NODE_BIN=$(bash "$HERE/build.sh" | tail -1) || exit 1
 export K8S_BIN NODE_BIN KEEP=1
 echo "e2e/node: binaries ready in $((SECONDS - t)) s"
+# The nodes' images, containers and logs go under /var/tmp: a disk about
+# to fill is the first thing to know when pods never start.
+echo "e2e/node: free space under /var/tmp: $(df -h --output=avail /var/tmp | tail -1 | tr -d ' '); memory available: $(awk '/MemAvailable/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 
 status=0
 down() { bash "$HERE/cluster.sh" down; }
