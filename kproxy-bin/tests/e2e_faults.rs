@@ -72,14 +72,14 @@ fn kproxy_rides_out_api_and_dataplane_faults() {
     // The change may arrive through one watch while another is still in
     // its retry back-off: wait (generously) for the 410 to be logged.
     let log_path = scenario::log_path(ProxyKind::Kproxy, &topo.node, cp.dir());
-    let saw_gone = |log: &str| log.contains("Expired") || log.contains("too old resource version");
-    let gone_at = Instant::now();
-    let mut log = std::fs::read_to_string(&log_path).unwrap();
-    while !saw_gone(&log) && gone_at.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
-        log = std::fs::read_to_string(&log_path).unwrap();
-    }
-    assert!(saw_gone(&log), "kproxy never saw 410 Gone:\n{log}");
+    within("kproxy logs the 410 Gone", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+        if log.contains("Expired") || log.contains("too old resource version") {
+            Ok(())
+        } else {
+            Err(format!("kproxy never saw 410 Gone:\n{log}"))
+        }
+    });
 
     // kproxy is killed and restarted while a client opens connections
     // every 50 ms: none fails.

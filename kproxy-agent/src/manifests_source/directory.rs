@@ -500,8 +500,8 @@ impl Directory {
     /// The objects the refreshes since the last call may have changed, and
     /// their merged state before (a partial [`Manifests`]: an object it
     /// lacks was absent); [`Directory::merged`] has their state now.
-    pub fn take_touched(&mut self) -> (Manifests, Vec<(&'static str, String)>) {
-        (std::mem::take(&mut self.before), std::mem::take(&mut self.touched).into_iter().collect())
+    pub fn take_touched(&mut self) -> (Manifests, BTreeSet<(&'static str, String)>) {
+        (std::mem::take(&mut self.before), std::mem::take(&mut self.touched))
     }
 
     /// One message per object found in two files (the later file's is

@@ -172,7 +172,7 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
         let (before, touched) = directory.take_touched();
         let state = directory.merged();
         sink.node_eligible(node_eligible(state, node_name));
-        let mut updates = diff_objects(&before, state, &touched.into_iter().collect());
+        let mut updates = diff_objects(&before, state, &touched);
         let now_ranges = state.service_cidr_ranges();
         if now_ranges != ranges {
             updates.push(Update::ServiceCidrs(Arc::new(now_ranges.clone())));
@@ -333,7 +333,7 @@ mod incremental {
                 let now = directory.merged_from_scratch();
                 prop_assert_eq!(directory.merged(), &now, "after {:?}", s);
                 let (before, touched) = directory.take_touched();
-                let incremental = format!("{:?}", diff_objects(&before, directory.merged(), &touched.into_iter().collect()));
+                let incremental = format!("{:?}", diff_objects(&before, directory.merged(), &touched));
                 let mut full = diff(&last, &now);
                 full.retain(|u| !matches!(u, Update::ServiceCidrs(_)));
                 prop_assert_eq!(incremental, format!("{full:?}"), "after {:?}", s);
