@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# phase NAME STARTED: one line saying how long a phase took, so a slow CI
+# run says where its time went.
+phase() { echo "test.sh: $1 took $((SECONDS - $2)) s"; }
 if command -v go >/dev/null && [ "$(id -u)" = 0 ]; then
     # The e2e suite's kube-apiserver, etcd and kube-proxy: built once and
     # cached outside the repository (a no-op when warm).
@@ -19,9 +22,18 @@ if command -v go >/dev/null && [ "$(id -u)" = 0 ]; then
     bash e2e/k8s/build.sh >/dev/null
     echo "e2e binaries ready in $((SECONDS - start)) s"
 fi
+start=$SECONDS
+# Built first only to say how long building takes (errors show below).
+cargo test --workspace --no-run --quiet >/dev/null 2>&1 || true
+phase "building the tests" "$start"
+start=$SECONDS
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+phase "cargo test" "$start"
 # The IPVS backend's kernel tests, in a VM with an IPVS kernel.
+start=$SECONDS
 bash scripts/test-ipvs-vm.sh 2>&1 | tr -d '\r' | tee -a "$log" || status=$?
+phase "the IPVS VM tests" "$start"
+start=$SECONDS
 # The README's first command, the demo, as a test: every answer it gets
 # must be the expected one.
 if [ "$(id -u)" = 0 ] && command -v curl >/dev/null && command -v nft >/dev/null; then
@@ -40,13 +52,18 @@ elif [ "${CI:-}" = true ]; then
 else
     echo "SKIPPED demo: scripts/demo.sh needs root, curl and nft" | tee -a "$log"
 fi
+phase "the demo" "$start"
 # deploy/Dockerfile, built with buildah as a user with a registry would,
 # and the image it makes run.
+start=$SECONDS
 bash scripts/test-dockerfile.sh 2>&1 | tee -a "$log" || status=$?
+phase "the Dockerfile test" "$start"
+start=$SECONDS
 # The node tests: a real kubelet + containerd cluster running kproxy as
 # deploy/'s DaemonSet, judged by Kubernetes' own Services specs, with
 # upstream kube-proxy as the reference, and a takeover from upstream.
 bash e2e/node/test.sh 2>&1 | tee -a "$log" || status=$?
+phase "the node tests" "$start"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      /^SKIPPED / { s += 1; if ($2 != "IPVS" && $2 != "demo:" && $2 != "node:" && $2 != "dockerfile:") k += 1 }
      END { printf "kproxy: %d passed, %d failed, %d skipped\n", p - k, f, s }' "$log"
