@@ -231,7 +231,7 @@ def udpstream(args):
         except ConnectionRefusedError:
             name = "refused"
         print("%.2f %s" % (t, name), flush=True)
-        time.sleep(0.05)
+        time.sleep(args.interval)
 
 
 def main():
@@ -272,6 +272,7 @@ def main():
     u.add_argument("--dst", required=True)
     u.add_argument("--port", type=int, required=True)
     u.add_argument("--seconds", type=float, required=True)
+    u.add_argument("--interval", type=float, default=0.05)
     args = p.parse_args()
     if args.cmd == "serve":
         serve(args)

@@ -39,6 +39,10 @@ pub enum Mode {
     /// IPVS (virtual servers over generic netlink, ipsets and a small
     /// iptables ruleset, as upstream).
     Ipvs,
+    /// Userspace (kube-proxy's old mode: the proxy forwards each
+    /// connection itself). Its backend is written outside this crate, in
+    /// `kproxy-userspace`, which [`Backend::proxier`] does not build.
+    Userspace,
 }
 
 impl Mode {
@@ -48,6 +52,7 @@ impl Mode {
             Mode::Nftables => "nftables",
             Mode::Iptables => "iptables",
             Mode::Ipvs => "ipvs",
+            Mode::Userspace => "userspace",
         }
     }
 }
@@ -287,7 +292,7 @@ impl Backend {
                 tracing::info!("using iptables-{} ({why})", flavour.name());
                 Some(flavour)
             }
-            Mode::Nftables => None,
+            Mode::Nftables | Mode::Userspace => None,
         };
         Backend { mode, flavour }
     }
@@ -309,6 +314,7 @@ impl Backend {
             return Err(BuildError(format!("options for {} mode given to the {} backend", options.mode.name(), self.mode.name())));
         }
         Ok(match (self.mode, self.flavour) {
+            (Mode::Userspace, _) => return Err(BuildError("userspace mode's backend is not part of kproxy-agent: build it with kproxy_userspace::UserspaceDataplane::for_host".into())),
             (Mode::Nftables, _) => Box::new(nft_proxier(options, family, host, NftKernel::new().map_err(|e| refused(family, e))?)?),
             (Mode::Iptables, Some(flavour)) => Box::new(iptables_proxier(options, family, host, IptablesCli::new(flavour, None))?),
             (Mode::Ipvs, Some(flavour)) => Box::new(ipvs_proxier(options, family, host, IpvsHost::new(None, IptablesCli::new(flavour, None)))?),

@@ -222,7 +222,7 @@ impl Metrics {
                 m.sync_partial_duration.clone(),
             );
         }
-        if mode != Mode::Nftables {
+        if matches!(mode, Mode::Iptables | Mode::Ipvs) {
             r.register("sync_proxy_rules_iptables_restore_failures", "Cumulative proxy iptables restore failures", m.iptables_restore_failures.clone());
         }
         if mode == Mode::Iptables {
@@ -331,6 +331,8 @@ impl Metrics {
                 Mode::Ipvs => {
                     self.iptables_restore_failures.get_or_create(&label).inc();
                 }
+                // Upstream's userspace mode had no failure counter.
+                Mode::Userspace => {}
             },
         }
     }

@@ -61,7 +61,12 @@ impl Proxy {
         let backend = Backend::detect(settings.proxy.mode).await;
         let flavour = backend.flavour();
         for &family in families {
-            fan_out.add(family, backend.proxier(&settings.proxy, family, node)?, runner_config)?;
+            let proxier: Box<dyn kproxy_core::Proxier> = if settings.proxy.mode == crate::settings::Mode::Userspace {
+                Box::new(kproxy_userspace::UserspaceDataplane::for_host(&settings.proxy, family, node))
+            } else {
+                backend.proxier(&settings.proxy, family, node)?
+            };
+            fan_out.add(family, proxier, runner_config)?;
         }
         let shared = Arc::new(Shared {
             health: Arc::new(ProxyHealth::new(fan_out.healths().to_vec())),

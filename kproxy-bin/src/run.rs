@@ -76,7 +76,7 @@ async fn cleanup(settings: &Settings) -> Result<()> {
     let node = Host::pictured(NodeInfo::named(&settings.proxy.node_name));
     let cli = NftCli::new();
     for family in [IpFamily::V4, IpFamily::V6] {
-        for table in kproxy_backend_nft::names::TABLES.iter().chain(&[crate::takeover::UPSTREAM_NFT_TABLE]) {
+        for table in crate::takeover::KPROXY_NFT_TABLES.iter().chain(&[crate::takeover::UPSTREAM_NFT_TABLE]) {
             if cli.delete_table_if_present(family, table).await? {
                 say(&format!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" }));
             }
@@ -114,7 +114,7 @@ async fn cleanup(settings: &Settings) -> Result<()> {
 async fn hand_back() -> Result<()> {
     let cli = NftCli::new();
     for family in [IpFamily::V4, IpFamily::V6] {
-        for table in kproxy_backend_nft::names::TABLES {
+        for table in crate::takeover::KPROXY_NFT_TABLES {
             if cli.delete_table_if_present(family, table).await? {
                 say(&format!("removed nftables table {} {table}", if family == IpFamily::V4 { "ip" } else { "ip6" }));
             }
@@ -178,7 +178,8 @@ async fn check_kernel_support(mode: Mode) -> Result<()> {
     if mode == Mode::Ipvs {
         return kproxy_backend_ipvs::netlink::IpvsSocket::open().map(|_| ()).map_err(|e| anyhow::anyhow!("proxy mode ipvs: {}", e.0));
     }
-    if mode != Mode::Nftables {
+    // Userspace mode steers with nftables too.
+    if !matches!(mode, Mode::Nftables | Mode::Userspace) {
         return Ok(());
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -226,6 +227,10 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
                     let mut p = iptables_proxier(&settings.proxy, family, &node, FakeIptables::new())?;
                     first_sync(&mut p, &state).await?;
                     kproxy_backend_iptables::Table::ALL.iter().map(|t| p.kernel().save(family, *t)).collect::<Vec<_>>().join("")
+                }
+                Mode::Userspace => {
+                    let config = node.config(&settings.proxy, family);
+                    kproxy_userspace::preview(&state_of(&state, family, &settings.proxy.node_name), &config)
                 }
                 _ => {
                     let mut p = nft_proxier(&settings.proxy, family, &node, FakeKernel::new())?;
@@ -337,6 +342,23 @@ async fn first_sync<P: Proxier>(p: &mut P, state: &Manifests) -> Result<()> {
     }
     p.sync(SyncRequest { full: true }).await?;
     Ok(())
+}
+
+/// The proxy state `state` gives `family` on node `node_name` (userspace
+/// mode's dry run, which opens no listener).
+fn state_of(state: &Manifests, family: IpFamily, node_name: &str) -> kproxy_core::ProxyState {
+    let mut s = kproxy_core::ProxyState::new(family, node_name);
+    for update in standalone::diff(&Manifests::default(), state) {
+        match update {
+            Update::Service { previous, current } => s.on_service(previous.as_deref(), current.as_deref()),
+            Update::EndpointSlice { slice, removed } => s.on_endpoint_slice(&slice, removed),
+            Update::Node(n) => s.on_node(&n),
+            Update::ServiceCidrs(cidrs) => s.on_service_cidrs(&cidrs),
+            Update::ServicesSynced | Update::EndpointSlicesSynced => false,
+        };
+    }
+    s.apply();
+    s
 }
 
 /// Hands one update to a proxier directly (the dry run has no runner).

@@ -74,7 +74,8 @@ pub fn resolve(config: &KubeProxyConfiguration, path: &str) -> Result<Settings, 
         "nftables" => Mode::Nftables,
         "iptables" | "" => Mode::Iptables,
         "ipvs" => Mode::Ipvs,
-        other => return Err(invalid(path, "mode", format!("unknown proxy mode {other:?} (expected nftables, iptables or ipvs)"))),
+        "userspace" => Mode::Userspace,
+        other => return Err(invalid(path, "mode", format!("unknown proxy mode {other:?} (expected nftables, iptables, ipvs or userspace)"))),
     };
     let node_name = config
         .hostname_override
@@ -112,6 +113,8 @@ pub fn resolve(config: &KubeProxyConfiguration, path: &str) -> Result<Settings, 
         Mode::Nftables => (n.masquerade_all, n.masquerade_bit, n.sync_period, n.min_sync_period),
         Mode::Iptables => (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period),
         Mode::Ipvs => (i.masquerade_all, i.masquerade_bit, v.sync_period, v.min_sync_period),
+        // As upstream's userspace mode: the iptables section's periods.
+        Mode::Userspace => (i.masquerade_all, i.masquerade_bit, i.sync_period, i.min_sync_period),
     };
     let bit_section = if mode == Mode::Nftables { "nftables" } else { "iptables" };
     let masquerade_bit = match bit.unwrap_or(14) {

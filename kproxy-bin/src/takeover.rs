@@ -28,6 +28,10 @@ use crate::settings::{Mode, Settings};
 /// Upstream kube-proxy's nftables table (in the `ip` and `ip6` families).
 pub const UPSTREAM_NFT_TABLE: &str = "kube-proxy";
 
+/// kproxy's own nftables tables, in every mode that has them: nftables
+/// mode's two and userspace mode's steering table.
+pub const KPROXY_NFT_TABLES: [&str; 3] = [kproxy_backend_nft::names::TABLES[0], kproxy_backend_nft::names::TABLES[1], kproxy_userspace::TABLE];
+
 /// Removes the other proxies' leftovers for a node running `settings.proxy.mode`
 /// (with iptables `flavour` in iptables and IPVS modes); returns one line
 /// per kind of thing removed. Failures are logged: the node keeps working
@@ -41,6 +45,9 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
         if settings.proxy.mode != Mode::Nftables {
             tables.extend(kproxy_backend_nft::names::TABLES.iter().map(|t| t.to_string()));
         }
+        if settings.proxy.mode != Mode::Userspace {
+            tables.push(kproxy_userspace::TABLE.to_string());
+        }
         for table in tables {
             match cli.delete_table_if_present(family, &table).await {
                 Ok(true) => done.push(format!("removed nftables table {keyword} {table}")),
@@ -50,9 +57,9 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
         }
     }
     // IPVS mode's leftovers, where it ran (its iptables chains live in the
-    // flavour kproxy now programs in iptables mode, so only from
-    // nftables mode).
-    let ipvs_ran = settings.proxy.mode == Mode::Nftables
+    // flavour kproxy now programs in iptables mode, so only from the
+    // modes that program no iptables: nftables and userspace).
+    let ipvs_ran = matches!(settings.proxy.mode, Mode::Nftables | Mode::Userspace)
         && std::path::Path::new("/sys/class/net").join(&settings.proxy.ipvs.device).exists()
         && kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok();
     let ipvs_flavour = if ipvs_ran { Some(Flavour::detect(None).await.0) } else { None };

@@ -99,7 +99,7 @@ fn out_of_range_and_malformed_values_are_errors() {
 
 #[test]
 fn an_unknown_proxy_mode_is_an_error() {
-    fails_with(&kproxy(&["--proxy-mode", "userspace"]), "mode: \"userspace\" must be ipvs, iptables, nftables or blank");
+    fails_with(&kproxy(&["--proxy-mode", "kernelspace"]), "mode: \"kernelspace\" must be ipvs, iptables, nftables, userspace or blank");
 }
 
 #[test]

@@ -93,15 +93,18 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
     } else {
         json!(["primary"])
     };
-    let section = match mode {
-        Dataplane::Nftables => "nftables",
-        Dataplane::Iptables => "iptables",
-        Dataplane::Ipvs => "ipvs",
+    let (mode_name, section) = match mode {
+        Dataplane::Nftables => ("nftables", "nftables"),
+        Dataplane::Iptables => ("iptables", "iptables"),
+        Dataplane::Ipvs => ("ipvs", "ipvs"),
+        // Userspace mode syncs at the iptables section's periods, as
+        // upstream's did.
+        Dataplane::Userspace => ("userspace", "iptables"),
     };
     let mut config = json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "mode": section,
+        "mode": mode_name,
         "nodePortAddresses": node_ports,
         "hostnameOverride": kproxy_oracle::fixtures::NODE_NAME,
         "clientConnection": {"kubeconfig": kubeconfig.to_string_lossy()},

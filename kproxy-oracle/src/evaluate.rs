@@ -16,6 +16,9 @@ pub enum Dataplane {
     Iptables,
     /// `mode: ipvs`.
     Ipvs,
+    /// `mode: userspace` (kube-proxy's old mode, which kproxy keeps as a
+    /// backend written outside the library: `kproxy-userspace`).
+    Userspace,
 }
 
 /// How the packet reached the service.
@@ -58,10 +61,32 @@ pub fn evaluate(state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> 
 /// layout, which differs more (no ETP=Local short-circuit, Local policies
 /// falling back to Cluster endpoints, REJECT where no real server is left,
 /// other ports of every bound address rejected); its module documents each.
+///
+/// Userspace mode decides as nftables mode does, except where a proxy that
+/// forwards connections itself differs by nature:
+/// - the endpoint sees the node as the source of every connection (each
+///   target is masqueraded), under every policy, so
+///   `externalTrafficPolicy: Local` preserves no source;
+/// - SCTP is not proxied;
+/// - like iptables mode, it neither rejects other ports of a known
+///   ClusterIP nor drops the rest of the ServiceCIDRs.
 pub fn evaluate_for(dataplane: Dataplane, state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
-    if dataplane == Dataplane::Ipvs {
-        return crate::ipvs::evaluate_ipvs(state, config, packet);
+    match dataplane {
+        Dataplane::Ipvs => crate::ipvs::evaluate_ipvs(state, config, packet),
+        Dataplane::Userspace if packet.protocol == kproxy_core::Protocol::Sctp => Verdict::NotService,
+        Dataplane::Userspace => match evaluate_kernel(dataplane, state, config, packet) {
+            Verdict::Forward { targets, affinity_seconds } => Verdict::Forward {
+                targets: targets.into_iter().map(|t| crate::packet::Target { masquerade: true, ..t }).collect(),
+                affinity_seconds,
+            },
+            other => other,
+        },
+        _ => evaluate_kernel(dataplane, state, config, packet),
     }
+}
+
+/// nftables and iptables modes (and userspace mode's choices).
+fn evaluate_kernel(dataplane: Dataplane, state: &ProxyState, config: &ProxierConfig, packet: &Packet) -> Verdict {
     let services = state.services();
     let find = |matches: &dyn Fn(&ServicePortInfo) -> bool| {
         services

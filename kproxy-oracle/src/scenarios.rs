@@ -33,7 +33,8 @@ pub struct Case {
 }
 
 impl Case {
-    /// The verdict `dataplane` must give.
+    /// The verdict `dataplane` must give, as written in the scenario
+    /// (userspace mode's is derived: see [`Scenario::verdicts_for`]).
     pub fn expected_for(&self, dataplane: Dataplane) -> &Verdict {
         match (dataplane, &self.iptables, &self.ipvs) {
             (Dataplane::Ipvs, _, Some(v)) => v,
@@ -135,6 +136,18 @@ impl Scenario {
         }
         state.apply();
         state
+    }
+
+    /// The verdict `dataplane` must give for each case, in order: the
+    /// scenario's own for the kernel modes; for userspace mode, the
+    /// oracle's ([`evaluate_for`](crate::evaluate_for)), which the
+    /// scenarios' own verdicts check in every other mode.
+    pub fn verdicts_for(&self, dataplane: Dataplane) -> Vec<Verdict> {
+        if dataplane != Dataplane::Userspace {
+            return self.cases.iter().map(|c| c.expected_for(dataplane).clone()).collect();
+        }
+        let state = self.state();
+        self.cases.iter().map(|c| crate::evaluate_for(dataplane, &state, &self.config, &c.packet)).collect()
     }
 }
 

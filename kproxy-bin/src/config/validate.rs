@@ -88,8 +88,10 @@ pub fn validate(c: &KubeProxyConfiguration, path: &str) -> Result<(), Vec<Config
     if let Some(o) = c.oom_score_adj.filter(|o| !(-1000..=1000).contains(o)) {
         p.add("oomScoreAdj", format!("{o} must be within the range [-1000, 1000]"));
     }
-    if !matches!(mode.as_str(), "" | "iptables" | "ipvs" | "nftables") {
-        p.add("mode", format!("{mode:?} must be ipvs, iptables, nftables or blank (blank means the best-available proxy [currently iptables])"));
+    // Upstream's list, and kproxy's userspace mode (which upstream removed
+    // in 1.26).
+    if !matches!(mode.as_str(), "" | "iptables" | "ipvs" | "nftables" | "userspace") {
+        p.add("mode", format!("{mode:?} must be ipvs, iptables, nftables, userspace or blank (blank means the best-available proxy [currently iptables])"));
     }
     if let Some(b) = c.client_connection.as_ref().and_then(|cc| cc.burst).filter(|b| *b < 0) {
         p.add("clientConnection.burst", format!("{b} must be greater than or equal to 0"));
@@ -200,7 +202,8 @@ mod tests {
         assert_eq!(problems("clusterCIDR: 10.0.0.0/8,10.1.0.0/16\n").len(), 1, "not a dual-stack pair");
         assert_eq!(problems("showHiddenMetricsForVersion: \"1.20\"\n").len(), 1);
         assert_eq!(problems("detectLocalMode: BridgeInterface\n").len(), 1);
-        assert_eq!(problems("mode: userspace\n").len(), 1);
+        assert_eq!(problems("mode: userspace\n"), Vec::<String>::new(), "kproxy keeps the userspace mode");
+        assert_eq!(problems("mode: kernelspace\n").len(), 1);
         // Checks of another mode's section do not apply, as upstream.
         assert_eq!(problems("mode: nftables\nipvs:\n  tcpTimeout: -5s\n"), Vec::<String>::new());
         assert_eq!(problems("mode: ipvs\nipvs:\n  tcpTimeout: -5s\n").len(), 1);

@@ -13,6 +13,7 @@ pub fn disagreements(topo: &Topology, scenario: &Scenario, bin: &str, mode: Data
         Dataplane::Nftables => "nftables",
         Dataplane::Iptables => "iptables",
         Dataplane::Ipvs => "ipvs",
+        Dataplane::Userspace => "userspace",
     };
     let mut failures = Vec::new();
     for case in &scenario.cases {
