@@ -23,9 +23,14 @@ follow --src IP --dst IP --port N --seconds S [--show-failures]
 reach --src IP --targets IP:PORT,... --seconds S
     Tries every target over TCP (100 ms timeout) in rounds until each has
     answered once; prints "WALLTIME all N" then, or "timeout K of N".
-udpstream --src IP --sport N --dst IP --port N --seconds S
+bench --src IP --dst IP --port N --udp-port N [--connections N] [--udp-count N] [--megabytes M]
+    Opens N TCP connections one after another (each read its greeting),
+    sends N UDP request/replies from one socket, and sends M MiB over one
+    TCP connection (after "SINK\n", the server counts instead of echoing);
+    prints connections/s, connect and UDP p50/p99 (ms) and MiB/s as JSON.
+udpstream --src IP --sport N --dst IP --port N --seconds S [--interval S]
     Sends a datagram every 50 ms for S seconds from one socket (one source
-    port, so one conntrack entry); prints "T NAME" per answer, "T refused"
+    port, so one conntrack entry), or every INTERVAL; prints "T NAME" per answer, "T refused"
     when an ICMP port unreachable came back, or "T timeout", T being
     seconds since the start.
 """
@@ -39,6 +44,72 @@ import threading
 
 def family_of(ip):
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def sink(conn):
+    """Reads until EOF; returns the byte count."""
+    buf, total = bytearray(1 << 20), 0
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            return total
+        total += n
+
+
+def bench(args):
+    """Connection rate and time, UDP round trips and bulk TCP throughput
+    to DST, as one JSON line."""
+    import json
+    fam = family_of(args.dst)
+    times = []
+    began = time.monotonic()
+    for _ in range(args.connections):
+        t = time.monotonic()
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.bind((args.src, 0))
+        s.connect((args.dst, args.port))
+        s.recv(256)
+        s.close()
+        times.append(time.monotonic() - t)
+    conn_total = time.monotonic() - began
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.bind((args.src, 0))
+    u.connect((args.dst, args.udp_port))
+    rtts = []
+    for _ in range(args.udp_count):
+        t = time.monotonic()
+        u.send(b"ping")
+        u.recv(256)
+        rtts.append(time.monotonic() - t)
+    u.close()
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.bind((args.src, 0))
+    s.connect((args.dst, args.port))
+    s.recv(256)
+    chunk = b"x" * (1 << 20)
+    t = time.monotonic()
+    s.sendall(b"SINK\n")
+    for _ in range(args.megabytes):
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    got = int(s.recv(64).split()[0])
+    bulk = time.monotonic() - t
+    s.close()
+    if got != args.megabytes << 20:
+        raise SystemExit("the sink got %d bytes of %d" % (got, args.megabytes << 20))
+
+    def pct(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(len(xs) * p / 100))] * 1000
+    print(json.dumps({
+        "connections_per_second": args.connections / conn_total,
+        "connect_p50_ms": pct(times, 50), "connect_p99_ms": pct(times, 99),
+        "udp_p50_ms": pct(rtts, 50), "udp_p99_ms": pct(rtts, 99),
+        "tcp_mb_per_second": args.megabytes / bulk,
+    }), flush=True)
 
 
 def serve(args):
@@ -67,13 +138,19 @@ def serve(args):
             threading.Thread(target=tcp_conn, args=(conn, peer), daemon=True).start()
 
     def tcp_conn(conn, peer):
-        # Greet, then echo until the client closes.
+        # Greet, then echo until the client closes; a client whose first
+        # bytes are "SINK\n" sends bulk data instead, and gets the count.
         try:
             conn.sendall(("%s %s\n" % (args.name, peer[0])).encode())
+            first = True
             while True:
                 data = conn.recv(2048)
                 if not data:
                     break
+                if first and data.startswith(b"SINK\n"):
+                    conn.sendall(b"%d\n" % (len(data) - 5 + sink(conn)))
+                    break
+                first = False
                 conn.sendall(data)
         except OSError:
             pass
@@ -266,6 +343,14 @@ def main():
     r.add_argument("--src", required=True)
     r.add_argument("--targets", required=True)
     r.add_argument("--seconds", type=float, required=True)
+    b = sub.add_parser("bench")
+    b.add_argument("--src", required=True)
+    b.add_argument("--dst", required=True)
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("--udp-port", type=int, required=True)
+    b.add_argument("--connections", type=int, default=2000)
+    b.add_argument("--udp-count", type=int, default=2000)
+    b.add_argument("--megabytes", type=int, default=1000)
     u = sub.add_parser("udpstream")
     u.add_argument("--src", required=True)
     u.add_argument("--sport", type=int, required=True)
@@ -284,6 +369,8 @@ def main():
         follow(args)
     elif args.cmd == "reach":
         reach(args)
+    elif args.cmd == "bench":
+        bench(args)
     elif args.cmd == "udpstream":
         udpstream(args)
     else:

@@ -74,6 +74,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("cargo build -p kproxy-bin", "every cargo test builds it"),
     ("cargo build -p kproxy-examples --example embed_agent", "cargo test builds every example; it needs a cluster to run, and kproxy-e2e/tests/agent_in_process.rs runs the same pieces in process against a real API server"),
     ("cargo build --release -p kproxy-bin", "a benchmark's build (BENCHMARKS.md)"),
+    ("cargo test -p kproxy-userspace", "scripts/test.sh's cargo test runs every crate of the workspace"),
     ("cargo run --release ", "a benchmark, run by hand; results in BENCHMARKS.md"),
     ("cargo build --release -p kproxy-backend-ipvs --example kproxy-ipvs-bench", "the IPVS benchmark's build (BENCHMARKS.md)"),
     ("bash scripts/ipvs-vm.sh target/release/examples/", "the IPVS benchmark in the VM (BENCHMARKS.md); scripts/test-ipvs-vm.sh runs the same VM in CI"),

@@ -110,3 +110,37 @@ fn oracle_meets_every_transition_step() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(cases >= 30, "{cases}");
 }
+
+/// Userspace mode's verdicts are nftables mode's, except where a proxy
+/// that forwards connections itself differs by nature: every forwarded
+/// connection reaches its endpoint from the node (masqueraded), and it
+/// does not do nftables mode's own refusals of a ClusterIP's other ports
+/// and drops of the ServiceCIDRs (iptables mode's verdict, no service,
+/// there). Says how many cases differ in each way.
+#[test]
+fn userspace_verdicts_are_nftables_ones_with_the_node_as_every_source() {
+    use kproxy_oracle::{Target, Verdict};
+    let (mut failures, mut unmasqueraded, mut not_service, mut cases) = (Vec::new(), 0, 0, 0);
+    for scenario in scenarios::all() {
+        for (case, got) in scenario.cases.iter().zip(scenario.verdicts_for(Dataplane::Userspace)) {
+            cases += 1;
+            let want = match case.expected_for(Dataplane::Nftables) {
+                Verdict::Forward { targets, affinity_seconds } => {
+                    unmasqueraded += usize::from(targets.iter().any(|t| !t.masquerade));
+                    Verdict::Forward { targets: targets.iter().map(|t| Target { masquerade: true, ..*t }).collect(), affinity_seconds: *affinity_seconds }
+                }
+                _ if case.iptables == Some(Verdict::NotService) => {
+                    not_service += 1;
+                    Verdict::NotService
+                }
+                other => other.clone(),
+            };
+            if got != want {
+                failures.push(format!("{} / {}: {}\n  expected {want:?}\n  got      {got:?}", scenario.name, case.name, case.packet));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} cases:\n{}", failures.len(), failures.join("\n"));
+    println!("{cases} cases: {unmasqueraded} forwarded unmasqueraded in nftables mode are masqueraded in userspace mode; {not_service} nftables-only refusals or drops are no service");
+    assert!(unmasqueraded > 0 && not_service > 0, "the kit no longer shows either difference");
+}
