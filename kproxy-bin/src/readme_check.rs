@@ -39,7 +39,7 @@ fn every_flag_field_and_family_is_in_the_compatibility_tables() {
             missing.push(format!("field {field}"));
         }
     }
-    for mode in [crate::settings::Mode::Nftables, crate::settings::Mode::Iptables, crate::settings::Mode::Ipvs] {
+    for mode in [crate::settings::Mode::Nftables, crate::settings::Mode::Iptables, crate::settings::Mode::Ipvs, crate::settings::Mode::Userspace] {
         for family in crate::metrics::every_family(mode) {
             if !text.contains(&format!("`{family}`")) && !missing.contains(&format!("metric {family}")) {
                 missing.push(format!("metric {family}"));
