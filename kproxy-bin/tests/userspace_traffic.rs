@@ -189,3 +189,20 @@ fn switching_between_userspace_and_nftables_modes_removes_the_old_table() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `kproxy-userspace-bench` at a tiny size (so it cannot rot): every path
+/// carries every kind of traffic it measures.
+#[test]
+fn the_userspace_benchmark_measures_every_path() {
+    if !kernel_tests_enabled("the_userspace_benchmark_measures_every_path") {
+        return;
+    }
+    use kproxy_e2e::userspace_bench::{run, table, Sizes, PATHS};
+    let figures = run(BIN, Sizes { connections: 20, udp: 20, megabytes: 4 }).unwrap();
+    assert_eq!(figures.len(), PATHS.len());
+    for (path, f) in PATHS.iter().zip(&figures) {
+        let positive = [f.connections_per_second, f.connect_ms.0, f.connect_ms.1, f.udp_ms.0, f.udp_ms.1, f.tcp_mib_per_second];
+        assert!(positive.iter().all(|v| v.is_finite() && *v > 0.0), "{path}: {f:?}");
+    }
+    println!("{}", table(&figures));
+}

@@ -25,6 +25,7 @@ pub mod nodes;
 pub mod scenario;
 pub mod standalone_bench;
 pub mod svg;
+pub mod userspace_bench;
 
 pub use api::Api;
 pub use binaries::{e2e_binaries, Binaries};
