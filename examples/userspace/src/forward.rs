@@ -27,6 +27,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// At most this many endpoints are tried for one connection.
 const MAX_TRIES: usize = 4;
 
+/// Each direction of a TCP relay reads up to this much at a time: with
+/// tokio's default (8 KiB), one connection moved about 360 MiB/s in
+/// `kproxy-userspace-bench`, with 64 KiB about 1,330 (256 KiB gained
+/// nothing more).
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// Chooses endpoints for one listener.
 #[derive(Debug)]
 pub struct Balancer {
@@ -233,7 +239,7 @@ async fn relay_tcp(mut client: TcpStream, peer: SocketAddr, balancer: Arc<Balanc
         let Some(endpoint) = balancer.pick(peer.ip()) else { break };
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(mut upstream)) => {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER).await;
                 return;
             }
             Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "endpoint refused a connection"),
