@@ -21,7 +21,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
 /// Starts kproxy in userspace mode for `scenario` and waits until its
 /// first sync is in (`/healthz` answers 200); returns its directory and
-/// handle.
+/// handle. The directory is named after the scenario: tests running at
+/// the same time give theirs their own names.
 fn start(topo: &mut Topology, scenario: &Scenario) -> (std::path::PathBuf, usize) {
     let (dir, handle) = common::start_configured(topo, scenario, Dataplane::Userspace, BIN);
     let start = Instant::now();
@@ -76,7 +77,8 @@ fn affinity_switched_off_spreads_connections_again() {
     if !kernel_tests_enabled("affinity_switched_off_spreads_connections_again") {
         return;
     }
-    let sticky = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
+    let mut sticky = scenarios::all().into_iter().find(|s| s.name == "session_affinity").unwrap();
+    sticky.name = "session_affinity_switched_off";
     let mut topo = Topology::build(&sticky).unwrap();
     let (dir, handle) = start(&mut topo, &sticky);
     let failures = check_scenario_for(&topo, &sticky, Dataplane::Userspace);
@@ -103,7 +105,8 @@ fn udp_sessions_stick_until_idle_and_are_refused_without_endpoints() {
     if !kernel_tests_enabled("udp_sessions_stick_until_idle_and_are_refused_without_endpoints") {
         return;
     }
-    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    scenario.name = "cluster_ip_udp_sessions";
     let mut topo = Topology::build(&scenario).unwrap();
     let (dir, handle) = start(&mut topo, &scenario);
     let client: std::net::IpAddr = fx::LOCAL_CLIENT_POD.parse().unwrap();
@@ -158,7 +161,8 @@ fn switching_between_userspace_and_nftables_modes_removes_the_old_table() {
     if !kernel_tests_enabled("switching_between_userspace_and_nftables_modes_removes_the_old_table") {
         return;
     }
-    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    scenario.name = "cluster_ip_mode_switch";
     let tables = |topo: &Topology| topo.node.exec(&["nft", "list", "tables"]).unwrap_or_default();
     let mut failures = Vec::new();
     for (from, to, old_table) in [(Dataplane::Userspace, Dataplane::Nftables, "kproxy-userspace"), (Dataplane::Nftables, Dataplane::Userspace, "kproxy-a")] {
