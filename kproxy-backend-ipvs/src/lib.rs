@@ -22,6 +22,7 @@
 //! - [`proxier`]: [`IpvsDataplane`] and [`IpvsProxier`], core's
 //!   `StateProxier` over it.
 
+pub mod conntable;
 pub mod diff;
 pub mod fake;
 pub mod host;

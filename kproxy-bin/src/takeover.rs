@@ -105,45 +105,56 @@ async fn remove_iptables_leftovers(settings: &Settings, host: &Host, flavour: Fl
 /// servers to end before it removes them anyway.
 pub const IPVS_DRAIN_LIMIT: Duration = Duration::from_secs(300);
 
-/// How often the drain looks at IPVS's connection counts.
+/// How often the drain looks at IPVS's connection table.
 const DRAIN_POLL: Duration = Duration::from_secs(1);
 
 /// Waits until no virtual server (outside `exclude`) has an established
-/// connection, or `limit` has passed; logs what it waits for once.
+/// connection in IPVS's connection table, or `limit` has passed; logs
+/// what it waits for whenever that changes.
 async fn drain_ipvs(exclude: &[ipnet::IpNet], limit: Duration, poll: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut told = false;
+    let mut last: Option<Vec<String>> = None;
     loop {
         let busy = match established_ipvs_connections(exclude) {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot count IPVS mode's connections; removing its leftovers now");
+                tracing::warn!(error = %e, "cannot read IPVS's connections; removing IPVS mode's leftovers now");
                 return;
             }
         };
-        if busy == 0 {
+        if busy.is_empty() {
+            if last.is_some() {
+                tracing::info!("taking the node over: IPVS mode's last established connection ended");
+            }
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(connections = busy, "IPVS mode's connections did not end within {}s; removing its leftovers, which breaks them", limit.as_secs());
+            tracing::warn!(connections = busy.len(), "IPVS mode's connections did not end within {}s; removing its leftovers, which breaks them", limit.as_secs());
             return;
         }
-        if !std::mem::replace(&mut told, true) {
-            tracing::info!(connections = busy, "taking the node over: IPVS mode's leftovers stay until its established connections end (at most {}s)", limit.as_secs());
+        if last.as_ref() != Some(&busy) {
+            tracing::info!(
+                connections = busy.len(),
+                waiting_for = %busy.join(", "),
+                "taking the node over: IPVS mode's leftovers stay until its established connections end (at most {}s)",
+                limit.as_secs()
+            );
+            last = Some(busy);
         }
         tokio::time::sleep(poll).await;
     }
 }
 
-/// Established connections through IPVS's virtual servers (those outside
-/// `exclude`), summed over their real servers.
-fn established_ipvs_connections(exclude: &[ipnet::IpNet]) -> Result<u64, kproxy_netfilter::NetlinkError> {
-    let mut socket = kproxy_backend_ipvs::netlink::IpvsSocket::open()?;
-    let mut total = 0u64;
-    for vs in socket.services()?.into_iter().filter(|vs| !exclude.iter().any(|n| n.contains(&vs.key.addr))) {
-        total += socket.destinations(&vs.key)?.iter().map(|rs| u64::from(rs.active)).sum::<u64>();
-    }
-    Ok(total)
+/// The established connections through IPVS's virtual servers (those
+/// outside `exclude`), from IPVS's connection table, as `client ->
+/// virtual server -> real server`.
+fn established_ipvs_connections(exclude: &[ipnet::IpNet]) -> std::io::Result<Vec<String>> {
+    let table = kproxy_backend_ipvs::conntable::read()?;
+    Ok(table
+        .iter()
+        .filter(|c| c.is_established() && !exclude.iter().any(|n| n.contains(&c.virtual_server.ip())))
+        .map(|c| format!("{} {} -> {} -> {}", c.protocol, c.client, c.virtual_server, c.destination))
+        .collect())
 }
 
 /// Whether `cli`'s flavour holds any `KUBE-*` chain (nat or filter, either
