@@ -17,6 +17,8 @@
 #        KPROXY (the kproxy binary, default target/debug/kproxy), NODES (2),
 #        WORK (state, default /var/tmp/kproxy-node)
 #
+# 'up' exits with status 3, touching nothing, when another cluster is up.
+#
 # kubelet rewrites host-wide sysctls (vm.overcommit_memory, vm.panic_on_oom,
 # kernel.panic, kernel.panic_on_oops): 'up' saves them and 'down' puts them
 # back. 'down' stops only the processes 'up' started (by recorded PID),
@@ -283,8 +285,10 @@ images() {
 kproxy_image() { python3 "$REPO/scripts/image.py" --print-name; }
 
 cmd_up() {
-  [[ ! -e $WORK/pids ]] || { log "a cluster is already up in $WORK (cluster.sh down first)"; exit 1; }
-  [[ ! -e /run/netns/kpcp ]] || { log "namespace kpcp exists (cluster.sh down first)"; exit 1; }
+  # Exit status 3: another cluster is in the way, which is not ours to
+  # take down.
+  [[ ! -e $WORK/pids ]] || { log "a cluster is already up in $WORK (cluster.sh down first)"; exit 3; }
+  [[ ! -e /run/netns/kpcp ]] || { log "namespace kpcp exists (cluster.sh down first)"; exit 3; }
   mkdir -p "$WORK"/{logs,pids,images}
   echo "$NODES" >"$WORK/nodes"
   local t=$SECONDS s n
