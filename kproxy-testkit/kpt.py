@@ -23,11 +23,14 @@ follow --src IP --dst IP --port N --seconds S [--show-failures]
 reach --src IP --targets IP:PORT,... --seconds S
     Tries every target over TCP (100 ms timeout) in rounds until each has
     answered once; prints "WALLTIME all N" then, or "timeout K of N".
-bench --src IP --dst IP --port N --udp-port N [--connections N] [--udp-count N] [--megabytes M]
+bench --src IP --dst IP --port N --udp-port N [--connections N] [--udp-count N] [--udp-fresh] [--megabytes M]
     Opens N TCP connections one after another (each read its greeting),
-    sends N UDP request/replies from one socket, and sends M MiB over one
-    TCP connection (after "SINK\n", the server counts instead of echoing);
-    prints connections/s, connect and UDP p50/p99 (ms) and MiB/s as JSON.
+    sends N UDP request/replies from one socket (each from a new socket
+    with --udp-fresh), and sends M MiB over one TCP connection (after
+    "SINK\n", the server counts instead of echoing); prints connections/s,
+    connect and UDP p50/p99 (ms), connections that failed (refused or not
+    answered within 5 s) and MiB/s as JSON, leaving out any part asked
+    for 0 times.
 udpstream --src IP --sport N --dst IP --port N --seconds S [--interval S]
     Sends a datagram every 50 ms for S seconds from one socket (one source
     port, so one conntrack entry), or every INTERVAL; prints "T NAME" per answer, "T refused"
@@ -58,58 +61,77 @@ def sink(conn):
 
 def bench(args):
     """Connection rate and time, UDP round trips and bulk TCP throughput
-    to DST, as one JSON line."""
+    to DST, as one JSON line; a part asked for 0 times is left out."""
     import json
     fam = family_of(args.dst)
-    times = []
-    began = time.monotonic()
-    for _ in range(args.connections):
-        t = time.monotonic()
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.bind((args.src, 0))
-        s.connect((args.dst, args.port))
-        s.recv(256)
-        s.close()
-        times.append(time.monotonic() - t)
-    conn_total = time.monotonic() - began
-    u = socket.socket(fam, socket.SOCK_DGRAM)
-    u.settimeout(5)
-    u.bind((args.src, 0))
-    u.connect((args.dst, args.udp_port))
-    rtts = []
-    for _ in range(args.udp_count):
-        t = time.monotonic()
-        u.send(b"ping")
-        u.recv(256)
-        rtts.append(time.monotonic() - t)
-    u.close()
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(30)
-    s.bind((args.src, 0))
-    s.connect((args.dst, args.port))
-    s.recv(256)
-    chunk = b"x" * (1 << 20)
-    t = time.monotonic()
-    s.sendall(b"SINK\n")
-    for _ in range(args.megabytes):
-        s.sendall(chunk)
-    s.shutdown(socket.SHUT_WR)
-    got = int(s.recv(64).split()[0])
-    bulk = time.monotonic() - t
-    s.close()
-    if got != args.megabytes << 20:
-        raise SystemExit("the sink got %d bytes of %d" % (got, args.megabytes << 20))
 
     def pct(xs, p):
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(len(xs) * p / 100))] * 1000
-    print(json.dumps({
-        "connections_per_second": args.connections / conn_total,
-        "connect_p50_ms": pct(times, 50), "connect_p99_ms": pct(times, 99),
-        "udp_p50_ms": pct(rtts, 50), "udp_p99_ms": pct(rtts, 99),
-        "tcp_mb_per_second": args.megabytes / bulk,
-    }), flush=True)
+    out = {}
+    if args.connections:
+        # A connection not answered within 5 s, or refused, counts as
+        # failed (and is left out of the times) rather than ending the run.
+        times = []
+        failed = 0
+        began = time.monotonic()
+        for _ in range(args.connections):
+            t = time.monotonic()
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.bind((args.src, 0))
+                s.connect((args.dst, args.port))
+                s.recv(256)
+                times.append(time.monotonic() - t)
+            except OSError:
+                failed += 1
+            finally:
+                s.close()
+        if not times:
+            raise SystemExit("no connection to %s:%d answered" % (args.dst, args.port))
+        out.update(connections_per_second=args.connections / (time.monotonic() - began),
+                   connect_p50_ms=pct(times, 50), connect_p99_ms=pct(times, 99), connect_failures=failed)
+    if args.udp_count:
+        # --udp-fresh: every request from a new socket (a new flow, as a
+        # resolver sends them), so each one meets the proxy's rules.
+        rtts = []
+        u = None
+        for _ in range(args.udp_count):
+            t = time.monotonic()
+            if u is None:
+                u = socket.socket(fam, socket.SOCK_DGRAM)
+                u.settimeout(5)
+                u.bind((args.src, 0))
+                u.connect((args.dst, args.udp_port))
+            u.send(b"ping")
+            u.recv(256)
+            rtts.append(time.monotonic() - t)
+            if args.udp_fresh:
+                u.close()
+                u = None
+        if u is not None:
+            u.close()
+        out.update(udp_p50_ms=pct(rtts, 50), udp_p99_ms=pct(rtts, 99))
+    if args.megabytes:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.bind((args.src, 0))
+        s.connect((args.dst, args.port))
+        s.recv(256)
+        chunk = b"x" * (1 << 20)
+        t = time.monotonic()
+        s.sendall(b"SINK\n")
+        for _ in range(args.megabytes):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        got = int(s.recv(64).split()[0])
+        bulk = time.monotonic() - t
+        s.close()
+        if got != args.megabytes << 20:
+            raise SystemExit("the sink got %d bytes of %d" % (got, args.megabytes << 20))
+        out.update(tcp_mb_per_second=args.megabytes / bulk)
+    print(json.dumps(out), flush=True)
 
 
 def serve(args):
@@ -351,6 +373,7 @@ def main():
     b.add_argument("--connections", type=int, default=2000)
     b.add_argument("--udp-count", type=int, default=2000)
     b.add_argument("--megabytes", type=int, default=1000)
+    b.add_argument("--udp-fresh", action="store_true")
     u = sub.add_parser("udpstream")
     u.add_argument("--src", required=True)
     u.add_argument("--sport", type=int, required=True)

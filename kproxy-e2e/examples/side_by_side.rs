@@ -10,10 +10,17 @@
 //! 2. CPU seconds and peak RSS over a churn run (`--churn-rate` endpoint
 //!    changes per second for `--churn-seconds` at the largest size);
 //! 3. time from process start to every sampled service answering, and the
-//!    peak RSS by then, at each of `--startup` services.
+//!    peak RSS by then, at each of `--startup` services;
+//! 4. what a new connection costs through each proxy's rules, at each of
+//!    `--dataplane` services: TCP connections per second and connect
+//!    p50/p99 to the first and the last Service in the proxy's order, and
+//!    UDP round trips on new flows (`kproxy_e2e::dataplane_cost`), one
+//!    proxy's client at a time.
 //!
 //! Sizes are visited in ascending order (the cluster only grows): at each,
-//! start-up first, then latency, then (at the largest latency size) churn.
+//! start-up first, then latency, then (at the largest latency size) churn,
+//! then the dataplane cost. A phase given an empty list (`--startup ""`)
+//! is left out.
 //! Writes `side-by-side.json` and `latency.svg` to `--out`.
 //!
 //! ```sh
@@ -26,6 +33,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kproxy_e2e::bench::{quantile_ms, SideBySide};
+use kproxy_e2e::dataplane_cost::{self, Cost};
 use kproxy_e2e::svg::{latency_chart, Series};
 use kproxy_oracle::Dataplane;
 use kproxy_e2e::{e2e_binaries, ProxyKind};
@@ -40,10 +48,12 @@ struct Args {
     churn_seconds: u64,
     out: String,
     mode: Dataplane,
+    dataplane: Vec<usize>,
+    dataplane_sizes: dataplane_cost::Sizes,
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
-    v.split(',').map(|s| s.trim().parse().map_err(|_| format!("{s:?} is not a number"))).collect()
+    v.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().map_err(|_| format!("{s:?} is not a number"))).collect()
 }
 
 fn parse() -> Result<Args, String> {
@@ -57,6 +67,8 @@ fn parse() -> Result<Args, String> {
         churn_seconds: 300,
         out: format!("{root}/e2e/bench"),
         mode: Dataplane::Nftables,
+        dataplane: vec![1000, 10_000],
+        dataplane_sizes: dataplane_cost::Sizes { connections: 2000, udp: 2000 },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -69,6 +81,9 @@ fn parse() -> Result<Args, String> {
             "--churn-rate" => a.churn_rate = value.parse().map_err(|_| "--churn-rate: not a number")?,
             "--churn-seconds" => a.churn_seconds = value.parse().map_err(|_| "--churn-seconds: not a number")?,
             "--out" => a.out = value.clone(),
+            "--dataplane" => a.dataplane = list(value)?,
+            "--dataplane-connections" => a.dataplane_sizes.connections = value.parse().map_err(|_| "--dataplane-connections: not a number")?,
+            "--dataplane-udp" => a.dataplane_sizes.udp = value.parse().map_err(|_| "--dataplane-udp: not a number")?,
             "--mode" => {
                 a.mode = match value.as_str() {
                     "nftables" => Dataplane::Nftables,
@@ -98,13 +113,14 @@ fn main() -> Result<(), String> {
     let mut bench = SideBySide::new(&bins, &args.kproxy)?;
     bench.mode = args.mode;
     let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
-    let mut results = json!({"latency": [], "churn": {}, "startup": []});
+    let mut results = json!({"latency": [], "churn": {}, "startup": [], "dataplane": []});
+    let mut dataplane_rows: BTreeMap<usize, BTreeMap<ProxyKind, Cost>> = BTreeMap::new();
     let mut series: BTreeMap<ProxyKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
     let (mut latency_rows, mut churn_rows, mut startup_rows) = (Vec::new(), Vec::new(), Vec::new());
     // Sizes in ascending order (the cluster only grows): at each, the
     // start-up measurement first (one proxy at a time), then latency with
     // both running, then churn at the largest latency size.
-    let mut all: Vec<usize> = args.sizes.iter().chain(&args.startup).copied().collect();
+    let mut all: Vec<usize> = args.sizes.iter().chain(&args.startup).chain(&args.dataplane).copied().collect();
     all.sort_unstable();
     all.dedup();
     let churn_at = args.sizes.iter().copied().max();
@@ -135,10 +151,9 @@ fn main() -> Result<(), String> {
                 "kube_proxy": {"seconds": ut.as_secs_f64(), "peak_rss_mib": uu.peak_rss_mib},
             }));
         }
-        if !args.sizes.contains(&size) {
+        if !args.sizes.contains(&size) && !args.dataplane.contains(&size) {
             continue;
         }
-        eprintln!("latency at {size} services");
         if !running {
             let started = std::time::SystemTime::now();
             for kind in kinds {
@@ -153,49 +168,16 @@ fn main() -> Result<(), String> {
         for kind in kinds {
             bench.time_to_serve(kind, started, 20, Duration::from_secs(600))?;
         }
-        // Let the creation storm's syncs finish and both rate limiters
-        // refill before measuring.
-        std::thread::sleep(Duration::from_secs(5));
-        let limit = Duration::from_secs(10);
-        let measured = bench.programming_latency(args.changes, Duration::from_millis(1100), limit)?;
-        let (lat, writes) = (measured.by_proxy, measured.writes);
-        let q = |kind: ProxyKind, p: f64| quantile_ms(&lat[&kind], p);
-        let (k50, k99, u50, u99) = (q(ProxyKind::Kproxy, 0.5), q(ProxyKind::Kproxy, 0.99), q(ProxyKind::Upstream, 0.5), q(ProxyKind::Upstream, 0.99));
-        // The worst change, and how many never reached the new endpoint
-        // within the limit (recorded at the limit): p99 alone hides both.
-        let worst = |kind: ProxyKind| q(kind, 1.0);
-        let capped = |kind: ProxyKind| lat[&kind].iter().filter(|d| **d >= limit).count();
-        let w50 = quantile_ms(&writes, 0.5);
-        latency_rows.push(format!(
-            "| {size} | {k50:.1} ms | {k99:.1} ms | {:.1} ms | {} | {u50:.1} ms | {u99:.1} ms | {:.1} ms | {} | {:.3} | {:.3} | {w50:.1} ms |",
-            worst(ProxyKind::Kproxy),
-            capped(ProxyKind::Kproxy),
-            worst(ProxyKind::Upstream),
-            capped(ProxyKind::Upstream),
-            k50 / u50,
-            k99 / u99
-        ));
-        for kind in kinds {
-            series.entry(kind).or_default().push((size as f64, q(kind, 0.5), q(kind, 0.99)));
+        if args.sizes.contains(&size) {
+            latency(&mut bench, &args, size, &mut LatencyOut { rows: &mut latency_rows, churn: &mut churn_rows, series: &mut series, results: &mut results }, churn_at)?;
         }
-        results["latency"].as_array_mut().expect("array").push(json!({
-            "services": size, "changes": args.changes,
-            "api_write_ms": writes.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
-            "kproxy_ms": lat[&ProxyKind::Kproxy].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
-            "kube_proxy_ms": lat[&ProxyKind::Upstream].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
-        }));
-        if Some(size) == churn_at && args.churn_seconds > 0 {
-            eprintln!("churn at {size} services");
-            let usage = bench.churn(args.churn_rate, args.churn_seconds)?;
-            churn_rows.push(format!("## churn: {} endpoint changes/s for {} s at {size} services", args.churn_rate, args.churn_seconds));
-            churn_rows.push("| proxy | CPU seconds | peak RSS |".to_string());
+        if args.dataplane.contains(&size) {
+            eprintln!("dataplane cost at {size} services");
             for kind in kinds {
-                let u = usage[&kind];
-                churn_rows.push(format!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib));
-                results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": size, "rate": args.churn_rate, "seconds": args.churn_seconds});
+                let cost = bench.dataplane_cost(kind, args.dataplane_sizes)?;
+                results["dataplane"].as_array_mut().expect("array").push(json!({"services": size, "proxy": label(kind), "figures": cost.to_json()}));
+                dataplane_rows.entry(size).or_default().insert(kind, cost);
             }
-            let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
-            churn_rows.push(format!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib));
         }
     }
 
@@ -215,6 +197,10 @@ fn main() -> Result<(), String> {
     for r in &startup_rows {
         println!("{r}");
     }
+    if !dataplane_rows.is_empty() {
+        println!("\n## what a new connection costs (one client, one connection after another)");
+        print!("{}", dataplane_cost::table(&dataplane_rows));
+    }
 
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let chart: Vec<Series> = kinds
@@ -231,5 +217,65 @@ fn main() -> Result<(), String> {
     std::fs::write(format!("{}/side-by-side.json", args.out), serde_json::to_string_pretty(&results).expect("json")).map_err(|e| e.to_string())?;
     bench.keep_logs(std::path::Path::new(&args.out))?;
     println!("\nwrote {0}/latency.svg, {0}/side-by-side.json and both proxies' logs", args.out);
+    Ok(())
+}
+
+/// Where the latency and churn phases put their results.
+struct LatencyOut<'a> {
+    rows: &'a mut Vec<String>,
+    churn: &'a mut Vec<String>,
+    series: &'a mut BTreeMap<ProxyKind, Vec<(f64, f64, f64)>>,
+    results: &'a mut serde_json::Value,
+}
+
+/// The latency phase at `size` services (both proxies serving), then the
+/// churn phase if `size` is `churn_at`.
+fn latency(bench: &mut SideBySide, args: &Args, size: usize, out: &mut LatencyOut, churn_at: Option<usize>) -> Result<(), String> {
+    let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
+    eprintln!("latency at {size} services");
+    // Let the creation storm's syncs finish and both rate limiters
+    // refill before measuring.
+    std::thread::sleep(Duration::from_secs(5));
+    let limit = Duration::from_secs(10);
+    let measured = bench.programming_latency(args.changes, Duration::from_millis(1100), limit)?;
+    let (lat, writes) = (measured.by_proxy, measured.writes);
+    let q = |kind: ProxyKind, p: f64| quantile_ms(&lat[&kind], p);
+    let (k50, k99, u50, u99) = (q(ProxyKind::Kproxy, 0.5), q(ProxyKind::Kproxy, 0.99), q(ProxyKind::Upstream, 0.5), q(ProxyKind::Upstream, 0.99));
+    // The worst change, and how many never reached the new endpoint
+    // within the limit (recorded at the limit): p99 alone hides both.
+    let worst = |kind: ProxyKind| q(kind, 1.0);
+    let capped = |kind: ProxyKind| lat[&kind].iter().filter(|d| **d >= limit).count();
+    let w50 = quantile_ms(&writes, 0.5);
+    out.rows.push(format!(
+        "| {size} | {k50:.1} ms | {k99:.1} ms | {:.1} ms | {} | {u50:.1} ms | {u99:.1} ms | {:.1} ms | {} | {:.3} | {:.3} | {w50:.1} ms |",
+        worst(ProxyKind::Kproxy),
+        capped(ProxyKind::Kproxy),
+        worst(ProxyKind::Upstream),
+        capped(ProxyKind::Upstream),
+        k50 / u50,
+        k99 / u99
+    ));
+    for kind in kinds {
+        out.series.entry(kind).or_default().push((size as f64, q(kind, 0.5), q(kind, 0.99)));
+    }
+    out.results["latency"].as_array_mut().expect("array").push(json!({
+        "services": size, "changes": args.changes,
+        "api_write_ms": writes.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+        "kproxy_ms": lat[&ProxyKind::Kproxy].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+        "kube_proxy_ms": lat[&ProxyKind::Upstream].iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+    }));
+    if Some(size) == churn_at && args.churn_seconds > 0 {
+        eprintln!("churn at {size} services");
+        let usage = bench.churn(args.churn_rate, args.churn_seconds)?;
+        out.churn.push(format!("## churn: {} endpoint changes/s for {} s at {size} services", args.churn_rate, args.churn_seconds));
+        out.churn.push("| proxy | CPU seconds | peak RSS |".to_string());
+        for kind in kinds {
+            let u = usage[&kind];
+            out.churn.push(format!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib));
+            out.results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": size, "rate": args.churn_rate, "seconds": args.churn_seconds});
+        }
+        let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
+        out.churn.push(format!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib));
+    }
     Ok(())
 }

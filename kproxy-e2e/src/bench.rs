@@ -24,11 +24,14 @@ use crate::scenario::{self, ProxyKind};
 
 /// The service whose endpoint the latency benchmark moves.
 pub const PROBE_IP: &str = "172.30.0.10";
-const CLIENT: &str = "10.180.0.100";
+pub(crate) const CLIENT: &str = "10.180.0.100";
 const POD_A: &str = "10.180.0.1";
 const POD_B: &str = "10.180.0.2";
 const POD_C: &str = "10.180.0.3";
-const POD_D: &str = "10.180.0.4";
+pub(crate) const POD_D: &str = "10.180.0.4";
+/// The port the pods answer UDP on (for the dataplane benchmark's UDP
+/// Service).
+pub(crate) const UDP_TARGET_PORT: u16 = 8053;
 
 /// One node namespace and its proxy.
 #[derive(Debug)]
@@ -97,12 +100,13 @@ fn bg_objects(i: usize, endpoints: &[&str]) -> (Value, Value) {
     (svc, slice)
 }
 
-/// The scenario a bench node is built from: pods A–D serving 8080 and the
-/// client pod.
+/// The scenario a bench node is built from: pods A–D serving TCP 8080 and
+/// UDP 8053, and the client pod.
 fn node_scenario() -> Scenario {
     let probe = fx::service("bench", "probe", &[PROBE_IP]).port("http", 80, "TCP", 0).build();
     let pods = slice("bench", "probe", "pods", "IPv4")
         .port("http", 8080, "TCP")
+        .port("dns", i32::from(UDP_TARGET_PORT), "UDP")
         .endpoint(POD_A, "node-k", EndpointState::Ready)
         .endpoint(POD_B, "node-k", EndpointState::Ready)
         .endpoint(POD_C, "node-k", EndpointState::Ready)
@@ -280,7 +284,7 @@ impl SideBySide {
         }
     }
 
-    fn client(&self, kind: ProxyKind) -> String {
+    pub(crate) fn client(&self, kind: ProxyKind) -> String {
         let node = self.nodes.iter().find(|n| n.kind == kind).expect("both kinds exist");
         node.topo.pods[&CLIENT.parse().expect("literal")].name().to_string()
     }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod bench;
 pub mod binaries;
 pub mod control_plane;
+pub mod dataplane_cost;
 pub mod differential;
 pub mod nodes;
 pub mod scenario;

@@ -1,0 +1,64 @@
+//! The side-by-side benchmark command (`kproxy-side-by-side`, BENCHMARKS.md)
+//! run at its smallest size, so it cannot rot: every phase (start-up,
+//! programming latency, churn, dataplane cost) against upstream
+//! kube-proxy, in both modes, and every figure it reports present.
+//! Needs root and the e2e binaries (Go); must run in CI.
+
+use std::process::Command;
+
+use kproxy_e2e::e2e_binaries;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
+
+/// The example as `cargo test` builds it, beside the kproxy binary.
+fn example() -> std::path::PathBuf {
+    std::path::Path::new(BIN).parent().expect("target dir").join("examples/kproxy-side-by-side")
+}
+
+fn smoke(test: &str, mode: &str) {
+    let _guard = kproxy_e2e::exclusive();
+    let Some(_bins) = e2e_binaries(test) else { return };
+    let out_dir = std::env::temp_dir().join(format!("kproxy-side-by-side-{mode}-{}", std::process::id()));
+    let out = Command::new(example())
+        .args(["--kproxy", BIN, "--mode", mode, "--sizes", "20", "--changes", "3", "--startup", "20", "--churn-rate", "5", "--churn-seconds", "2"])
+        .args(["--dataplane", "20", "--dataplane-connections", "20", "--dataplane-udp", "20", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds the example)", example().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{mode}: {}\n{stdout}\n{stderr}", out.status);
+    println!("{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("side-by-side.json")).unwrap()).unwrap();
+    assert_eq!(json["latency"][0]["kproxy_ms"].as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(json["startup"][0]["services"], 20);
+    assert!(json["churn"]["kproxy"]["cpu_seconds"].as_f64().is_some(), "{json}");
+    let dataplane = json["dataplane"].as_array().unwrap();
+    assert_eq!(dataplane.len(), 2, "one entry per proxy: {json}");
+    for entry in dataplane {
+        let figures = &entry["figures"];
+        let tcp = figures["tcp"].as_array().unwrap();
+        assert_eq!(tcp.len(), 2, "{entry}");
+        let mut numbers: Vec<f64> = tcp.iter().flat_map(|t| ["connections_per_second", "connect_p50_ms", "connect_p99_ms"].map(|k| t[k].as_f64().unwrap_or(-1.0))).collect();
+        numbers.extend(["udp_p50_ms", "udp_p99_ms"].map(|k| figures[k].as_f64().unwrap_or(-1.0)));
+        assert!(numbers.iter().all(|n| n.is_finite() && *n > 0.0), "{entry}");
+        // In iptables mode, the first and the last Service are read from
+        // the proxy's own rules and are not the same one.
+        if mode == "iptables" {
+            let (first, last) = (tcp[0]["position"].as_u64(), tcp[1]["position"].as_u64());
+            assert!(first.zip(last).is_some_and(|(f, l)| f < l && l >= 19), "{entry}");
+        }
+    }
+    assert!(stdout.contains("| 20 | kproxy / kube-proxy | last |"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode() {
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode", "nftables");
+}
+
+#[test]
+fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode() {
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode", "iptables");
+}
