@@ -1,7 +1,8 @@
 //! The side-by-side benchmark command (`kproxy-side-by-side`, BENCHMARKS.md)
 //! run at its smallest size, so it cannot rot: every phase (start-up,
 //! programming latency, churn, dataplane cost) against upstream
-//! kube-proxy, in both modes, and every figure it reports present.
+//! kube-proxy, in nftables mode and in iptables mode on iptables-legacy
+//! (`--flavour legacy`), and every figure it reports present.
 //! Needs root and the e2e binaries (Go); must run in CI.
 
 use std::process::Command;
@@ -15,12 +16,12 @@ fn example() -> std::path::PathBuf {
     std::path::Path::new(BIN).parent().expect("target dir").join("examples/kproxy-side-by-side")
 }
 
-fn smoke(test: &str, mode: &str) {
+fn smoke(test: &str, mode: &str, flavour: &str) {
     let _guard = kproxy_e2e::exclusive();
     let Some(_bins) = e2e_binaries(test) else { return };
     let out_dir = std::env::temp_dir().join(format!("kproxy-side-by-side-{mode}-{}", std::process::id()));
     let out = Command::new(example())
-        .args(["--kproxy", BIN, "--mode", mode, "--sizes", "20", "--changes", "3", "--startup", "20", "--churn-rate", "5", "--churn-seconds", "2"])
+        .args(["--kproxy", BIN, "--mode", mode, "--flavour", flavour, "--sizes", "20", "--changes", "3", "--startup", "20", "--churn-rate", "5", "--churn-seconds", "2"])
         .args(["--dataplane", "20", "--dataplane-connections", "20", "--dataplane-udp", "20", "--out"])
         .arg(&out_dir)
         .output()
@@ -50,15 +51,20 @@ fn smoke(test: &str, mode: &str) {
         }
     }
     assert!(stdout.contains("| 20 | kproxy / kube-proxy | last |"), "{stdout}");
+    // Both proxies ran on the flavour asked for.
+    let logs = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    if mode == "iptables" {
+        assert!(logs("kproxy.log").contains(&format!("using iptables-{flavour}")), "{}", logs("kproxy.log"));
+    }
     let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]
 fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode() {
-    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode", "nftables");
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode", "nftables", "nft");
 }
 
 #[test]
-fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode() {
-    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode", "iptables");
+fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy() {
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy", "iptables", "legacy");
 }

@@ -1,5 +1,6 @@
 //! kproxy against upstream kube-proxy (v1.34.4), both in nftables mode
-//! (or both in iptables mode, `--mode iptables`) with
+//! (or both in iptables mode, `--mode iptables`, on iptables-nft, or on
+//! iptables-legacy with `--flavour legacy`) with
 //! the same configuration, watching the same real API server, measured in
 //! one run:
 //!
@@ -50,6 +51,7 @@ struct Args {
     mode: Dataplane,
     dataplane: Vec<usize>,
     dataplane_sizes: dataplane_cost::Sizes,
+    legacy: bool,
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
@@ -69,6 +71,7 @@ fn parse() -> Result<Args, String> {
         mode: Dataplane::Nftables,
         dataplane: vec![1000, 10_000],
         dataplane_sizes: dataplane_cost::Sizes { connections: 2000, udp: 2000 },
+        legacy: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -82,6 +85,13 @@ fn parse() -> Result<Args, String> {
             "--churn-seconds" => a.churn_seconds = value.parse().map_err(|_| "--churn-seconds: not a number")?,
             "--out" => a.out = value.clone(),
             "--dataplane" => a.dataplane = list(value)?,
+            "--flavour" => {
+                a.legacy = match value.as_str() {
+                    "nft" => false,
+                    "legacy" => true,
+                    other => return Err(format!("--flavour {other:?}: nft or legacy")),
+                }
+            }
             "--dataplane-connections" => a.dataplane_sizes.connections = value.parse().map_err(|_| "--dataplane-connections: not a number")?,
             "--dataplane-udp" => a.dataplane_sizes.udp = value.parse().map_err(|_| "--dataplane-udp: not a number")?,
             "--mode" => {
@@ -93,6 +103,9 @@ fn parse() -> Result<Args, String> {
             }
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if a.legacy && a.mode != Dataplane::Iptables {
+        return Err("--flavour legacy needs --mode iptables".into());
     }
     if !std::path::Path::new(&a.kproxy).exists() {
         return Err(format!("{}: no kproxy binary (cargo build --release -p kproxy-bin)", a.kproxy));
@@ -112,6 +125,7 @@ fn main() -> Result<(), String> {
     let bins = e2e_binaries("kproxy-side-by-side").ok_or("needs root and the e2e binaries")?;
     let mut bench = SideBySide::new(&bins, &args.kproxy)?;
     bench.mode = args.mode;
+    bench.legacy = args.legacy;
     let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
     let mut results = json!({"latency": [], "churn": {}, "startup": [], "dataplane": []});
     let mut dataplane_rows: BTreeMap<usize, BTreeMap<ProxyKind, Cost>> = BTreeMap::new();

@@ -59,6 +59,10 @@ pub struct SideBySide {
     pub services: usize,
     /// The proxy mode both proxies run in (nftables unless set).
     pub mode: Dataplane,
+    /// In iptables mode, whether both proxies use iptables-legacy (set
+    /// before the first start) instead of the iptables-nft a fresh
+    /// namespace gets.
+    pub legacy: bool,
 }
 
 /// Per proxy, the latency of each change; and how long each API write
@@ -207,7 +211,7 @@ impl SideBySide {
         let s = node_scenario();
         api.apply(&s.services[0])?;
         api.apply(probe_slice(POD_A))?;
-        Ok(SideBySide { cp, api, nodes, services: 0, mode: Dataplane::Nftables })
+        Ok(SideBySide { cp, api, nodes, services: 0, mode: Dataplane::Nftables, legacy: false })
     }
 
     /// Creates background services (one endpoint each, pod C) until there
@@ -233,9 +237,17 @@ impl SideBySide {
         let kubeconfig = self.cp.kubeconfig(kind.user())?;
         let dir = self.cp.dir().to_path_buf();
         let mode = self.mode;
+        let legacy = self.legacy && mode == Dataplane::Iptables;
         let node = self.node(kind);
-        // Both modes use nf_tables here (iptables-nft, in a fresh namespace).
+        // Both modes use nf_tables here (iptables-nft, in a fresh namespace)
+        // unless legacy is asked for.
         node.topo.node.exec(&["nft", "flush", "ruleset"])?;
+        if legacy {
+            legacy_tables(&node.topo.node)?;
+            if kind == ProxyKind::Upstream && !node.binary.ends_with(LEGACY_WRAPPER) {
+                node.binary = legacy_wrapper(&dir, &node.binary)?;
+            }
+        }
         let mut config = scenario::config_in(&node_scenario(), &kubeconfig, mode);
         config["hostnameOverride"] = json!(node.name);
         // KPROXY_BENCH_VERBOSITY=N: kproxy logs at -v=N (4: every event
@@ -385,6 +397,46 @@ impl SideBySide {
         }
         Ok(out)
     }
+}
+
+/// The name of the wrapper that runs upstream kube-proxy with the
+/// iptables-legacy tools first on its `PATH`.
+const LEGACY_WRAPPER: &str = "kube-proxy-legacy";
+
+/// Empties `node`'s iptables-legacy tables (both families) and marks
+/// legacy as the flavour in use the way kubelet does (a
+/// `KUBE-IPTABLES-HINT` chain in mangle), which kproxy's detection
+/// follows.
+fn legacy_tables(node: &kproxy_testkit::Netns) -> Result<(), String> {
+    for tool in ["iptables-legacy", "ip6tables-legacy"] {
+        for table in ["filter", "nat", "mangle"] {
+            node.exec(&[tool, "-w", "-t", table, "-F"])?;
+            node.exec(&[tool, "-w", "-t", table, "-X"])?;
+        }
+        node.exec(&[tool, "-w", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])?;
+    }
+    Ok(())
+}
+
+/// Writes, under `dir`, a wrapper that runs `binary` with `iptables`,
+/// `iptables-save`, `iptables-restore` and their IPv6 twins meaning the
+/// legacy tools (upstream's binary runs whatever `iptables` its `PATH`
+/// finds; its image picks the flavour the same way); returns its path.
+fn legacy_wrapper(dir: &std::path::Path, binary: &str) -> Result<String, String> {
+    let bin = dir.join("legacy-bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
+        let link = bin.join(name);
+        let _ = std::fs::remove_file(&link);
+        let target = format!("/usr/sbin/{}", name.replacen("tables", "tables-legacy", 1));
+        std::os::unix::fs::symlink(&target, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+    }
+    let wrapper = dir.join(LEGACY_WRAPPER);
+    let script = format!("#!/bin/sh\nPATH={}:$PATH exec {binary} \"$@\"\n", bin.display());
+    std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    Ok(wrapper.to_string_lossy().into_owned())
 }
 
 /// Time from `started` until the probe Service, the last of `services`

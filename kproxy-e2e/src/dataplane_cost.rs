@@ -112,7 +112,8 @@ impl SideBySide {
             return Ok(Vec::new());
         }
         let node = self.nodes.iter().find(|n| n.kind == kind).ok_or("no such node")?;
-        Ok(kube_services_order(&node.topo.node.exec(&["iptables-nft-save", "-t", "nat"])?))
+        let save = if self.legacy { "iptables-legacy-save" } else { "iptables-nft-save" };
+        Ok(kube_services_order(&node.topo.node.exec(&[save, "-t", "nat"])?))
     }
 
     /// Waits (at most 2 minutes) until neither proxy used more than 50 ms
