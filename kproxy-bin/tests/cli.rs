@@ -429,3 +429,12 @@ fn the_example_cluster_has_every_kind_of_service() {
         }
     }
 }
+
+/// `kproxy diagnose` in userspace mode says it cannot trace instead of
+/// reading another mode's rules.
+#[test]
+fn diagnose_in_userspace_mode_says_there_are_no_rules_to_trace() {
+    let manifests = example_cluster();
+    let out = kproxy(&["diagnose", "--manifests", manifests.to_str().unwrap(), "--proxy-mode", "userspace"]);
+    fails_with(&out, "userspace mode forwards connections in the proxy itself");
+}

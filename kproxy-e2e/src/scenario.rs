@@ -147,6 +147,19 @@ pub fn log_path(kind: ProxyKind, node: &Netns, dir: &Path) -> PathBuf {
     dir.join(format!("{name}-{}.log", node.name()))
 }
 
+/// Writes `scenario`'s Node, Services and EndpointSlices into `dir`, one
+/// object per file (JSON is YAML), for `kproxy --manifests DIR`.
+pub fn write_manifests(dir: &Path, scenario: &Scenario) -> Result<(), String> {
+    let objects = std::iter::once(serde_json::to_string(&scenario.node))
+        .chain(scenario.services.iter().map(serde_json::to_string))
+        .chain(scenario.slices.iter().map(serde_json::to_string));
+    for (n, text) in objects.enumerate() {
+        let file = dir.join(format!("{n:03}.yaml"));
+        std::fs::write(&file, text.map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// Starts `kind` in `node` with `config` (written to `dir`, where its log
 /// goes too); returns the process handle in `node`.
 pub fn start_proxy(kind: ProxyKind, node: &mut Netns, config: &Value, dir: &Path, binary: &str) -> Result<usize, String> {

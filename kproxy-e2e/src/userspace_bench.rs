@@ -80,12 +80,7 @@ fn measure(topo: &Topology, sizes: Sizes, dst: &str, port: u16, udp_port: u16) -
 fn start(topo: &mut Topology, scenario: &Scenario, mode: Dataplane, kproxy: &str, dir: &Path) -> Result<usize, String> {
     let manifests = dir.join("m");
     std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
-    let objects = std::iter::once(serde_json::to_string(&scenario.node))
-        .chain(scenario.services.iter().map(serde_json::to_string))
-        .chain(scenario.slices.iter().map(serde_json::to_string));
-    for (n, text) in objects.enumerate() {
-        std::fs::write(manifests.join(format!("{n:03}.yaml")), text.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
+    crate::scenario::write_manifests(&manifests, scenario)?;
     let mut config = crate::scenario::config_in(scenario, Path::new("unused"), mode);
     config.as_object_mut().ok_or("config")?.remove("clientConnection");
     let file = dir.join(format!("config-{mode:?}.json"));

@@ -151,6 +151,12 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if settings.proxy.mode == crate::settings::Mode::Userspace {
+        return fail(format!(
+            "userspace mode forwards connections in the proxy itself, so there are no rules to trace (its steering table: nft list table ip {})",
+            kproxy_userspace::TABLE
+        ));
+    }
     let (services, slices, node) = match objects(&args, &settings.proxy.node_name) {
         Ok(o) => o,
         Err(e) => return fail(e),

@@ -6,15 +6,9 @@ pub mod deploy;
 pub mod fake_api;
 pub mod trace;
 
-/// Writes `scenario`'s Node, Services and EndpointSlices into `dir`, one
-/// object per file (JSON is YAML), for `kproxy --manifests DIR`.
+/// Writes `scenario`'s manifests into `dir` ([`kproxy_e2e::scenario::write_manifests`]).
 pub fn write_manifests(dir: &std::path::Path, scenario: &kproxy_oracle::Scenario) {
-    let objects = std::iter::once(serde_json::to_string(&scenario.node).unwrap())
-        .chain(scenario.services.iter().map(|s| serde_json::to_string(s).unwrap()))
-        .chain(scenario.slices.iter().map(|s| serde_json::to_string(s).unwrap()));
-    for (n, text) in objects.enumerate() {
-        std::fs::write(dir.join(format!("{n:03}.yaml")), text).unwrap();
-    }
+    kproxy_e2e::scenario::write_manifests(dir, scenario).unwrap();
 }
 
 /// Starts kproxy in `mode` on `scenario` with the scenario's own
