@@ -149,11 +149,14 @@ impl SideBySide {
         }
         self.settle();
         let order = self.rule_order(kind)?;
-        let background: Vec<String> = (0..self.services).map(bg_ip).collect();
         let ends: Vec<String> = if order.is_empty() {
-            vec![background.first().cloned().ok_or("no background Services")?, background.last().cloned().ok_or("no background Services")?]
+            if self.services == 0 {
+                return Err("no background Services".into());
+            }
+            vec![bg_ip(0), bg_ip(self.services - 1)]
         } else {
-            let ours: Vec<&String> = order.iter().filter(|ip| background.contains(ip)).collect();
+            let background: std::collections::HashSet<String> = (0..self.services).map(bg_ip).collect();
+            let ours: Vec<&String> = order.iter().filter(|ip| background.contains(*ip)).collect();
             match (ours.first(), ours.last()) {
                 (Some(a), Some(b)) => vec![(*a).clone(), (*b).clone()],
                 _ => return Err(format!("{kind:?}: no background ClusterIP in KUBE-SERVICES")),
