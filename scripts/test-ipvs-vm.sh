@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the IPVS kernel tests (the `kernel_*` test targets of
-# kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature)
+# kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature),
+# then the IPVS benchmark at a tiny size (so its command cannot rot),
 # inside a VM with a real IPVS kernel
 # (scripts/ipvs-vm.sh): the machines' own kernel has no IPVS. Needs root;
 # without it says SKIPPED and exits 0 (CI runs as root, so there it runs).
@@ -37,6 +38,23 @@ if [ ${#bins[@]} = 0 ]; then
     echo "test-ipvs-vm: no kernel test binaries were built" >&2
     exit 1
 fi
-echo "IPVS kernel tests in the VM: ${bins[*]##*/}"
-script='rc=0; for b in "$@"; do "$b" --test-threads=1 --color never || rc=1; done; exit $rc'
-exec bash scripts/ipvs-vm.sh bash -c "$script" vm-tests "${bins[@]}"
+bench=$(cargo build -p kproxy-backend-ipvs --example kproxy-ipvs-bench --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("target", {}).get("name") == "kproxy-ipvs-bench":
+        print(m["executable"])')
+if [ -z "$bench" ]; then
+    echo "test-ipvs-vm: kproxy-ipvs-bench was not built" >&2
+    exit 1
+fi
+echo "IPVS kernel tests in the VM: ${bins[*]##*/}, then kproxy-ipvs-bench"
+script='rc=0; bench=$1; shift
+for b in "$@"; do "$b" --test-threads=1 --color never || rc=1; done
+echo "kproxy-ipvs-bench at 20 Services x 2 endpoints:"
+out=$("$bench" 20 2 ipvs) || rc=1
+echo "$out"
+grep -q "^| ipvs | 20 | 2 |" <<<"$out" || { echo "kproxy-ipvs-bench printed no row for 20 Services" >&2; rc=1; }
+exit $rc'
+exec bash scripts/ipvs-vm.sh bash -c "$script" vm-tests "$bench" "${bins[@]}"

@@ -13,6 +13,11 @@
 //! nothing changed (median and worst of 5: the drift check that compares
 //! every chain, set declaration and element with what kproxy wrote), the
 //! process's peak RSS, and the rendered ruleset's size.
+//!
+//! `KPROXY_BENCH_STAGES=1` prints the memory after each stage;
+//! `KPROXY_BENCH_STOP=load` or `=cold` ends a `--one` run after loading
+//! the objects or after the cold sync, for a heap profile of that stage
+//! (`heaptrack target/release/examples/kproxy-nft-bench --one 10000 10`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -31,14 +36,26 @@ fn stage(name: &str) {
     }
 }
 
+/// With KPROXY_BENCH_STOP=load or cold, the run ends after that stage (for
+/// a heap profile of it).
+fn stop_after(name: &str) -> bool {
+    std::env::var("KPROXY_BENCH_STOP").is_ok_and(|v| v == name)
+}
+
 async fn one_size(services: usize, eps: usize) {
     let mut p = NftDataplane::proxier(fx::NODE_NAME, fx::config(IpFamily::V4), NftKernel::new().expect("netlink socket"), NftOptions::default()).expect("config");
     load(&mut p, services, eps);
     stage("objects handled");
+    if stop_after("load") {
+        return;
+    }
     let start = Instant::now();
     p.sync(SyncRequest { full: true }).await.expect("cold sync");
     let cold = start.elapsed();
     stage("cold sync done");
+    if stop_after("cold") {
+        return;
+    }
 
     let Changes { added, removed, new_service } = change_rounds(&mut p, services, eps, 20).await;
     let mut periodic = Vec::new();

@@ -41,7 +41,7 @@ pub struct NftOptions {
 impl Default for NftOptions {
     fn default() -> Self {
         NftOptions {
-            chunk_elements: 20_000,
+            chunk_elements: 5_000,
             max_incremental_elements: 50_000,
             rebuild_every_full_syncs: 120,
         }

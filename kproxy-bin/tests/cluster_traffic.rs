@@ -73,6 +73,10 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
     for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
         assert!(api.requests().iter().any(|r| r.starts_with(path) && r.contains(selector)), "{path} without upstream's selector: {:?}", api.requests());
+        // The current objects come as a streaming list, never a list.
+        let initial: Vec<String> = api.requests().into_iter().filter(|r| r.starts_with(path) && !r.contains("watch=")).collect();
+        assert!(initial.is_empty(), "{path} listed instead of streamed: {initial:?}");
+        assert!(api.requests().iter().any(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")), "{path} never streamed: {:?}", api.requests());
     }
     let mut foreign_packet = scenario.cases[0].packet.clone();
     foreign_packet.dst = "172.30.0.77".parse().unwrap();
@@ -114,6 +118,42 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     for request in api.requests() {
         let (group, resource, verb) = common::fake_api::rbac_of(&request);
         assert!(granted.contains(&(group.clone(), resource.clone(), verb.clone())), "deploy/rbac.yaml does not allow {verb} {group}/{resource} ({request})");
+    }
+}
+
+/// An API server that refuses streaming lists (the WatchList feature gate
+/// off) is listed in pages instead, and followed as before.
+#[test]
+fn an_api_server_without_streaming_lists_is_listed_in_pages() {
+    if !kernel_tests_enabled("an_api_server_without_streaming_lists_is_listed_in_pages") {
+        return;
+    }
+    let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
+    let mut topo = Topology::build(&scenario).unwrap();
+    let api = FakeApi::start_in_netns(topo.node.name());
+    api.refuse_streaming_lists();
+    put_scenario(&api, &scenario);
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-paged-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .unwrap();
+    eventually("the scenario never passed", 20, || {
+        let failures = check_scenario(&topo, &scenario);
+        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
+    });
+    let packet = scenario.cases[0].packet.clone();
+    let mut slice = scenario.slices[0].clone();
+    slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
+    api.put(&slice);
+    eventually("a watch event never reached the kernel", 10, || check_case(&topo, &packet, &Verdict::forward(&["10.180.1.1:8080"], false)));
+    let _ = std::fs::remove_file(&kubeconfig);
+    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
+        let requests = api.requests();
+        assert!(requests.iter().any(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")), "{path}: streaming never tried: {requests:?}");
+        assert!(requests.iter().any(|r| r.starts_with(path) && !r.contains("watch=") && r.contains("limit=5000")), "{path}: never listed in pages: {requests:?}");
+        let streamed = requests.iter().filter(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")).count();
+        assert_eq!(streamed, 1, "{path}: streaming tried again after the refusal: {requests:?}");
     }
 }
 

@@ -2,7 +2,8 @@
 //! run at its smallest size, so it cannot rot: every phase (start-up,
 //! programming latency, churn, dataplane cost) against upstream
 //! kube-proxy, in nftables mode and in iptables mode on iptables-legacy
-//! (`--flavour legacy`), and every figure it reports present.
+//! (`--flavour legacy`), and every figure it reports present; with
+//! `--endpoints-each` in one and `--startup-proxies kproxy` in the other.
 //! Needs root and the e2e binaries (Go); must run in CI.
 
 use std::process::Command;
@@ -16,13 +17,15 @@ fn example() -> std::path::PathBuf {
     std::path::Path::new(BIN).parent().expect("target dir").join("examples/kproxy-side-by-side")
 }
 
-fn smoke(test: &str, mode: &str, flavour: &str) {
+fn smoke(test: &str, mode: &str, flavour: &str, extra: &[&str]) {
     let _guard = kproxy_e2e::exclusive();
     let Some(_bins) = e2e_binaries(test) else { return };
     let out_dir = std::env::temp_dir().join(format!("kproxy-side-by-side-{mode}-{}", std::process::id()));
     let out = Command::new(example())
         .args(["--kproxy", BIN, "--mode", mode, "--flavour", flavour, "--sizes", "20", "--changes", "3", "--startup", "20", "--churn-rate", "5", "--churn-seconds", "2"])
-        .args(["--dataplane", "20", "--dataplane-connections", "20", "--dataplane-udp", "20", "--out"])
+        .args(["--dataplane", "20", "--dataplane-connections", "20", "--dataplane-udp", "20"])
+        .args(extra)
+        .arg("--out")
         .arg(&out_dir)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds the example)", example().display()));
@@ -33,6 +36,10 @@ fn smoke(test: &str, mode: &str, flavour: &str) {
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("side-by-side.json")).unwrap()).unwrap();
     assert_eq!(json["latency"][0]["kproxy_ms"].as_array().map(Vec::len), Some(3), "{json}");
     assert_eq!(json["startup"][0]["services"], 20);
+    let endpoints_each = extra.iter().position(|a| *a == "--endpoints-each").map_or(1, |i| extra[i + 1].parse::<u64>().unwrap());
+    assert_eq!(json["startup"][0]["endpoints_each"], endpoints_each, "{json}");
+    let upstream_started = !extra.contains(&"kproxy");
+    assert_eq!(json["startup"][0]["kube_proxy"]["seconds"].as_f64().is_some(), upstream_started, "{json}");
     assert!(json["churn"]["kproxy"]["cpu_seconds"].as_f64().is_some(), "{json}");
     let dataplane = json["dataplane"].as_array().unwrap();
     assert_eq!(dataplane.len(), 2, "one entry per proxy: {json}");
@@ -61,10 +68,10 @@ fn smoke(test: &str, mode: &str, flavour: &str) {
 
 #[test]
 fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode() {
-    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode", "nftables", "nft");
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode", "nftables", "nft", &["--endpoints-each", "3"]);
 }
 
 #[test]
 fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy() {
-    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy", "iptables", "legacy");
+    smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy", "iptables", "legacy", &["--startup-proxies", "kproxy"]);
 }

@@ -39,7 +39,7 @@ pub use config::{InvalidConfig, LocalDetector, NodePortAddresses, ProxierConfig}
 pub use endpoints_map::EndpointsMap;
 pub use error::{Error, Result};
 pub use model::{
-    Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePortInfo, ServicePortName, SourceRanges,
+    Endpoint, Hints, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePortInfo, ServicePortName, SourceRanges,
 };
 pub use proxier::{NoLocalEndpoints, Proxier, RuleCount, SyncReport, SyncRequest};
 pub use selection::{select_endpoints, topology_mode, SelectedEndpoints, TopologyMode};

@@ -73,7 +73,7 @@ pub fn select_endpoints(endpoints: &[Endpoint], service: &ServicePortInfo, node:
 /// zone; otherwise no topology.
 pub fn topology_mode(endpoints: &[Endpoint], node: &NodeInfo) -> TopologyMode {
     let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
-    let all_have = |hints: fn(&Endpoint) -> &std::collections::BTreeSet<String>| {
+    let all_have = |hints: fn(&Endpoint) -> &crate::model::Hints| {
         ready.iter().all(|e| !hints(e).is_empty())
     };
     let zone = node.zone();

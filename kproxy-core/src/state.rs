@@ -101,8 +101,15 @@ impl ProxyState {
     }
 
     /// Records a Service event; returns whether anything is pending.
+    ///
+    /// Only the identity of `previous` is read (to name the Service when
+    /// `current` is None): the Service's previous state is what this state
+    /// already holds for it, so a source may pass a skeleton with just
+    /// the namespace and name.
     pub fn on_service(&mut self, previous: Option<&Service>, current: Option<&Service>) -> bool {
-        self.service_changes.update(previous, current);
+        if let Some(key) = current.or(previous).and_then(crate::tracker::service_key) {
+            self.service_changes.update_from_map(&self.services, key, current);
+        }
         self.has_pending()
     }
 
@@ -238,5 +245,27 @@ mod tests {
         state.apply();
         let checks = state.health_checks();
         assert_eq!(checks[&NamespacedName::new("ns", "lb")], HealthCheck { port: 32000, local_endpoints: 2 });
+    }
+
+    /// A source that keeps only identities: the previous state comes from
+    /// the state itself, so a skeleton deletes, an unchanged object is no
+    /// change, and a change undone before the sync is none either.
+    #[test]
+    fn a_service_is_compared_with_what_the_state_holds_not_with_the_previous_object() {
+        let mut state = ProxyState::new(IpFamily::V4, fx::NODE_NAME);
+        let svc = service("ns", "a", &["172.30.0.1"]).port("http", 80, "TCP", 0).build();
+        state.on_service(None, Some(&svc));
+        state.apply();
+        assert_eq!(state.services().len(), 1);
+        assert!(!state.on_service(None, Some(&svc)), "the same object again is no change");
+        let moved = service("ns", "a", &["172.30.0.1"]).port("http", 81, "TCP", 0).build();
+        assert!(state.on_service(None, Some(&moved)));
+        assert!(!state.on_service(None, Some(&svc)), "a change undone before the sync is none");
+        let mut skeleton = Service::default();
+        skeleton.metadata.name = Some("a".into());
+        skeleton.metadata.namespace = Some("ns".into());
+        assert!(state.on_service(Some(&skeleton), None), "a skeleton names the deleted Service");
+        let changes = state.apply();
+        assert!(state.services().is_empty(), "deleted: {changes:?}");
     }
 }

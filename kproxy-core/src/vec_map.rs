@@ -6,6 +6,10 @@
 use std::borrow::Borrow;
 use std::ops::Index;
 
+/// Up to this many entries a map grows by one slot at a time (each
+/// insert moves the entries anyway); beyond, by `Vec`'s doubling.
+const EXACT_GROWTH_BELOW: usize = 8;
+
 /// A small ordered map backed by a sorted `Vec`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VecMap<K, V> {
@@ -52,6 +56,11 @@ impl<K: Ord, V> VecMap<K, V> {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
+                // Most maps hold one or two entries for life: grow them
+                // one slot at a time instead of to `Vec`'s first four.
+                if self.entries.len() == self.entries.capacity() && self.entries.len() < EXACT_GROWTH_BELOW {
+                    self.entries.reserve_exact(1);
+                }
                 self.entries.insert(i, (key, value));
                 None
             }
@@ -158,5 +167,19 @@ mod tests {
         assert!(!m.contains_key(&1));
         let collected: VecMap<i32, i32> = [(2, 1), (1, 1), (2, 2)].into_iter().collect();
         assert_eq!(collected.into_iter().collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn small_maps_hold_no_spare_slots() {
+        let mut m = VecMap::new();
+        m.insert(1, "a");
+        assert_eq!(m.entries.capacity(), 1, "one entry, one slot");
+        m.insert(0, "b");
+        assert_eq!(m.entries.capacity(), 2);
+        for i in 2..100 {
+            m.insert(i, "x");
+        }
+        assert_eq!(m.len(), 100);
+        assert!(m.keys().copied().eq(0..100));
     }
 }

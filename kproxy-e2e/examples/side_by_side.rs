@@ -18,6 +18,11 @@
 //!    UDP round trips on new flows (`kproxy_e2e::dataplane_cost`), one
 //!    proxy's client at a time.
 //!
+//! Background Services have one endpoint each, or `--endpoints-each N`
+//! (at most 10, on ten pods). `--startup-proxies kproxy` leaves upstream
+//! out of the start-up phase (its columns then read "–"), for a quicker
+//! look at kproxy's own start-up and memory.
+//!
 //! Sizes are visited in ascending order (the cluster only grows): at each,
 //! start-up first, then latency, then (at the largest latency size) churn,
 //! then the dataplane cost. A phase given an empty list (`--startup ""`)
@@ -33,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kproxy_e2e::bench::{quantile_ms, SideBySide};
+use kproxy_e2e::bench::{quantile_ms, SideBySide, MAX_ENDPOINTS_EACH};
 use kproxy_e2e::dataplane_cost::{self, Cost};
 use kproxy_e2e::svg::{latency_chart, Series};
 use kproxy_oracle::Dataplane;
@@ -52,6 +57,8 @@ struct Args {
     dataplane: Vec<usize>,
     dataplane_sizes: dataplane_cost::Sizes,
     legacy: bool,
+    endpoints_each: usize,
+    startup_upstream: bool,
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
@@ -72,6 +79,8 @@ fn parse() -> Result<Args, String> {
         dataplane: vec![1000, 10_000],
         dataplane_sizes: dataplane_cost::Sizes { connections: 2000, udp: 2000 },
         legacy: false,
+        endpoints_each: 1,
+        startup_upstream: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -90,6 +99,19 @@ fn parse() -> Result<Args, String> {
                     "nft" => false,
                     "legacy" => true,
                     other => return Err(format!("--flavour {other:?}: nft or legacy")),
+                }
+            }
+            "--endpoints-each" => {
+                a.endpoints_each = value.parse().map_err(|_| "--endpoints-each: not a number")?;
+                if !(1..=MAX_ENDPOINTS_EACH).contains(&a.endpoints_each) {
+                    return Err(format!("--endpoints-each {value}: from 1 to {MAX_ENDPOINTS_EACH}"));
+                }
+            }
+            "--startup-proxies" => {
+                a.startup_upstream = match value.as_str() {
+                    "both" => true,
+                    "kproxy" => false,
+                    other => return Err(format!("--startup-proxies {other:?}: both or kproxy")),
                 }
             }
             "--dataplane-connections" => a.dataplane_sizes.connections = value.parse().map_err(|_| "--dataplane-connections: not a number")?,
@@ -126,6 +148,7 @@ fn main() -> Result<(), String> {
     let mut bench = SideBySide::new(&bins, &args.kproxy)?;
     bench.mode = args.mode;
     bench.legacy = args.legacy;
+    bench.endpoints_each = args.endpoints_each;
     let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
     let mut results = json!({"latency": [], "churn": {}, "startup": [], "dataplane": []});
     let mut dataplane_rows: BTreeMap<usize, BTreeMap<ProxyKind, Cost>> = BTreeMap::new();
@@ -144,25 +167,30 @@ fn main() -> Result<(), String> {
         if args.startup.contains(&size) {
             eprintln!("start-up at {size} services");
             let mut row = BTreeMap::new();
-            for kind in kinds {
+            for kind in kinds.into_iter().filter(|k| args.startup_upstream || *k == ProxyKind::Kproxy) {
                 bench.stop(ProxyKind::Kproxy);
                 bench.stop(ProxyKind::Upstream);
                 let started = bench.start(kind)?;
                 let took = bench.time_to_serve(kind, started, 50, Duration::from_secs(900))?;
-                row.insert(kind, (took, bench.usage(kind)));
+                row.insert(kind, (took.as_secs_f64(), bench.usage(kind).peak_rss_mib));
                 bench.stop(kind);
             }
             running = false;
-            let (kt, ku) = row[&ProxyKind::Kproxy];
-            let (ut, uu) = row[&ProxyKind::Upstream];
+            let (kt, km) = row[&ProxyKind::Kproxy];
+            let upstream = row.get(&ProxyKind::Upstream).copied();
+            let cell = |f: &dyn Fn((f64, f64)) -> String| upstream.map(f).unwrap_or_else(|| "–".into());
             startup_rows.push(format!(
-                "| {size} | {:.2} s | {:.2} s | {:.3} | {:.1} MiB | {:.1} MiB | {:.3} |",
-                kt.as_secs_f64(), ut.as_secs_f64(), kt.as_secs_f64() / ut.as_secs_f64(), ku.peak_rss_mib, uu.peak_rss_mib, ku.peak_rss_mib / uu.peak_rss_mib
+                "| {size} | {kt:.2} s | {} | {} | {km:.1} MiB | {} | {} |",
+                cell(&|(ut, _)| format!("{ut:.2} s")),
+                cell(&|(ut, _)| format!("{:.3}", kt / ut)),
+                cell(&|(_, um)| format!("{um:.1} MiB")),
+                cell(&|(_, um)| format!("{:.3}", km / um)),
             ));
             results["startup"].as_array_mut().expect("array").push(json!({
                 "services": size,
-                "kproxy": {"seconds": kt.as_secs_f64(), "peak_rss_mib": ku.peak_rss_mib},
-                "kube_proxy": {"seconds": ut.as_secs_f64(), "peak_rss_mib": uu.peak_rss_mib},
+                "endpoints_each": args.endpoints_each,
+                "kproxy": {"seconds": kt, "peak_rss_mib": km},
+                "kube_proxy": upstream.map(|(ut, um)| json!({"seconds": ut, "peak_rss_mib": um})),
             }));
         }
         if !args.sizes.contains(&size) && !args.dataplane.contains(&size) {

@@ -29,6 +29,12 @@ const POD_A: &str = "10.180.0.1";
 const POD_B: &str = "10.180.0.2";
 const POD_C: &str = "10.180.0.3";
 pub(crate) const POD_D: &str = "10.180.0.4";
+/// The pods background Services' endpoints are spread over: pod C first,
+/// then nine more that serve only for them.
+const BG_PODS: [&str; 10] =
+    [POD_C, "10.180.0.11", "10.180.0.12", "10.180.0.13", "10.180.0.14", "10.180.0.15", "10.180.0.16", "10.180.0.17", "10.180.0.18", "10.180.0.19"];
+/// The most endpoints a background Service can have.
+pub const MAX_ENDPOINTS_EACH: usize = BG_PODS.len();
 /// The port the pods answer UDP on (for the dataplane benchmark's UDP
 /// Service).
 pub(crate) const UDP_TARGET_PORT: u16 = 8053;
@@ -63,6 +69,9 @@ pub struct SideBySide {
     /// before the first start) instead of the iptables-nft a fresh
     /// namespace gets.
     pub legacy: bool,
+    /// How many endpoints each background Service gets (1 unless set, at
+    /// most [`MAX_ENDPOINTS_EACH`]); set before [`SideBySide::grow_to`].
+    pub endpoints_each: usize,
 }
 
 /// Per proxy, the latency of each change; and how long each API write
@@ -114,8 +123,8 @@ fn node_scenario() -> Scenario {
         .endpoint(POD_A, "node-k", EndpointState::Ready)
         .endpoint(POD_B, "node-k", EndpointState::Ready)
         .endpoint(POD_C, "node-k", EndpointState::Ready)
-        .endpoint(POD_D, "node-k", EndpointState::Ready)
-        .build();
+        .endpoint(POD_D, "node-k", EndpointState::Ready);
+    let pods = BG_PODS[1..].iter().fold(pods, |s, ip| s.endpoint(ip, "node-k", EndpointState::Ready)).build();
     let packet = Packet::tcp(Origin::LocalPod, CLIENT.parse().expect("literal"), PROBE_IP.parse().expect("literal"), 80);
     Scenario {
         name: "bench",
@@ -211,15 +220,16 @@ impl SideBySide {
         let s = node_scenario();
         api.apply(&s.services[0])?;
         api.apply(probe_slice(POD_A))?;
-        Ok(SideBySide { cp, api, nodes, services: 0, mode: Dataplane::Nftables, legacy: false })
+        Ok(SideBySide { cp, api, nodes, services: 0, mode: Dataplane::Nftables, legacy: false, endpoints_each: 1 })
     }
 
-    /// Creates background services (one endpoint each, pod C) until there
-    /// are `n`.
+    /// Creates background services until there are `n`, each with
+    /// `endpoints_each` endpoints (pod C, then the other background pods).
     pub fn grow_to(&mut self, n: usize) -> Result<(), String> {
         let mut objects = Vec::new();
+        let pods = &BG_PODS[..self.endpoints_each.clamp(1, MAX_ENDPOINTS_EACH)];
         for i in self.services..n {
-            let (svc, slice) = bg_objects(i, &[POD_C]);
+            let (svc, slice) = bg_objects(i, pods);
             objects.push(svc);
             objects.push(slice);
         }
@@ -275,15 +285,19 @@ impl SideBySide {
         node.proxy.and_then(|h| node.topo.node.pid(h)).map(proc_usage).unwrap_or_default()
     }
 
-    /// Copies both proxies' logs into `dir` (`kproxy.log`,
-    /// `kube-proxy.log`).
+    /// Copies the proxies' logs into `dir` (`kproxy.log`,
+    /// `kube-proxy.log`); a proxy that never ran has none.
     pub fn keep_logs(&self, dir: &std::path::Path) -> Result<(), String> {
         for node in &self.nodes {
             let to = dir.join(match node.kind {
                 ProxyKind::Kproxy => "kproxy.log",
                 ProxyKind::Upstream => "kube-proxy.log",
             });
-            std::fs::copy(scenario::log_path(node.kind, &node.topo.node, self.cp.dir()), &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            let from = scenario::log_path(node.kind, &node.topo.node, self.cp.dir());
+            if !from.exists() {
+                continue;
+            }
+            std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
         }
         Ok(())
     }

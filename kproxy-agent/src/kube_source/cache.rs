@@ -34,14 +34,32 @@ pub enum Change<K> {
 /// each exists once however many proxiers receive it.
 #[derive(Debug)]
 pub struct ObjectCache<K> {
-    /// Each object, with the number of the last list that held it.
-    known: HashMap<(String, String), (Arc<K>, u64)>,
+    /// Each object by `namespace/name`, with the number of the last list
+    /// that held it.
+    known: HashMap<Box<str>, (Kept<K>, u64)>,
     /// The number of the list in progress, if one is.
     listing: Option<u64>,
     lists: u64,
     synced: bool,
     /// What the cache keeps of an object it has passed on.
-    keep: fn(&Arc<K>) -> Arc<K>,
+    keep: Keep<K>,
+}
+
+/// What an [`ObjectCache`] keeps of each object.
+#[derive(Debug)]
+enum Keep<K> {
+    /// `fn(object)`, shared with the changes.
+    With(fn(&Arc<K>) -> Arc<K>),
+    /// The resourceVersion alone; `fn(namespace, name, resourceVersion)`
+    /// builds a skeleton when a change needs the object.
+    Identity(fn(&str, &str, Option<&str>) -> Arc<K>),
+}
+
+/// One cache entry.
+#[derive(Debug)]
+enum Kept<K> {
+    Object(Arc<K>),
+    Version(Option<Box<str>>),
 }
 
 impl<K> Default for ObjectCache<K> {
@@ -52,17 +70,34 @@ impl<K> Default for ObjectCache<K> {
 
 impl<K> ObjectCache<K> {
     /// A cache that keeps `keep(object)` of each object: the object itself
-    /// (the default) where later changes need its previous state, or a
-    /// skeleton with its identity and resourceVersion where they do not.
+    /// (the default) where later changes need its previous state.
     pub fn keeping(keep: fn(&Arc<K>) -> Arc<K>) -> Self {
-        ObjectCache { known: HashMap::new(), listing: None, lists: 0, synced: false, keep }
+        ObjectCache { known: HashMap::new(), listing: None, lists: 0, synced: false, keep: Keep::With(keep) }
     }
 }
 
-/// An object's identity and version only: what the cache needs of objects
-/// whose previous state no change uses (EndpointSlices, Nodes), and what a
-/// deletion found by a relist needs to name them. (Labels are left out: a
-/// one-entry label map alone costs more than the rest of the skeleton.)
+impl<K: Resource + Default> ObjectCache<K> {
+    /// A cache that keeps only each object's identity and
+    /// resourceVersion (a few dozen bytes), for objects whose previous
+    /// state no change uses: Services, EndpointSlices and Nodes
+    /// (proxiers compare with what they hold). A change that needs the
+    /// object it no longer has (a deletion found by a relist, the previous
+    /// state of an update) carries a [`skeleton`] with just those.
+    pub fn identities() -> Self {
+        let make = |namespace: &str, name: &str, version: Option<&str>| {
+            let mut s = K::default();
+            let meta = s.meta_mut();
+            meta.namespace = (!namespace.is_empty()).then(|| namespace.to_string());
+            meta.name = Some(name.to_string());
+            meta.resource_version = version.map(str::to_string);
+            Arc::new(s)
+        };
+        ObjectCache { known: HashMap::new(), listing: None, lists: 0, synced: false, keep: Keep::Identity(make) }
+    }
+}
+
+/// An object's identity and version only (labels are left out: a
+/// one-entry label map alone costs more than the rest of the skeleton).
 pub fn skeleton<K: Resource + Default>(o: &Arc<K>) -> Arc<K> {
     let mut s = K::default();
     let (meta, from) = (s.meta_mut(), o.meta());
@@ -72,16 +107,10 @@ pub fn skeleton<K: Resource + Default>(o: &Arc<K>) -> Arc<K> {
     Arc::new(s)
 }
 
-fn key<K: Resource>(o: &K) -> (String, String) {
-    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
-}
-
-/// Whether two states of an object are the same version.
-fn same<K: Resource + PartialEq>(a: &K, b: &K) -> bool {
-    match (&a.meta().resource_version, &b.meta().resource_version) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
+/// `namespace/name` (a namespace never holds a `/`).
+fn key<K: Resource>(o: &K) -> Box<str> {
+    let meta = o.meta();
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default()).into_boxed_str()
 }
 
 impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
@@ -99,13 +128,12 @@ impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
             Event::InitDone => {
                 let mut out = Vec::new();
                 if let Some(list) = self.listing.take() {
-                    self.known.retain(|_, (o, seen)| {
-                        let kept = *seen == list;
-                        if !kept {
-                            out.push(Change::Delete(Arc::clone(o)));
+                    let gone: Vec<Box<str>> = self.known.iter().filter(|(_, (_, seen))| *seen != list).map(|(k, _)| k.clone()).collect();
+                    for k in gone {
+                        if let Some((kept, _)) = self.known.remove(&k) {
+                            out.push(Change::Delete(self.object(&k, kept)));
                         }
-                        kept
-                    });
+                    }
                 }
                 if !self.synced {
                     self.synced = true;
@@ -121,14 +149,44 @@ impl<K: Resource + Clone + PartialEq> ObjectCache<K> {
         }
     }
 
-    fn upsert(&mut self, k: (String, String), o: K) -> Vec<Change<K>> {
+    /// What the cache hands on for an entry it kept.
+    fn object(&self, k: &str, kept: Kept<K>) -> Arc<K> {
+        match (kept, &self.keep) {
+            (Kept::Object(o), _) => o,
+            (Kept::Version(v), Keep::Identity(make)) => {
+                let (namespace, name) = k.split_once('/').unwrap_or(("", k));
+                make(namespace, name, v.as_deref())
+            }
+            (Kept::Version(_), Keep::With(_)) => unreachable!("a keeping cache stores objects"),
+        }
+    }
+
+    fn upsert(&mut self, k: Box<str>, o: K) -> Vec<Change<K>> {
         let o = Arc::new(o);
         // Outside a list the mark is unused: the next list sets it again.
         let mark = self.listing.unwrap_or(self.lists);
-        match self.known.insert(k, ((self.keep)(&o), mark)).map(|(p, _)| p) {
-            Some(p) if same(&*p, &*o) => Vec::new(),
-            previous => vec![Change::Upsert { previous, current: o }],
+        let kept = match &self.keep {
+            Keep::With(keep) => Kept::Object(keep(&o)),
+            Keep::Identity(_) => Kept::Version(o.meta().resource_version.as_deref().map(Box::from)),
+        };
+        let unchanged = match self.known.get(&k).map(|(p, _)| p) {
+            None => None,
+            Some(Kept::Object(p)) => Some(same(&**p, &*o)),
+            Some(Kept::Version(v)) => Some(v.is_some() && v.as_deref() == o.meta().resource_version.as_deref()),
+        };
+        let previous = self.known.insert(k.clone(), (kept, mark)).map(|(p, _)| p);
+        match (unchanged, previous) {
+            (Some(true), _) => Vec::new(),
+            (_, previous) => vec![Change::Upsert { previous: previous.map(|p| self.object(&k, p)), current: o }],
         }
+    }
+}
+
+/// Whether two states of an object are the same version.
+fn same<K: Resource + PartialEq>(a: &K, b: &K) -> bool {
+    match (&a.meta().resource_version, &b.meta().resource_version) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

@@ -2,8 +2,14 @@
 //! (with upstream's label selector), this node's Node and the cluster's
 //! ServiceCIDRs, turned into runner [`Update`]s.
 //!
-//! kube's watcher lists, then watches; after `410 Gone` or any error it
-//! lists again, with exponential backoff between failures. Each relist is
+//! kube's watcher gets each resource's current objects, then watches;
+//! after `410 Gone` or any error it starts over, with exponential backoff
+//! between failures. The current objects come as a streaming list (one
+//! watch request with `sendInitialEvents=true`, the WatchList feature, on
+//! by default in Kubernetes 1.34), so a large cluster's objects pass one
+//! at a time instead of in list pages held whole. An API server that
+//! refuses it (the feature gate off) is listed in pages of
+//! [`LIST_PAGE_SIZE`] instead, for the life of the process. Each relist is
 //! compared with what was known so deletions missed while disconnected are
 //! still delivered. Rules are never touched while disconnected: the
 //! proxiers keep what they programmed until updates arrive.
@@ -37,8 +43,9 @@ use watched::WatchedService;
 use crate::selector::label_selector;
 use crate::service_cidrs::ServiceCidrs;
 
-/// Objects per list request (client-go pages by 500; larger pages keep the
-/// initial lists of a large cluster within a rate limit's burst).
+/// Objects per list request, when the API server does not serve
+/// streaming lists (client-go pages by 500; larger pages keep the initial
+/// lists of a large cluster within a rate limit's burst).
 pub const LIST_PAGE_SIZE: u32 = 5000;
 
 /// Where the watchers' updates go.
@@ -61,20 +68,23 @@ pub trait Sink: Sync {
 /// Feeds `sink` from the API server until the future is dropped.
 pub async fn follow<S: Sink>(sink: &S, client: Client, node_name: &str) {
     let selector = label_selector();
-    // Lists come in pages of LIST_PAGE_SIZE: at 10,000 Services the initial
-    // lists fit in a rate limit's burst (kube-proxy's default is 10), so
-    // the rate limit does not delay the start.
+    // Without streaming lists, lists come in pages of LIST_PAGE_SIZE: at
+    // 10,000 Services the initial lists fit in a rate limit's burst
+    // (kube-proxy's default is 10), so the rate limit does not delay the
+    // start.
     let paged = || watcher::Config::default().labels(&selector).page_size(LIST_PAGE_SIZE);
-    let services = watch(Api::<WatchedService>::all(client.clone()), paged(), "services", false, ObjectCache::default(), |changes| {
+    // Neither a Service's nor a slice's previous state is ever used (the
+    // proxiers compare with what they hold): the caches keep skeletons.
+    let service_cache = ObjectCache::identities();
+    let services = watch(Api::<WatchedService>::all(client.clone()), paged(), "services", false, service_cache, |changes| {
         sink.send(changes.into_iter().map(watched_service_update).collect())
     });
-    // A slice's previous state is never used: the cache keeps skeletons.
-    let slice_cache = ObjectCache::keeping(skeleton);
+    let slice_cache = ObjectCache::identities();
     let slices = watch(Api::<EndpointSlice>::all(client.clone()), paged(), "endpointslices", false, slice_cache, |changes| {
         sink.send(changes.into_iter().map(slice_update).collect())
     });
-    let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let nodes = watch(Api::<Node>::all(client.clone()), node_config, "node", false, ObjectCache::keeping(skeleton), |changes| {
+    let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}")).page_size(LIST_PAGE_SIZE);
+    let nodes = watch(Api::<Node>::all(client.clone()), node_config, "node", false, ObjectCache::identities(), |changes| {
         let mut updates = Vec::new();
         for c in changes {
             match c {
@@ -91,7 +101,7 @@ pub async fn follow<S: Sink>(sink: &S, client: Client, node_name: &str) {
     // ServiceCIDRs (Kubernetes 1.33+): only their ranges matter, and only
     // to nftables mode; a cluster without the API is served without them.
     let mut ranges = ServiceCidrs::default();
-    let cidrs = watch(Api::<ServiceCIDR>::all(client), watcher::Config::default(), "servicecidrs", true, ObjectCache::default(), move |changes| {
+    let cidrs = watch(Api::<ServiceCIDR>::all(client), watcher::Config::default().page_size(LIST_PAGE_SIZE), "servicecidrs", true, ObjectCache::default(), move |changes| {
         let updates: Vec<Update> = changes
             .into_iter()
             .filter_map(|c| match c {
@@ -189,32 +199,59 @@ fn unavailable(e: &watcher::Error) -> bool {
     api.code == 404 || api.code == 403
 }
 
+/// Whether a watch error says the API server refuses streaming lists:
+/// `422 Invalid` naming `sendInitialEvents` (the WatchList feature gate is
+/// off), or `400`/`422` on a watch with it.
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
+            (s.code == 422 || s.code == 400) && s.message.contains("sendInitialEvents")
+        }
+        _ => false,
+    }
+}
+
 /// Runs one watcher until the future is dropped, handing each event's
-/// changes to `deliver`. An `optional` resource that is unavailable (see
-/// [`unavailable`]) is given up after one log line.
+/// changes to `deliver`. It asks for a streaming list; a server that
+/// refuses one is listed in pages (`config`'s page size) from then on. An
+/// `optional` resource that is unavailable (see [`unavailable`]) is given
+/// up after one log line.
 async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, optional: bool, mut cache: ObjectCache<K>, mut deliver: F)
 where
     K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
     F: FnMut(Vec<Change<K>>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    // The proxy never reads managedFields or the last-applied annotation;
-    // at thousands of objects they are most of the memory.
-    let mut stream = watcher::watcher(api, config).default_backoff().modify(slim).boxed();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => {
-                let changes = cache.apply(event);
-                if !changes.is_empty() {
-                    deliver(changes).await;
+    let mut config = config.streaming_lists();
+    loop {
+        // The proxy never reads managedFields or the last-applied
+        // annotation; at thousands of objects they are most of the memory.
+        let mut stream = watcher::watcher(api.clone(), config.clone()).default_backoff().modify(slim).boxed();
+        let mut fall_back = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    let changes = cache.apply(event);
+                    if !changes.is_empty() {
+                        deliver(changes).await;
+                    }
                 }
+                Err(e) if optional && unavailable(&e) => {
+                    tracing::warn!(what, error = %one_line(&e), "cannot watch; going on without it");
+                    return;
+                }
+                Err(e) if config.initial_list_strategy == watcher::InitialListStrategy::StreamingList && refuses_streaming_lists(&e) => {
+                    tracing::info!(what, error = %one_line(&e), "the API server refuses streaming lists; listing in pages instead");
+                    fall_back = true;
+                    break;
+                }
+                // The watcher relists (after 410 Gone too) with backoff.
+                Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
             }
-            Err(e) if optional && unavailable(&e) => {
-                tracing::warn!(what, error = %one_line(&e), "cannot watch; going on without it");
-                return;
-            }
-            // The watcher relists (after 410 Gone too) with backoff.
-            Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
         }
+        if !fall_back {
+            return;
+        }
+        config.initial_list_strategy = watcher::InitialListStrategy::ListWatch;
     }
 }

@@ -55,7 +55,7 @@ fn a_list_cut_short_and_restarted_loses_nothing() {
 
 #[test]
 fn a_deletion_carries_the_final_state_from_the_event() {
-    let mut cache: ObjectCache<Service> = ObjectCache::keeping(skeleton);
+    let mut cache: ObjectCache<Service> = ObjectCache::identities();
     list(&mut cache, &[svc("a", "1")]);
     let gone = cache.apply(Event::Delete(svc("a", "2")));
     let [Change::Delete(last)] = &gone[..] else { panic!("one deletion expected: {gone:?}") };
@@ -92,16 +92,38 @@ fn changes_become_runner_updates() {
 }
 
 #[test]
-fn a_skeleton_cache_still_diffs_relists_and_names_deletions() {
-    let mut cache: ObjectCache<Service> = ObjectCache::keeping(skeleton);
+fn an_identity_cache_still_diffs_relists_and_names_deletions() {
+    let mut cache: ObjectCache<Service> = ObjectCache::identities();
     list(&mut cache, &[svc("a", "1"), svc("b", "1")]);
     let relisted = list(&mut cache, &[svc("a", "1"), svc("c", "2")]);
     assert_eq!(relisted, ["add c", "delete b"]);
-    let (kept, _) = cache.known.values().next().unwrap();
-    assert!(kept.spec.is_none(), "the cache keeps identity and version only");
+    assert!(cache.known.values().all(|(kept, _)| matches!(kept, Kept::Version(Some(_)))), "the cache keeps versions only");
+    assert!(cache.apply(Event::Apply(svc("a", "1"))).is_empty(), "same version: nothing");
+    // An update's previous state and a relist's deletion are skeletons
+    // naming the object.
+    let updated = cache.apply(Event::Apply(svc("a", "3")));
+    let [Change::Upsert { previous: Some(p), current }] = &updated[..] else { panic!("one update expected: {updated:?}") };
+    assert_eq!((p.namespace().as_deref(), p.name_any().as_str(), p.resource_version().as_deref()), (Some("ns"), "a", Some("1")));
+    assert!(p.spec.is_none() && current.spec.is_some());
+    let gone = list(&mut cache, &[svc("c", "2")]);
+    assert_eq!(gone, ["delete a"]);
     let mut labelled = svc("z", "1");
     labelled.metadata.labels = Some([("app".into(), "web".into())].into());
     let kept = skeleton(&Arc::new(labelled));
     assert!(kept.metadata.labels.is_none() && kept.name_any() == "z" && kept.resource_version().as_deref() == Some("1"));
-    assert!(cache.apply(Event::Apply(svc("a", "1"))).is_empty(), "same version: nothing");
+}
+
+#[test]
+fn a_cluster_scoped_object_keeps_no_namespace() {
+    let mut cache: ObjectCache<k8s_openapi::api::core::v1::Node> = ObjectCache::identities();
+    let mut node = k8s_openapi::api::core::v1::Node::default();
+    node.metadata.name = Some("node-a".into());
+    node.metadata.resource_version = Some("5".into());
+    cache.apply(Event::Init);
+    cache.apply(Event::InitApply(node));
+    cache.apply(Event::InitDone);
+    cache.apply(Event::Init);
+    let out = cache.apply(Event::InitDone);
+    let [Change::Delete(last)] = &out[..] else { panic!("one deletion expected: {out:?}") };
+    assert_eq!((last.metadata.namespace.as_deref(), last.name_any().as_str()), (None, "node-a"));
 }

@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server for the binary's cluster-mode tests: just
-//! enough of list and watch for Services, EndpointSlices and Nodes, with
-//! the failure modes kproxy must survive (410 Gone, an unreachable server,
-//! a slow initial list).
+//! enough of list, watch and streaming lists (a watch with
+//! `sendInitialEvents=true`, as Kubernetes 1.34 serves it) for Services,
+//! EndpointSlices, Nodes and ServiceCIDRs, with the failure modes kproxy
+//! must survive (410 Gone, an unreachable server, a slow initial list, a
+//! server that refuses streaming lists).
 //!
 //! It listens on loopback inside a test's network namespace, so kproxy
 //! running there reaches it and nothing outside does. Plain blocking
@@ -73,8 +75,11 @@ struct State {
     oldest: u64,
     /// Bumped to end every open watch with 410 Gone.
     epoch: u64,
-    /// Lists of these resources wait until ungated.
+    /// Lists (and streaming lists) of these resources wait until ungated.
     gated: BTreeSet<Resource>,
+    /// Refuse streaming lists, as a server with the WatchList feature gate
+    /// off does.
+    no_streaming_lists: bool,
     /// Refuse every connection and drop open ones.
     down: bool,
     /// Every request line seen (`POST <target>` for POSTs, the target
@@ -164,6 +169,12 @@ impl FakeApi {
         }
     }
 
+    /// Refuses streaming lists from now on (`422 Invalid`, as a server
+    /// with the WatchList feature gate off answers).
+    pub fn refuse_streaming_lists(&self) {
+        self.state.lock().unwrap().no_streaming_lists = true;
+    }
+
     /// Takes the server down (every connection refused or dropped) or
     /// back up.
     pub fn set_down(&self, down: bool) {
@@ -243,7 +254,13 @@ impl FakeApi {
                 continue;
             }
             if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                self.watch(conn, resource, &params);
+                let initial = params.get("sendInitialEvents").is_some_and(|v| v == "true");
+                if initial && self.state.lock().unwrap().no_streaming_lists {
+                    let why = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+                    respond(&mut conn, 422, &status(422, "Invalid", why));
+                    continue;
+                }
+                self.watch(conn, resource, &params, initial);
                 return;
             }
             while self.state.lock().unwrap().gated.contains(&resource) {
@@ -258,12 +275,40 @@ impl FakeApi {
         }
     }
 
-    fn watch(&self, mut conn: TcpStream, resource: Resource, params: &BTreeMap<String, String>) {
+    /// A watch; with `initial` (a streaming list), first every current
+    /// object as `ADDED` and a bookmark marking their end.
+    fn watch(&self, mut conn: TcpStream, resource: Resource, params: &BTreeMap<String, String>, initial: bool) {
         let mut cursor: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
         let epoch = self.state.lock().unwrap().epoch;
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
         if conn.write_all(head.as_bytes()).is_err() {
             return;
+        }
+        if initial {
+            while self.state.lock().unwrap().gated.contains(&resource) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let (mut events, rv) = {
+                let s = self.state.lock().unwrap();
+                let events: Vec<Value> = s
+                    .objects
+                    .iter()
+                    .filter(|((r, _), o)| *r == resource && matches(o, params))
+                    .map(|(_, o)| json!({"type": "ADDED", "object": o}))
+                    .collect();
+                (events, s.rv)
+            };
+            let (api_version, kind) = resource.list_kind();
+            let end = json!({"apiVersion": api_version, "kind": kind.trim_end_matches("List"),
+                "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+            events.push(json!({"type": "BOOKMARK", "object": end}));
+            for e in events {
+                let line = format!("{e}\n");
+                if conn.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes()).is_err() {
+                    return;
+                }
+            }
+            cursor = rv;
         }
         let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")});
         loop {

@@ -6,7 +6,7 @@ mod node;
 mod protocol;
 mod service_port;
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, Hints};
 pub use names::{InvalidServicePortName, NamespacedName, ServicePortName};
 pub use node::{NodeInfo, ZONE_LABEL};
 pub use protocol::{IpFamily, Protocol, UnknownProtocol};

@@ -34,7 +34,10 @@ pub enum Update {
     /// A Service was added (`previous` None), changed, or deleted (`current`
     /// None).
     Service {
-        /// The object before the event.
+        /// The object before the event. Proxiers built on
+        /// [`ProxyState`](crate::ProxyState) read only its namespace and
+        /// name (for a deletion), so a source may keep and send a
+        /// skeleton.
         previous: Option<Arc<Service>>,
         /// The object after the event.
         current: Option<Arc<Service>>,

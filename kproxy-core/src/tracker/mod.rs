@@ -8,6 +8,7 @@ mod services;
 pub use change::{Change, ChangeTracker};
 pub use endpoints::{EndpointsChangeTracker, EndpointsUpdate};
 pub use services::{ServiceChangeTracker, ServiceUpdate};
+pub(crate) use services::key_of as service_key;
 
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,20 @@ impl ServiceChangeTracker {
         self.changes.record(key, || convert(previous), convert(current))
     }
 
+    /// Records one event, with the Service's previous ports taken from
+    /// `map` (the state the pending changes will be applied to) instead of
+    /// from an old object: until its pending changes are applied, `map`
+    /// holds exactly what the last delivered object converted to, so the
+    /// result is the same as [`update`](Self::update) with that object.
+    /// `current` None deletes `service`. A source then needs to keep only
+    /// each object's identity, not its last state.
+    pub fn update_from_map(&mut self, map: &ServiceMap, service: NamespacedName, current: Option<&Service>) -> bool {
+        let family = self.family;
+        let current = current.map(|s| service_ports(s, family)).unwrap_or_default();
+        let known = || map.ports_of(&service).map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.changes.record(service.clone(), known, current)
+    }
+
     /// How many Services have pending changes.
     pub fn pending(&self) -> usize {
         self.changes.pending()
@@ -71,7 +85,8 @@ impl ServiceChangeTracker {
     }
 }
 
-fn key_of(service: &Service) -> Option<NamespacedName> {
+/// The namespace and name of `service` (namespace `default` when unset).
+pub(crate) fn key_of(service: &Service) -> Option<NamespacedName> {
     let name = service.metadata.name.as_deref()?;
     let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
     Some(NamespacedName::new(namespace, name))
