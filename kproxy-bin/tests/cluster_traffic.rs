@@ -236,7 +236,12 @@ fn healthz_follows_the_autoscaler_s_taint_and_livez_does_not() {
             (got == code).then_some(()).ok_or_else(|| format!("/healthz {got}: {body}"))
         }
     };
-    eventually("never healthy", 20, healthz_is("200"));
+    // Before the first sync /healthz is 200 without a per-family status,
+    // as upstream's: wait for the sync.
+    eventually("never healthy after a sync", 20, || {
+        let (code, body) = get("/healthz");
+        (code == "200" && body["status"]["IPv4"].is_object()).then_some(()).ok_or_else(|| format!("/healthz {code}: {body}"))
+    });
     let (_, body) = get("/healthz");
     assert_eq!((&body["nodeEligible"], &body["healthy"]), (&true.into(), &true.into()), "{body}");
     assert_eq!(body["status"]["IPv4"]["healthy"], true, "per-family status: {body}");
