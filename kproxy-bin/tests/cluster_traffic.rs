@@ -39,6 +39,25 @@ fn put_scenario(api: &FakeApi, scenario: &Scenario) {
     }
 }
 
+/// Starts kproxy (nftables mode) in `topo`'s node against `api`, with a
+/// kubeconfig named after `tag`; returns the kubeconfig's path.
+fn start_kproxy(topo: &mut Topology, api: &FakeApi, tag: &str) -> std::path::PathBuf {
+    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-{tag}-{}", std::process::id()));
+    api.kubeconfig(&kubeconfig);
+    topo.node
+        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .unwrap();
+    kubeconfig
+}
+
+/// Waits until every case of `scenario` passes.
+fn until_scenario_passes(topo: &Topology, scenario: &Scenario) {
+    eventually("the scenario never passed", 20, || {
+        let failures = check_scenario(topo, scenario);
+        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
+    });
+}
+
 #[test]
 fn cluster_mode_follows_the_api_through_relists_and_outages() {
     if !kernel_tests_enabled("cluster_mode_follows_the_api_through_relists_and_outages") {
@@ -133,15 +152,8 @@ fn an_api_server_without_streaming_lists_is_listed_in_pages() {
     let api = FakeApi::start_in_netns(topo.node.name());
     api.refuse_streaming_lists();
     put_scenario(&api, &scenario);
-    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-paged-{}", std::process::id()));
-    api.kubeconfig(&kubeconfig);
-    topo.node
-        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
-        .unwrap();
-    eventually("the scenario never passed", 20, || {
-        let failures = check_scenario(&topo, &scenario);
-        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
-    });
+    let kubeconfig = start_kproxy(&mut topo, &api, "paged");
+    until_scenario_passes(&topo, &scenario);
     let packet = scenario.cases[0].packet.clone();
     let mut slice = scenario.slices[0].clone();
     slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
@@ -177,15 +189,8 @@ fn service_cidr_objects_are_followed_through_the_watch() {
         })
     };
     api.put(cidr("kubernetes", &["172.30.0.0/16", "fd00:172:30::/112"]));
-    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-cidrs-{}", std::process::id()));
-    api.kubeconfig(&kubeconfig);
-    topo.node
-        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
-        .unwrap();
-    eventually("the scenario never passed", 20, || {
-        let failures = check_scenario(&topo, &scenario);
-        failures.is_empty().then_some(()).ok_or_else(|| failures.join("\n"))
-    });
+    let kubeconfig = start_kproxy(&mut topo, &api, "cidrs");
+    until_scenario_passes(&topo, &scenario);
     let unallocated = scenario.cases.iter().find(|c| c.packet.dst.to_string() == "172.30.0.99").unwrap().packet.clone();
     let leaked = Verdict::NotService;
     // Answered by the responder beyond the node: let through.
@@ -221,11 +226,7 @@ fn healthz_follows_the_autoscaler_s_taint_and_livez_does_not() {
     let mut topo = Topology::build(&scenario).unwrap();
     let api = FakeApi::start_in_netns(topo.node.name());
     put_scenario(&api, &scenario);
-    let kubeconfig = std::env::temp_dir().join(format!("kproxy-fake-kubeconfig-taint-{}", std::process::id()));
-    api.kubeconfig(&kubeconfig);
-    topo.node
-        .spawn(&[BIN, "--proxy-mode", "nftables", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--kubeconfig", kubeconfig.to_str().unwrap()])
-        .unwrap();
+    let kubeconfig = start_kproxy(&mut topo, &api, "taint");
     let get = |path: &str| -> (String, serde_json::Value) {
         let (code, body) = common::http_get(&topo, &format!("http://127.0.0.1:10256{path}"));
         (code, serde_json::from_str(body.trim()).unwrap_or_default())

@@ -302,11 +302,8 @@ impl FakeApi {
             let end = json!({"apiVersion": api_version, "kind": kind.trim_end_matches("List"),
                 "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
             events.push(json!({"type": "BOOKMARK", "object": end}));
-            for e in events {
-                let line = format!("{e}\n");
-                if conn.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes()).is_err() {
-                    return;
-                }
+            if write_events(&mut conn, events).is_err() {
+                return;
             }
             cursor = rv;
         }
@@ -330,11 +327,8 @@ impl FakeApi {
                     (events, false)
                 }
             };
-            for e in events {
-                let line = format!("{e}\n");
-                if conn.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes()).is_err() {
-                    return;
-                }
+            if write_events(&mut conn, events).is_err() {
+                return;
             }
             if end {
                 let _ = conn.write_all(b"0\r\n\r\n");
@@ -372,6 +366,15 @@ pub fn rbac_of(request: &str) -> (String, String, String) {
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+/// Writes watch events, one JSON line per chunk.
+fn write_events(conn: &mut TcpStream, events: Vec<Value>) -> std::io::Result<()> {
+    for e in events {
+        let line = format!("{e}\n");
+        conn.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())?;
+    }
+    Ok(())
 }
 
 fn respond(conn: &mut TcpStream, code: u16, body: &Value) {
