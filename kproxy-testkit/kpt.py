@@ -263,17 +263,20 @@ def watch(args):
 
 
 def answer_or_failure(src, dst, port, timeout):
-    """The answering pod's name, or "-" and why the connection failed."""
+    """The answering pod's name, or "-", why the connection failed and
+    from which source port ("- ECONNREFUSED sport=40001")."""
     s = socket.socket(family_of(dst), socket.SOCK_STREAM)
     s.settimeout(timeout)
+    sport = "sport=?"
     try:
         s.bind((src, 0))
+        sport = "sport=%d" % s.getsockname()[1]
         s.connect((dst, port))
         return s.recv(2048).decode().split()[0]
     except socket.timeout:
-        return "- timeout"
+        return "- timeout " + sport
     except OSError as e:
-        return "- " + (errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__)
+        return "- %s %s" % (errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__, sport)
     finally:
         s.close()
 
@@ -285,15 +288,18 @@ def answer(src, dst, port, timeout):
 
 
 def follow(args):
+    """Prints "TIME NAME" at each change of the answer (a pod's name, or
+    with --show-failures "- WHY sport=PORT"; a run of failures for the
+    same reason is one change, printed with its first source port)."""
     last = None
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         name = answer_or_failure(args.src, args.dst, args.port, 0.2)
         if not args.show_failures and name.startswith("- "):
             name = None
-        if name is not None and name != last:
+        if name is not None and name.rsplit(" sport=", 1)[0] != last:
             print("%.6f %s" % (time.time(), name), flush=True)
-            last = name
+            last = name.rsplit(" sport=", 1)[0]
         time.sleep(0.002)
 
 

@@ -200,9 +200,12 @@ fn scrape(cp: &mut ControlPlane, api: &Api, kind: ProxyKind, binary: &str, mode:
         std::thread::sleep(Duration::from_millis(200));
     }
     // A change with the trigger-time annotation, as the EndpointSlice
-    // controller writes it: network programming latency is observed.
+    // controller writes it (RFC 3339 with nanoseconds): network
+    // programming latency is observed. Whole seconds would not do: both
+    // proxies ignore a trigger time before their own start, and kproxy
+    // can start and pass the scenario within one second.
     let name = format!("probe-{probe}");
-    let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.9fZ").to_string();
     api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns1", "name": name},
         "spec": {"ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}}))
         .unwrap();

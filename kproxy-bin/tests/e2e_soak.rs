@@ -10,15 +10,18 @@
 //! API write (median, p99, worst), how long the writes took, each move
 //! slower than 2 s with its write's share, how many watch failures the
 //! proxy logged meanwhile, and how many connections failed after a move
-//! was seen (the first five, and the rules naming the Service at the
-//! first). A move not seen in time is reported with what five fresh
-//! connections see then and the rules naming the Service; both proxies
-//! run at `-v=2`, so the log tail shows the syncs around it.
+//! was seen (the first five with their source ports, and at the first the
+//! rules naming the Service, the node's conntrack entries to it and what
+//! connections straight to each pod see). A move not seen in time is
+//! reported with what five fresh connections see then, the same rules,
+//! conntrack entries and direct connections; both proxies run at `-v=2`,
+//! so the log tail shows the syncs around it.
 //!
 //! `KPROXY_SOAK_SECONDS` sets the length (default 60; CI uses the
 //! default); `KPROXY_SOAK_DEBUG=1` prints the proxy's whole log;
-//! `KPROXY_SOAK_PORT_RANGE="LOW HIGH"` narrows the client's ephemeral
-//! ports, to run the soak while they run out or are reused. Needs
+//! `KPROXY_SOAK_PORT_RANGE="LOW HIGH"` sets the client's ephemeral
+//! ports (default 1024–65535), to run the soak while they run out or are
+//! reused. Needs
 //! root and the e2e binaries; skips without, must run in CI.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -83,9 +86,16 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     let only_a = Verdict::forward(&[&format!("{}:8080", pods[0])], false);
     kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
     let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
-    if let Ok(range) = std::env::var("KPROXY_SOAK_PORT_RANGE") {
-        kproxy_testkit::run(&["ip", "netns", "exec", &client, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).unwrap();
-    }
+    // The client's ephemeral ports: the whole unprivileged range by
+    // default. At its pace (hundreds of connections a second, each leaving
+    // a TIME-WAIT socket for 60 s) the kernel's default range loses the
+    // odd half, which bind() tries first, within a minute; bind() then
+    // keeps handing out the few ports that are free, so one port that
+    // failed once (and so is free again at once) is retried over and over.
+    // That measures the client, not the proxy; running out is
+    // tested on purpose with KPROXY_SOAK_PORT_RANGE.
+    let range = std::env::var("KPROXY_SOAK_PORT_RANGE").unwrap_or_else(|_| "1024 65535".to_string());
+    kproxy_testkit::run(&["ip", "netns", "exec", &client, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).unwrap();
     let follow_for = (seconds + 60).to_string();
     let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for, "--show-failures"]).unwrap();
 
@@ -135,9 +145,11 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
             }
             Some(_) => {}
             None => problems.push(format!(
-                "move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}; now {}; {}",
+                "move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}; now {}; {}; {}; {}",
                 time_wait(&client),
                 probes(&topo, packet),
+                direct_probes(topo.source(packet.origin, packet.src).unwrap(), &packet.src.to_string(), &pods),
+                conntrack_naming(&topo, &packet.dst.to_string(), &failed_ports(&meanwhile)),
                 rules_naming(&topo, &pods, &packet.dst.to_string()),
             )),
         }
@@ -152,7 +164,12 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
                     println!("soak ({kind:?}): move {moves}: a connection failed after {wanted} answered: {line}");
                 }
                 if failed_after == 1 {
-                    println!("soak ({kind:?}): {}", rules_naming(&topo, &pods, &packet.dst.to_string()));
+                    println!(
+                        "soak ({kind:?}): {}; {}; {}",
+                        rules_naming(&topo, &pods, &packet.dst.to_string()),
+                        conntrack_naming(&topo, &packet.dst.to_string(), &failed_ports(&line)),
+                        direct_probes(topo.source(packet.origin, packet.src).unwrap(), &packet.src.to_string(), &pods),
+                    );
                 }
             } else if pod != wanted {
                 problems.push(format!("move {moves}: {pod} answered again after {wanted} did"));
@@ -199,6 +216,43 @@ fn probes(topo: &Topology, packet: &kproxy_oracle::Packet) -> String {
         Ok(seen) => format!("5 fresh connections saw {seen:?}"),
         Err(e) => format!("could not probe: {e}"),
     }
+}
+
+/// What connections straight to each pod (through the node, no Service)
+/// see from the client: tells a pod that stopped answering from a proxy
+/// that stopped sending to it.
+fn direct_probes(ns: &kproxy_testkit::Netns, src: &str, pods: &[&str]) -> String {
+    let seen: Vec<String> = pods
+        .iter()
+        .map(|pod| {
+            let out = ns.exec(&["python3", kproxy_testkit::KPT, "probe", "--src", src, "--dst", pod, "--port", "8080", "--count", "3"]);
+            format!("{pod}:8080 directly: {}", out.map(|o| o.lines().collect::<Vec<_>>().join(", ")).unwrap_or_else(|e| e))
+        })
+        .collect();
+    seen.join("; ")
+}
+
+/// The source ports of the failures in a `meanwhile` report.
+fn failed_ports(meanwhile: &str) -> Vec<String> {
+    meanwhile.split("sport=").skip(1).filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()).filter(|p| !p.is_empty()).map(str::to_string).collect()
+}
+
+/// The node's conntrack entries to the Service address: how many in each
+/// state and toward each pod, and those of the client ports that failed
+/// (the first three).
+fn conntrack_naming(topo: &Topology, vip: &str, ports: &[String]) -> String {
+    let Ok(out) = kproxy_testkit::run(&["ip", "netns", "exec", topo.node.name(), "conntrack", "-L", "-p", "tcp", "--orig-dst", vip]) else {
+        return "could not list conntrack".to_string();
+    };
+    let mut by_state: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let state = fields.get(3).copied().unwrap_or("?");
+        let toward = fields.iter().filter(|f| f.starts_with("src=")).nth(1).copied().unwrap_or("?");
+        *by_state.entry(format!("{state} {toward}")).or_default() += 1;
+    }
+    let failing: Vec<&str> = out.lines().filter(|l| ports.iter().take(3).any(|p| l.contains(&format!("sport={p} ")))).collect();
+    format!("conntrack entries to {vip} by state and pod: {by_state:?}; those of the failed ports {:?}: {}", ports.iter().take(3).collect::<Vec<_>>(), failing.join(" | "))
 }
 
 /// The node's nftables lines that name the Service's address or either
