@@ -85,12 +85,7 @@ impl<K: Resource + Default> ObjectCache<K> {
     /// state of an update) carries a [`skeleton`] with just those.
     pub fn identities() -> Self {
         let make = |namespace: &str, name: &str, version: Option<&str>| {
-            let mut s = K::default();
-            let meta = s.meta_mut();
-            meta.namespace = (!namespace.is_empty()).then(|| namespace.to_string());
-            meta.name = Some(name.to_string());
-            meta.resource_version = version.map(str::to_string);
-            Arc::new(s)
+            identity((!namespace.is_empty()).then(|| namespace.to_string()), Some(name.to_string()), version.map(str::to_string))
         };
         ObjectCache { known: HashMap::new(), listing: None, lists: 0, synced: false, keep: Keep::Identity(make) }
     }
@@ -99,11 +94,17 @@ impl<K: Resource + Default> ObjectCache<K> {
 /// An object's identity and version only (labels are left out: a
 /// one-entry label map alone costs more than the rest of the skeleton).
 pub fn skeleton<K: Resource + Default>(o: &Arc<K>) -> Arc<K> {
+    let from = o.meta();
+    identity(from.namespace.clone(), from.name.clone(), from.resource_version.clone())
+}
+
+/// An empty object with just this namespace, name and resourceVersion.
+fn identity<K: Resource + Default>(namespace: Option<String>, name: Option<String>, version: Option<String>) -> Arc<K> {
     let mut s = K::default();
-    let (meta, from) = (s.meta_mut(), o.meta());
-    meta.name = from.name.clone();
-    meta.namespace = from.namespace.clone();
-    meta.resource_version = from.resource_version.clone();
+    let meta = s.meta_mut();
+    meta.namespace = namespace;
+    meta.name = name;
+    meta.resource_version = version;
     Arc::new(s)
 }
 

@@ -74,7 +74,9 @@ pub async fn follow<S: Sink>(sink: &S, client: Client, node_name: &str) {
     // start.
     let paged = || watcher::Config::default().labels(&selector).page_size(LIST_PAGE_SIZE);
     // Neither a Service's nor a slice's previous state is ever used (the
-    // proxiers compare with what they hold): the caches keep skeletons.
+    // proxiers compare with what they hold): the caches keep identities
+    // and resourceVersions only, and a change that needs an object they
+    // no longer have carries a skeleton.
     let service_cache = ObjectCache::identities();
     let services = watch(Api::<WatchedService>::all(client.clone()), paged(), "services", false, service_cache, |changes| {
         sink.send(changes.into_iter().map(watched_service_update).collect())
