@@ -335,7 +335,7 @@ def udpstream(args):
             name = "timeout"
         except ConnectionRefusedError:
             name = "refused"
-        print("%.2f %s" % (t, name), flush=True)
+        print("%.3f %s" % (t, name), flush=True)
         time.sleep(args.interval)
 
 

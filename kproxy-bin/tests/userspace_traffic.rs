@@ -100,6 +100,11 @@ fn affinity_switched_off_spreads_connections_again() {
 /// endpoint while it keeps talking, moves on (round robin) once its
 /// session has been idle longer than the timeout (250 ms), and is refused
 /// once the Service has no endpoint.
+///
+/// "Keeps talking" is judged from what the client did, not assumed: a run
+/// in which it fell silent for 200 ms or more (a late reply or a late
+/// wake-up on a busy machine; its datagrams' send times are printed)
+/// says nothing about stickiness and is run again, five runs at most.
 #[test]
 fn udp_sessions_stick_until_idle_and_are_refused_without_endpoints() {
     if !kernel_tests_enabled("udp_sessions_stick_until_idle_and_are_refused_without_endpoints") {
@@ -114,17 +119,37 @@ fn udp_sessions_stick_until_idle_and_are_refused_without_endpoints() {
         let pod = topo.pods.get_mut(&client).unwrap();
         let args = ["python3", KPT, "udpstream", "--src", fx::LOCAL_CLIENT_POD, "--sport", "40053", "--dst", "172.30.0.41", "--port", "53", "--seconds", seconds, "--interval", interval];
         let out = pod.exec(&args).unwrap();
-        out.lines().filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect::<Vec<_>>()
+        // "SECONDS ANSWER" per datagram: when it was sent, and who answered.
+        out.lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some((parts.next()?.parse::<f64>().ok()?, parts.next()?.to_string()))
+            })
+            .collect::<Vec<(f64, String)>>()
     };
+    let answers = |run: &[(f64, String)]| run.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>();
     let mut failures = Vec::new();
     // A datagram every 50 ms: one session, one endpoint.
-    let talking = stream(&mut topo, "1.5", "0.05");
-    let pods: BTreeSet<&String> = talking.iter().collect();
-    if pods.len() != 1 || talking.iter().any(|a| !a.starts_with("10.180.")) {
-        failures.push(format!("a session that kept talking reached {talking:?}"));
+    let mut unsteady = Vec::new();
+    let mut judged = false;
+    while !judged && unsteady.len() < 5 {
+        let talking = stream(&mut topo, "1.5", "0.05");
+        let silent = talking.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+        if silent >= 0.2 || talking.len() < 2 || talking.iter().any(|(_, a)| !a.starts_with("10.180.")) {
+            unsteady.push(format!("longest silence {:.0} ms, answers {:?}", silent * 1000.0, answers(&talking)));
+            continue;
+        }
+        judged = true;
+        let pods: BTreeSet<String> = answers(&talking).into_iter().collect();
+        if pods.len() != 1 {
+            failures.push(format!("a session that kept talking (never silent for {:.0} ms) reached {:?}", silent * 1000.0, answers(&talking)));
+        }
+    }
+    if !judged {
+        failures.push(format!("the client never kept talking for 1.5 s (five runs): {}", unsteady.join("; ")));
     }
     // A datagram a second: each one a new session, round robin.
-    let idle = stream(&mut topo, "3.5", "1.0");
+    let idle = answers(&stream(&mut topo, "3.5", "1.0"));
     let pods: BTreeSet<&String> = idle.iter().collect();
     if pods.len() != 2 || idle.iter().any(|a| !a.starts_with("10.180.")) {
         failures.push(format!("sessions idle for a second each reached {idle:?}, expected both endpoints"));
@@ -137,12 +162,12 @@ fn udp_sessions_stick_until_idle_and_are_refused_without_endpoints() {
     common::write_manifests(&dir.join("m"), &empty);
     let start = Instant::now();
     loop {
-        let answers = stream(&mut topo, "0.5", "0.05");
-        if answers.last().is_some_and(|a| a == "refused") {
+        let seen = answers(&stream(&mut topo, "0.5", "0.05"));
+        if seen.last().is_some_and(|a| a == "refused") {
             break;
         }
         if start.elapsed() > Duration::from_secs(30) {
-            failures.push(format!("never refused once the Service had no endpoint; last answers {answers:?}"));
+            failures.push(format!("never refused once the Service had no endpoint; last answers {seen:?}"));
             break;
         }
     }
