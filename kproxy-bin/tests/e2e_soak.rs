@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use kproxy_oracle::{scenarios, Verdict};
-use kproxy_e2e::bench::{quantile_ms, time_wait, Prober};
+use kproxy_e2e::bench::{quantile_ms, set_port_range, time_wait, Prober, CLIENT_PORT_RANGE};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_case, check_scenario, probe, Topology};
 use serde_json::json;
@@ -86,16 +86,11 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     let only_a = Verdict::forward(&[&format!("{}:8080", pods[0])], false);
     kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
     let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
-    // The client's ephemeral ports: the whole unprivileged range by
-    // default. At its pace (hundreds of connections a second, each leaving
-    // a TIME-WAIT socket for 60 s) the kernel's default range loses the
-    // odd half, which bind() tries first, within a minute; bind() then
-    // keeps handing out the few ports that are free, so one port that
-    // failed once (and so is free again at once) is retried over and over.
-    // That measures the client, not the proxy; running out is
-    // tested on purpose with KPROXY_SOAK_PORT_RANGE.
-    let range = std::env::var("KPROXY_SOAK_PORT_RANGE").unwrap_or_else(|_| "1024 65535".to_string());
-    kproxy_testkit::run(&["ip", "netns", "exec", &client, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).unwrap();
+    // The client's ephemeral ports: every unprivileged one by default
+    // (see CLIENT_PORT_RANGE for why); running out is tested on purpose
+    // with KPROXY_SOAK_PORT_RANGE.
+    let range = std::env::var("KPROXY_SOAK_PORT_RANGE").unwrap_or_else(|_| CLIENT_PORT_RANGE.to_string());
+    set_port_range(&client, &range).unwrap();
     let follow_for = (seconds + 60).to_string();
     let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for, "--show-failures"]).unwrap();
 

@@ -150,6 +150,22 @@ pub(crate) fn proc_usage(pid: u32) -> Usage {
     Usage { cpu_seconds, peak_rss_mib: kib / 1024.0 }
 }
 
+/// The ephemeral ports a `follow` client gets: every unprivileged port.
+///
+/// `follow` connects hundreds of times a second, and each connection
+/// leaves a TIME-WAIT socket for 60 s. With the kernel's default range
+/// (32768–60999) the odd half, which `bind()` tries first, runs out
+/// within a minute; `bind()` then keeps handing out the few ports that
+/// are free, so one port whose connection failed (and so is free again at
+/// once) is retried over and over, and a single failure becomes seconds
+/// of them. That would measure the client, not the proxy.
+pub const CLIENT_PORT_RANGE: &str = "1024 65535";
+
+/// Sets the ephemeral port range of the client namespace `netns`.
+pub fn set_port_range(netns: &str, range: &str) -> Result<(), String> {
+    kproxy_testkit::run(&["ip", "netns", "exec", netns, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).map(drop)
+}
+
 /// A prober (`kpt.py ARGS`) running in a network namespace, its lines
 /// read as they come. Dropping it stops it.
 pub struct Prober {
@@ -332,6 +348,7 @@ impl SideBySide {
         let mut probers = Vec::new();
         for kind in kinds {
             let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds, "--show-failures"];
+            set_port_range(&self.client(kind), CLIENT_PORT_RANGE)?;
             probers.push((kind, Prober::start(&self.client(kind), &args)?));
         }
         // Settle: both answer from the current pod.

@@ -180,6 +180,7 @@ impl StandaloneBench {
     pub fn write_to_traffic(&self, changes: usize, spacing: Duration, limit: Duration) -> Result<Vec<Duration>, String> {
         let seconds = (changes as f64 * (spacing + limit).as_secs_f64() + 30.0).to_string();
         let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds, "--show-failures"];
+        crate::bench::set_port_range(&self.client(), crate::bench::CLIENT_PORT_RANGE)?;
         let prober = Prober::start(&self.client(), &args)?;
         let mut current = PODS[0];
         wait_for(&prober, current, 0.0, Duration::from_secs(60), &mut None, &mut Vec::new()).map_err(|e| format!("the probe Service never answered: {e}"))?;
