@@ -4,9 +4,10 @@
 //!
 //! Per sync, at most: one IPVS dump (on a partial sync, a lookup per
 //! virtual server it looks at instead) plus one real-server dump per
-//! virtual server it looks at, one batch of IPVS messages, one `ip -batch` for the
-//! dummy interface's addresses, one `ipset restore`, one
-//! `iptables-restore`. Never one process per rule or per address.
+//! virtual server it looks at, one batch of IPVS messages, an address dump
+//! and one batch of address changes for the dummy interface (route
+//! netlink), one `ipset restore`, one `iptables-restore`. Never one
+//! process or message round trip per rule or per address.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -22,6 +23,12 @@ use tokio::process::Command;
 use crate::diff::{CurrentIpvs, CurrentService};
 use crate::model::{Op, Timeouts, VsKey};
 use crate::netlink::IpvsSocket;
+use kproxy_netfilter::Rtnl;
+
+/// A route netlink failure, as a kernel step's error.
+fn link(e: kproxy_netfilter::NetlinkError) -> KernelError {
+    KernelError::Tool(e.0)
+}
 
 /// A kernel step failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +47,8 @@ pub enum KernelError {
         /// The first refusal, with the operation.
         first: String,
     },
-    /// A tool (`ip`, `ipset`, `sysctl`, `iptables-restore`) failed.
+    /// A tool (`ipset`, `sysctl`, `iptables-restore`) or a route netlink
+    /// request (the dummy interface and its addresses) failed.
     #[error("{0}")]
     Tool(String),
     /// The fake kernel refused.
@@ -78,13 +86,16 @@ pub trait IpvsKernel: Send + std::fmt::Debug {
     async fn sysctl(&mut self, key: &str, value: &str) -> Result<(), KernelError>;
 }
 
-/// The real kernel: IPVS over generic netlink, and the `ip`, `ipset`,
-/// `sysctl` and `iptables-restore` tools, in the caller's network
+/// The real kernel: IPVS over generic netlink, the dummy interface and
+/// its addresses over route netlink, and the `ipset`, `sysctl` and
+/// `iptables-restore` tools, in the caller's network
 /// namespace or in a named one (`/run/netns/NAME`).
 #[derive(Debug)]
 pub struct IpvsHost {
     netns: Option<String>,
     socket: Option<IpvsSocket>,
+    /// Route netlink, for the dummy interface and its addresses.
+    rtnl: Option<Rtnl>,
     iptables: IptablesCli,
 }
 
@@ -92,7 +103,18 @@ impl IpvsHost {
     /// The kernel of `netns` (the caller's when `None`), with `iptables`
     /// for the rules (built for the same namespace).
     pub fn new(netns: Option<&str>, iptables: IptablesCli) -> Self {
-        IpvsHost { netns: netns.map(str::to_string), socket: None, iptables }
+        IpvsHost { netns: netns.map(str::to_string), socket: None, rtnl: None, iptables }
+    }
+
+    fn rtnl(&mut self) -> Result<&mut Rtnl, KernelError> {
+        if self.rtnl.is_none() {
+            let s = match &self.netns {
+                Some(ns) => Rtnl::open_in_netns(ns),
+                None => Rtnl::open(),
+            };
+            self.rtnl = Some(s.map_err(link)?);
+        }
+        Ok(self.rtnl.as_mut().expect("just opened"))
     }
 
     fn socket(&mut self) -> Result<&mut IpvsSocket, KernelError> {
@@ -166,41 +188,32 @@ impl IpvsKernel for IpvsHost {
     }
 
     async fn bound_addresses(&mut self, device: &str) -> Result<BTreeSet<IpAddr>, KernelError> {
-        if self.run(&["ip", "link", "show", "dev", device], None).await.is_err() {
-            // The other family's proxier may have made it meanwhile.
-            if let Err(e) = self.run(&["ip", "link", "add", device, "type", "dummy"], None).await {
-                if self.run(&["ip", "link", "show", "dev", device], None).await.is_err() {
-                    return Err(e);
-                }
+        let rtnl = self.rtnl()?;
+        let index = match rtnl.link_index(device).map_err(link)? {
+            Some(index) => index,
+            None => {
+                // Upstream leaves the device down: addresses on a down
+                // dummy are still local, and nothing is ever sent through
+                // it. (The other family's proxier may make it meanwhile;
+                // that is fine.)
+                rtnl.add_dummy(device).map_err(link)?;
+                rtnl.link_index(device).map_err(link)?.ok_or_else(|| KernelError::Tool(format!("{device} vanished as it was made")))?
             }
-        }
-        // Upstream leaves the device down: addresses on a down dummy are
-        // still local, and nothing is ever sent through it.
-        let out = self.run(&["ip", "-o", "addr", "show", "dev", device], None).await?;
-        Ok(parse_addresses(&out))
+        };
+        rtnl.addresses(index).map_err(link)
     }
 
     async fn rebind(&mut self, device: &str, add: &[IpAddr], remove: &[IpAddr]) -> Result<(), KernelError> {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let mut batch = String::new();
-        for (verb, ips) in [("del", remove), ("add", add)] {
-            for ip in ips {
-                let prefix = if ip.is_ipv4() { 32 } else { 128 };
-                // nodad: an IPv6 VIP is usable at once.
-                let extra = if ip.is_ipv6() && verb == "add" { " nodad" } else { "" };
-                batch.push_str(&format!("addr {verb} {ip}/{prefix} dev {device}{extra}\n"));
-            }
-        }
-        self.run(&["ip", "-batch", "-"], Some(&batch)).await.map(|_| ())
+        let rtnl = self.rtnl()?;
+        let index = rtnl.link_index(device).map_err(link)?.ok_or_else(|| KernelError::Tool(format!("{device} is gone")))?;
+        rtnl.change_addresses(index, add, remove).map_err(link)
     }
 
     async fn delete_device(&mut self, device: &str) -> Result<(), KernelError> {
-        if self.run(&["ip", "link", "show", "dev", device], None).await.is_ok() {
-            self.run(&["ip", "link", "del", device], None).await?;
-        }
-        Ok(())
+        self.rtnl()?.delete_link(device).map_err(link)
     }
 
     async fn ipset_restore(&mut self, script: &str) -> Result<(), KernelError> {
@@ -236,29 +249,5 @@ impl IpvsKernel for IpvsHost {
                 self.run(&["sysctl", "-q", "-w", &setting], None).await.map(|_| ())
             }
         }
-    }
-}
-
-/// The addresses in `ip -o addr show` output.
-fn parse_addresses(out: &str) -> BTreeSet<IpAddr> {
-    out.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            words.find(|w| *w == "inet" || *w == "inet6")?;
-            words.next()?.split('/').next()?.parse().ok()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_are_read_from_ip_output() {
-        let out = "5: kube-ipvs0    inet 172.30.0.1/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n\
-                   5: kube-ipvs0    inet6 fd00::1/128 scope global \\       valid_lft forever preferred_lft forever\n";
-        let got: Vec<String> = parse_addresses(out).iter().map(ToString::to_string).collect();
-        assert_eq!(got, ["172.30.0.1", "fd00::1"]);
     }
 }

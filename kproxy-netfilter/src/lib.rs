@@ -12,7 +12,9 @@
 //! - [`nfacct`]: named packet counters (`-m nfacct`), which upstream's
 //!   iptables mode exports as metrics;
 //! - [`genl`]: generic netlink over a [`genl::GenlSocket`]: families by
-//!   name, batches of acknowledged requests, dumps (IPVS speaks it).
+//!   name, batches of acknowledged requests, dumps (IPVS speaks it);
+//! - [`rtnl`]: route netlink, for IPVS mode's dummy interface and the
+//!   service addresses bound to it ([`Rtnl`]).
 //!
 //! Everything here talks to the kernel of the calling thread's network
 //! namespace, or of a named one (`/run/netns/NAME`) for tests.
@@ -21,8 +23,10 @@ pub mod conntrack;
 pub mod genl;
 pub mod nfacct;
 pub mod nft_rules;
+pub mod rtnl;
 pub mod wire;
 
 pub use conntrack::{CleanReport, Conntrack};
 pub use nfacct::Nfacct;
+pub use rtnl::Rtnl;
 pub use wire::{NetlinkError, NfSocket};
