@@ -127,14 +127,7 @@ impl GenlSocket {
     /// opened from a short-lived thread so the caller's namespace is
     /// untouched.
     pub fn open_in_netns(name: &str) -> Result<GenlSocket, NetlinkError> {
-        let path = format!("/run/netns/{name}");
-        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| io_err(&format!("setns {path}"), e))?;
-            GenlSocket::open()
-        })
-        .join()
-        .map_err(|_| NetlinkError("netns thread panicked".into()))?
+        crate::wire::in_netns(name, GenlSocket::open)
     }
 
     /// `count` consecutive sequence numbers; returns the first.

@@ -129,14 +129,7 @@ impl Rtnl {
     /// opened from a short-lived thread so the caller's namespace is
     /// untouched.
     pub fn open_in_netns(name: &str) -> Result<Rtnl, NetlinkError> {
-        let path = format!("/run/netns/{name}");
-        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| io_err(&format!("setns {path}"), e))?;
-            Rtnl::open()
-        })
-        .join()
-        .map_err(|_| NetlinkError("netns thread panicked".into()))?
+        crate::wire::in_netns(name, Rtnl::open)
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -148,6 +148,20 @@ pub fn error_code(msg: &[u8]) -> i32 {
     msg.get(16..20).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-EPROTO)
 }
 
+/// Runs `open` on a short-lived thread inside the named network namespace
+/// (`/run/netns/NAME`) and returns what it made: a socket opened there
+/// stays bound to that namespace, and the caller's namespace is untouched.
+pub fn in_netns<T: Send + 'static>(name: &str, open: impl FnOnce() -> Result<T, NetlinkError> + Send + 'static) -> Result<T, NetlinkError> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| io_err(&format!("setns {path}"), e))?;
+        open()
+    })
+    .join()
+    .map_err(|_| NetlinkError("netns thread panicked".into()))?
+}
+
 /// A netfilter netlink socket, bound to one network namespace for life.
 #[derive(Debug)]
 pub struct NfSocket {
@@ -173,14 +187,7 @@ impl NfSocket {
     /// opened from a short-lived thread so the caller's namespace is
     /// untouched.
     pub fn open_in_netns(name: &str, send_buffer: usize) -> Result<NfSocket, NetlinkError> {
-        let path = format!("/run/netns/{name}");
-        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| io_err(&format!("setns {path}"), e))?;
-            NfSocket::open(send_buffer)
-        })
-        .join()
-        .map_err(|_| NetlinkError("netns thread panicked".into()))?
+        in_netns(name, move || NfSocket::open(send_buffer))
     }
 
     /// The next sequence number (never 0).
