@@ -7,9 +7,8 @@
 //! `NLM_F_ACK` and its answer is matched by sequence number.
 
 use std::io;
-use std::time::Duration;
 
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket};
 
 use crate::wire::{attr, cstr, error_code, messages, parse_attrs, Attrs, NetlinkError, OwnedAttrs};
 use crate::wire::{NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
@@ -32,8 +31,6 @@ pub const MAX_SEND: usize = 64 << 10;
 /// fill at most 32 KiB, acknowledgements carry only the request's header
 /// (`NETLINK_CAP_ACK`), replies to single requests are a few KiB.
 pub const RECV_BUFFER: usize = 64 << 10;
-/// How long a reply may take before the socket gives up on it.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// ENOENT: what nlctrl answers for an unknown family.
 const ENOENT: i32 = 2;
 
@@ -108,18 +105,11 @@ impl GenlSocket {
     /// acknowledgements, and a 30 s limit on every wait for a reply.
     pub fn open() -> Result<GenlSocket, NetlinkError> {
         use nix::sys::socket::{setsockopt, sockopt};
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(|e| io_err("generic netlink socket", e))?;
-        socket.bind_auto().map_err(|e| io_err("generic netlink bind", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err("generic netlink connect", e))?;
+        let socket = crate::wire::connected(NETLINK_GENERIC, "generic netlink")?;
         // Forcing needs CAP_NET_ADMIN; without it the defaults stay, which
         // only matters for big batches.
         let _ = setsockopt(&socket, sockopt::SndBufForce, &(1 << 20));
         let _ = setsockopt(&socket, sockopt::RcvBufForce, &(4 << 20));
-        // Refusals without a copy of the request (Linux 4.2 and later):
-        // acknowledgements stay small however big the request.
-        let _ = socket.set_cap_ack(true);
-        let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
-        setsockopt(&socket, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err("generic netlink timeout", e))?;
         Ok(GenlSocket { socket, seq: 1 })
     }
 
@@ -150,7 +140,7 @@ impl GenlSocket {
             Ok(len) if len > data.len() => Err(NetlinkError(format!("generic netlink: a {len}-byte reply is larger than the buffer"))),
             Ok(_) => Ok(data),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(NetlinkError(format!("generic netlink: no reply within {} s", REPLY_TIMEOUT.as_secs())))
+                Err(NetlinkError(format!("generic netlink: no reply within {} s", crate::wire::REPLY_TIMEOUT.as_secs())))
             }
             Err(e) => Err(io_err("generic netlink recv", e)),
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use crate::wire::{attr, cstr, error_code, messages, nested, parse_attrs, NetlinkError, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 
@@ -117,12 +117,10 @@ pub struct Rtnl {
 }
 
 impl Rtnl {
-    /// A socket in the calling thread's network namespace.
+    /// A socket in the calling thread's network namespace (every wait
+    /// for a reply gives up after [`crate::wire::REPLY_TIMEOUT`]).
     pub fn open() -> Result<Rtnl, NetlinkError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| io_err("route netlink socket", e))?;
-        socket.bind_auto().map_err(|e| io_err("route netlink bind", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err("route netlink connect", e))?;
-        Ok(Rtnl { socket, seq: 1 })
+        Ok(Rtnl { socket: crate::wire::connected(NETLINK_ROUTE, "route netlink")?, seq: 1 })
     }
 
     /// A socket in the named network namespace (`/run/netns/NAME`),
@@ -130,6 +128,17 @@ impl Rtnl {
     /// untouched.
     pub fn open_in_netns(name: &str) -> Result<Rtnl, NetlinkError> {
         crate::wire::in_netns(name, Rtnl::open)
+    }
+
+    /// One datagram from the kernel.
+    fn recv(&mut self) -> Result<Vec<u8>, NetlinkError> {
+        match self.socket.recv_from_full() {
+            Ok((data, _)) => Ok(data),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(NetlinkError(format!("route netlink: no reply within {} s", crate::wire::REPLY_TIMEOUT.as_secs())))
+            }
+            Err(e) => Err(io_err("route netlink recv", e)),
+        }
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -144,7 +153,7 @@ impl Rtnl {
         let mut left = count;
         let mut errors = Vec::new();
         while left > 0 {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("route netlink recv", e))?;
+            let data = self.recv()?;
             for (kind, msg) in messages(&data) {
                 if kind == NLMSG_ERROR {
                     left = left.saturating_sub(1);
@@ -166,7 +175,7 @@ impl Rtnl {
         self.socket.send(&buf, 0).map_err(|e| io_err("route netlink send", e))?;
         let mut found = None;
         loop {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("route netlink recv", e))?;
+            let data = self.recv()?;
             for (kind, msg) in messages(&data) {
                 match kind {
                     RTM_NEWLINK => {
@@ -219,7 +228,7 @@ impl Rtnl {
         self.socket.send(&buf, 0).map_err(|e| io_err("route netlink send", e))?;
         let mut out = BTreeSet::new();
         loop {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| io_err("route netlink recv", e))?;
+            let data = self.recv()?;
             for (kind, msg) in messages(&data) {
                 match kind {
                     NLMSG_DONE => return Ok(out),

@@ -148,6 +148,26 @@ pub fn error_code(msg: &[u8]) -> i32 {
     msg.get(16..20).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-EPROTO)
 }
 
+/// How long a reply may take before a request/reply socket
+/// ([`connected`]) gives up on it.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A netlink socket of `protocol` (`NETLINK_*`) in the calling thread's
+/// namespace, bound and connected to the kernel, with short
+/// acknowledgements (refusals without a copy of the request, Linux 4.2
+/// and later) and [`REPLY_TIMEOUT`] on every wait for a reply. `what`
+/// names it in errors.
+pub fn connected(protocol: isize, what: &str) -> Result<Socket, NetlinkError> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let mut socket = Socket::new(protocol).map_err(|e| io_err(&format!("{what} socket"), e))?;
+    socket.bind_auto().map_err(|e| io_err(&format!("{what} bind"), e))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err(&format!("{what} connect"), e))?;
+    let _ = socket.set_cap_ack(true);
+    let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
+    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err(&format!("{what} timeout"), e))?;
+    Ok(socket)
+}
+
 /// Runs `open` on a short-lived thread inside the named network namespace
 /// (`/run/netns/NAME`) and returns what it made: a socket opened there
 /// stays bound to that namespace, and the caller's namespace is untouched.
