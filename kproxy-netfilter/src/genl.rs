@@ -41,15 +41,7 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> NetlinkError {
 /// Appends a generic netlink message: netlink header, genlmsghdr
 /// (`cmd`, `version`, reserved 0), then what `body` writes.
 pub fn genl_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, cmd: u8, version: u8, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 16]);
-    buf.extend_from_slice(&[cmd, version, 0, 0]);
-    body(buf);
-    let len = (buf.len() - start) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 4..start + 6].copy_from_slice(&kind.to_ne_bytes());
-    buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
-    buf[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
+    crate::wire::netlink_message(buf, kind, flags, seq, &[cmd, version, 0, 0], body);
 }
 
 /// The sequence number of a message (0 if it is too short to have one).

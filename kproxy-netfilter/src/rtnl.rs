@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
-use crate::wire::{attr, cstr, error_code, messages, nested, parse_attrs, NetlinkError, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::wire::{attr, cstr, error_code, messages, nested, netlink_message, parse_attrs, NetlinkError, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -50,21 +50,6 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> NetlinkError {
     NetlinkError(format!("{what}: {e}"))
 }
 
-/// Appends one route netlink message: the netlink header, the fixed
-/// family header `fixed` (`ifinfomsg` or `ifaddrmsg`), then what `body`
-/// writes.
-fn rt_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, fixed: &[u8], body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; NLMSG_HEADER]);
-    buf.extend_from_slice(fixed);
-    body(buf);
-    let len = (buf.len() - start) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 4..start + 6].copy_from_slice(&kind.to_ne_bytes());
-    buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
-    buf[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
-}
-
 /// An `ifinfomsg` naming interface `index` (0: none).
 fn ifinfo(index: u32) -> [u8; IFINFO_LEN] {
     let mut m = [0u8; IFINFO_LEN];
@@ -86,7 +71,7 @@ fn address_message(buf: &mut Vec<u8>, kind: u16, seq: u32, index: u32, ip: IpAdd
     fixed[2] = if nodad { IFA_F_NODAD as u8 } else { 0 };
     fixed[4..8].copy_from_slice(&index.to_ne_bytes());
     let flags = if kind == RTM_NEWADDR { NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL } else { NLM_F_REQUEST | NLM_F_ACK };
-    rt_message(buf, kind, flags, seq, &fixed, |b| {
+    netlink_message(buf, kind, flags, seq, &fixed, |b| {
         attr(b, IFA_LOCAL, &octets);
         attr(b, IFA_ADDRESS, &octets);
         if nodad {
@@ -171,7 +156,7 @@ impl Rtnl {
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
-        rt_message(&mut buf, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &ifinfo(0), |b| attr(b, IFLA_IFNAME, &cstr(name)));
+        netlink_message(&mut buf, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &ifinfo(0), |b| attr(b, IFLA_IFNAME, &cstr(name)));
         self.socket.send(&buf, 0).map_err(|e| io_err("route netlink send", e))?;
         let mut found = None;
         loop {
@@ -199,7 +184,7 @@ impl Rtnl {
     pub fn add_dummy(&mut self, name: &str) -> Result<(), NetlinkError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
-        rt_message(&mut buf, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, &ifinfo(0), |b| {
+        netlink_message(&mut buf, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, &ifinfo(0), |b| {
             attr(b, IFLA_IFNAME, &cstr(name));
             nested(b, IFLA_LINKINFO, |b| attr(b, IFLA_INFO_KIND, &cstr("dummy")));
         });
@@ -213,7 +198,7 @@ impl Rtnl {
     pub fn delete_link(&mut self, name: &str) -> Result<(), NetlinkError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
-        rt_message(&mut buf, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &ifinfo(0), |b| attr(b, IFLA_IFNAME, &cstr(name)));
+        netlink_message(&mut buf, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &ifinfo(0), |b| attr(b, IFLA_IFNAME, &cstr(name)));
         match self.acked(&buf, 1)?.first() {
             None | Some(&ENODEV) => Ok(()),
             Some(&code) => Err(io_err(&format!("cannot delete interface {name}"), io::Error::from_raw_os_error(code))),
@@ -224,7 +209,7 @@ impl Rtnl {
     pub fn addresses(&mut self, index: u32) -> Result<BTreeSet<IpAddr>, NetlinkError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
-        rt_message(&mut buf, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, &[0u8; IFADDR_LEN], |_| {});
+        netlink_message(&mut buf, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, &[0u8; IFADDR_LEN], |_| {});
         self.socket.send(&buf, 0).map_err(|e| io_err("route netlink send", e))?;
         let mut out = BTreeSet::new();
         loop {

@@ -78,16 +78,23 @@ pub struct Header {
 
 /// Appends a message: netlink header, nfgenmsg, then what `body` writes.
 pub fn message(buf: &mut Vec<u8>, header: Header, body: impl FnOnce(&mut Vec<u8>)) {
+    let [r0, r1] = header.res_id.to_be_bytes();
+    netlink_message(buf, header.kind, header.flags, header.seq, &[header.family, 0, r0, r1], body);
+}
+
+/// Appends a message of any netlink protocol: the netlink header (its
+/// length filled in at the end), the protocol's fixed header `fixed`
+/// (nfgenmsg, genlmsghdr, ifinfomsg, ...), then what `body` writes.
+pub fn netlink_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, fixed: &[u8], body: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 16]);
-    buf.extend_from_slice(&[header.family, 0]);
-    buf.extend_from_slice(&header.res_id.to_be_bytes());
+    buf.extend_from_slice(fixed);
     body(buf);
     let len = (buf.len() - start) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 4..start + 6].copy_from_slice(&header.kind.to_ne_bytes());
-    buf[start + 6..start + 8].copy_from_slice(&header.flags.to_ne_bytes());
-    buf[start + 8..start + 12].copy_from_slice(&header.seq.to_ne_bytes());
+    buf[start + 4..start + 6].copy_from_slice(&kind.to_ne_bytes());
+    buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
+    buf[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
 }
 
 /// Parsed attributes: (type without the nested flag, payload).
