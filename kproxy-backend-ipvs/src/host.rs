@@ -16,7 +16,7 @@ use crate::diff::CurrentIpvs;
 use crate::fake::FakeIpvs;
 use crate::kernel::{IpvsKernel, KernelError};
 use crate::model::{Op, Timeouts, VsKey};
-use crate::sets::Entry;
+use crate::sets::{Command, Entry};
 
 /// One ipset: its type and entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,9 +249,12 @@ impl IpvsKernel for FakeHost {
         Ok(())
     }
 
-    async fn ipset_restore(&mut self, script: &str) -> Result<(), KernelError> {
+    async fn ipsets(&mut self, commands: &[Command]) -> Result<(), KernelError> {
+        if commands.is_empty() {
+            return Ok(());
+        }
         self.count("ipset");
-        self.ipsets.restore(script).map_err(KernelError::Fake)
+        self.ipsets.restore(&crate::sets::script(commands)).map_err(KernelError::Fake)
     }
 
     async fn iptables_restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {

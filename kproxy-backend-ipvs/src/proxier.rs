@@ -2,7 +2,8 @@
 //!
 //! A sync renders the desired virtual servers, dummy-interface addresses
 //! and ipsets from the applied state, then brings the kernel there:
-//! addresses added, sets that changed rewritten (one `ipset restore`),
+//! addresses added, sets that changed rewritten (ipset commands over
+//! netlink),
 //! the iptables ruleset written when it may be missing (it does not depend
 //! on the Services), the IPVS table diffed against what the kernel reports
 //! and the difference sent as one batch of netlink messages, and stale
@@ -27,7 +28,7 @@ use crate::model::{Scheduler, Timeouts, VsKey};
 use crate::incremental::{Journal, Renderer};
 use crate::render::{DesiredIpvs, DesiredService};
 use crate::rules::{out_filter_rules, render_chains, restore_text, IPVS_OUT_FILTER};
-use crate::sets::{all_sets, entries_script, restore_script};
+use crate::sets::{all_sets, entry_commands, restore_commands};
 
 const BACKEND: &str = "ipvs";
 
@@ -194,14 +195,14 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         // Sets before rules: a rule may name a set only once it exists. A
         // full sync rewrites every set (each swapped in whole); a partial
         // one adds and deletes entries in place.
-        let script = if full {
+        let commands = if full {
             stats.sets_written = all_sets().len();
-            restore_script(&self.renderer.sets(), family)
+            restore_commands(&self.renderer.sets(), family)
         } else {
             stats.sets_written = journal.entries.keys().map(|(set, _)| *set).collect::<BTreeSet<_>>().len();
-            entries_script(&journal.entries, family)
+            entry_commands(&journal.entries, family)
         };
-        self.kernel.ipset_restore(&script).await?;
+        self.kernel.ipsets(&commands).await?;
 
         // The rules: all of them on a full sync (the fixed chains, with
         // KUBE-IPVS-OUT-FILTER filled); otherwise only that chain, when
@@ -296,7 +297,7 @@ impl<K: IpvsKernel + 'static> Dataplane for IpvsDataplane<K> {
             }
         }
         self.kernel.delete_device(&self.options.device).await.map_err(fail)?;
-        self.kernel.ipset_restore(&crate::sets::destroy_script()).await.map_err(fail)?;
+        self.kernel.ipsets(&crate::sets::destroy_commands()).await.map_err(fail)?;
         self.trusted = false;
         self.started = false;
         Ok(())

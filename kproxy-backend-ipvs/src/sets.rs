@@ -1,13 +1,13 @@
-//! The ipsets of IPVS mode, as typed entries rendered to one
-//! `ipset restore` script per sync. Each set is filled under a temporary
-//! name and swapped in, so a packet never sees a half-written set.
+//! The ipsets of IPVS mode, as typed entries turned into one list of
+//! ipset commands per sync (sent over netlink, or read as an `ipset
+//! restore` script by the fake kernel). Each set is filled under a
+//! temporary name and swapped in, so a packet never sees a half-written
+//! set.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::net::IpAddr;
 
-use ipnet::IpNet;
 use kproxy_core::{IpFamily, Protocol};
+pub use kproxy_netfilter::ipset::{Command, Entry, SetType};
 
 /// The longest ipset name the kernel takes.
 const MAX_NAME: usize = 31;
@@ -83,14 +83,14 @@ impl SetName {
     }
 
     /// The ipset type.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(self) -> SetType {
         match self {
-            SetName::LoopBack | SetName::LoadBalancerSourceIp => "hash:ip,port,ip",
-            SetName::LoadBalancerSourceCidr => "hash:ip,port,net",
-            SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => "hash:ip,port",
-            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => "bitmap:port",
-            SetName::IpvsIps => "hash:ip",
-            _ => "hash:ip,port",
+            SetName::LoopBack | SetName::LoadBalancerSourceIp => SetType::HashIpPortIp,
+            SetName::LoadBalancerSourceCidr => SetType::HashIpPortNet,
+            SetName::NodePort(Protocol::Sctp) | SetName::NodePortLocal(Protocol::Sctp) => SetType::HashIpPort,
+            SetName::NodePort(_) | SetName::NodePortLocal(_) | SetName::HealthCheckNodePort => SetType::BitmapPort,
+            SetName::IpvsIps => SetType::HashIp,
+            _ => SetType::HashIpPort,
         }
     }
 
@@ -105,94 +105,6 @@ impl SetName {
         }
     }
 
-}
-
-/// One entry of a set.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Entry {
-    /// `IP,PROTO:PORT`.
-    IpPort(IpAddr, Protocol, u16),
-    /// `IP,PROTO:PORT,IP`.
-    IpPortIp(IpAddr, Protocol, u16, IpAddr),
-    /// `IP,PROTO:PORT,NET`.
-    IpPortNet(IpAddr, Protocol, u16, IpNet),
-    /// `PORT` (bitmap:port).
-    Port(u16),
-    /// `IP` (hash:ip).
-    Ip(IpAddr),
-}
-
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
-impl Entry {
-    /// The entry as `ipset add` reads it.
-    pub fn text(&self) -> String {
-        match self {
-            Entry::IpPort(ip, p, port) => format!("{ip},{}:{port}", proto(*p)),
-            Entry::IpPortIp(ip, p, port, ip2) => format!("{ip},{}:{port},{ip2}", proto(*p)),
-            Entry::IpPortNet(ip, p, port, net) => format!("{ip},{}:{port},{net}", proto(*p)),
-            Entry::Port(port) => port.to_string(),
-            Entry::Ip(ip) => ip.to_string(),
-        }
-    }
-
-    /// Reads an entry of a set of type `kind` as `ipset` prints it.
-    pub fn parse(kind: &str, text: &str) -> Option<Entry> {
-        let ip_port = |a: &str, b: &str| -> Option<(IpAddr, Protocol, u16)> {
-            let (p, port) = b.split_once(':')?;
-            let p = match p {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                "sctp" => Protocol::Sctp,
-                _ => return None,
-            };
-            Some((a.parse().ok()?, p, port.parse().ok()?))
-        };
-        let parts: Vec<&str> = text.split(',').collect();
-        match (kind, parts.as_slice()) {
-            ("bitmap:port", [port]) => port.parse().ok().map(Entry::Port),
-            ("hash:ip", [ip]) => ip.parse().ok().map(Entry::Ip),
-            ("hash:ip,port", [a, b]) => ip_port(a, b).map(|(ip, p, port)| Entry::IpPort(ip, p, port)),
-            ("hash:ip,port,ip", [a, b, c]) => {
-                let (ip, p, port) = ip_port(a, b)?;
-                Some(Entry::IpPortIp(ip, p, port, c.parse().ok()?))
-            }
-            ("hash:ip,port,net", [a, b, c]) => {
-                let (ip, p, port) = ip_port(a, b)?;
-                Some(Entry::IpPortNet(ip, p, port, c.parse().ok()?))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether a packet's fields, picked by `flags` as `-m set` picks them
-    /// (`dst,dst,src`: the destination address, the destination port with
-    /// the protocol, the source address), are this entry. Source ports
-    /// never appear in kproxy's rules and never match.
-    pub fn contains(&self, flags: &str, protocol: Protocol, src: IpAddr, dst: IpAddr, dport: u16) -> bool {
-        let f: Vec<&str> = flags.split(',').collect();
-        let addr = |i: usize| match f.get(i) {
-            Some(&"src") => Some(src),
-            Some(&"dst") => Some(dst),
-            _ => None,
-        };
-        let port_is = |i: usize, p: Protocol, port: u16| f.get(i) == Some(&"dst") && p == protocol && port == dport;
-        match self {
-            Entry::IpPort(ip, p, port) => f.len() == 2 && addr(0) == Some(*ip) && port_is(1, *p, *port),
-            Entry::IpPortIp(ip, p, port, ip2) => f.len() == 3 && addr(0) == Some(*ip) && port_is(1, *p, *port) && addr(2) == Some(*ip2),
-            Entry::IpPortNet(ip, p, port, net) => {
-                f.len() == 3 && addr(0) == Some(*ip) && port_is(1, *p, *port) && addr(2).is_some_and(|a| net.contains(&a))
-            }
-            Entry::Port(port) => f == ["dst"] && *port == dport,
-            Entry::Ip(ip) => f.len() == 1 && addr(0) == Some(*ip),
-        }
-    }
 }
 
 /// Every set's desired entries (every set is present, empty or not).
@@ -220,67 +132,68 @@ pub fn all_sets() -> Vec<SetName> {
     out
 }
 
-/// The `ipset restore` script that makes the kernel's sets `sets`: each
-/// set is created if missing, filled under a temporary name, swapped in,
-/// and the temporary one destroyed.
-pub fn restore_script(sets: &Sets, family: IpFamily) -> String {
-    let inet = match family {
-        IpFamily::V4 => "inet",
-        IpFamily::V6 => "inet6",
-    };
-    let mut s = String::new();
+/// The commands that make the kernel's sets `sets`: each set is created
+/// if missing, filled under a temporary name, swapped in, and the
+/// temporary one destroyed.
+pub fn restore_commands(sets: &Sets, family: IpFamily) -> Vec<Command> {
+    let mut out = Vec::new();
+    let tmp = swap_name(family).to_string();
     for (set, entries) in sets {
         let name = set.name(family);
-        let tmp = swap_name(family);
-        let options = match set.kind() {
-            "bitmap:port" => "range 0-65535".to_string(),
-            _ => format!("family {inet} hashsize 1024 maxelem 65536"),
-        };
         let kind = set.kind();
-        writeln!(s, "create {name} {kind} {options} -exist").expect("String");
-        writeln!(s, "create {tmp} {kind} {options} -exist").expect("String");
-        writeln!(s, "flush {tmp}").expect("String");
-        for e in entries {
-            writeln!(s, "add {tmp} {}", e.text()).expect("String");
+        out.push(Command::Create { name: name.clone(), kind, family });
+        out.push(Command::Create { name: tmp.clone(), kind, family });
+        out.push(Command::Flush(tmp.clone()));
+        if !entries.is_empty() {
+            out.push(Command::Add { name: tmp.clone(), entries: entries.iter().cloned().collect(), exist: false });
         }
-        writeln!(s, "swap {tmp} {name}").expect("String");
-        writeln!(s, "destroy {tmp}").expect("String");
-    }
-    s
-}
-
-/// The `ipset restore` script that adds (`true`) and deletes (`false`)
-/// single entries in place (`-exist`, so a set someone else touched does
-/// not fail the sync).
-pub fn entries_script(changes: &BTreeMap<(SetName, Entry), bool>, family: IpFamily) -> String {
-    let mut out = String::new();
-    for ((set, e), added) in changes {
-        let verb = if *added { "add" } else { "del" };
-        writeln!(out, "{verb} {} {} -exist", set.name(family), e.text()).expect("String");
+        out.push(Command::Swap(tmp.clone(), name));
+        out.push(Command::Destroy(tmp.clone()));
     }
     out
 }
 
-/// The `ipset restore` script that destroys every set of both families
-/// (`-exist` is not accepted by destroy, so each is created first).
-pub fn destroy_script() -> String {
+/// The commands that add (`true`) and delete (`false`) single entries in
+/// place (`-exist`, so a set someone else touched does not fail the
+/// sync); neighbouring changes of one kind to one set travel together.
+pub fn entry_commands(changes: &BTreeMap<(SetName, Entry), bool>, family: IpFamily) -> Vec<Command> {
+    let mut out: Vec<Command> = Vec::new();
+    for ((set, e), added) in changes {
+        let name = set.name(family);
+        match out.last_mut() {
+            Some(Command::Add { name: n, entries, .. }) if *added && *n == name => entries.push(e.clone()),
+            Some(Command::Del { name: n, entries, .. }) if !*added && *n == name => entries.push(e.clone()),
+            _ if *added => out.push(Command::Add { name, entries: vec![e.clone()], exist: true }),
+            _ => out.push(Command::Del { name, entries: vec![e.clone()], exist: true }),
+        }
+    }
+    out
+}
+
+/// The commands that destroy every set of both families (each is made
+/// first, as `ipset restore` refuses to destroy a set that is not there).
+pub fn destroy_commands() -> Vec<Command> {
     let mut sets = Sets::new();
     for s in all_sets() {
         sets.insert(s, BTreeSet::new());
     }
-    let mut out = String::new();
+    let mut out = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
-        out.push_str(&restore_script(&sets, family));
-        for s in all_sets() {
-            writeln!(out, "destroy {}", s.name(family)).expect("String");
-        }
+        out.extend(restore_commands(&sets, family));
+        out.extend(all_sets().into_iter().map(|s| Command::Destroy(s.name(family))));
     }
     out
+}
+
+/// `commands` as an `ipset restore` script.
+pub fn script(commands: &[Command]) -> String {
+    commands.iter().map(Command::restore_text).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn entries_and_scripts_read_as_ipset_expects() {
@@ -288,7 +201,7 @@ mod tests {
         let ip: IpAddr = "172.30.0.1".parse().unwrap();
         sets.insert(SetName::ClusterIp, [Entry::IpPort(ip, Protocol::Tcp, 80)].into());
         sets.insert(SetName::NodePort(Protocol::Udp), [Entry::Port(30001)].into());
-        let text = restore_script(&sets, IpFamily::V4);
+        let text = script(&restore_commands(&sets, IpFamily::V4));
         assert_eq!(
             text,
             "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
@@ -304,11 +217,22 @@ mod tests {
              swap KPROXY-SWAP KUBE-NODE-PORT-UDP\n\
              destroy KPROXY-SWAP\n"
         );
-        let e = Entry::IpPortNet("fd00::1".parse().unwrap(), Protocol::Sctp, 9, "fd00:1::/64".parse().unwrap());
-        assert_eq!(e.text(), "fd00::1,sctp:9,fd00:1::/64");
         assert_eq!(SetName::LoopBack.name(IpFamily::V6), "KUBE-6-LOOP-BACK");
-        let changes = [((SetName::ClusterIp, Entry::IpPort(ip, Protocol::Tcp, 80)), false), ((SetName::IpvsIps, Entry::Ip(ip)), true)].into();
-        assert_eq!(entries_script(&changes, IpFamily::V4), "del KUBE-CLUSTER-IP 172.30.0.1,tcp:80 -exist\nadd KUBE-IPVS-IPS 172.30.0.1 -exist\n");
+        let ip2: IpAddr = "172.30.0.2".parse().unwrap();
+        let changes = [
+            ((SetName::ClusterIp, Entry::IpPort(ip, Protocol::Tcp, 80)), false),
+            ((SetName::ClusterIp, Entry::IpPort(ip, Protocol::Tcp, 81)), false),
+            ((SetName::ClusterIp, Entry::IpPort(ip2, Protocol::Tcp, 80)), true),
+            ((SetName::IpvsIps, Entry::Ip(ip)), true),
+        ]
+        .into();
+        let commands = entry_commands(&changes, IpFamily::V4);
+        assert_eq!(commands.len(), 3, "the two deletes from one set travel together: {commands:?}");
+        assert_eq!(
+            script(&commands),
+            "del KUBE-CLUSTER-IP 172.30.0.1,tcp:80 -exist\ndel KUBE-CLUSTER-IP 172.30.0.1,tcp:81 -exist\n\
+             add KUBE-CLUSTER-IP 172.30.0.2,tcp:80 -exist\nadd KUBE-IPVS-IPS 172.30.0.1 -exist\n"
+        );
         for set in all_sets() {
             for family in [IpFamily::V4, IpFamily::V6] {
                 assert!(set.name(family).len() <= MAX_NAME, "{}", set.name(family));

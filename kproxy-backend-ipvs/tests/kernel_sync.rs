@@ -3,7 +3,10 @@
 //! partial sync at a time carry real traffic; a removed real server with
 //! an open connection stays at weight 0, the connection keeps working and
 //! new ones go elsewhere; a virtual server deleted from outside comes back
-//! on the next full sync. Built only with the `vm-tests` feature.
+//! on the next full sync; a cold sync of hundreds of Services (whose
+//! addresses are bound on a thread of their own) and their removal leave
+//! every address and set entry in place when the sync returns. Built only
+//! with the `vm-tests` feature.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -146,4 +149,42 @@ async fn a_virtual_server_a_set_member_and_a_chain_changed_from_outside_come_bac
         let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
         assert!(failures.is_empty(), "{what} was not repaired: {}", failures.join("\n"));
     }
+}
+
+/// The addresses on kube-ipvs0 and the entries of KUBE-CLUSTER-IP.
+fn bound_and_listed(topo: &Topology) -> (usize, usize) {
+    let bound = topo.node.exec(&["ip", "-o", "-4", "addr", "show", "dev", "kube-ipvs0"]).unwrap().lines().count();
+    let listed = topo.node.exec(&["ipset", "save", "KUBE-CLUSTER-IP"]).unwrap().lines().filter(|l| l.starts_with("add ")).count();
+    (bound, listed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_sync_of_many_services_and_their_removal_are_complete_when_the_sync_returns() {
+    if !kernel_tests_enabled("a_cold_sync_of_many_services_and_their_removal_are_complete_when_the_sync_returns") {
+        return;
+    }
+    let s = scenario("cluster_ip");
+    let topo = Topology::build(&s).unwrap();
+    let mut p = proxier(&topo, &s);
+    s.feed(&mut p);
+    // More than IpvsHost binds in the background (512 addresses).
+    let many: Vec<_> = (0..600)
+        .map(|i| fx::service("bulk", &format!("s{i}"), &[&format!("172.30.{}.{}", 10 + i / 250, 1 + i % 250)]).port("p80", 80, "TCP", 0).build())
+        .collect();
+    for svc in &many {
+        p.on_service_update(None, Some(svc));
+    }
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    // The scenario's Service has one address and two ports.
+    assert_eq!(bound_and_listed(&topo), (601, 602), "every address bound and every entry listed when the sync returned");
+    let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    for svc in &many {
+        p.on_service_update(Some(svc), None);
+    }
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    assert_eq!(bound_and_listed(&topo), (1, 2), "every removed address unbound when the sync returned");
+    let failures = tokio::task::block_in_place(|| check_scenario_for(&topo, &s, Dataplane::Ipvs));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

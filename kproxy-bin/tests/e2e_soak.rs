@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use kproxy_oracle::{scenarios, Verdict};
-use kproxy_e2e::bench::{quantile_ms, set_port_range, time_wait, Prober, CLIENT_PORT_RANGE};
+use kproxy_e2e::bench::{quantile_ms, time_wait, Prober, CLIENT_PORT_RANGE};
 use kproxy_e2e::{e2e_binaries, scenario, ControlPlane, ProxyKind};
 use kproxy_testkit::{check_case, check_scenario, probe, Topology};
 use serde_json::json;
@@ -85,14 +85,14 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
     api.apply(slice_with(pods[0])).unwrap();
     let only_a = Verdict::forward(&[&format!("{}:8080", pods[0])], false);
     kproxy_e2e::nodes::within("one endpoint left", Duration::from_secs(30), || check_case(&topo, packet, &only_a)).unwrap();
-    let client = topo.source(packet.origin, packet.src).unwrap().name().to_string();
+    let client_ns = topo.source(packet.origin, packet.src).unwrap();
+    let client = client_ns.name().to_string();
+    let witness = Witness { topo: &topo, client: client_ns, src: packet.src.to_string(), vip: packet.dst.to_string(), pods: &pods };
     // The client's ephemeral ports: every unprivileged one by default
     // (see CLIENT_PORT_RANGE for why); running out is tested on purpose
     // with KPROXY_SOAK_PORT_RANGE.
     let range = std::env::var("KPROXY_SOAK_PORT_RANGE").unwrap_or_else(|_| CLIENT_PORT_RANGE.to_string());
-    set_port_range(&client, &range).unwrap();
-    let follow_for = (seconds + 60).to_string();
-    let prober = Prober::start(&client, &["follow", "--src", &packet.src.to_string(), "--dst", &packet.dst.to_string(), "--port", "80", "--seconds", &follow_for, "--show-failures"]).unwrap();
+    let prober = Prober::follow(&client, &packet.src.to_string(), &packet.dst.to_string(), (seconds + 60) as f64, &range).unwrap();
 
     let limit = SYNC_PERIOD * 2;
     let mut latencies = Vec::new();
@@ -140,12 +140,10 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
             }
             Some(_) => {}
             None => problems.push(format!(
-                "move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}; now {}; {}; {}; {}",
+                "move {moves} to {wanted}: not seen within {limit:?} of the API write returning (the write took {write_took:.2} s; written at {written_at:.3}); meanwhile: {meanwhile}; client sockets in TIME-WAIT: {:?}; now {}; {}",
                 time_wait(&client),
                 probes(&topo, packet),
-                direct_probes(topo.source(packet.origin, packet.src).unwrap(), &packet.src.to_string(), &pods),
-                conntrack_naming(&topo, &packet.dst.to_string(), &failed_ports(&meanwhile)),
-                rules_naming(&topo, &pods, &packet.dst.to_string()),
+                witness.report(&meanwhile),
             )),
         }
         // Hold a little, watching for a flap back to the other pod.
@@ -159,12 +157,7 @@ fn soak(bins: &kproxy_e2e::Binaries, kind: ProxyKind, binary: &str) {
                     println!("soak ({kind:?}): move {moves}: a connection failed after {wanted} answered: {line}");
                 }
                 if failed_after == 1 {
-                    println!(
-                        "soak ({kind:?}): {}; {}; {}",
-                        rules_naming(&topo, &pods, &packet.dst.to_string()),
-                        conntrack_naming(&topo, &packet.dst.to_string(), &failed_ports(&line)),
-                        direct_probes(topo.source(packet.origin, packet.src).unwrap(), &packet.src.to_string(), &pods),
-                    );
+                    println!("soak ({kind:?}): {}", witness.report(&line));
                 }
             } else if pod != wanted {
                 problems.push(format!("move {moves}: {pod} answered again after {wanted} did"));
@@ -213,18 +206,44 @@ fn probes(topo: &Topology, packet: &kproxy_oracle::Packet) -> String {
     }
 }
 
-/// What connections straight to each pod (through the node, no Service)
-/// see from the client: tells a pod that stopped answering from a proxy
-/// that stopped sending to it.
-fn direct_probes(ns: &kproxy_testkit::Netns, src: &str, pods: &[&str]) -> String {
-    let seen: Vec<String> = pods
-        .iter()
-        .map(|pod| {
-            let out = ns.exec(&["python3", kproxy_testkit::KPT, "probe", "--src", src, "--dst", pod, "--port", "8080", "--count", "3"]);
-            format!("{pod}:8080 directly: {}", out.map(|o| o.lines().collect::<Vec<_>>().join(", ")).unwrap_or_else(|e| e))
-        })
-        .collect();
-    seen.join("; ")
+/// What the soak reports beside a failed connection or a late move, to
+/// name its cause: the rules, the conntrack entries and what each pod
+/// answers directly.
+struct Witness<'a> {
+    topo: &'a Topology,
+    /// The client's namespace.
+    client: &'a kproxy_testkit::Netns,
+    src: String,
+    vip: String,
+    pods: &'a [&'a str],
+}
+
+impl Witness<'_> {
+    /// The report, given what `follow` printed of the failures
+    /// (their source ports are looked up in conntrack).
+    fn report(&self, failures: &str) -> String {
+        format!(
+            "{}; {}; {}",
+            rules_naming(self.topo, self.pods, &self.vip),
+            conntrack_naming(self.topo, &self.vip, &failed_ports(failures)),
+            self.direct_probes()
+        )
+    }
+
+    /// What connections straight to each pod (through the node, no
+    /// Service) see from the client: tells a pod that stopped answering
+    /// from a proxy that stopped sending to it.
+    fn direct_probes(&self) -> String {
+        let seen: Vec<String> = self
+            .pods
+            .iter()
+            .map(|pod| {
+                let out = self.client.exec(&["python3", kproxy_testkit::KPT, "probe", "--src", &self.src, "--dst", pod, "--port", "8080", "--count", "3"]);
+                format!("{pod}:8080 directly: {}", out.map(|o| o.lines().collect::<Vec<_>>().join(", ")).unwrap_or_else(|e| e))
+            })
+            .collect();
+        seen.join("; ")
+    }
 }
 
 /// The source ports of the failures in a `meanwhile` report.

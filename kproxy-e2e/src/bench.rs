@@ -162,7 +162,7 @@ pub(crate) fn proc_usage(pid: u32) -> Usage {
 pub const CLIENT_PORT_RANGE: &str = "1024 65535";
 
 /// Sets the ephemeral port range of the client namespace `netns`.
-pub fn set_port_range(netns: &str, range: &str) -> Result<(), String> {
+fn set_port_range(netns: &str, range: &str) -> Result<(), String> {
     kproxy_testkit::run(&["ip", "netns", "exec", netns, "sysctl", "-qw", &format!("net.ipv4.ip_local_port_range={range}")]).map(drop)
 }
 
@@ -194,6 +194,16 @@ impl Prober {
             }
         });
         Ok(Prober { child, lines })
+    }
+
+    /// Starts a `follow` client in `netns`: connections from `src` to
+    /// `dst`:80 for `seconds`, a line at each change of the answering pod,
+    /// failures included (with their source ports). The namespace's
+    /// ephemeral ports become `range` first (normally
+    /// [`CLIENT_PORT_RANGE`]; see there why).
+    pub fn follow(netns: &str, src: &str, dst: &str, seconds: f64, range: &str) -> Result<Prober, String> {
+        set_port_range(netns, range)?;
+        Prober::start(netns, &["follow", "--src", src, "--dst", dst, "--port", "80", "--seconds", &seconds.to_string(), "--show-failures"])
     }
 
     /// The next line, waiting up to `limit`.
@@ -344,12 +354,10 @@ impl SideBySide {
     /// long each API write itself took (the floor under both proxies).
     pub fn programming_latency(&mut self, changes: usize, spacing: Duration, limit: Duration) -> Result<Latencies, String> {
         let kinds = [ProxyKind::Kproxy, ProxyKind::Upstream];
-        let seconds = (changes as f64 * (spacing + limit).as_secs_f64() + 30.0).to_string();
+        let seconds = changes as f64 * (spacing + limit).as_secs_f64() + 30.0;
         let mut probers = Vec::new();
         for kind in kinds {
-            let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds, "--show-failures"];
-            set_port_range(&self.client(kind), CLIENT_PORT_RANGE)?;
-            probers.push((kind, Prober::start(&self.client(kind), &args)?));
+            probers.push((kind, Prober::follow(&self.client(kind), CLIENT, PROBE_IP, seconds, CLIENT_PORT_RANGE)?));
         }
         // Settle: both answer from the current pod.
         let mut current = POD_A;

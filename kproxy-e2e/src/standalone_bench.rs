@@ -178,10 +178,8 @@ impl StandaloneBench {
     /// the time from the write to the first connection answered by the new
     /// pod (a change not seen within `limit` counts as `limit`).
     pub fn write_to_traffic(&self, changes: usize, spacing: Duration, limit: Duration) -> Result<Vec<Duration>, String> {
-        let seconds = (changes as f64 * (spacing + limit).as_secs_f64() + 30.0).to_string();
-        let args = ["follow", "--src", CLIENT, "--dst", PROBE_IP, "--port", "80", "--seconds", &seconds, "--show-failures"];
-        crate::bench::set_port_range(&self.client(), crate::bench::CLIENT_PORT_RANGE)?;
-        let prober = Prober::start(&self.client(), &args)?;
+        let seconds = changes as f64 * (spacing + limit).as_secs_f64() + 30.0;
+        let prober = Prober::follow(&self.client(), CLIENT, PROBE_IP, seconds, crate::bench::CLIENT_PORT_RANGE)?;
         let mut current = PODS[0];
         wait_for(&prober, current, 0.0, Duration::from_secs(60), &mut None, &mut Vec::new()).map_err(|e| format!("the probe Service never answered: {e}"))?;
         let mut out = Vec::new();

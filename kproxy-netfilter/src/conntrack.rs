@@ -53,7 +53,8 @@ fn af(family: IpFamily) -> u8 {
     }
 }
 
-fn protocol_number(p: Protocol) -> u8 {
+/// A protocol's IP protocol number.
+pub(crate) fn protocol_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,

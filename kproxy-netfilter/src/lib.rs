@@ -13,6 +13,8 @@
 //!   iptables mode exports as metrics;
 //! - [`genl`]: generic netlink over a [`genl::GenlSocket`]: families by
 //!   name, batches of acknowledged requests, dumps (IPVS speaks it);
+//! - [`ipset`]: ipsets over netlink ([`Ipset`]): sets created, filled,
+//!   swapped and destroyed without running `ipset` (IPVS mode);
 //! - [`rtnl`]: route netlink, for IPVS mode's dummy interface and the
 //!   service addresses bound to it ([`Rtnl`]).
 //!
@@ -21,12 +23,14 @@
 
 pub mod conntrack;
 pub mod genl;
+pub mod ipset;
 pub mod nfacct;
 pub mod nft_rules;
 pub mod rtnl;
 pub mod wire;
 
 pub use conntrack::{CleanReport, Conntrack};
+pub use ipset::Ipset;
 pub use nfacct::Nfacct;
 pub use rtnl::Rtnl;
 pub use wire::{NetlinkError, NfSocket};
