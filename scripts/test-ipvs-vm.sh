@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the IPVS kernel tests (the `kernel_*` test targets of
-# kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature),
+# kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature,
+# and kproxy-netfilter's route and ipset netlink tests),
 # then the IPVS benchmark at a tiny size (so its command cannot rot),
 # inside a VM with a real IPVS kernel
 # (scripts/ipvs-vm.sh): the machines' own kernel has no IPVS. Needs root;
@@ -25,8 +26,12 @@ if [ ${#missing[@]} != 0 ]; then
     echo "SKIPPED IPVS kernel tests: $why"
     exit 0
 fi
-# The test binaries, built on the host (the VM sees the host's files).
-mapfile -t bins < <(cargo test -p kproxy-backend-ipvs -p kproxy-bin --features kproxy-backend-ipvs/vm-tests,kproxy-bin/vm-tests --tests --no-run --message-format=json 2>/dev/null |
+# The test binaries, built on the host (the VM sees the host's files):
+# IPVS mode's, and the route and ipset netlink ones of kproxy-netfilter
+# (they run on the host too, but only the VM's kernel has dummy
+# interfaces, which IPVS mode's kube-ipvs0 is).
+mapfile -t bins < <({ cargo test -p kproxy-backend-ipvs -p kproxy-bin --features kproxy-backend-ipvs/vm-tests,kproxy-bin/vm-tests --tests --no-run --message-format=json 2>/dev/null;
+    cargo test -p kproxy-netfilter --test kernel_rtnl --test kernel_ipset --no-run --message-format=json 2>/dev/null; } |
     python3 -c '
 import json, sys
 for line in sys.stdin:
