@@ -35,6 +35,24 @@ use kproxy_netfilter::{Ipset, Rtnl};
 /// partial one's few.
 const BACKGROUND_CHANGES: usize = 512;
 
+/// The socket in `slot`, opened on first use: in the named namespace
+/// `netns` (`open_in`), or in the caller's (`open`).
+fn opened<'a, S>(
+    slot: &'a mut Option<S>,
+    netns: Option<&str>,
+    open: fn() -> Result<S, kproxy_netfilter::NetlinkError>,
+    open_in: fn(&str) -> Result<S, kproxy_netfilter::NetlinkError>,
+    fail: fn(kproxy_netfilter::NetlinkError) -> KernelError,
+) -> Result<&'a mut S, KernelError> {
+    match slot {
+        Some(socket) => Ok(socket),
+        None => {
+            let socket = netns.map_or_else(open, open_in).map_err(fail)?;
+            Ok(slot.insert(socket))
+        }
+    }
+}
+
 /// A route or ipset netlink failure, as a kernel step's error.
 fn link(e: kproxy_netfilter::NetlinkError) -> KernelError {
     KernelError::Tool(e.0)
@@ -146,36 +164,15 @@ impl IpvsHost {
     /// over (its failure is returned here).
     fn rtnl(&mut self) -> Result<&mut Rtnl, KernelError> {
         self.settle()?;
-        if self.rtnl.is_none() {
-            let s = match &self.netns {
-                Some(ns) => Rtnl::open_in_netns(ns),
-                None => Rtnl::open(),
-            };
-            self.rtnl = Some(s.map_err(link)?);
-        }
-        Ok(self.rtnl.as_mut().expect("just opened"))
+        opened(&mut self.rtnl, self.netns.as_deref(), Rtnl::open, Rtnl::open_in_netns, link)
     }
 
     fn ipset(&mut self) -> Result<&mut Ipset, KernelError> {
-        if self.ipset.is_none() {
-            let s = match &self.netns {
-                Some(ns) => Ipset::open_in_netns(ns),
-                None => Ipset::open(),
-            };
-            self.ipset = Some(s.map_err(link)?);
-        }
-        Ok(self.ipset.as_mut().expect("just opened"))
+        opened(&mut self.ipset, self.netns.as_deref(), Ipset::open, Ipset::open_in_netns, link)
     }
 
     fn socket(&mut self) -> Result<&mut IpvsSocket, KernelError> {
-        if self.socket.is_none() {
-            let s = match &self.netns {
-                Some(ns) => IpvsSocket::open_in_netns(ns),
-                None => IpvsSocket::open(),
-            };
-            self.socket = Some(s.map_err(|e| KernelError::Ipvs(e.0))?);
-        }
-        Ok(self.socket.as_mut().expect("just opened"))
+        opened(&mut self.socket, self.netns.as_deref(), IpvsSocket::open, IpvsSocket::open_in_netns, |e| KernelError::Ipvs(e.0))
     }
 
     /// Runs `argv` (inside the namespace when one is set), feeding `stdin`.

@@ -44,10 +44,7 @@ pub fn genl_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, cmd: u8,
     crate::wire::netlink_message(buf, kind, flags, seq, &[cmd, version, 0, 0], body);
 }
 
-/// The sequence number of a message (0 if it is too short to have one).
-pub fn message_seq(msg: &[u8]) -> u32 {
-    msg.get(8..12).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0)
-}
+pub use crate::wire::message_seq;
 
 /// The command and attributes of a generic netlink message, or None if
 /// it is too short for a genlmsghdr.

@@ -117,13 +117,7 @@ impl Rtnl {
 
     /// One datagram from the kernel.
     fn recv(&mut self) -> Result<Vec<u8>, NetlinkError> {
-        match self.socket.recv_from_full() {
-            Ok((data, _)) => Ok(data),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(NetlinkError(format!("route netlink: no reply within {} s", crate::wire::REPLY_TIMEOUT.as_secs())))
-            }
-            Err(e) => Err(io_err("route netlink recv", e)),
-        }
+        crate::wire::recv_reply(&mut self.socket, "route netlink")
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -147,6 +147,21 @@ pub fn messages(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// The sequence number of a message (0 if it is too short to have one).
+pub fn message_seq(msg: &[u8]) -> u32 {
+    msg.get(8..12).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0)
+}
+
+/// One datagram from a [`connected`] socket; `what` names the socket in
+/// errors, a reply that never came included.
+pub fn recv_reply(socket: &mut Socket, what: &str) -> Result<Vec<u8>, NetlinkError> {
+    match socket.recv_from_full() {
+        Ok((data, _)) => Ok(data),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(NetlinkError(format!("{what}: no reply within {} s", REPLY_TIMEOUT.as_secs()))),
+        Err(e) => Err(io_err(&format!("{what} recv"), e)),
+    }
+}
+
 /// EPROTO, for a reply too short to say what went wrong.
 const EPROTO: i32 = 71;
 
@@ -276,7 +291,7 @@ impl NfSocket {
         loop {
             let data = self.recv_large()?;
             for (kind, msg) in messages(&data) {
-                let msg_seq = msg.get(8..12).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let msg_seq = message_seq(msg);
                 match kind {
                     NLMSG_ERROR if msg_seq == seq => {
                         let code = error_code(msg);

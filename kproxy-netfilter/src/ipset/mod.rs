@@ -18,7 +18,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 pub use entry::{Entry, SetType};
 
-use crate::wire::{attr, cstr, error_code, find, message, messages, nested, parse_attrs, Header, NetlinkError, HEADER_LEN, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+use crate::wire::{attr, cstr, error_code, find, message, message_seq, messages, nested, parse_attrs, Header, NetlinkError, HEADER_LEN, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 
 /// `NFNL_SUBSYS_IPSET`.
 const SUBSYS: u16 = 6;
@@ -202,13 +202,7 @@ impl Ipset {
     }
 
     fn recv(&mut self) -> Result<Vec<u8>, NetlinkError> {
-        match self.socket.recv_from_full() {
-            Ok((data, _)) => Ok(data),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(NetlinkError(format!("ipset netlink: no reply within {} s", crate::wire::REPLY_TIMEOUT.as_secs())))
-            }
-            Err(e) => Err(io_err("ipset netlink recv", e)),
-        }
+        crate::wire::recv_reply(&mut self.socket, "ipset netlink")
     }
 
     /// The newest revision of `kind` for `family` the kernel has, as
@@ -230,7 +224,7 @@ impl Ipset {
         loop {
             let data = self.recv()?;
             for (msg_kind, msg) in messages(&data) {
-                if seq_of(msg) != seq {
+                if message_seq(msg) != seq {
                     continue;
                 }
                 if msg_kind == NLMSG_ERROR {
@@ -358,7 +352,7 @@ impl Ipset {
         while left > 0 {
             let data = self.recv()?;
             for (kind, msg) in messages(&data) {
-                let Some(at) = pending.iter().position(|p| p.seq == seq_of(msg)) else { continue };
+                let Some(at) = pending.iter().position(|p| p.seq == message_seq(msg)) else { continue };
                 if kind != NLMSG_ERROR {
                     continue;
                 }
@@ -393,11 +387,6 @@ fn nf_family(kind: SetType, family: IpFamily) -> u8 {
         (_, IpFamily::V4) => NFPROTO_IPV4,
         (_, IpFamily::V6) => NFPROTO_IPV6,
     }
-}
-
-/// A message's sequence number.
-fn seq_of(msg: &[u8]) -> u32 {
-    msg.get(8..12).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The number of the element an add or delete refused: the kernel sends
