@@ -206,15 +206,14 @@ fn set_sysctls(settings: &Settings, node: &NodeInfo) -> Result<()> {
 /// Standalone mode: the cluster state comes from a manifests directory.
 async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     let settings = run.settings;
-    let mut directory = Directory::default();
-    let (state, problems) = directory.load(dir).map_err(anyhow::Error::msg)?;
-    for p in &problems {
-        tracing::warn!("manifest problem: {p}");
-    }
-    let node = state.nodes.get(&settings.proxy.node_name).map(|n| convert::node_info(n)).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
-    let node = with_primary_ip(node, settings.primary_ip);
-    let families = families_of(&node);
     if run.flags.on("dry-run") {
+        let (state, problems) = standalone::read_all(dir).map_err(anyhow::Error::msg)?;
+        for p in &problems {
+            tracing::warn!("manifest problem: {p}");
+        }
+        let node = state.nodes.get(&settings.proxy.node_name).map(|n| convert::node_info(n)).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
+        let node = with_primary_ip(node, settings.primary_ip);
+        let families = families_of(&node);
         let node = Host::pictured(node);
         for &family in &families {
             let text = match settings.proxy.mode {
@@ -242,6 +241,16 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    // Only what is needed to start: the directory keeps hashes of the
+    // Services and slices, and hands them over file by file once the
+    // proxiers run.
+    let mut directory = Directory::default();
+    let problems = directory.load(dir).map_err(anyhow::Error::msg)?;
+    for p in &problems {
+        tracing::warn!("manifest problem: {p}");
+    }
+    let node = directory.node(&settings.proxy.node_name).map(|n| convert::node_info(&n)).unwrap_or_else(|| NodeInfo::named(&settings.proxy.node_name));
+    let node = with_primary_ip(node, settings.primary_ip);
     check_kernel_support(settings.proxy.mode).await?;
     set_sysctls(settings, &node)?;
     if run.flags.on("init-only") {
@@ -251,7 +260,7 @@ async fn standalone(run: &Run<'_>, dir: &Path) -> Result<()> {
     crate::process::apply_oom_score_adj(settings.oom_score_adj);
     let families = families_to_proxy(&node, Path::new("/"));
     let proxy = Proxy::start(settings, &Host::here(node).counting(settings.proxy.mode), &families, run.configz.clone(), Arc::new(Metrics::new(settings.proxy.mode))).await?;
-    let follow = standalone::follow(&proxy, &settings.proxy.node_name, dir, state, directory);
+    let follow = standalone::follow(&proxy, &settings.proxy.node_name, dir, directory);
     until_stopped(follow, restart_needed(&proxy, run.config_file.clone())).await
 }
 

@@ -6,11 +6,12 @@
 //! ([`updates`]).
 //!
 //! A poll that finds no file changed costs a `stat` per file; a changed
-//! file is parsed again alone and only its objects are compared, and
-//! objects are shared (`Arc`) between the files, the merged state and the
-//! updates, so nothing is copied. A file event that ends a change (a file
-//! closed after writing, moved, removed) wakes the source at once; a
-//! write still under way waits up to 20 ms for its end.
+//! file is parsed again alone and only its objects are compared. The
+//! directory keeps a hash of each Service and EndpointSlice, not the
+//! object: the proxiers hold the state, and the first read is handed over
+//! one file at a time. A file event that ends a change (a file closed
+//! after writing, moved, removed) wakes the source at once; a write still
+//! under way waits up to 20 ms for its end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Node;
 use kproxy_core::runner::Update;
 
 use crate::kube_source::{ChannelSink, Sink, Updates};
@@ -25,15 +27,41 @@ use crate::selector::is_proxied;
 
 mod directory;
 mod events;
+mod read;
 
-pub use directory::{Directory, Manifests, MAX_FILE_BYTES};
-use directory::ObjectKey;
+pub use directory::{Directory, SETTLE};
+pub use read::{read_all, Manifests, MAX_FILE_BYTES};
 
 /// The updates that take `old` to `new` (objects the label selector
-/// excludes count as absent).
+/// excludes count as absent): Services first, then EndpointSlices, then
+/// Nodes, then the ServiceCIDRs' ranges if they changed. For whole states
+/// read at once ([`read_all`]); a running source hands over
+/// [`Directory::next_batch`]es instead.
 pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
-    let keys: BTreeSet<ObjectKey> = old.keys().into_iter().chain(new.keys()).collect();
-    let mut out = diff_objects(old, new, &keys);
+    let mut out = Vec::new();
+    let services: BTreeSet<&String> = old.services.keys().chain(new.services.keys()).collect();
+    for k in services {
+        let proxied = |m: &Manifests| m.services.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref())).cloned();
+        let (before, now) = (proxied(old), proxied(new));
+        if before != now {
+            out.push(Update::Service { previous: before, current: now });
+        }
+    }
+    let slices: BTreeSet<&String> = old.slices.keys().chain(new.slices.keys()).collect();
+    for k in slices {
+        let proxied = |m: &Manifests| m.slices.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref())).cloned();
+        match (proxied(old), proxied(new)) {
+            (before, Some(s)) if before.as_ref() != Some(&s) => out.push(Update::EndpointSlice { slice: s, removed: false }),
+            (Some(s), None) => out.push(Update::EndpointSlice { slice: s, removed: true }),
+            _ => {}
+        }
+    }
+    // A Node gone from the files changes nothing (as before it came).
+    for (k, n) in &new.nodes {
+        if old.nodes.get(k) != Some(n) {
+            out.push(Update::Node(Arc::clone(n)));
+        }
+    }
     let ranges = new.service_cidr_ranges();
     if ranges != old.service_cidr_ranges() {
         out.push(Update::ServiceCidrs(Arc::new(ranges)));
@@ -41,62 +69,11 @@ pub fn diff(old: &Manifests, new: &Manifests) -> Vec<Update> {
     out
 }
 
-/// The updates for the objects `keys` from `old` to `new` (ServiceCIDRs
-/// aside): Services first, then EndpointSlices, then Nodes.
-fn diff_objects(old: &Manifests, new: &Manifests, keys: &BTreeSet<ObjectKey>) -> Vec<Update> {
-    let mut out = Vec::new();
-    let of = |kind: &'static str| keys.iter().filter(move |k| k.0 == kind).map(|k| k.1.as_str());
-    for k in of("Service") {
-        let (before, now) = (service(old, k), service(new, k));
-        if !same(before, now) {
-            out.push(Update::Service { previous: before.cloned(), current: now.cloned() });
-        }
-    }
-    for k in of("EndpointSlice") {
-        let (before, now) = (slice(old, k), slice(new, k));
-        if !same(before, now) {
-            match (before, now) {
-                (_, Some(s)) => out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: false }),
-                (Some(s), None) => out.push(Update::EndpointSlice { slice: Arc::clone(s), removed: true }),
-                (None, None) => {}
-            }
-        }
-    }
-    // A Node gone from the files changes nothing (as before it came).
-    for k in of("Node") {
-        if let Some(n) = new.nodes.get(k) {
-            if !same(old.nodes.get(k), Some(n)) {
-                out.push(Update::Node(Arc::clone(n)));
-            }
-        }
-    }
-    out
-}
-
-/// Whether two versions of an object are equal: the same allocation (not
-/// read again), or equal fields.
-fn same<T: PartialEq>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-/// `m`'s Service `k`, unless upstream's label selector excludes it.
-fn service<'a>(m: &'a Manifests, k: &str) -> Option<&'a Arc<k8s_openapi::api::core::v1::Service>> {
-    m.services.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref()))
-}
-
-/// `m`'s EndpointSlice `k`, unless upstream's label selector excludes it.
-fn slice<'a>(m: &'a Manifests, k: &str) -> Option<&'a Arc<k8s_openapi::api::discovery::v1::EndpointSlice>> {
-    m.slices.get(k).filter(|s| is_proxied(s.metadata.labels.as_ref()))
-}
-
-/// Whether the node may receive traffic (see [`kproxy_agent::health::node_eligible`]);
-/// standalone, a node with no manifest is eligible.
-pub fn node_eligible(state: &Manifests, node_name: &str) -> bool {
-    state.nodes.get(node_name).is_none_or(|n| crate::health::node_eligible(Some(n)))
+/// Whether the node may receive traffic (see
+/// [`crate::health::node_eligible`]); standalone, a node with no manifest
+/// is eligible.
+pub fn node_eligible(node: Option<&Node>) -> bool {
+    node.is_none_or(|n| crate::health::node_eligible(Some(n)))
 }
 
 /// How often a problem that lasts is logged again.
@@ -118,20 +95,36 @@ pub fn problems_to_log(seen: &mut BTreeMap<String, std::time::Instant>, problems
         .collect()
 }
 
-/// Feeds `sink` from `dir`, starting from `state` (already loaded by
-/// `directory`), until the future is dropped: the initial objects and the
-/// `*Synced` markers first, then the differences whenever files change,
-/// with the node's eligibility ([`node_eligible`]) after each. Problems
-/// are logged: new ones at once, lasting ones once a minute.
-pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manifests, mut directory: Directory) {
-    let mut initial = diff(&Manifests::default(), &state);
+/// Hands everything `directory` has read and not yet handed over to
+/// `sink`, a batch at a time; the number of updates.
+async fn hand_over<S: Sink>(sink: &S, directory: &mut Directory) -> usize {
+    let mut count = 0;
+    while let Some(batch) = directory.next_batch() {
+        count += batch.len();
+        if !batch.is_empty() {
+            sink.send(batch).await;
+        }
+    }
+    count
+}
+
+/// Feeds `sink` from `dir`, already loaded by `directory`
+/// ([`Directory::load`]), until the future is dropped: the initial
+/// objects one file at a time and the `*Synced` markers first, then the
+/// differences whenever files change, with the node's eligibility
+/// ([`node_eligible`]) after each. Problems are logged: new ones at once,
+/// lasting ones once a minute.
+pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, mut directory: Directory) {
+    sink.node_eligible(node_eligible(directory.node(node_name).as_deref()));
+    hand_over(sink, &mut directory).await;
+    let mut ranges = directory.service_cidr_ranges();
+    let mut initial = Vec::new();
+    if !ranges.is_empty() {
+        initial.push(Update::ServiceCidrs(Arc::new(ranges.clone())));
+    }
     initial.push(Update::ServicesSynced);
     initial.push(Update::EndpointSlicesSynced);
-    sink.node_eligible(node_eligible(&state, node_name));
     sink.send(initial).await;
-    let mut ranges = state.service_cidr_ranges();
-    // From here on the directory's own merge is the state.
-    drop(state);
     let mut problems_seen = BTreeMap::new();
     // File events wake the source at once; the one-second poll stays as
     // the fallback (and settles files caught half-written).
@@ -168,25 +161,21 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
             continue;
         }
         let read = woken.elapsed();
+        sink.node_eligible(node_eligible(directory.node(node_name).as_deref()));
         // Only the objects of the files that changed are compared.
-        let (before, touched) = directory.take_touched();
-        let state = directory.merged();
-        sink.node_eligible(node_eligible(state, node_name));
-        let mut updates = diff_objects(&before, state, &touched);
-        let now_ranges = state.service_cidr_ranges();
+        let mut count = hand_over(sink, &mut directory).await;
+        let now_ranges = directory.service_cidr_ranges();
         if now_ranges != ranges {
-            updates.push(Update::ServiceCidrs(Arc::new(now_ranges.clone())));
+            sink.send(vec![Update::ServiceCidrs(Arc::new(now_ranges.clone()))]).await;
             ranges = now_ranges;
+            count += 1;
         }
         tracing::trace!(
             read_ms = read.as_secs_f64() * 1000.0,
-            compare_ms = (woken.elapsed() - read).as_secs_f64() * 1000.0,
-            updates = updates.len(),
+            hand_over_ms = (woken.elapsed() - read).as_secs_f64() * 1000.0,
+            updates = count,
             "manifests changed"
         );
-        if !updates.is_empty() {
-            sink.send(updates).await;
-        }
     }
 }
 
@@ -196,13 +185,13 @@ pub async fn follow<S: Sink>(sink: &S, node_name: &str, dir: &Path, state: Manif
 /// tokio runtime.
 pub fn updates(dir: &Path, node_name: &str) -> Result<Updates, String> {
     let mut directory = Directory::default();
-    let (state, problems) = directory.load(dir)?;
+    let problems = directory.load(dir)?;
     for p in &problems {
         tracing::warn!("manifest problem: {p}");
     }
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let (dir, node_name) = (dir.to_path_buf(), node_name.to_string());
-    let task = tokio::spawn(async move { follow(&ChannelSink(tx), &node_name, &dir, state, directory).await });
+    let task = tokio::spawn(async move { follow(&ChannelSink(tx), &node_name, &dir, directory).await });
     Ok(Updates::new(rx, task))
 }
 
@@ -260,86 +249,3 @@ mod tests {
     }
 }
 
-/// The incremental merge against a merge from scratch, over random
-/// sequences of whole-file writes (objects added, changed, moved between
-/// files, duplicated), half-written files and removed files: after every
-/// refresh the merge is the same, and the updates computed from the
-/// touched objects alone are those of comparing everything.
-#[cfg(test)]
-mod incremental {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// What one step does to one of three files.
-    #[derive(Debug, Clone)]
-    enum Step {
-        /// Writes the file whole: Services (and slices) by number, each
-        /// with a port (a changed port is a changed object).
-        Write(usize, Vec<(u8, u16)>),
-        /// Writes its first half only (a writer caught mid-way).
-        Half(usize, Vec<(u8, u16)>),
-        Remove(usize),
-        /// Reads without a change (settles half-written files).
-        Nothing,
-    }
-
-    fn step() -> impl Strategy<Value = Step> {
-        let objects = proptest::collection::vec((0u8..8, 80u16..83), 0..6);
-        prop_oneof![
-            4 => (0usize..3, objects.clone()).prop_map(|(f, o)| Step::Write(f, o)),
-            1 => (0usize..3, objects).prop_map(|(f, o)| Step::Half(f, o)),
-            1 => (0usize..3).prop_map(Step::Remove),
-            1 => Just(Step::Nothing),
-        ]
-    }
-
-    fn text(objects: &[(u8, u16)]) -> String {
-        let docs: Vec<String> = objects
-            .iter()
-            .flat_map(|(n, port)| {
-                [
-                    format!("{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"s{n}\",\"namespace\":\"d\"}},\"spec\":{{\"clusterIP\":\"10.96.0.{n}\",\"ports\":[{{\"port\":{port}}}]}}}}"),
-                    format!("{{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{{\"name\":\"s{n}-x\",\"namespace\":\"d\",\"labels\":{{\"kubernetes.io/service-name\":\"s{n}\"}}}},\"addressType\":\"IPv4\",\"endpoints\":[{{\"addresses\":[\"10.0.0.{port}\"]}}]}}"),
-                ]
-            })
-            .collect();
-        docs.join("\n---\n")
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-        #[test]
-        fn the_incremental_merge_is_the_merge_from_scratch(steps in proptest::collection::vec(step(), 1..12)) {
-            let dir = std::env::temp_dir().join(format!("kproxy-incremental-{}-{:?}", std::process::id(), std::thread::current().id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let file = |f: usize| dir.join(format!("f{f}.yaml"));
-            let write = |f: usize, t: &str| {
-                // A new inode each time, as editors and ConfigMap updates do.
-                let tmp = dir.join("tmp");
-                std::fs::write(&tmp, t).unwrap();
-                std::fs::rename(&tmp, file(f)).unwrap();
-            };
-            let mut directory = Directory::default();
-            let mut last = Manifests::default();
-            for s in steps {
-                match &s {
-                    Step::Write(f, o) => write(*f, &text(o)),
-                    Step::Half(f, o) => { let t = text(o); write(*f, &t[..t.len() / 2]); }
-                    Step::Remove(f) => { let _ = std::fs::remove_file(file(*f)); }
-                    Step::Nothing => {}
-                }
-                directory.refresh(&dir).unwrap();
-                let now = directory.merged_from_scratch();
-                prop_assert_eq!(directory.merged(), &now, "after {:?}", s);
-                let (before, touched) = directory.take_touched();
-                let incremental = format!("{:?}", diff_objects(&before, directory.merged(), &touched));
-                let mut full = diff(&last, &now);
-                full.retain(|u| !matches!(u, Update::ServiceCidrs(_)));
-                prop_assert_eq!(incremental, format!("{full:?}"), "after {:?}", s);
-                last = now;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-}

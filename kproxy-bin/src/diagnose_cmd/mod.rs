@@ -109,7 +109,7 @@ type Objects = (Vec<Service>, Vec<EndpointSlice>, Option<Node>);
 /// The objects, from the manifests or the API, with `node`'s Node.
 fn objects(args: &Args, node: &str) -> Result<Objects, String> {
     if let Some(dir) = &args.manifests {
-        let (m, _) = kproxy_agent::manifests_source::Directory::default().load(std::path::Path::new(dir))?;
+        let (m, _) = kproxy_agent::manifests_source::read_all(std::path::Path::new(dir))?;
         let node = m.nodes.get(node).map(|n| Node::clone(n));
         return Ok((m.services.into_values().map(std::sync::Arc::unwrap_or_clone).collect(), m.slices.into_values().map(std::sync::Arc::unwrap_or_clone).collect(), node));
     }
