@@ -106,7 +106,8 @@ impl StandaloneBench {
             c.remove("clientConnection");
         }
         // KPROXY_BENCH_VERBOSITY=N: kproxy logs at -v=N (4: every event
-        // and sync), to look into a slow change.
+        // and sync), to look into a slow change; the log is kept as
+        // $TMPDIR/kproxy-standalone-bench.log.
         if let Some(v) = std::env::var("KPROXY_BENCH_VERBOSITY").ok().and_then(|v| v.parse::<u32>().ok()) {
             config["logging"] = json!({"verbosity": v});
         }
@@ -213,6 +214,13 @@ impl Drop for StandaloneBench {
     fn drop(&mut self) {
         if let Some(h) = self.proxy.take() {
             self.topo.node.kill(h);
+        }
+        // With KPROXY_BENCH_VERBOSITY set, kproxy's log outlives the run.
+        if std::env::var_os("KPROXY_BENCH_VERBOSITY").is_some() {
+            let kept = std::env::temp_dir().join("kproxy-standalone-bench.log");
+            if std::fs::copy(self.dir.join("kproxy.log"), &kept).is_ok() {
+                eprintln!("kproxy's log: {}", kept.display());
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

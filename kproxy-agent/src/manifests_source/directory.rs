@@ -25,7 +25,7 @@
 //!   ([`Directory::next_batch`]), so the first read of a large directory
 //!   never holds every object at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hasher;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kproxy_core::runner::Update;
 use smallvec::SmallVec;
 
-use super::read::{in_both, manifest_files, not_regular, read_file, Manifests};
+use super::read::{in_both, manifest_files, not_regular, read_file, FileRead, Manifests};
 use crate::selector::is_proxied;
 
 /// An object's kind and namespace/name (a Node's or ServiceCIDR's name).
@@ -152,6 +152,12 @@ struct FileState {
     kept: usize,
     problems: Vec<String>,
     partial: bool,
+    /// The text hashes of its documents that read without a problem: on
+    /// the next read, a document with one of them is not parsed again.
+    clean: HashSet<u64>,
+    /// Whether it holds an object twice: its next read parses every
+    /// document (which one wins depends on their order).
+    duplicated: bool,
 }
 
 /// One file's version of an object.
@@ -162,6 +168,14 @@ struct Owned {
     /// The file held it on an earlier read and not now (see
     /// [`FileState::kept`]).
     kept: bool,
+    /// The text hash of the document it came from.
+    doc: u64,
+}
+
+/// Whether two paths are the same (compared as bytes, not component by
+/// component).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a.as_os_str() == b.as_os_str()
 }
 
 /// The files holding one object, in path order (the last one's is used):
@@ -251,8 +265,16 @@ impl Directory {
                     p
                 }
                 previous => {
-                    let read = read_file(&path);
-                    let (parsed, mut typed) = index(read.objects);
+                    // Documents whose text has not changed are not parsed,
+                    // unless an object is in two documents: then the
+                    // later one wins, and only a whole read says which.
+                    let skip = previous.as_ref().filter(|p| !p.duplicated);
+                    let mut read = read_file(&path, &|h| skip.is_some_and(|p| p.clean.contains(&h)));
+                    if skip.is_some() && self.in_unread_document(&path, &read) {
+                        read = read_file(&path, &|_| false);
+                    }
+                    let FileRead { objects, problems: found, partial, clean, origin, duplicated, .. } = read;
+                    let (parsed, mut typed) = index(objects);
                     if keep_read {
                         typed.retain(|k, (hash, _)| !matches!(self.handed(k), Some(Held::Print { hash: h, .. }) if h == hash));
                         if !typed.is_empty() {
@@ -260,9 +282,9 @@ impl Directory {
                         }
                     }
                     let file = previous.map_or_else(|| Arc::from(path.as_path()), |p| p.path);
-                    let kept = self.replace(&file, parsed);
+                    let kept = self.replace(&file, parsed, &origin, &clean);
                     changed = true;
-                    FileState { path: file, stamp: now, kept, problems: read.problems, partial: read.partial }
+                    FileState { path: file, stamp: now, kept, problems: found, partial, clean, duplicated }
                 }
             };
             problems.extend(state.problems.iter().cloned());
@@ -298,9 +320,19 @@ impl Directory {
         self.objects.get(k).and_then(|o| o.last()).map(|o| &o.held)
     }
 
-    /// The keys of the objects `file` holds (or keeps).
+    /// Whether an object `read` parsed is also held by one of `file`'s
+    /// documents it did not parse (unchanged): an object now in two
+    /// documents.
+    fn in_unread_document(&self, file: &Path, read: &FileRead) -> bool {
+        read.origin.iter().any(|(k, doc)| {
+            self.objects.get(k).into_iter().flatten().any(|o| same_file(&o.file, file) && !o.kept && o.doc != *doc && read.clean.contains(&o.doc))
+        })
+    }
+
+    /// The keys of the objects `file` holds (or keeps): a walk over every
+    /// object, comparing paths as bytes.
     fn keys_of(&self, file: &Path) -> Vec<ObjectKey> {
-        self.objects.iter().filter(|(_, o)| o.iter().any(|x| *x.file == *file)).map(|(k, _)| k.clone()).collect()
+        self.objects.iter().filter(|(_, o)| o.iter().any(|x| same_file(&x.file, file))).map(|(k, _)| k.clone()).collect()
     }
 
     /// Records `k`'s state before its first change since it was handed
@@ -314,14 +346,27 @@ impl Directory {
         }
     }
 
-    /// Sets `file`'s version of `k` (`None`: it has none).
-    fn set(&mut self, k: ObjectKey, file: &Arc<Path>, version: Option<(Held, bool)>) {
+    /// Sets `file`'s version of `k` (`None`: it has none): its state,
+    /// whether it is kept, and its document's text hash.
+    fn set(&mut self, k: ObjectKey, file: &Arc<Path>, version: Option<(Held, bool, u64)>) {
+        let unchanged = match (self.objects.get(&k).and_then(|o| o.iter().find(|x| same_file(&x.file, file))), &version) {
+            (Some(x), Some((held, kept, doc))) => x.held == *held && x.kept == *kept && x.doc == *doc,
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
         self.touch(&k);
-        let owners = self.objects.entry(k.clone()).or_default();
-        let at = owners.binary_search_by(|o| (*o.file).cmp(file));
+        let owners = match self.objects.get_mut(&k) {
+            Some(o) => o,
+            None => self.objects.entry(k.clone()).or_default(),
+        };
+        // All files are in one directory: their paths order as their names.
+        let at = owners.binary_search_by(|o| o.file.as_os_str().cmp(file.as_os_str()));
         match (at, version) {
-            (Ok(i), Some((held, kept))) => owners[i] = Owned { file: Arc::clone(file), held, kept },
-            (Err(i), Some((held, kept))) => owners.insert(i, Owned { file: Arc::clone(file), held, kept }),
+            (Ok(i), Some((held, kept, doc))) => owners[i] = Owned { file: Arc::clone(file), held, kept, doc },
+            (Err(i), Some((held, kept, doc))) => owners.insert(i, Owned { file: Arc::clone(file), held, kept, doc }),
             (Ok(i), None) => drop(owners.remove(i)),
             (Err(_), None) => {}
         }
@@ -335,19 +380,27 @@ impl Directory {
         }
     }
 
-    /// `file` read again as `parsed`: what it held before and not now is
+    /// `file` read again: `parsed` from the documents read (`origin` says
+    /// which document each came from), none from the unchanged documents
+    /// (in `clean` and not read). What it held before and not now is
     /// kept. Returns how many objects are kept.
-    fn replace(&mut self, file: &Arc<Path>, parsed: Objects) -> usize {
+    fn replace(&mut self, file: &Arc<Path>, parsed: Objects, origin: &HashMap<ObjectKey, u64>, clean: &HashSet<u64>) -> usize {
         let mut kept = 0;
         for k in self.keys_of(file) {
-            if !parsed.contains_key(&k) {
-                let held = self.objects[&k].iter().find(|o| *o.file == **file).map(|o| o.held.clone());
-                self.set(k, file, held.map(|h| (h, true)));
-                kept += 1;
+            if parsed.contains_key(&k) {
+                continue;
             }
+            let Some(o) = self.objects[&k].iter().find(|o| same_file(&o.file, file)).cloned() else { continue };
+            // Held by a document that has not changed (and was not read).
+            if !o.kept && clean.contains(&o.doc) {
+                continue;
+            }
+            self.set(k, file, Some((o.held, true, o.doc)));
+            kept += 1;
         }
         for (k, held) in parsed {
-            self.set(k, file, Some((held, false)));
+            let doc = origin.get(&k).copied().unwrap_or_default();
+            self.set(k, file, Some((held, false, doc)));
         }
         kept
     }
@@ -355,7 +408,7 @@ impl Directory {
     /// Withdraws the objects `file` keeps but no longer holds.
     fn settle(&mut self, file: &Arc<Path>) {
         for k in self.keys_of(file) {
-            if self.objects[&k].iter().any(|o| *o.file == **file && o.kept) {
+            if self.objects[&k].iter().any(|o| same_file(&o.file, file) && o.kept) {
                 self.set(k, file, None);
             }
         }
@@ -414,7 +467,7 @@ impl Directory {
                 let read = match fresh.remove(&k) {
                     Some((h, typed)) if h == hash => Some(typed),
                     _ => {
-                        let again = again.get_or_insert_with(|| index(read_file(&path).objects).1);
+                        let again = again.get_or_insert_with(|| index(read_file(&path, &|_| false).objects).1);
                         again.remove(&k).filter(|(h, _)| *h == hash).map(|(_, typed)| typed)
                     }
                 };
@@ -800,7 +853,7 @@ mod incremental {
                 }
                 match &s {
                     Step::Write(f, _) | Step::Half(f, _) => {
-                        let holds = index(read_file(&file(*f)).objects).0;
+                        let holds = index(read_file(&file(*f), &|_| false).objects).0;
                         let (before, mut kept) = model.remove(f).unwrap_or_default();
                         kept.extend(before);
                         kept.retain(|k, _| !holds.contains_key(k));

@@ -2,7 +2,8 @@
 //! on its own, into typed objects and one message per problem; and a whole
 //! directory at once ([`read_all`], for the dry run and `diagnose`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hasher;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,6 +126,15 @@ pub(crate) struct FileRead {
     pub(crate) objects: Manifests,
     pub(crate) problems: Vec<String>,
     pub(crate) partial: bool,
+    /// The text hash ([`text_hash`]) of every document that read without
+    /// a problem, those skipped included.
+    pub(crate) clean: HashSet<u64>,
+    /// The text hash of the document each object came from.
+    pub(crate) origin: HashMap<(&'static str, String), u64>,
+    /// Whether an object was read twice (the later one counts).
+    pub(crate) duplicated: bool,
+    /// The text hash of the document being read.
+    doc: u64,
 }
 
 impl FileRead {
@@ -151,18 +161,26 @@ impl FileRead {
                 Ok(())
             }
             "Service" => Service::deserialize(&doc).map(|s| {
-                self.objects.services.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), Arc::new(s));
+                let k = key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref());
+                self.duplicated |= self.origin.insert(("Service", k.clone()), self.doc).is_some();
+                self.objects.services.insert(k, Arc::new(s));
             }),
             "EndpointSlice" => EndpointSlice::deserialize(&doc).map(|s| {
-                self.objects.slices.insert(key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()), Arc::new(s));
+                let k = key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref());
+                self.duplicated |= self.origin.insert(("EndpointSlice", k.clone()), self.doc).is_some();
+                self.objects.slices.insert(k, Arc::new(s));
             }),
             "Node" => Node::deserialize(&doc).map(|n| {
-                self.objects.nodes.insert(n.metadata.name.clone().unwrap_or_default(), Arc::new(n));
+                let k = n.metadata.name.clone().unwrap_or_default();
+                self.duplicated |= self.origin.insert(("Node", k.clone()), self.doc).is_some();
+                self.objects.nodes.insert(k, Arc::new(n));
             }),
             "ServiceCIDR" => match ServiceCIDR::deserialize(&doc) {
                 Ok(c) => match ranges_of(&c) {
                     Ok(_) => {
-                        self.objects.service_cidrs.insert(c.metadata.name.clone().unwrap_or_default(), Arc::new(c));
+                        let k = c.metadata.name.clone().unwrap_or_default();
+                        self.duplicated |= self.origin.insert(("ServiceCIDR", k.clone()), self.doc).is_some();
+                        self.objects.service_cidrs.insert(k, Arc::new(c));
                         Ok(())
                     }
                     Err(e) => {
@@ -189,8 +207,18 @@ impl FileRead {
     }
 }
 
-/// Reads one file, bounded.
-pub(crate) fn read_file(path: &Path) -> FileRead {
+/// A hash of a document's text: a document whose text is the same as on
+/// the last read need not be parsed again.
+pub(crate) fn text_hash(doc: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(doc.as_bytes());
+    h.finish()
+}
+
+/// Reads one file, bounded, skipping the documents whose text hash
+/// `unchanged` accepts (they count as clean; their objects are not in
+/// the result).
+pub(crate) fn read_file(path: &Path, unchanged: &dyn Fn(u64) -> bool) -> FileRead {
     let mut out = FileRead::default();
     let shown = path.display();
     let text = match std::fs::File::open(path).and_then(|f| {
@@ -218,7 +246,13 @@ pub(crate) fn read_file(path: &Path) -> FileRead {
         }
     };
     for (line, doc) in documents(&text) {
+        out.doc = text_hash(doc);
+        if unchanged(out.doc) {
+            out.clean.insert(out.doc);
+            continue;
+        }
         let where_ = format!("{shown}: document at line {line}");
+        let problems = out.problems.len();
         match parse_document(doc) {
             Ok(Value::Null) => {}
             Ok(value) => out.object(value, &where_),
@@ -226,6 +260,9 @@ pub(crate) fn read_file(path: &Path) -> FileRead {
                 out.problems.push(format!("{where_}: {e}; the file's objects keep their last good state"));
                 out.partial = true;
             }
+        }
+        if out.problems.len() == problems {
+            out.clean.insert(out.doc);
         }
     }
     out
@@ -252,7 +289,7 @@ pub fn read_all(dir: &Path) -> Result<(Manifests, Vec<String>), String> {
                 continue;
             }
         }
-        let read = read_file(&path);
+        let read = read_file(&path, &|_| false);
         problems.extend(read.problems);
         for k in read.objects.keys() {
             if let Some(before) = seen.insert(k.clone(), path.clone()) {
@@ -306,6 +343,28 @@ mod tests {
         assert_eq!(parse_document(&serde_json::to_string(&yaml).unwrap()).unwrap(), yaml);
         assert_eq!(parse_document("{kind: Service, metadata: {name: web}}").unwrap()["metadata"]["name"], "web");
         assert!(parse_document("{kind: [}").is_err());
+    }
+
+    /// Documents whose text hash the caller knows are not parsed but
+    /// count as clean; a changed one is parsed, and one with a problem is
+    /// not clean (it is parsed again next time, and its problem said
+    /// again).
+    #[test]
+    fn unchanged_documents_are_skipped_and_bad_ones_never_are() {
+        let path = std::env::temp_dir().join(format!("kproxy-read-skip-{}.yaml", std::process::id()));
+        let api = WEB.replace("name: web", "name: api");
+        std::fs::write(&path, format!("{WEB}---\n{api}---\nkind: Service\nspec: 3\n")).unwrap();
+        let first = read_file(&path, &|_| false);
+        assert_eq!((first.objects.services.len(), first.clean.len(), first.problems.len()), (2, 2, 1));
+        assert!(!first.duplicated);
+        let web = text_hash(WEB);
+        assert!(first.clean.contains(&web) && first.origin[&("Service", "demo/web".to_string())] == web);
+        let again = read_file(&path, &|h| first.clean.contains(&h));
+        assert!(again.objects.services.is_empty(), "both Services' documents are unchanged");
+        assert_eq!((again.clean, again.problems.len()), (first.clean, 1));
+        std::fs::write(&path, format!("{WEB}---\n{WEB}")).unwrap();
+        assert!(read_file(&path, &|_| false).duplicated);
+        let _ = std::fs::remove_file(&path);
     }
 
     /// The one-off read of a whole directory: later files win, and
