@@ -21,9 +21,9 @@
 //!   whose file was not read again (a duplicate whose other file dropped
 //!   it) is read again from its file when it is handed over. Nodes and
 //!   ServiceCIDRs, few and read for their fields, are kept whole.
-//! - Changes are handed over in batches, one file's objects at a time
-//!   ([`Directory::next_batch`]), so the first read of a large directory
-//!   never holds every object at once.
+//! - Changes are handed over in batches of whole files, about a thousand
+//!   objects each ([`Directory::next_batch`]), so the first read of a
+//!   large directory never holds every object at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hasher;
@@ -70,6 +70,9 @@ enum Typed {
 
 /// Objects as kept, by kind and name.
 type Objects = BTreeMap<ObjectKey, Held>;
+
+/// The objects to hand over from each file, with their hashes.
+type Plan = BTreeMap<Arc<Path>, Vec<(ObjectKey, u64)>>;
 
 /// Typed Services and slices by kind and name, with their hashes.
 type Fresh = HashMap<ObjectKey, (u64, Typed)>;
@@ -201,7 +204,19 @@ pub struct Directory {
     /// what was handed over, by file: handed over without reading the
     /// file again.
     fresh: BTreeMap<PathBuf, Fresh>,
+    /// The touched objects that need their file, by file (built by the
+    /// first [`Directory::next_batch`] after a read).
+    plan: Option<Plan>,
 }
+
+/// About how many objects a batch hands over: files are taken whole until
+/// a batch holds this many (a directory of one object per file is not
+/// handed over one object at a time). Two in tests, so that they see
+/// batches of several files.
+#[cfg(not(test))]
+const BATCH: usize = 1000;
+#[cfg(test)]
+const BATCH: usize = 2;
 
 impl Directory {
     /// Reads `dir` for the first time, keeping no Service or slice (the
@@ -229,6 +244,8 @@ impl Directory {
 
     fn read(&mut self, dir: &Path, keep_read: bool) -> Result<(bool, Vec<String>), String> {
         let paths = manifest_files(dir)?;
+        // What the next batches need changes with what is read.
+        self.plan = None;
         let mut problems = Vec::new();
         let mut files = BTreeMap::new();
         let mut changed = false;
@@ -281,8 +298,9 @@ impl Directory {
                             self.fresh.insert(path.clone(), typed);
                         }
                     }
+                    let known = previous.is_some();
                     let file = previous.map_or_else(|| Arc::from(path.as_path()), |p| p.path);
-                    let kept = self.replace(&file, parsed, &origin, &clean);
+                    let kept = self.replace(&file, known, parsed, &origin, &clean);
                     changed = true;
                     FileState { path: file, stamp: now, kept, problems: found, partial, clean, duplicated }
                 }
@@ -383,10 +401,12 @@ impl Directory {
     /// `file` read again: `parsed` from the documents read (`origin` says
     /// which document each came from), none from the unchanged documents
     /// (in `clean` and not read). What it held before and not now is
-    /// kept. Returns how many objects are kept.
-    fn replace(&mut self, file: &Arc<Path>, parsed: Objects, origin: &HashMap<ObjectKey, u64>, clean: &HashSet<u64>) -> usize {
+    /// kept. Returns how many objects are kept. A new file (not `known`)
+    /// held nothing before: no walk over the objects for it.
+    fn replace(&mut self, file: &Arc<Path>, known: bool, parsed: Objects, origin: &HashMap<ObjectKey, u64>, clean: &HashSet<u64>) -> usize {
         let mut kept = 0;
-        for k in self.keys_of(file) {
+        let before = if known { self.keys_of(file) } else { Vec::new() };
+        for k in before {
             if parsed.contains_key(&k) {
                 continue;
             }
@@ -422,27 +442,40 @@ impl Directory {
     }
 
     /// The next batch of updates that hand the changes of the reads so far
-    /// to the proxiers: every change that needs no file (deletions, Nodes)
-    /// and the changed objects of one file, Services first, then slices,
-    /// then Nodes; `None` when everything has been handed over. A file
-    /// whose objects are not at hand is read again (once per batch).
+    /// to the proxiers: first every change that needs no file (deletions,
+    /// Nodes), then the changed objects of whole files, in path order,
+    /// about [`BATCH`] at a time; Services first, then slices, then Nodes
+    /// within a batch; `None` when everything has been handed over. A
+    /// file whose objects are not at hand is read again (once).
     pub fn next_batch(&mut self) -> Option<Vec<Update>> {
-        let mut file: Option<Arc<Path>> = None;
-        let mut wanted: Vec<(ObjectKey, u64)> = Vec::new();
         let mut done: Vec<ObjectKey> = Vec::new();
-        for k in &self.touched {
-            let winner = self.objects.get(k).and_then(|o| o.last());
-            match (self.before.get(k), winner) {
-                (before, Some(Owned { file: owner, held: now @ Held::Print { hash, proxied: true }, .. })) if before != Some(now) => {
-                    if file.get_or_insert_with(|| Arc::clone(owner)) == owner {
-                        wanted.push((k.clone(), *hash));
+        if self.plan.is_none() {
+            // One pass over the touched objects: those that need no file
+            // go in this batch, the others are planned by file.
+            let mut plan = Plan::new();
+            for k in &self.touched {
+                let winner = self.objects.get(k).and_then(|o| o.last());
+                match (self.before.get(k), winner) {
+                    (before, Some(Owned { file, held: now @ Held::Print { hash, proxied: true }, .. })) if before != Some(now) => {
+                        plan.entry(Arc::clone(file)).or_default().push((k.clone(), *hash));
                     }
+                    _ => done.push(k.clone()),
                 }
-                _ => done.push(k.clone()),
+            }
+            self.plan = Some(plan);
+        }
+        let mut files = Vec::new();
+        let mut size = 0;
+        if let Some(plan) = self.plan.as_mut() {
+            while size < BATCH {
+                let Some((file, wanted)) = plan.pop_first() else { break };
+                size += wanted.len();
+                files.push((file, wanted));
             }
         }
-        if done.is_empty() && wanted.is_empty() {
+        if done.is_empty() && files.is_empty() {
             self.fresh.clear();
+            self.plan = None;
             return None;
         }
         let mut out: Vec<(u8, Update)> = Vec::new();
@@ -460,7 +493,7 @@ impl Directory {
                 _ => {}
             }
         }
-        if let Some(path) = file {
+        for (path, wanted) in files {
             let mut fresh = self.fresh.remove(&*path).unwrap_or_default();
             let mut again: Option<Fresh> = None;
             for (k, hash) in wanted {
@@ -712,6 +745,21 @@ mod tests {
         directory.refresh(&d).unwrap();
         let gone = batches(&mut directory);
         assert!(matches!(&gone[..], [b] if matches!(&b[..], [Update::Service { previous: Some(p), current: None }] if p.metadata.name.as_deref() == Some("api"))), "{gone:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A directory of one object per file is handed over several files a
+    /// batch (about [`BATCH`] objects), each file whole, in path order.
+    #[test]
+    fn small_files_share_a_batch() {
+        let d = dir("small-files");
+        for i in 0..5 {
+            write(&d.join(format!("{i}.yaml")), &WEB.replace("name: web", &format!("name: web{i}")).replace("10.96.0.10", &format!("10.96.0.{i}")));
+        }
+        let mut directory = Directory::default();
+        directory.load(&d).unwrap();
+        let sizes: Vec<Vec<String>> = batches(&mut directory).iter().map(|b| b.iter().map(cluster_ip).collect()).collect();
+        assert_eq!(sizes, [vec!["10.96.0.0", "10.96.0.1"], vec!["10.96.0.2", "10.96.0.3"], vec!["10.96.0.4"]]);
         let _ = std::fs::remove_dir_all(&d);
     }
 
