@@ -71,8 +71,8 @@ enum Typed {
 /// Objects as kept, by kind and name.
 type Objects = BTreeMap<ObjectKey, Held>;
 
-/// The objects to hand over from each file, with their hashes.
-type Plan = BTreeMap<Arc<Path>, Vec<(ObjectKey, u64)>>;
+/// How many objects each file has to hand over.
+type Plan = BTreeMap<Arc<Path>, usize>;
 
 /// Typed Services and slices by kind and name, with their hashes.
 type Fresh = HashMap<ObjectKey, (u64, Typed)>;
@@ -441,6 +441,15 @@ impl Directory {
         }
     }
 
+    /// The file `k`'s change must be read from, and its hash: a proxied
+    /// Service or slice that differs from what was handed over.
+    fn needs_file(&self, k: &ObjectKey) -> Option<(&Arc<Path>, u64)> {
+        match (self.before.get(k), self.objects.get(k).and_then(|o| o.last())) {
+            (before, Some(Owned { file, held: now @ Held::Print { hash, proxied: true }, .. })) if before != Some(now) => Some((file, *hash)),
+            _ => None,
+        }
+    }
+
     /// The next batch of updates that hand the changes of the reads so far
     /// to the proxiers: first every change that needs no file (deletions,
     /// Nodes), then the changed objects of whole files, in path order,
@@ -451,32 +460,39 @@ impl Directory {
         let mut done: Vec<ObjectKey> = Vec::new();
         if self.plan.is_none() {
             // One pass over the touched objects: those that need no file
-            // go in this batch, the others are planned by file.
+            // go in this batch, the others are counted by file.
             let mut plan = Plan::new();
             for k in &self.touched {
-                let winner = self.objects.get(k).and_then(|o| o.last());
-                match (self.before.get(k), winner) {
-                    (before, Some(Owned { file, held: now @ Held::Print { hash, proxied: true }, .. })) if before != Some(now) => {
-                        plan.entry(Arc::clone(file)).or_default().push((k.clone(), *hash));
-                    }
-                    _ => done.push(k.clone()),
+                match self.needs_file(k) {
+                    Some((file, _)) => *plan.entry(Arc::clone(file)).or_default() += 1,
+                    None => done.push(k.clone()),
                 }
             }
             self.plan = Some(plan);
         }
-        let mut files = Vec::new();
+        let mut chosen = BTreeSet::new();
         let mut size = 0;
         if let Some(plan) = self.plan.as_mut() {
             while size < BATCH {
-                let Some((file, wanted)) = plan.pop_first() else { break };
-                size += wanted.len();
-                files.push((file, wanted));
+                let Some((file, count)) = plan.pop_first() else { break };
+                size += count;
+                chosen.insert(file);
             }
         }
-        if done.is_empty() && files.is_empty() {
+        if done.is_empty() && chosen.is_empty() {
             self.fresh.clear();
             self.plan = None;
             return None;
+        }
+        // A second pass for the chosen files' objects (keys are copied for
+        // one batch only).
+        let mut files: BTreeMap<Arc<Path>, Vec<(ObjectKey, u64)>> = BTreeMap::new();
+        if !chosen.is_empty() {
+            for k in &self.touched {
+                if let Some((file, hash)) = self.needs_file(k).filter(|(f, _)| chosen.contains(*f)) {
+                    files.entry(Arc::clone(file)).or_default().push((k.clone(), hash));
+                }
+            }
         }
         let mut out: Vec<(u8, Update)> = Vec::new();
         for k in done {
