@@ -191,8 +191,6 @@ type Owners = SmallVec<[Owned; 1]>;
 pub struct Directory {
     files: BTreeMap<PathBuf, FileState>,
     objects: BTreeMap<ObjectKey, Owners>,
-    /// The objects in more than one file.
-    shared: BTreeSet<ObjectKey>,
     /// The objects the reads may have changed since they were last
     /// handed over, and their merged state then (absent when they were).
     touched: BTreeSet<ObjectKey>,
@@ -343,8 +341,13 @@ impl Directory {
     /// documents.
     fn in_unread_document(&self, file: &Path, read: &FileRead) -> bool {
         read.origin.iter().any(|(k, doc)| {
-            self.objects.get(k).into_iter().flatten().any(|o| same_file(&o.file, file) && !o.kept && o.doc != *doc && read.clean.contains(&o.doc))
+            self.owned(k, file).is_some_and(|o| !o.kept && o.doc != *doc && read.clean.contains(&o.doc))
         })
+    }
+
+    /// `file`'s version of `k`.
+    fn owned(&self, k: &ObjectKey, file: &Path) -> Option<&Owned> {
+        self.objects.get(k)?.iter().find(|o| same_file(&o.file, file))
     }
 
     /// The keys of the objects `file` holds (or keeps): a walk over every
@@ -367,7 +370,7 @@ impl Directory {
     /// Sets `file`'s version of `k` (`None`: it has none): its state,
     /// whether it is kept, and its document's text hash.
     fn set(&mut self, k: ObjectKey, file: &Arc<Path>, version: Option<(Held, bool, u64)>) {
-        let unchanged = match (self.objects.get(&k).and_then(|o| o.iter().find(|x| same_file(&x.file, file))), &version) {
+        let unchanged = match (self.owned(&k, file), &version) {
             (Some(x), Some((held, kept, doc))) => x.held == *held && x.kept == *kept && x.doc == *doc,
             (None, None) => true,
             _ => false,
@@ -388,13 +391,8 @@ impl Directory {
             (Ok(i), None) => drop(owners.remove(i)),
             (Err(_), None) => {}
         }
-        match owners.len() {
-            0 => {
-                self.objects.remove(&k);
-                self.shared.remove(&k);
-            }
-            1 => drop(self.shared.remove(&k)),
-            _ => drop(self.shared.insert(k)),
+        if owners.is_empty() {
+            self.objects.remove(&k);
         }
     }
 
@@ -410,7 +408,7 @@ impl Directory {
             if parsed.contains_key(&k) {
                 continue;
             }
-            let Some(o) = self.objects[&k].iter().find(|o| same_file(&o.file, file)).cloned() else { continue };
+            let Some(o) = self.owned(&k, file).cloned() else { continue };
             // Held by a document that has not changed (and was not read).
             if !o.kept && clean.contains(&o.doc) {
                 continue;
@@ -428,7 +426,7 @@ impl Directory {
     /// Withdraws the objects `file` keeps but no longer holds.
     fn settle(&mut self, file: &Arc<Path>) {
         for k in self.keys_of(file) {
-            if self.objects[&k].iter().any(|o| same_file(&o.file, file) && o.kept) {
+            if self.owned(&k, file).is_some_and(|o| o.kept) {
                 self.set(k, file, None);
             }
         }
@@ -567,10 +565,9 @@ impl Directory {
     /// used), as of the last refresh.
     pub fn duplicates(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for k in &self.shared {
-            let owners: Vec<&Arc<Path>> = self.objects.get(k).into_iter().flatten().map(|o| &o.file).collect();
+        for (k, owners) in self.objects.iter().filter(|(_, o)| o.len() > 1) {
             for pair in owners.windows(2) {
-                out.push(in_both(k, pair[0], pair[1]));
+                out.push(in_both(k, &pair[0].file, &pair[1].file));
             }
         }
         out

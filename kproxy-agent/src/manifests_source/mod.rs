@@ -8,8 +8,8 @@
 //! A poll that finds no file changed costs a `stat` per file; a changed
 //! file is parsed again alone and only its objects are compared. The
 //! directory keeps a hash of each Service and EndpointSlice, not the
-//! object: the proxiers hold the state, and the first read is handed over
-//! one file at a time. A file event that ends a change (a file closed
+//! object: the proxiers hold the state, and changes (the first read
+//! included) are handed over in batches of whole files. A file event that ends a change (a file closed
 //! after writing, moved, removed) wakes the source at once; a write still
 //! under way waits up to 20 ms for its end.
 
