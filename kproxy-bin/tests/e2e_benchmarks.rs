@@ -75,3 +75,44 @@ fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_nftables_mode() {
 fn the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy() {
     smoke("the_side_by_side_benchmark_runs_at_its_smallest_size_in_iptables_mode_on_iptables_legacy", "iptables", "legacy", &["--startup-proxies", "kproxy"]);
 }
+
+/// The multi-node benchmark (`kproxy-cluster-bench`) at its smallest
+/// size: two nodes (one probed), ten Services, both proxy kinds; every
+/// figure it reports is present and was measured.
+#[test]
+fn the_cluster_benchmark_runs_at_its_smallest_size() {
+    let test = "the_cluster_benchmark_runs_at_its_smallest_size";
+    let _guard = kproxy_e2e::exclusive();
+    let Some(_bins) = e2e_binaries(test) else { return };
+    let example = std::path::Path::new(BIN).parent().expect("target dir").join("examples/kproxy-cluster-bench");
+    let out_dir = std::env::temp_dir().join(format!("kproxy-cluster-bench-{}", std::process::id()));
+    let out = Command::new(&example)
+        .args(["--kproxy", BIN, "--nodes", "2", "--probed", "1", "--services", "10", "--changes", "2", "--churn-rate", "5", "--churn-seconds", "1"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds the example)", example.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("cluster-nftables.json")).unwrap()).unwrap();
+    for kind in ["kproxy", "kube-proxy"] {
+        let r = &json["proxies"][kind];
+        let positive = |v: &serde_json::Value| v.as_f64().is_some_and(|n| n.is_finite() && n > 0.0);
+        assert_eq!(r["nodes"], 2, "{r}");
+        assert!(positive(&r["all_synced_s"]) && positive(&r["startup"]["cpu_seconds"]), "{kind}: {r}");
+        assert!(r["startup"]["rss_sum_mib"].as_f64() >= r["startup"]["rss_max_mib"].as_f64() && positive(&r["startup"]["rss_max_mib"]), "{kind}: {r}");
+        // One probed node, two moves, each timed by real connections.
+        let probed = r["probed_ms"].as_array().unwrap();
+        assert_eq!(probed.len(), 1, "{kind}: {r}");
+        assert_eq!(probed[0].as_array().map(Vec::len), Some(2), "{kind}: {r}");
+        // Every node's metrics saw every move (the trigger time is set).
+        assert!(r["moves_by_metrics"]["observations"].as_f64() >= Some(4.0), "{kind}: {r}");
+        assert!(r["moves_by_metrics"]["slowest_node"]["node"].is_string(), "{kind}: {r}");
+        assert!(r["churn_by_metrics"]["observations"].as_f64() >= Some(1.0), "{kind}: {r}");
+        assert!(positive(&r["apiserver"]["cpu_seconds"]) && positive(&r["apiserver"]["peak_rss_mib"]), "{kind}: {r}");
+        assert!(r["bytes_to_nodes"].as_u64() > Some(0), "{kind}: {r}");
+    }
+    assert!(stdout.contains("| ratio |"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -135,13 +135,6 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-fn label(kind: ProxyKind) -> &'static str {
-    match kind {
-        ProxyKind::Kproxy => "kproxy",
-        ProxyKind::Upstream => "kube-proxy",
-    }
-}
-
 fn main() -> Result<(), String> {
     let args = parse()?;
     let bins = e2e_binaries("kproxy-side-by-side").ok_or("needs root and the e2e binaries")?;
@@ -217,7 +210,7 @@ fn main() -> Result<(), String> {
             eprintln!("dataplane cost at {size} services");
             for kind in kinds {
                 let cost = bench.dataplane_cost(kind, args.dataplane_sizes)?;
-                results["dataplane"].as_array_mut().expect("array").push(json!({"services": size, "proxy": label(kind), "figures": cost.to_json()}));
+                results["dataplane"].as_array_mut().expect("array").push(json!({"services": size, "proxy": kind.label(), "figures": cost.to_json()}));
                 dataplane_rows.entry(size).or_default().insert(kind, cost);
             }
         }
@@ -248,7 +241,7 @@ fn main() -> Result<(), String> {
     let chart: Vec<Series> = kinds
         .iter()
         .map(|k| Series {
-            label: label(*k).to_string(),
+            label: k.label().to_string(),
             color: if *k == ProxyKind::Kproxy { "#1f77b4" } else { "#d62728" }.to_string(),
             points: series.get(k).cloned().unwrap_or_default(),
         })
@@ -313,8 +306,8 @@ fn latency(bench: &mut SideBySide, args: &Args, size: usize, out: &mut LatencyOu
         out.churn.push("| proxy | CPU seconds | peak RSS |".to_string());
         for kind in kinds {
             let u = usage[&kind];
-            out.churn.push(format!("| {} | {:.1} | {:.1} MiB |", label(kind), u.cpu_seconds, u.peak_rss_mib));
-            out.results["churn"][label(kind)] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": size, "rate": args.churn_rate, "seconds": args.churn_seconds});
+            out.churn.push(format!("| {} | {:.1} | {:.1} MiB |", kind.label(), u.cpu_seconds, u.peak_rss_mib));
+            out.results["churn"][kind.label()] = json!({"cpu_seconds": u.cpu_seconds, "peak_rss_mib": u.peak_rss_mib, "services": size, "rate": args.churn_rate, "seconds": args.churn_seconds});
         }
         let (k, u) = (usage[&ProxyKind::Kproxy], usage[&ProxyKind::Upstream]);
         out.churn.push(format!("| ratio | {:.3} | {:.3} |", k.cpu_seconds / u.cpu_seconds, k.peak_rss_mib / u.peak_rss_mib));

@@ -25,9 +25,9 @@ use crate::scenario::{self, ProxyKind};
 /// The service whose endpoint the latency benchmark moves.
 pub const PROBE_IP: &str = "172.30.0.10";
 pub(crate) const CLIENT: &str = "10.180.0.100";
-const POD_A: &str = "10.180.0.1";
-const POD_B: &str = "10.180.0.2";
-const POD_C: &str = "10.180.0.3";
+pub(crate) const POD_A: &str = "10.180.0.1";
+pub(crate) const POD_B: &str = "10.180.0.2";
+pub(crate) const POD_C: &str = "10.180.0.3";
 pub(crate) const POD_D: &str = "10.180.0.4";
 /// The pods background Services' endpoints are spread over: pod C first,
 /// then nine more that serve only for them.
@@ -87,13 +87,14 @@ pub struct Latencies {
 /// CPU and memory of one proxy process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
-    /// User + system CPU seconds.
+    /// User + system CPU seconds, with those of the child processes it
+    /// has waited for (the tools it runs).
     pub cpu_seconds: f64,
     /// Peak resident set (VmHWM), MiB.
     pub peak_rss_mib: f64,
 }
 
-fn probe_slice(endpoint: &str) -> EndpointSlice {
+pub(crate) fn probe_slice(endpoint: &str) -> EndpointSlice {
     slice("bench", "probe", "probe-a", "IPv4").port("http", 8080, "TCP").endpoint(endpoint, "node-k", EndpointState::Ready).build()
 }
 
@@ -102,7 +103,7 @@ pub(crate) fn bg_ip(i: usize) -> String {
     format!("172.30.{}.{}", 1 + i / 250, 1 + i % 250)
 }
 
-fn bg_objects(i: usize, endpoints: &[&str]) -> (Value, Value) {
+pub(crate) fn bg_objects(i: usize, endpoints: &[&str]) -> (Value, Value) {
     let name = format!("bg-{i}");
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "bench", "name": name},
         "spec": {"clusterIP": bg_ip(i), "clusterIPs": [bg_ip(i)], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
@@ -115,7 +116,7 @@ fn bg_objects(i: usize, endpoints: &[&str]) -> (Value, Value) {
 
 /// The scenario a bench node is built from: pods A–D serving TCP 8080 and
 /// UDP 8053, and the client pod.
-fn node_scenario() -> Scenario {
+pub(crate) fn node_scenario() -> Scenario {
     let probe = fx::service("bench", "probe", &[PROBE_IP]).port("http", 80, "TCP", 0).build();
     let pods = slice("bench", "probe", "pods", "IPv4")
         .port("http", 8080, "TCP")
@@ -143,8 +144,10 @@ pub(crate) fn proc_usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the command name: state is field 0, utime 11, stime 12.
-    let cpu_seconds = (ticks(11) + ticks(12)) / 100.0;
+    // After the command name: state is field 0, utime 11, stime 12, and
+    // the children it has waited for 13 and 14: the `nft`,
+    // `iptables-restore` and `ipset` processes a proxy runs are its cost.
+    let cpu_seconds = (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0);
     Usage { cpu_seconds, peak_rss_mib: kib / 1024.0 }

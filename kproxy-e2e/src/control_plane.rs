@@ -194,6 +194,21 @@ impl ControlPlane {
     pub fn netns(&self) -> &Netns {
         &self.ns
     }
+
+    /// The API server's PID, while it runs.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.and_then(|h| self.ns.pid(h))
+    }
+
+    /// Bytes sent so far from the control plane to every attached node (the
+    /// bridge ports' transmit counters): the API server's answers, TLS
+    /// included, as the nodes' links carry them.
+    pub fn bytes_to_nodes(&self) -> Result<u64, String> {
+        let out = self.ns.ip(&["-s", "-j", "link", "show"])?;
+        let links: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("ip -s -j link: {e}"))?;
+        let ports = links.as_array().into_iter().flatten().filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("kpe") && n != BRIDGE));
+        Ok(ports.filter_map(|l| l["stats64"]["tx"]["bytes"].as_u64()).sum())
+    }
 }
 
 impl Drop for ControlPlane {

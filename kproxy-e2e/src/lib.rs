@@ -19,10 +19,12 @@
 pub mod api;
 pub mod bench;
 pub mod binaries;
+pub mod cluster_bench;
 pub mod control_plane;
 pub mod dataplane_cost;
 pub mod differential;
 pub mod nodes;
+pub mod prom;
 pub mod scenario;
 pub mod standalone_bench;
 pub mod svg;

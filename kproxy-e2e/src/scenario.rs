@@ -69,6 +69,15 @@ impl ProxyKind {
             ProxyKind::Upstream => "system:kube-proxy",
         }
     }
+
+    /// The proxy's name in reports and log files: `kproxy` or
+    /// `kube-proxy`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyKind::Kproxy => "kproxy",
+            ProxyKind::Upstream => "kube-proxy",
+        }
+    }
 }
 
 /// The `KubeProxyConfiguration` both proxies read for `scenario` (same
@@ -140,11 +149,7 @@ pub fn config_in(scenario: &Scenario, kubeconfig: &Path, mode: Dataplane) -> Val
 
 /// The log file of `kind` running in `node`.
 pub fn log_path(kind: ProxyKind, node: &Netns, dir: &Path) -> PathBuf {
-    let name = match kind {
-        ProxyKind::Kproxy => "kproxy",
-        ProxyKind::Upstream => "kube-proxy",
-    };
-    dir.join(format!("{name}-{}.log", node.name()))
+    dir.join(format!("{}-{}.log", kind.label(), node.name()))
 }
 
 /// Writes `scenario`'s Node, Services and EndpointSlices into `dir`, one
