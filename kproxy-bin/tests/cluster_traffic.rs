@@ -92,10 +92,12 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
     for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
         assert!(api.requests().iter().any(|r| r.starts_with(path) && r.contains(selector)), "{path} without upstream's selector: {:?}", api.requests());
-        // The current objects come as a streaming list, never a list.
-        let initial: Vec<String> = api.requests().into_iter().filter(|r| r.starts_with(path) && !r.contains("watch=")).collect();
-        assert!(initial.is_empty(), "{path} listed instead of streamed: {initial:?}");
-        assert!(api.requests().iter().any(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")), "{path} never streamed: {:?}", api.requests());
+        // The current objects come as a list in pages, gzip accepted (the
+        // API server compresses a large page), then a watch.
+        let lists: Vec<String> = api.requests().into_iter().filter(|r| r.starts_with(path) && !r.contains("watch=")).collect();
+        assert!(!lists.is_empty() && lists.iter().all(|r| r.contains("limit=200")), "{path} not listed in pages of 200: {lists:?}");
+        assert!(lists.iter().all(|r| api.accepted_gzip().contains(r)), "{path} listed without accepting gzip: {:?}", api.accepted_gzip());
+        assert!(!api.requests().iter().any(|r| r.contains("sendInitialEvents")), "{path}: a streaming list: {:?}", api.requests());
     }
     let mut foreign_packet = scenario.cases[0].packet.clone();
     foreign_packet.dst = "172.30.0.77".parse().unwrap();
@@ -140,33 +142,32 @@ fn cluster_mode_follows_the_api_through_relists_and_outages() {
     }
 }
 
-/// An API server that refuses streaming lists (the WatchList feature gate
-/// off) is listed in pages instead, and followed as before.
+/// A list longer than a page is read page by page: a Service on the
+/// third page of 200 is programmed (its ClusterIP refuses: no endpoints),
+/// and the pages after the first followed their `continue` token.
 #[test]
-fn an_api_server_without_streaming_lists_is_listed_in_pages() {
-    if !kernel_tests_enabled("an_api_server_without_streaming_lists_is_listed_in_pages") {
+fn a_list_longer_than_a_page_is_read_page_by_page() {
+    if !kernel_tests_enabled("a_list_longer_than_a_page_is_read_page_by_page") {
         return;
     }
     let scenario = scenarios::all().into_iter().find(|s| s.name == "cluster_ip").unwrap();
     let mut topo = Topology::build(&scenario).unwrap();
     let api = FakeApi::start_in_netns(topo.node.name());
-    api.refuse_streaming_lists();
     put_scenario(&api, &scenario);
+    // 450 more Services, without endpoints: 172.30.1.1 to 172.30.2.194.
+    for i in 0..450u32 {
+        let ip = format!("172.30.{}.{}", 1 + i / 256, 1 + i % 256);
+        api.put(fx::service("fill", &format!("f{i:03}"), &[ip.as_str()]).port("p", 80, "TCP", 0).build());
+    }
     let kubeconfig = start_kproxy(&mut topo, &api, "paged");
     until_scenario_passes(&topo, &scenario);
-    let packet = scenario.cases[0].packet.clone();
-    let mut slice = scenario.slices[0].clone();
-    slice.endpoints.retain(|e| e.addresses[0] == "10.180.1.1");
-    api.put(&slice);
-    eventually("a watch event never reached the kernel", 10, || check_case(&topo, &packet, &Verdict::forward(&["10.180.1.1:8080"], false)));
+    let mut packet = scenario.cases[0].packet.clone();
+    packet.dst = "172.30.2.193".parse().unwrap();
+    packet.dport = 80;
+    eventually("the last page's Service was never programmed", 15, || check_case(&topo, &packet, &Verdict::Reject));
     let _ = std::fs::remove_file(&kubeconfig);
-    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
-        let requests = api.requests();
-        assert!(requests.iter().any(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")), "{path}: streaming never tried: {requests:?}");
-        assert!(requests.iter().any(|r| r.starts_with(path) && !r.contains("watch=") && r.contains("limit=5000")), "{path}: never listed in pages: {requests:?}");
-        let streamed = requests.iter().filter(|r| r.starts_with(path) && r.contains("sendInitialEvents=true")).count();
-        assert_eq!(streamed, 1, "{path}: streaming tried again after the refusal: {requests:?}");
-    }
+    let pages = api.requests().into_iter().filter(|r| r.starts_with("/api/v1/services?") && r.contains("continue=")).count();
+    assert!(pages >= 2, "the Services were not listed in pages: {:?}", api.requests());
 }
 
 /// The cluster's ServiceCIDR objects, watched: an unallocated address of

@@ -4,15 +4,16 @@
 //!
 //! kube's watcher gets each resource's current objects, then watches;
 //! after `410 Gone` or any error it starts over, with exponential backoff
-//! between failures. The current objects come as a streaming list (one
-//! watch request with `sendInitialEvents=true`, the WatchList feature, on
-//! by default in Kubernetes 1.34), so a large cluster's objects pass one
-//! at a time instead of in list pages held whole. An API server that
-//! refuses it (the feature gate off) is listed in pages of
-//! [`LIST_PAGE_SIZE`] instead, for the life of the process. Each relist is
-//! compared with what was known so deletions missed while disconnected are
-//! still delivered. Rules are never touched while disconnected: the
-//! proxiers keep what they programmed until updates arrive.
+//! between failures. The current objects come as lists in pages of
+//! [`LIST_PAGE_SIZE`], and the client accepts gzip, as client-go's does:
+//! the API server compresses a page over 128 KiB, so a large cluster's
+//! lists cost its nodes' links a tenth of their JSON size. (A streaming
+//! list, a watch with `sendInitialEvents=true`, is never compressed: at
+//! 20 nodes and 5,000 Services it sent 13 times upstream's bytes;
+//! BENCHMARKS.md.) Each relist is compared with what was known so
+//! deletions missed while disconnected are still delivered. Rules are
+//! never touched while disconnected: the proxiers keep what they
+//! programmed until updates arrive.
 //!
 //! Feed a [`Sink`] with [`follow`], or take a [`Stream`](futures::Stream)
 //! of updates for one [`SyncRunner`](kproxy_core::runner::SyncRunner) with
@@ -43,10 +44,11 @@ use watched::WatchedService;
 use crate::selector::label_selector;
 use crate::service_cidrs::ServiceCidrs;
 
-/// Objects per list request, when the API server does not serve
-/// streaming lists (client-go pages by 500; larger pages keep the initial
-/// lists of a large cluster within a rate limit's burst).
-pub const LIST_PAGE_SIZE: u32 = 5000;
+/// Objects per list request: one page is decoded at a time (at 10,000
+/// Services × 10 endpoints, pages of 500 cost 6 MiB more peak memory
+/// than pages of 200; a page of 200 Services is still over the API
+/// server's 128 KiB compression threshold).
+pub const LIST_PAGE_SIZE: u32 = 200;
 
 /// Where the watchers' updates go.
 pub trait Sink: Sync {
@@ -68,10 +70,6 @@ pub trait Sink: Sync {
 /// Feeds `sink` from the API server until the future is dropped.
 pub async fn follow<S: Sink>(sink: &S, client: Client, node_name: &str) {
     let selector = label_selector();
-    // Without streaming lists, lists come in pages of LIST_PAGE_SIZE: at
-    // 10,000 Services the initial lists fit in a rate limit's burst
-    // (kube-proxy's default is 10), so the rate limit does not delay the
-    // start.
     let paged = || watcher::Config::default().labels(&selector).page_size(LIST_PAGE_SIZE);
     // Neither a Service's nor a slice's previous state is ever used (the
     // proxiers compare with what they hold): the caches keep identities
@@ -201,59 +199,32 @@ fn unavailable(e: &watcher::Error) -> bool {
     api.code == 404 || api.code == 403
 }
 
-/// Whether a watch error says the API server refuses streaming lists:
-/// `422 Invalid` naming `sendInitialEvents` (the WatchList feature gate is
-/// off), or `400`/`422` on a watch with it.
-fn refuses_streaming_lists(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
-            (s.code == 422 || s.code == 400) && s.message.contains("sendInitialEvents")
-        }
-        _ => false,
-    }
-}
-
 /// Runs one watcher until the future is dropped, handing each event's
-/// changes to `deliver`. It asks for a streaming list; a server that
-/// refuses one is listed in pages (`config`'s page size) from then on. An
-/// `optional` resource that is unavailable (see [`unavailable`]) is given
-/// up after one log line.
+/// changes to `deliver`. An `optional` resource that is unavailable (see
+/// [`unavailable`]) is given up after one log line.
 async fn watch<K, F, Fut>(api: Api<K>, config: watcher::Config, what: &'static str, optional: bool, mut cache: ObjectCache<K>, mut deliver: F)
 where
     K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
     F: FnMut(Vec<Change<K>>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut config = config.streaming_lists();
-    loop {
-        // The proxy never reads managedFields or the last-applied
-        // annotation; at thousands of objects they are most of the memory.
-        let mut stream = watcher::watcher(api.clone(), config.clone()).default_backoff().modify(slim).boxed();
-        let mut fall_back = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    let changes = cache.apply(event);
-                    if !changes.is_empty() {
-                        deliver(changes).await;
-                    }
+    // The proxy never reads managedFields or the last-applied annotation;
+    // at thousands of objects they are most of the memory.
+    let mut stream = watcher::watcher(api, config).default_backoff().modify(slim).boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let changes = cache.apply(event);
+                if !changes.is_empty() {
+                    deliver(changes).await;
                 }
-                Err(e) if optional && unavailable(&e) => {
-                    tracing::warn!(what, error = %one_line(&e), "cannot watch; going on without it");
-                    return;
-                }
-                Err(e) if config.initial_list_strategy == watcher::InitialListStrategy::StreamingList && refuses_streaming_lists(&e) => {
-                    tracing::info!(what, error = %one_line(&e), "the API server refuses streaming lists; listing in pages instead");
-                    fall_back = true;
-                    break;
-                }
-                // The watcher relists (after 410 Gone too) with backoff.
-                Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
             }
+            Err(e) if optional && unavailable(&e) => {
+                tracing::warn!(what, error = %one_line(&e), "cannot watch; going on without it");
+                return;
+            }
+            // The watcher relists (after 410 Gone too) with backoff.
+            Err(e) => tracing::warn!(what, error = %one_line(&e), "watch failed; retrying"),
         }
-        if !fall_back {
-            return;
-        }
-        config.initial_list_strategy = watcher::InitialListStrategy::ListWatch;
     }
 }

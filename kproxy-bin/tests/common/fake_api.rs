@@ -77,9 +77,8 @@ struct State {
     epoch: u64,
     /// Lists (and streaming lists) of these resources wait until ungated.
     gated: BTreeSet<Resource>,
-    /// Refuse streaming lists, as a server with the WatchList feature gate
-    /// off does.
-    no_streaming_lists: bool,
+    /// The targets of the requests that accepted a gzip answer.
+    gzip: Vec<String>,
     /// Refuse every connection and drop open ones.
     down: bool,
     /// Every request line seen (`POST <target>` for POSTs, the target
@@ -169,10 +168,9 @@ impl FakeApi {
         }
     }
 
-    /// Refuses streaming lists from now on (`422 Invalid`, as a server
-    /// with the WatchList feature gate off answers).
-    pub fn refuse_streaming_lists(&self) {
-        self.state.lock().unwrap().no_streaming_lists = true;
+    /// The targets of the requests that accepted a gzip answer.
+    pub fn accepted_gzip(&self) -> Vec<String> {
+        self.state.lock().unwrap().gzip.clone()
     }
 
     /// Takes the server down (every connection refused or dropped) or
@@ -210,6 +208,7 @@ impl FakeApi {
             }
             // Headers; a body only for POSTs (Events).
             let mut length = 0usize;
+            let mut gzip = false;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -218,6 +217,9 @@ impl FakeApi {
                 if let Some((name, value)) = h.split_once(':') {
                     if name.eq_ignore_ascii_case("content-length") {
                         length = value.trim().parse().unwrap_or(0);
+                    }
+                    if name.eq_ignore_ascii_case("accept-encoding") && value.contains("gzip") {
+                        gzip = true;
                     }
                 }
             }
@@ -234,7 +236,12 @@ impl FakeApi {
                 respond(&mut conn, 201, &posted);
                 continue;
             }
-            self.state.lock().unwrap().requests.push(target.clone());
+            let mut s = self.state.lock().unwrap();
+            s.requests.push(target.clone());
+            if gzip {
+                s.gzip.push(target.clone());
+            }
+            drop(s);
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<String, String> = query
                 .split('&')
@@ -255,11 +262,6 @@ impl FakeApi {
             }
             if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 let initial = params.get("sendInitialEvents").is_some_and(|v| v == "true");
-                if initial && self.state.lock().unwrap().no_streaming_lists {
-                    let why = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
-                    respond(&mut conn, 422, &status(422, "Invalid", why));
-                    continue;
-                }
                 self.watch(conn, resource, &params, initial);
                 return;
             }
@@ -268,8 +270,18 @@ impl FakeApi {
             }
             let s = self.state.lock().unwrap();
             let items: Vec<Value> = s.objects.iter().filter(|((r, _), o)| *r == resource && matches(o, &params)).map(|(_, o)| o.clone()).collect();
+            // Pages: `limit` items from the offset a `continue` token
+            // names (the token is the offset).
+            let from: usize = params.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+            let more = items.len() > from.saturating_add(limit);
+            let items: Vec<Value> = items.into_iter().skip(from).take(limit).collect();
             let (api_version, kind) = resource.list_kind();
-            let list = json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
+            let mut metadata = json!({"resourceVersion": s.rv.to_string()});
+            if more {
+                metadata["continue"] = json!((from + limit).to_string());
+            }
+            let list = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items});
             drop(s);
             respond(&mut conn, 200, &list);
         }
