@@ -4,7 +4,7 @@
 //! metrics of each one.
 //!
 //! A list's pages after the first (a `continue` token in the query) take
-//! no token: kproxy lists in pages of 500 to decode one page at a time,
+//! no token: kproxy lists in pages of 200 to decode one page at a time,
 //! where client-go's reflectors get a whole list from the API server's
 //! cache in one request; counted per page, 10,000 Services would wait 7 s
 //! for tokens at start.

@@ -335,7 +335,7 @@ impl SideBySide {
     pub fn reset_peak(&mut self, kind: ProxyKind) {
         let node = self.node(kind);
         if let Some(pid) = node.proxy.and_then(|h| node.topo.node.pid(h)) {
-            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+            reset_peak(pid);
         }
     }
 
@@ -420,18 +420,7 @@ impl SideBySide {
             self.reset_peak(kind);
             before.insert(kind, self.usage(kind));
         }
-        let start = Instant::now();
-        let mut n = 0u64;
-        let mut two = vec![false; self.services.max(1)];
-        while start.elapsed() < Duration::from_secs(seconds) {
-            let due = start + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let i = ((n * 7919) as usize) % self.services.max(1);
-            two[i] = !two[i];
-            let eps: &[&str] = if two[i] { &[POD_C, POD_D] } else { &[POD_C] };
-            self.api.apply(bg_objects(i, eps).1)?;
-            n += 1;
-        }
+        churn_slices(&self.api, self.services, rate, seconds, |slice| slice)?;
         let mut out = BTreeMap::new();
         for kind in kinds {
             let now = self.usage(kind);
@@ -439,6 +428,31 @@ impl SideBySide {
         }
         Ok(out)
     }
+}
+
+/// Resets process `pid`'s peak-memory mark (VmHWM), to measure one phase.
+pub(crate) fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Changes `rate` of the first `services` background slices a second for
+/// `seconds`, each between one endpoint (pod C) and two (C and D), every
+/// slice passed through `dress` before it is written.
+pub(crate) fn churn_slices(api: &Api, services: usize, rate: u32, seconds: u64, dress: impl Fn(Value) -> Value) -> Result<(), String> {
+    let start = Instant::now();
+    let services = services.max(1);
+    let mut two = vec![false; services];
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let due = start + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let i = ((n * 7919) as usize) % services;
+        two[i] = !two[i];
+        let eps: &[&str] = if two[i] { &[POD_C, POD_D] } else { &[POD_C] };
+        api.apply(dress(bg_objects(i, eps).1))?;
+        n += 1;
+    }
+    Ok(())
 }
 
 /// The name of the wrapper that runs upstream kube-proxy with the

@@ -18,7 +18,7 @@ use kproxy_testkit::{Netns, Topology};
 use serde_json::{json, Value};
 
 use crate::api::Api;
-use crate::bench::{self, bg_objects, node_scenario, probe_slice, proc_usage, Prober, Usage, CLIENT, POD_A, POD_B, POD_C, POD_D};
+use crate::bench::{self, bg_objects, node_scenario, probe_slice, proc_usage, Prober, Usage, CLIENT, POD_A, POD_B, POD_C};
 use crate::binaries::Binaries;
 use crate::control_plane::ControlPlane;
 use crate::nodes::node_object;
@@ -286,11 +286,9 @@ impl ClusterBench {
         let after = self.programming()?;
         report.moves = NodeLatencies::of(&since(&after, &before));
         if plan.churn_seconds > 0 {
-            for node in &self.nodes {
-                reset_peak(node.pid());
-            }
+            self.nodes.iter().filter_map(ClusterNode::pid).for_each(bench::reset_peak);
             let usage_before: Vec<Usage> = self.nodes.iter().map(ClusterNode::usage).collect();
-            self.churn(plan.churn_rate, plan.churn_seconds)?;
+            bench::churn_slices(&self.api, self.services, plan.churn_rate, plan.churn_seconds, triggered)?;
             // The last changes' syncs.
             std::thread::sleep(Duration::from_secs(2));
             let usage: Vec<Usage> = self
@@ -393,32 +391,6 @@ impl ClusterBench {
             std::thread::sleep(plan.spacing.saturating_sub(began.elapsed()));
         }
         Ok(out)
-    }
-
-    /// Changes `rate` background slices a second for `seconds`, each
-    /// between one and two endpoints, with the trigger time set.
-    fn churn(&self, rate: u32, seconds: u64) -> Result<(), String> {
-        let start = Instant::now();
-        let services = self.services.max(1);
-        let mut two = vec![false; services];
-        let mut n = 0u64;
-        while start.elapsed() < Duration::from_secs(seconds) {
-            let due = start + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let i = ((n * 7919) as usize) % services;
-            two[i] = !two[i];
-            let eps: &[&str] = if two[i] { &[POD_C, POD_D] } else { &[POD_C] };
-            self.api.apply(triggered(bg_objects(i, eps).1))?;
-            n += 1;
-        }
-        Ok(())
-    }
-}
-
-/// Resets a process's peak-memory mark (VmHWM), to measure one phase.
-fn reset_peak(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     }
 }
 
