@@ -40,6 +40,7 @@ udpstream --src IP --sport N --dst IP --port N --seconds S [--interval S]
 import time
 import argparse
 import errno
+import os
 import socket
 import sys
 import threading
@@ -239,7 +240,8 @@ def hold(args):
 
 
 def watch(args):
-    """New TCP connections, one after another, for args.seconds: prints
+    """New TCP connections, one after another, for args.seconds (or until
+    the file args.until exists, with args.seconds as a cap): prints
     "ok N failed M [slow K] [first failure]". A failure is a refusal, an
     error, or no answer within a generous 5 s (CI's machines are slow and
     busy); an answer that took over 1 s (a dropped SYN sent again, or a
@@ -247,7 +249,8 @@ def watch(args):
     start = time.monotonic()
     ok = failed = slow = 0
     first = ""
-    while time.monotonic() - start < args.seconds:
+    until = getattr(args, "until", None)
+    while time.monotonic() - start < args.seconds and not (until and os.path.exists(until)):
         args.proto, args.timeout = "tcp", 5.0
         began = time.monotonic()
         r = probe_once(args)
@@ -361,6 +364,8 @@ def main():
         h.add_argument("--port", type=int, required=True)
         h.add_argument("--seconds", type=float, required=True)
         h.add_argument("--interval", type=float, default=0.05)
+        if name == "watch":
+            h.add_argument("--until", default=None, help="stop once this file exists")
     f = sub.add_parser("follow")
     f.add_argument("--src", required=True)
     f.add_argument("--dst", required=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the IPVS kernel tests (the `kernel_*` test targets of
 # kproxy-backend-ipvs and kproxy-bin that need their `vm-tests` feature,
+# the takeover from and into upstream's IPVS mode among them,
 # and kproxy-netfilter's route and ipset netlink tests),
 # then the IPVS benchmark at a tiny size (so its command cannot rot),
 # inside a VM with a real IPVS kernel
@@ -54,7 +55,22 @@ if [ -z "$bench" ]; then
     echo "test-ipvs-vm: kproxy-ipvs-bench was not built" >&2
     exit 1
 fi
+# The e2e binaries (kube-apiserver, etcd, upstream kube-proxy) for the
+# takeover test, built on the host. Their cache lives under $HOME, which
+# the VM replaces with a fresh tmpfs, so they are linked (or copied) into
+# a directory under /tmp, which the VM sees read-only, and named by
+# KPROXY_E2E_BIN (passed into the VM, as every KPROXY_* variable is).
+e2e_bin=$(bash e2e/k8s/build.sh | tail -1)
+vm_bin=$(mktemp -d /tmp/kproxy-vm-e2e.XXXXXX)
+trap 'rm -rf "$vm_bin"' EXIT
+cp -l "$e2e_bin"/* "$e2e_bin"/.build-stamp "$vm_bin"/ 2>/dev/null || cp "$e2e_bin"/* "$e2e_bin"/.build-stamp "$vm_bin"/
+chmod 755 "$vm_bin"
+export KPROXY_E2E_BIN=$vm_bin
+# etcd and kube-apiserver need more than the VM's default memory.
+export KPROXY_VM_MEM=${KPROXY_VM_MEM:-3072}
 echo "IPVS kernel tests in the VM: ${bins[*]##*/}, then kproxy-ipvs-bench"
 # One line: the VM runs it as one.
-script='rc=0; bench=$1; shift; for b in "$@"; do "$b" --test-threads=1 --color never || rc=1; done; echo "kproxy-ipvs-bench at 20 Services x 2 endpoints:"; out=$("$bench" 20 2 ipvs) || rc=1; echo "$out"; echo "$out" | grep -q "^| ipvs | 20 | 2 |" || { echo "kproxy-ipvs-bench printed no row for 20 Services" >&2; rc=1; }; exit $rc'
-exec bash scripts/ipvs-vm.sh bash -c "$script" vm-tests "$bench" "${bins[@]}"
+# The takeover test's report (times and connection counts per pair of
+# modes) is printed even when it passes.
+script='rc=0; bench=$1; shift; for b in "$@"; do case $b in */kernel_ipvs_takeover-*) show=--show-output ;; *) show= ;; esac; "$b" --test-threads=1 --color never $show || rc=1; done; echo "kproxy-ipvs-bench at 20 Services x 2 endpoints:"; out=$("$bench" 20 2 ipvs) || rc=1; echo "$out"; echo "$out" | grep -q "^| ipvs | 20 | 2 |" || { echo "kproxy-ipvs-bench printed no row for 20 Services" >&2; rc=1; }; exit $rc'
+bash scripts/ipvs-vm.sh bash -c "$script" vm-tests "$bench" "${bins[@]}"

@@ -357,6 +357,17 @@ impl<K: Kernel + 'static> Dataplane for IptablesDataplane<K> {
     }
 
     async fn cleanup(&mut self) -> Result<()> {
+        self.cleanup_keeping(&|_| false).await
+    }
+}
+
+impl<K: Kernel + 'static> IptablesDataplane<K> {
+    /// [`Dataplane::cleanup`], except the chains `keep` names: on a node
+    /// that now runs IPVS mode in the same iptables flavour, the chains
+    /// both modes write (`KUBE-SERVICES`, `KUBE-POSTROUTING`, ...) are IPVS
+    /// mode's and stay; iptables mode's own (`KUBE-SVC-*`,
+    /// `KUBE-NODEPORTS`, `KUBE-EXTERNAL-SERVICES`, ...) and their jumps go.
+    pub async fn cleanup_keeping(&mut self, keep: &(dyn Fn(&str) -> bool + Sync)) -> Result<()> {
         for family in [IpFamily::V4, IpFamily::V6] {
             let mut listings = Vec::new();
             let mut localnet = false;
@@ -371,7 +382,7 @@ impl<K: Kernel + 'static> Dataplane for IptablesDataplane<K> {
                 listings.push((table, listing));
             }
             self.localnet_safeguard_removed |= localnet;
-            let text = restore::cleanup(&listings, localnet);
+            let text = restore::cleanup(&listings, localnet, keep);
             self.kernel.restore(family, &text).await.map_err(|e| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) })?;
         }
         self.trusted = false;

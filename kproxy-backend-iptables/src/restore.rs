@@ -216,9 +216,9 @@ pub fn partial(renderer: &Renderer, journal: &Journal, missing: &[Jump]) -> Stri
 /// chains are deleted, then the owned chains are flushed and deleted.
 /// Chains kubelet owns (`KUBE-KUBELET-CANARY`, `KUBE-MARK-DROP`, ...) stay,
 /// and so does `KUBE-FIREWALL` unless `localnet_safeguard` (see
-/// [`localnet_safeguard_is_ours`]).
-pub fn cleanup(saved: &[(Table, crate::kernel::Listing)], localnet_safeguard: bool) -> String {
-    cleanup_chains(saved, |c| is_ours(c) || (localnet_safeguard && c == crate::names::FIREWALL))
+/// [`localnet_safeguard_is_ours`]), and so does every chain `keep` names.
+pub fn cleanup(saved: &[(Table, crate::kernel::Listing)], localnet_safeguard: bool, keep: &dyn Fn(&str) -> bool) -> String {
+    cleanup_chains(saved, |c| (is_ours(c) || (localnet_safeguard && c == crate::names::FIREWALL)) && !keep(c))
 }
 
 /// Whether the filter table's `KUBE-FIREWALL` is only the localnet
@@ -250,8 +250,9 @@ pub fn cleanup_chains(saved: &[(Table, crate::kernel::Listing)], ours: impl Fn(&
     out
 }
 
-/// The chains kproxy writes, fixed or per service.
-fn is_ours(chain: &str) -> bool {
+/// Whether iptables mode writes `chain` (a fixed chain or one of a service
+/// port or endpoint), in kproxy as in upstream kube-proxy.
+pub fn is_ours(chain: &str) -> bool {
     use crate::names::*;
     [SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL, FORWARD, POSTROUTING, MARK_MASQ, CANARY].contains(&chain)
         || SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))

@@ -226,3 +226,38 @@ async fn nfacct_counters_are_written_as_upstream_s() {
     assert!(!counting.is_empty() && counting.iter().all(|l| l.starts_with("-A KUBE-NODEPORTS") && l.contains("-d 127.0.0.0/8")), "{nat}");
     assert_cases(&p, &s);
 }
+
+/// Handing the node to IPVS mode in the same flavour: IPVS mode's first
+/// sync rewrote the chains both modes name alike; the cleanup that keeps
+/// those removes iptables mode's own chains and their jumps only.
+#[tokio::test]
+async fn a_cleanup_keeping_the_shared_chains_removes_only_iptables_mode_s_own() {
+    let s = scenario("node_port");
+    let mut p = proxier(&s);
+    p.sync(SyncRequest::default()).await.unwrap();
+    let shared = [names::SERVICES, names::POSTROUTING, names::MARK_MASQ, names::FORWARD, names::PROXY_FIREWALL];
+    // What IPVS mode's first sync leaves in the shared chains: none of
+    // iptables mode's chains referred to.
+    let rewrite: String = shared.iter().map(|c| format!(":{c} - [0:0]\n")).collect();
+    for table in ["nat", "filter"] {
+        let declared: String = rewrite.lines().filter(|l| p.kernel().inner.table(V4, if table == "nat" { Table::Nat } else { Table::Filter }).chains.contains_key(&l[1..l.find(' ').unwrap()])).map(|l| format!("{l}\n")).collect();
+        p.kernel_mut().inner.restore(V4, &format!("*{table}\n{declared}COMMIT\n")).unwrap();
+    }
+    let before_nat: Vec<String> = p.kernel().inner.table(V4, Table::Nat).chains.keys().cloned().collect();
+    assert!(before_nat.iter().any(|c| c.starts_with("KUBE-SVC-")) && before_nat.iter().any(|c| c == names::NODEPORTS), "{before_nat:?}");
+    p.dataplane_mut().cleanup_keeping(&|c| shared.contains(&c)).await.unwrap();
+    for table in [Table::Nat, Table::Filter] {
+        let chains = &p.kernel().inner.table(V4, table).chains;
+        let kube: Vec<&String> = chains.keys().filter(|c| c.starts_with("KUBE-")).collect();
+        assert!(kube.iter().all(|c| shared.contains(&c.as_str())), "{table:?}: {kube:?}");
+        for (chain, rules) in chains.iter().filter(|(c, _)| !c.starts_with("KUBE-")) {
+            for rule in rules {
+                let target = rule.args();
+                assert!(!target.contains("KUBE-") || shared.iter().any(|s| target.ends_with(&format!("-j {s}"))), "{table:?} {chain}: a jump to a removed chain stayed: {target}");
+            }
+        }
+    }
+    // The shared chains' own jumps stay.
+    let nat = &p.kernel().inner.table(V4, Table::Nat).chains;
+    assert!(nat["PREROUTING"].iter().any(|r| r.args().ends_with("-j KUBE-SERVICES")), "{:?}", nat["PREROUTING"]);
+}

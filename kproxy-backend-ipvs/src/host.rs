@@ -118,6 +118,9 @@ pub struct FakeHost {
     /// Refuse every operation of the next IPVS batch (a test's stand-in
     /// for a kernel that says no).
     pub refuse_next_batch: bool,
+    /// How many virtual servers the IPVS table held at each iptables
+    /// restore, for tests of the order of a sync's steps.
+    pub virtual_servers_at_restore: Vec<usize>,
 }
 
 impl FakeHost {
@@ -259,6 +262,7 @@ impl IpvsKernel for FakeHost {
 
     async fn iptables_restore(&mut self, family: IpFamily, text: &str) -> Result<(), KernelError> {
         self.count("iptables");
+        self.virtual_servers_at_restore.push(self.ipvs.current().len());
         self.iptables.restore(family, text).map_err(KernelError::Fake)
     }
 

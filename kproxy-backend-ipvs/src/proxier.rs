@@ -171,9 +171,44 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         self.family().contains(key.addr) && !self.options.exclude_cidrs.iter().any(|n| n.contains(&key.addr))
     }
 
+    /// The IPVS step of a sync: the whole table on a full sync; otherwise
+    /// the virtual servers that changed and those with draining real
+    /// servers.
+    async fn apply_virtual_servers(&mut self, full: bool, journal: &Journal, stats: &mut SyncStats) -> Result<(), KernelError> {
+        let family = self.family();
+        let (current, wanted) = if full {
+            (self.kernel.ipvs_table(family, None).await?, self.renderer.services())
+        } else {
+            let keys: BTreeSet<VsKey> = journal.services.iter().chain(&self.draining).copied().collect();
+            let current = self.kernel.ipvs_table(family, Some(&keys)).await?;
+            let wanted: BTreeMap<VsKey, DesiredService> = keys.iter().filter_map(|k| Some((*k, self.renderer.service(k)?.clone()))).collect();
+            let current = current.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+            (current, wanted)
+        };
+        stats.dumped_services = current.len();
+        let plan = diff(&current, &wanted, |k| self.owned(k));
+        // A draining server's virtual server is looked at until it is gone.
+        self.draining = plan.draining.iter().map(|(k, _)| *k).collect();
+        stats.draining = plan.draining.len();
+        let (sent, refused) = self.kernel.ipvs_apply(&plan.ops).await?;
+        stats.ipvs_messages = sent;
+        if let Some((op, e)) = refused.first() {
+            return Err(KernelError::Refused { count: refused.len(), total: sent, first: format!("{op:?}: {e}") });
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, full: bool, journal: Journal) -> Result<SyncStats, KernelError> {
         let mut stats = SyncStats::default();
-        if !self.started {
+        // The process's first sync may take the node over from iptables
+        // mode (kproxy's or upstream's), whose DNAT rules live in the
+        // chains this sync rewrites: the virtual servers go in before
+        // those rules, so no new connection meets a bound address with no
+        // virtual server behind it (refused). Later syncs write the
+        // rules first, so a VIP the node may not reach is blocked before
+        // it serves.
+        let first = !self.started;
+        if first {
             self.start().await?;
             self.started = true;
         }
@@ -204,6 +239,10 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         };
         self.kernel.ipsets(&commands).await?;
 
+        if first {
+            self.apply_virtual_servers(full, &journal, &mut stats).await?;
+        }
+
         // The rules: all of them on a full sync (the fixed chains, with
         // KUBE-IPVS-OUT-FILTER filled); otherwise only that chain, when
         // the VIPs the node may not reach changed.
@@ -222,26 +261,8 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
             self.kernel.iptables_restore(family, &kproxy_backend_iptables::restore::chains(&[(Table::Filter, &chain)], &[])).await?;
         }
 
-        // IPVS: the whole table on a full sync; otherwise the virtual
-        // servers that changed and those with draining real servers.
-        let (current, wanted) = if full {
-            (self.kernel.ipvs_table(family, None).await?, self.renderer.services())
-        } else {
-            let keys: BTreeSet<VsKey> = journal.services.iter().chain(&self.draining).copied().collect();
-            let current = self.kernel.ipvs_table(family, Some(&keys)).await?;
-            let wanted: BTreeMap<VsKey, DesiredService> = keys.iter().filter_map(|k| Some((*k, self.renderer.service(k)?.clone()))).collect();
-            let current = current.into_iter().filter(|(k, _)| keys.contains(k)).collect();
-            (current, wanted)
-        };
-        stats.dumped_services = current.len();
-        let plan = diff(&current, &wanted, |k| self.owned(k));
-        // A draining server's virtual server is looked at until it is gone.
-        self.draining = plan.draining.iter().map(|(k, _)| *k).collect();
-        stats.draining = plan.draining.len();
-        let (sent, refused) = self.kernel.ipvs_apply(&plan.ops).await?;
-        stats.ipvs_messages = sent;
-        if let Some((op, e)) = refused.first() {
-            return Err(KernelError::Refused { count: refused.len(), total: sent, first: format!("{op:?}: {e}") });
+        if !first {
+            self.apply_virtual_servers(full, &journal, &mut stats).await?;
         }
 
         self.kernel.rebind(&device, &[], &remove).await?;
@@ -279,6 +300,17 @@ impl<K: IpvsKernel + 'static> Dataplane for IpvsDataplane<K> {
     }
 
     async fn cleanup(&mut self) -> Result<()> {
+        self.cleanup_keeping(&|_| false).await
+    }
+}
+
+impl<K: IpvsKernel + 'static> IpvsDataplane<K> {
+    /// [`Dataplane::cleanup`], except the iptables chains `keep` names:
+    /// on a node that now runs iptables mode in the same iptables flavour,
+    /// the chains both modes write (`KUBE-SERVICES`, `KUBE-POSTROUTING`,
+    /// ...) are iptables mode's and stay. The virtual servers, the dummy
+    /// interface and the ipsets go all the same.
+    pub async fn cleanup_keeping(&mut self, keep: &(dyn Fn(&str) -> bool + Sync)) -> Result<()> {
         let fail = |e: KernelError| Error::Cleanup { backend: BACKEND, message: e.to_string(), source: Some(Box::new(e)) };
         for family in [IpFamily::V4, IpFamily::V6] {
             let table = self.kernel.ipvs_table(family, None).await.map_err(fail)?;
@@ -291,7 +323,7 @@ impl<K: IpvsKernel + 'static> Dataplane for IpvsDataplane<K> {
             for table in Table::ALL {
                 listings.push((table, self.kernel.iptables_list(family, table).await.map_err(fail)?));
             }
-            let text = crate::rules::cleanup_text(&listings);
+            let text = crate::rules::cleanup_text(&listings, keep);
             if !text.is_empty() {
                 self.kernel.iptables_restore(family, &text).await.map_err(fail)?;
             }

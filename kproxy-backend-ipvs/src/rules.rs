@@ -265,12 +265,20 @@ pub fn restore_text(nat: &Chains, filter: &Chains, present: &Listing) -> String 
     restore::chains(&[(Table::Nat, nat), (Table::Filter, filter)], &missing)
 }
 
-/// The `iptables-restore --noflush` input that removes this ruleset from
-/// tables listed as `saved`: the jumps to its chains, then the chains.
-pub fn cleanup_text(saved: &[(Table, Listing)]) -> String {
+/// The names of the chains IPVS mode writes (in kproxy as in upstream
+/// kube-proxy), in either table.
+pub fn chain_names() -> BTreeSet<String> {
     let (nat, filter) = render_chains(&ProxierConfig::new(IpFamily::V4));
-    let ours: BTreeSet<String> = nat.into_keys().chain(filter.into_keys()).collect();
-    restore::cleanup_chains(saved, |c| ours.contains(c))
+    nat.into_keys().chain(filter.into_keys()).collect()
+}
+
+/// The `iptables-restore --noflush` input that removes this ruleset from
+/// tables listed as `saved`: the jumps to its chains, then the chains,
+/// except those `keep` names (chains iptables mode writes too, when it
+/// now serves in the same flavour).
+pub fn cleanup_text(saved: &[(Table, Listing)], keep: &dyn Fn(&str) -> bool) -> String {
+    let ours = chain_names();
+    restore::cleanup_chains(saved, |c| ours.contains(c) && !keep(c))
 }
 
 #[cfg(test)]

@@ -160,3 +160,56 @@ async fn cleanup_removes_everything_it_installed() {
         assert!(!saved.contains("KUBE-"), "{saved}");
     }
 }
+
+/// Handing the node to iptables mode in the same flavour: iptables mode's
+/// first sync rewrote the chains both modes name alike; the cleanup that
+/// keeps those removes the virtual servers, the device, the ipsets and IPVS
+/// mode's own chains with their jumps, and nothing of iptables mode's.
+#[tokio::test]
+async fn a_cleanup_keeping_iptables_mode_s_chains_removes_the_rest() {
+    use kproxy_backend_iptables::{restore::is_ours, Table};
+    let mut p = proxier(IpvsOptions::default());
+    add(&mut p, "a", "172.30.0.1", 30001, &["10.180.1.1"]);
+    p.sync(PARTIAL).await.unwrap();
+    // What iptables mode's first sync leaves in the chains both modes
+    // write: no reference to IPVS mode's chains or sets.
+    for table in Table::ALL {
+        let saved = p.kernel().iptables.save(IpFamily::V4, table);
+        let shared: String = saved.lines().filter(|l| l.starts_with(":KUBE-") && is_ours(&l[1..l.find(' ').unwrap()])).map(|l| format!("{l}\n")).collect();
+        assert!(!shared.is_empty(), "{saved}");
+        let name = if table == Table::Nat { "nat" } else { "filter" };
+        p.kernel_mut().iptables.restore(IpFamily::V4, &format!("*{name}\n{shared}COMMIT\n")).unwrap();
+    }
+    p.dataplane_mut().cleanup_keeping(&is_ours).await.unwrap();
+    let host = p.kernel();
+    assert!(host.ipvs.current().is_empty());
+    assert!(host.device.is_none());
+    assert!(host.ipsets.sets.is_empty(), "{:?}", host.ipsets.sets.keys().collect::<Vec<_>>());
+    for table in Table::ALL {
+        let saved = host.iptables.save(IpFamily::V4, table);
+        let chains: Vec<&str> = saved.lines().filter_map(|l| l.strip_prefix(":KUBE-")).map(|l| &l[..l.find(' ').unwrap()]).collect();
+        assert!(!chains.is_empty() && chains.iter().all(|c| is_ours(&format!("KUBE-{c}"))), "{table:?} keeps only iptables mode's chains:\n{saved}");
+        for line in saved.lines().filter(|l| l.starts_with("-A ") && l.contains("-j KUBE-")) {
+            let target = &line[line.rfind("-j ").unwrap() + 3..];
+            assert!(is_ours(target.split_whitespace().next().unwrap()), "a jump to a removed chain stayed: {line}");
+        }
+    }
+}
+
+/// Taking a node over from iptables mode: the first sync's rules replace
+/// iptables mode's DNAT in `KUBE-SERVICES`, so the virtual servers are in
+/// place before them (a bound address with no virtual server refuses new
+/// connections). Later syncs write the rules first.
+#[tokio::test]
+async fn the_first_sync_writes_virtual_servers_before_the_rules() {
+    let mut p = proxier(IpvsOptions::default());
+    add(&mut p, "a", "172.30.0.1", 30001, &["10.180.1.1"]);
+    p.sync(PARTIAL).await.unwrap();
+    let seen = p.kernel().virtual_servers_at_restore.clone();
+    assert!(!seen.is_empty() && seen.iter().all(|&n| n > 0), "virtual servers at each restore of the first sync: {seen:?}");
+    p.kernel_mut().virtual_servers_at_restore.clear();
+    add(&mut p, "b", "172.30.0.2", 30002, &["10.180.1.2"]);
+    p.sync(SyncRequest { full: true }).await.unwrap();
+    let seen = p.kernel().virtual_servers_at_restore.clone();
+    assert!(seen.first().is_some_and(|&n| n < p.kernel().ipvs.current().len()), "a later full sync writes the rules first: {seen:?}");
+}

@@ -20,7 +20,7 @@ use kproxy_backend_iptables::kernel::{Flavour, IptablesCli, Kernel};
 use kproxy_backend_iptables::Table;
 use kproxy_backend_ipvs::kernel::IpvsHost;
 use kproxy_backend_nft::kernel::NftCli;
-use kproxy_core::{IpFamily, Proxier};
+use kproxy_core::IpFamily;
 
 use kproxy_agent::backend::{iptables_proxier, ipvs_proxier, Host};
 use crate::settings::{Mode, Settings};
@@ -56,44 +56,59 @@ pub async fn remove_leftovers(settings: &Settings, host: &Host, flavour: Option<
             }
         }
     }
-    // IPVS mode's leftovers, where it ran (its iptables chains live in the
-    // flavour kproxy now programs in iptables mode, so only from the
-    // modes that program no iptables: nftables and userspace).
-    let ipvs_ran = matches!(settings.proxy.mode, Mode::Nftables | Mode::Userspace)
+    // IPVS mode's leftovers, where it ran, in every other mode.
+    let ipvs_ran = settings.proxy.mode != Mode::Ipvs
         && std::path::Path::new("/sys/class/net").join(&settings.proxy.ipvs.device).exists()
         && kproxy_backend_ipvs::netlink::IpvsSocket::open().is_ok();
     let ipvs_flavour = if ipvs_ran { Some(Flavour::detect(None).await.0) } else { None };
+    // In iptables mode, in the flavour IPVS mode used, the chains both
+    // modes name alike are iptables mode's own now (its first sync
+    // rewrote them): they stay.
+    let iptables_in_ipvs_flavour = settings.proxy.mode == Mode::Iptables && ipvs_flavour.is_some() && ipvs_flavour == flavour;
+    let keep_iptables_mode_s: &(dyn Fn(&str) -> bool + Sync) = if iptables_in_ipvs_flavour { &kproxy_backend_iptables::restore::is_ours } else { &|_| false };
     // Every iptables flavour kproxy does not program (both, in nftables
     // mode). IPVS mode's flavour waits for IPVS mode's own cleanup: its
     // chains refer to chains of the same names, so removing them first
     // fails ("busy").
     for other in [Flavour::Nft, Flavour::Legacy].into_iter().filter(|f| Some(*f) != flavour && Some(*f) != ipvs_flavour) {
-        remove_iptables_leftovers(settings, host, other, &mut done).await;
+        remove_iptables_leftovers(settings, host, other, &|_| false, &mut done).await;
+    }
+    // In IPVS mode, iptables mode's own chains (`KUBE-SVC-*`,
+    // `KUBE-NODEPORTS`, `KUBE-EXTERNAL-SERVICES`, ...) in the flavour IPVS
+    // mode now programs; the chains both name alike are IPVS mode's now.
+    if let (Mode::Ipvs, Some(own)) = (settings.proxy.mode, flavour) {
+        let ipvs_chains = kproxy_backend_ipvs::rules::chain_names();
+        remove_iptables_leftovers(settings, host, own, &|c| ipvs_chains.contains(c), &mut done).await;
     }
     if let Some(ipvs_flavour) = ipvs_flavour {
         drain_ipvs(&settings.proxy.ipvs.exclude_cidrs, IPVS_DRAIN_LIMIT, DRAIN_POLL).await;
         match ipvs_proxier(&settings.proxy, IpFamily::V4, host, IpvsHost::new(None, IptablesCli::new(ipvs_flavour, None))) {
-            Ok(mut p) => match p.cleanup().await {
+            Ok(mut p) => match p.dataplane_mut().cleanup_keeping(keep_iptables_mode_s).await {
                 Ok(()) => done.push(format!("removed IPVS virtual servers, {}, ipsets and chains", settings.proxy.ipvs.device)),
                 Err(e) => tracing::warn!(error = %e, "cannot remove IPVS mode's leftovers"),
             },
             Err(e) => tracing::warn!(error = %e, "cannot remove IPVS mode's leftovers"),
         }
-        // Whatever iptables mode left in the same flavour, if anything.
-        remove_iptables_leftovers(settings, host, ipvs_flavour, &mut done).await;
+        // Whatever iptables mode left in the same flavour, if anything
+        // (in iptables mode, that is its own).
+        if !iptables_in_ipvs_flavour {
+            remove_iptables_leftovers(settings, host, ipvs_flavour, &|_| false, &mut done).await;
+        }
     }
     done
 }
 
 /// Removes iptables mode's `KUBE-*` chains and jumps from `flavour`, if it
-/// has any; says so in `done`, or logs why not.
-async fn remove_iptables_leftovers(settings: &Settings, host: &Host, flavour: Flavour, done: &mut Vec<String>) {
+/// has any, except the chains `keep` names; says so in `done`, or logs
+/// why not.
+async fn remove_iptables_leftovers(settings: &Settings, host: &Host, flavour: Flavour, keep: &(dyn Fn(&str) -> bool + Sync), done: &mut Vec<String>) {
     let mut cli = IptablesCli::new(flavour, None);
-    if !cli.available().await || !has_kube_chains(&mut cli).await {
+    let removable = |c: &str| kproxy_backend_iptables::restore::is_ours(c) && !keep(c);
+    if !cli.available().await || !has_chains(&mut cli, &removable).await {
         return;
     }
     match iptables_proxier(&settings.proxy, IpFamily::V4, host, IptablesCli::new(flavour, None)) {
-        Ok(mut p) => match p.cleanup().await {
+        Ok(mut p) => match p.dataplane_mut().cleanup_keeping(keep).await {
             Ok(()) => done.push(format!("removed iptables-{} KUBE-* chains and their jumps", flavour.name())),
             Err(e) => tracing::warn!(flavour = flavour.name(), error = %e, "cannot remove leftover iptables chains"),
         },
@@ -157,12 +172,13 @@ fn established_ipvs_connections(exclude: &[ipnet::IpNet]) -> std::io::Result<Vec
         .collect())
 }
 
-/// Whether `cli`'s flavour holds any `KUBE-*` chain (nat or filter, either
-/// family): only then is there something to remove (and to report).
-async fn has_kube_chains(cli: &mut IptablesCli) -> bool {
+/// Whether `cli`'s flavour holds any chain `wanted` names (nat or filter,
+/// either family): only then is there something to remove (and to
+/// report).
+async fn has_chains(cli: &mut IptablesCli, wanted: &(dyn Fn(&str) -> bool + Sync)) -> bool {
     for family in [IpFamily::V4, IpFamily::V6] {
         for table in [Table::Nat, Table::Filter] {
-            if cli.chain_names(family, table).await.is_ok_and(|names| names.iter().any(|n| n.starts_with("KUBE-"))) {
+            if cli.chain_names(family, table).await.is_ok_and(|names| names.iter().any(|n| wanted(n))) {
                 return true;
             }
         }

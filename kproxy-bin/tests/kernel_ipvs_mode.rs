@@ -16,8 +16,10 @@ use common::write_manifests;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kproxy");
 
-/// Starts kproxy in IPVS mode for `scenario` and waits for `vip` in the
-/// IPVS table; returns the manifests directory and the process handle.
+/// Starts kproxy in IPVS mode for `scenario` and waits for its first sync
+/// to end (the virtual servers come before the rules that masquerade,
+/// as upstream writes them) and `vip` to be in the IPVS table; returns
+/// the manifests directory and the process handle.
 fn start(topo: &mut Topology, scenario: &Scenario, vip: &str) -> (std::path::PathBuf, usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-ipvs-{}-{}", std::process::id(), scenario.name));
     let _ = std::fs::remove_dir_all(&dir);
@@ -25,6 +27,7 @@ fn start(topo: &mut Topology, scenario: &Scenario, vip: &str) -> (std::path::Pat
     write_manifests(&dir, scenario);
     let args = [BIN, "--proxy-mode", "ipvs", "--hostname-override", fx::NODE_NAME, "--cluster-cidr", fx::POD_CIDR, "--manifests", dir.to_str().unwrap()];
     let handle = topo.node.spawn(&args).unwrap();
+    common::wait_synced(topo, "kproxy in IPVS mode");
     let start = Instant::now();
     while !topo.node.exec(&["ipvsadm", "-Ln"]).unwrap_or_default().contains(vip) {
         assert!(start.elapsed() < Duration::from_secs(20), "kproxy never programmed {vip}");

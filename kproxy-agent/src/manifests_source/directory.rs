@@ -228,6 +228,13 @@ impl Directory {
         Ok(problems)
     }
 
+    /// Whether a file keeps objects it no longer holds until it settles
+    /// (caught half-written or just emptied): only a later read, with no
+    /// file event to wake it, withdraws them.
+    pub fn unsettled(&self) -> bool {
+        self.files.values().any(|f| f.kept > 0)
+    }
+
     /// Reads `dir` again, re-parsing only the files that changed: says
     /// whether any object may have changed (a file re-read, added or gone,
     /// or a half-written file's kept objects withdrawn), and every file's
@@ -633,20 +640,23 @@ mod tests {
         write(&a, &format!("{WEB}---\n{API}"));
         let mut directory = Directory::default();
         directory.refresh(&d).unwrap();
+        assert!(!directory.unsettled());
         write_at(&a, "", std::time::SystemTime::now());
         for _ in 0..3 {
             directory.refresh(&d).unwrap();
             assert_eq!(directory.names("Service").len(), 2, "a fresh empty file withdraws nothing");
+            assert!(directory.unsettled(), "so the source keeps looking every second");
         }
         std::fs::File::options().write(true).open(&a).unwrap().set_modified(std::time::SystemTime::now() - 2 * SETTLE).unwrap();
         directory.refresh(&d).unwrap();
         directory.refresh(&d).unwrap();
         assert!(directory.names("Service").is_empty(), "settled: withdrawn");
+        assert!(!directory.unsettled());
         let _ = std::fs::remove_dir_all(&d);
     }
 
-    /// A refresh says whether the objects changed, so the one-second poll
-    /// of a large, quiet directory costs a `stat` per file: a file
+    /// A refresh says whether the objects changed, so the poll of a large,
+    /// quiet directory costs a `stat` per file: a file
     /// written, a Service withdrawn once its file settles, a file removed
     /// are changes; reading the same files again is not.
     #[test]

@@ -138,6 +138,14 @@ pub(crate) struct FileRead {
 }
 
 impl FileRead {
+    /// Notes that object `k` of `kind` came from the document being read
+    /// (and whether an earlier document held it too); gives `k` back, for
+    /// the object's map.
+    fn note_origin(&mut self, kind: &'static str, k: String) -> String {
+        self.duplicated |= self.origin.insert((kind, k.clone()), self.doc).is_some();
+        k
+    }
+
     /// Adds one object (a `List` item included) read from `where_`.
     fn object(&mut self, doc: Value, where_: &str) {
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
@@ -161,25 +169,21 @@ impl FileRead {
                 Ok(())
             }
             "Service" => Service::deserialize(&doc).map(|s| {
-                let k = key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref());
-                self.duplicated |= self.origin.insert(("Service", k.clone()), self.doc).is_some();
+                let k = self.note_origin("Service", key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()));
                 self.objects.services.insert(k, Arc::new(s));
             }),
             "EndpointSlice" => EndpointSlice::deserialize(&doc).map(|s| {
-                let k = key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref());
-                self.duplicated |= self.origin.insert(("EndpointSlice", k.clone()), self.doc).is_some();
+                let k = self.note_origin("EndpointSlice", key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()));
                 self.objects.slices.insert(k, Arc::new(s));
             }),
             "Node" => Node::deserialize(&doc).map(|n| {
-                let k = n.metadata.name.clone().unwrap_or_default();
-                self.duplicated |= self.origin.insert(("Node", k.clone()), self.doc).is_some();
+                let k = self.note_origin("Node", n.metadata.name.clone().unwrap_or_default());
                 self.objects.nodes.insert(k, Arc::new(n));
             }),
             "ServiceCIDR" => match ServiceCIDR::deserialize(&doc) {
                 Ok(c) => match ranges_of(&c) {
                     Ok(_) => {
-                        let k = c.metadata.name.clone().unwrap_or_default();
-                        self.duplicated |= self.origin.insert(("ServiceCIDR", k.clone()), self.doc).is_some();
+                        let k = self.note_origin("ServiceCIDR", c.metadata.name.clone().unwrap_or_default());
                         self.objects.service_cidrs.insert(k, Arc::new(c));
                         Ok(())
                     }

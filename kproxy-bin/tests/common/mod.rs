@@ -4,6 +4,7 @@
 
 pub mod deploy;
 pub mod fake_api;
+pub mod takeover;
 pub mod trace;
 
 /// Writes `scenario`'s manifests into `dir` ([`kproxy_e2e::scenario::write_manifests`]).
@@ -73,4 +74,23 @@ pub fn http_get(topo: &kproxy_testkit::Topology, url: &str) -> (String, String) 
     let out = topo.node.exec(&["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url]).unwrap_or_default();
     let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
     (code.trim().to_string(), body.to_string())
+}
+
+/// Waits until the proxy in `topo.node` has synced its rules once (its
+/// `kubeproxy_sync_proxy_rules_last_timestamp_seconds` is set; `/healthz`
+/// says 200 before the first sync), 90 s at most.
+pub fn wait_synced(topo: &kproxy_testkit::Topology, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = topo.node.exec(&["curl", "-sS", "--max-time", "1", "http://127.0.0.1:10249/metrics"]).unwrap_or_default();
+        let synced = metrics
+            .lines()
+            .filter(|l| l.starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds"))
+            .any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+        if synced {
+            return;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(90), "{what} never synced");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
