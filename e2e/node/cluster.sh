@@ -12,7 +12,7 @@
 #
 # usage: cluster.sh up | down | kproxy MODE | upstream MODE | proxy-stop |
 #                   kubectl ARGS... | wait-proxy
-#   MODE: nftables | iptables | ipvs
+#   MODE: nftables | iptables | ipvs (| userspace, kproxy only)
 # env:   K8S_BIN (e2e/k8s/build.sh's output), NODE_BIN (e2e/node/build.sh's),
 #        KPROXY (the kproxy binary, default target/debug/kproxy), NODES (2),
 #        WORK (state, default /var/tmp/kproxy-node)

@@ -5,7 +5,7 @@
 # DaemonSet (cluster.sh kproxy MODE / upstream MODE).
 #
 # usage: conformance.sh [--focus RE] [--skip RE] PROXY...
-#   PROXY: kproxy-nftables | kproxy-iptables | kproxy-ipvs |
+#   PROXY: kproxy-nftables | kproxy-iptables | kproxy-ipvs | kproxy-userspace |
 #          upstream-nftables | upstream-iptables | upstream-ipvs
 #   --focus  default '\[sig-network\] Services'
 #   --skip   default: the specs a two-node cluster without a cloud, SCTP,

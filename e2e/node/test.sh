@@ -8,10 +8,11 @@
 #
 # usage: e2e/node/test.sh [--all]
 #   default (CI): the full default set against kproxy in nftables mode, the
-#     [Conformance] Services specs against kproxy in iptables mode and
-#     against upstream in both modes, every spec upstream passed also passed
+#     [Conformance] Services specs against kproxy in iptables and userspace
+#     modes and against upstream in nftables and iptables modes, every spec upstream passed also passed
 #     by kproxy, and the nftables takeover.
-#   --all: the full set against kproxy and upstream in both modes, both
+#   --all: the full set against kproxy and upstream in both modes and
+#     against kproxy in userspace mode, both
 #     takeovers, then the spec that needs three nodes on a 3-node cluster.
 # Needs root, Go, containerd, runc, the CNI plugins, gcc, and cgroup v1;
 # without them it prints SKIPPED with the reason (a failure when CI=true).
@@ -129,7 +130,7 @@ takeover() {
 mkdir -p "$RESULTS"
 up
 if [[ $ALL == 1 ]]; then
-  for proxy in upstream-nftables kproxy-nftables upstream-iptables kproxy-iptables; do
+  for proxy in upstream-nftables kproxy-nftables upstream-iptables kproxy-iptables kproxy-userspace; do
     conformance $proxy "Services (default set)"
   done
   takeover nftables
@@ -139,6 +140,9 @@ else
   conformance kproxy-nftables "Services (default set)"
   conformance upstream-iptables "Services [Conformance]" "$CONFORMANCE"
   conformance kproxy-iptables "Services [Conformance]" "$CONFORMANCE"
+  # Userspace mode (kube-proxy's old mode, which upstream no longer has):
+  # the proxy forwards every connection itself.
+  conformance kproxy-userspace "Services [Conformance]" "$CONFORMANCE"
   takeover nftables
 fi
 compare nftables
